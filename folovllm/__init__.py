@@ -1,0 +1,32 @@
+"""FoloVLLM: a small, readable re-implementation of vLLM v1's offline engine.
+
+Data flow of one ``LLM.generate`` call::
+
+    prompts -> engine.Processor (tokenize, validate) -> Request / Sequence
+            -> core.Scheduler (token budget, KV blocks)  -> SchedulerOutput
+            -> executor -> worker -> ModelRunner (flattened batch, Qwen3, Sampler)
+            -> engine.OutputProcessor (detokenize, stop checks) -> RequestOutput
+"""
+
+__version__ = "0.4.0"
+
+from folovllm.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from folovllm.engine.llm_engine import LLMEngine
+from folovllm.entrypoints.llm import LLM
+from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from folovllm.sampling_params import RequestOutputKind, SamplingParams, SamplingType
+
+__all__ = [
+    "CacheConfig",
+    "CompletionOutput",
+    "EngineConfig",
+    "LLM",
+    "LLMEngine",
+    "Logprob",
+    "ModelConfig",
+    "RequestOutput",
+    "RequestOutputKind",
+    "SamplingParams",
+    "SamplingType",
+    "SchedulerConfig",
+]

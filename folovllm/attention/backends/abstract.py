@@ -1,0 +1,55 @@
+"""The contract between the model runner and an attention backend.
+
+A step's batch is flattened: sequence ``i`` owns query rows
+``query_start_loc[i]:query_start_loc[i+1]`` and has ``seq_lens[i]`` tokens of
+context *including* those new rows. Its K/V live in the paged cache at the
+blocks ``block_table[i]``; the new tokens' K/V are written to ``slot_mapping``
+(flat slot = block_id * block_size + offset; -1 means "padding, skip").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    num_actual_tokens: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc: torch.Tensor  # int32 [B + 1], on the device
+    seq_lens: torch.Tensor  # int32 [B], on the device
+    block_table: torch.Tensor  # int32 [B, max_blocks_per_seq], on the device
+    slot_mapping: torch.Tensor  # int64 [T], on the device
+    # Host copies (lists) for backends that loop over sequences.
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+    # Split-K factor of the decode kernel; fixed per CUDA-graph batch size.
+    num_kv_splits: int = 1
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+
+class AttentionBackend(ABC):
+    name: str
+
+    @abstractmethod
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Write k/v into the cache, then attend. q: [T, H, D] -> [T, H, D].
+
+        k_cache / v_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+        """

@@ -1,0 +1,24 @@
+"""The plain-torch paged backend: correct everywhere, used on the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.attention.ops.paged_attn_reference import paged_attention_ref, store_kv_cache_ref
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        store_kv_cache_ref(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        return paged_attention_ref(
+            q,
+            k_cache,
+            v_cache,
+            attn_metadata.block_table,
+            attn_metadata.query_start_loc_cpu,
+            attn_metadata.seq_lens_cpu,
+            scale,
+        )

@@ -1,0 +1,26 @@
+"""The GPU backend: Triton kernels for the KV store, prefill and decode."""
+
+from __future__ import annotations
+
+import torch
+
+from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
+from folovllm.attention.ops.triton_kv_store import store_kv_cache
+from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        if attn_metadata.max_query_len == 1:
+            return paged_decode_attention(
+                q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
+                num_kv_splits=attn_metadata.num_kv_splits,
+            )  # fmt: skip
+        return paged_prefill_attention(
+            q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
+            attn_metadata.seq_lens, attn_metadata.max_query_len, scale,
+        )  # fmt: skip

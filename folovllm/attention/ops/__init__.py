@@ -1,0 +1,1 @@
+"""Attention kernels: plain-torch references and their Triton counterparts."""

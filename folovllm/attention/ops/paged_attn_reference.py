@@ -1,0 +1,64 @@
+"""Plain-torch paged attention: the reference every kernel is tested against.
+
+Readable rather than fast: it gathers each sequence's context out of the
+block table and runs ordinary causal attention on it. Runs anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write the new tokens' K/V into their slots; slot -1 is skipped."""
+    valid = slot_mapping >= 0
+    if not bool(valid.all()):
+        k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
+    num_kv_heads, head_dim = k_cache.shape[-2:]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def gather_context(cache: torch.Tensor, block_ids: torch.Tensor, context_len: int) -> torch.Tensor:
+    """The first ``context_len`` tokens of one sequence: [context_len, KVH, D]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-context_len // block_size)
+    return cache[block_ids[:num_blocks].long()].flatten(0, 1)[:context_len]
+
+
+def paged_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    query_start_loc: list[int],
+    seq_lens: list[int],
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of every query row against its sequence's cached context.
+
+    The last ``query_len`` context positions of a sequence are its queries, so
+    query ``j`` (0-based within the sequence) sees keys ``0 .. seq_len - query_len + j``.
+    Works for prefill, chunked prefill and decode alike.
+    """
+    num_heads = q.shape[1]
+    out = torch.empty_like(q)
+    for i, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[i], query_start_loc[i + 1]
+        query_len = end - start
+        if query_len == 0:
+            continue
+        k = gather_context(k_cache, block_table[i], seq_len).float()
+        v = gather_context(v_cache, block_table[i], seq_len).float()
+        group = num_heads // k.shape[1]
+        k = k.repeat_interleave(group, dim=1)  # GQA: each kv head serves `group` q heads
+        v = v.repeat_interleave(group, dim=1)
+        qi = q[start:end].float()
+        scores = torch.einsum("qhd,khd->hqk", qi, k) * scale
+        q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
+        k_pos = torch.arange(seq_len, device=q.device)
+        mask = k_pos[None, :] > q_pos[:, None]
+        scores.masked_fill_(mask[None], float("-inf"))
+        probs = scores.softmax(dim=-1)
+        out[start:end] = torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
+    return out

@@ -1,0 +1,162 @@
+"""Triton paged decode attention (one query token per sequence), flash-decoding style.
+
+Grid: (sequence, kv head, split). Each program reads one contiguous share of
+the sequence's context, for all the query heads that share that kv head (GQA:
+K/V are read once per group, not once per query head). With more than one
+split, stage 1 leaves a partial output and its log-sum-exp per split, and
+stage 2 merges them. Splitting matters when there are few sequences: batch 1
+of a model with 8 kv heads would otherwise keep only 8 SMs busy.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_stage1_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_table_ptr,
+    seq_lens_ptr,
+    out_ptr,  # [B, H, D] when NUM_SPLITS == 1, else partial out [B, H, NUM_SPLITS, D]
+    lse_ptr,  # [B, H, NUM_SPLITS] (unused when NUM_SPLITS == 1)
+    scale,
+    stride_qt,
+    stride_qh,
+    stride_bt,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    NUM_HEADS: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+
+    seq_len = tl.load(seq_lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kvh * GROUP + offs_g
+    g_mask = offs_g < GROUP
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(
+        q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < end
+        block_ids = tl.load(block_table_ptr + b * stride_bt + pos // PAGE_SIZE, mask=valid, other=0)
+        offs_kv = block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp(qk - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # empty split or padding row
+    out = acc / l_safe[:, None]
+    store_mask = g_mask[:, None] & d_mask[None, :]
+    if NUM_SPLITS == 1:
+        o_ptrs = out_ptr + (b * NUM_HEADS + heads[:, None]) * HEAD_DIM + offs_d[None, :]
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
+    else:
+        row = (b * NUM_HEADS + heads) * NUM_SPLITS + split
+        tl.store(out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=store_mask)
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
+        tl.store(lse_ptr + row, lse, mask=g_mask)
+
+
+@triton.jit
+def _decode_stage2_kernel(
+    partial_ptr,  # [B, H, NUM_SPLITS, D] float32
+    lse_ptr,  # [B, H, NUM_SPLITS]
+    out_ptr,  # [B, H, D]
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < NUM_SPLITS
+    lse = tl.load(lse_ptr + bh * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # all splits empty (padding row)
+    w = tl.exp(lse - lse_max)
+    parts = tl.load(
+        partial_ptr + (bh * NUM_SPLITS + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
+        other=0.0,
+    )
+    w_sum = tl.sum(w, 0)
+    w_sum = tl.where(w_sum == 0.0, 1.0, w_sum)
+    out = tl.sum(parts * w[:, None], 0) / w_sum
+    tl.store(out_ptr + bh * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    num_kv_splits: int = 1,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q: [B, H, D] (one token per sequence) -> [B, H, D]."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    if out is None:
+        out = torch.empty(num_seqs, num_heads, head_dim, dtype=q.dtype, device=q.device)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_g = max(16, triton.next_power_of_2(group))
+    if num_kv_splits > 1:
+        target = torch.empty(num_seqs, num_heads, num_kv_splits, head_dim, dtype=torch.float32, device=q.device)
+        lse = torch.empty(num_seqs, num_heads, num_kv_splits, dtype=torch.float32, device=q.device)
+    else:
+        target, lse = out, out  # lse unused
+    _decode_stage1_kernel[(num_seqs, num_kv_heads, num_kv_splits)](
+        q, k_cache, v_cache, block_table, seq_lens, target, lse, scale,
+        q.stride(0), q.stride(1), block_table.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        PAGE_SIZE=page_size, BLOCK_N=64 if page_size <= 64 else page_size,
+        NUM_SPLITS=num_kv_splits, NUM_HEADS=num_heads,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    if num_kv_splits > 1:
+        _decode_stage2_kernel[(num_seqs * num_heads,)](
+            target, lse, out, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            NUM_SPLITS=num_kv_splits, BLOCK_S=triton.next_power_of_2(num_kv_splits),
+        )  # fmt: skip
+    return out

@@ -1,0 +1,129 @@
+"""Triton paged prefill attention (flash attention over a varlen, paged context).
+
+Grid: (query tile, sequence, query head). A program holds BLOCK_M query rows
+of one sequence and streams that sequence's keys/values out of the paged cache
+in BLOCK_N tiles, keeping a running max and sum (online softmax), so the
+score matrix never exists in memory. Because it reads the context from the
+cache, the same kernel serves fresh prompts, later chunks of a chunked
+prefill, and mixed batches that also hold decode tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_table_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    out_ptr,
+    scale,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_bt,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    m_block = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    kvh = h // GROUP
+
+    q_start = tl.load(query_start_loc_ptr + b)
+    query_len = tl.load(query_start_loc_ptr + b + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + b)
+    context_before = seq_len - query_len  # tokens cached before this step
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < query_len
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(
+        q_ptr + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+        mask=m_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    q_pos = context_before + offs_m
+
+    # Causal: this tile's last query sees keys up to its own position.
+    end = tl.minimum(seq_len, context_before + (m_block + 1) * BLOCK_M)
+    end = tl.where(m_block * BLOCK_M < query_len, end, 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < end
+        block_ids = tl.load(block_table_ptr + b * stride_bt + pos // PAGE_SIZE, mask=valid, other=0)
+        offs_kv = block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k)) * scale
+        allowed = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+        qk = tl.where(allowed, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp(qk - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(
+        out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & d_mask[None, :],
+    )
+
+
+def paged_prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_query_len: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache)."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_seqs = seq_lens.shape[0]
+    num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
+    if out is None:
+        out = torch.empty_like(q)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_m = block_m or (64 if head_dim <= 128 else 32)
+    block_n = block_n or (64 if head_dim <= 128 else 32)
+    grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, block_table, query_start_loc, seq_lens, out, scale,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return out

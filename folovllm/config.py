@@ -1,0 +1,197 @@
+"""Engine configuration: what model, how much KV cache, how big a step.
+
+Every user-facing knob lives in one of four dataclasses. They validate their
+own fields at construction (a bad value is a ``ValueError`` naming the field
+and the value) so that nothing deeper in the engine has to re-check them.
+``EngineConfig`` composes the other three and keeps shared values in sync.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from folovllm.utils.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+_DTYPE_CHOICES = {
+    "auto": None,
+    "half": torch.float16,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float": torch.float32,
+    "float32": torch.float32,
+}
+_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+
+
+def _bad(field_name: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"{field_name} {why}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint to run and in what numeric format.
+
+    The HF config of ``model`` is read at construction (``hf_config``), so a
+    missing model fails here, and ``max_model_len`` can be checked against the
+    model's context window.
+    """
+
+    model: str
+    tokenizer: Optional[str] = None
+    tokenizer_mode: str = "auto"
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    max_model_len: Optional[int] = None
+    seed: int = 0
+    revision: Optional[str] = None
+    hf_config: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from folovllm.model_loader import get_hf_config
+
+        if not isinstance(self.model, str) or not self.model:
+            raise _bad("model", self.model, "must be a non-empty path or hub id")
+        if self.tokenizer is None:
+            self.tokenizer = self.model
+        if self.tokenizer_mode not in ("auto", "slow"):
+            raise _bad("tokenizer_mode", self.tokenizer_mode, "must be 'auto' or 'slow'")
+        if not isinstance(self.dtype, str) or self.dtype not in _DTYPE_CHOICES:
+            raise _bad("dtype", self.dtype, f"must be one of {sorted(_DTYPE_CHOICES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise _bad("seed", self.seed, "must be a non-negative integer")
+
+        self.hf_config = get_hf_config(self.model, self.revision, self.trust_remote_code)
+        model_max = self.get_model_context_len()
+        if self.max_model_len is None:
+            self.max_model_len = model_max
+        elif not isinstance(self.max_model_len, int) or self.max_model_len <= 0:
+            raise _bad("max_model_len", self.max_model_len, "must be a positive integer")
+        elif self.max_model_len > model_max:
+            raise ValueError(
+                f"max_model_len={self.max_model_len} is larger than the model's context window "
+                f"(max_position_embeddings={model_max}) in {self.model!r}"
+            )
+
+    def get_model_context_len(self) -> int:
+        return int(getattr(self.hf_config, "max_position_embeddings", 2048))
+
+    def get_torch_dtype(self, device: torch.device) -> torch.dtype:
+        """Resolve ``dtype``: "auto" is the checkpoint's dtype on a GPU, float32 on the CPU."""
+        explicit = _DTYPE_CHOICES[self.dtype]
+        if explicit is not None:
+            return explicit
+        if device.type == "cpu":
+            return torch.float32
+        ckpt = getattr(self.hf_config, "torch_dtype", None) or getattr(self.hf_config, "dtype", None)
+        if isinstance(ckpt, str):
+            ckpt = getattr(torch, ckpt, None)
+        return ckpt if isinstance(ckpt, torch.dtype) else torch.bfloat16
+
+    # Shape helpers used by the KV cache and the model runner.
+    def get_num_layers(self) -> int:
+        return self.hf_config.num_hidden_layers
+
+    def get_num_kv_heads(self) -> int:
+        return getattr(self.hf_config, "num_key_value_heads", self.hf_config.num_attention_heads)
+
+    def get_head_dim(self) -> int:
+        head_dim = getattr(self.hf_config, "head_dim", None)
+        return head_dim or self.hf_config.hidden_size // self.hf_config.num_attention_heads
+
+    def get_vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+
+@dataclass
+class CacheConfig:
+    """How the paged KV cache is sized.
+
+    On a GPU the number of blocks comes from ``gpu_memory_utilization``; on the
+    CPU from ``cpu_kv_cache_space_gib``. ``num_gpu_blocks_override`` beats both.
+    """
+
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    swap_space: float = 4.0
+    enable_prefix_caching: bool = False
+    num_gpu_blocks_override: Optional[int] = None
+    cpu_kv_cache_space_gib: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.block_size not in _BLOCK_SIZES:
+            raise _bad("block_size", self.block_size, f"must be one of {_BLOCK_SIZES}")
+        if not isinstance(self.gpu_memory_utilization, (int, float)) or not (
+            0.0 < self.gpu_memory_utilization <= 1.0
+        ):
+            raise _bad("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
+        if not isinstance(self.swap_space, (int, float)) or self.swap_space < 0:
+            raise _bad("swap_space", self.swap_space, "must be >= 0 (GiB)")
+        if self.enable_prefix_caching:
+            raise _bad(
+                "enable_prefix_caching", True, "is not supported yet (prefix caching is milestone 6)"
+            )
+        if self.num_gpu_blocks_override is not None and (
+            not isinstance(self.num_gpu_blocks_override, int) or self.num_gpu_blocks_override <= 0
+        ):
+            raise _bad("num_gpu_blocks_override", self.num_gpu_blocks_override, "must be a positive integer")
+        if not isinstance(self.cpu_kv_cache_space_gib, (int, float)) or self.cpu_kv_cache_space_gib <= 0:
+            raise _bad("cpu_kv_cache_space_gib", self.cpu_kv_cache_space_gib, "must be > 0 (GiB)")
+
+
+@dataclass
+class SchedulerConfig:
+    """Limits of one engine step: how many sequences and tokens it may carry."""
+
+    max_num_batched_tokens: Optional[int] = None
+    max_num_seqs: int = 256
+    max_model_len: Optional[int] = None
+    enable_chunked_prefill: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:
+            raise _bad("max_num_seqs", self.max_num_seqs, "must be a positive integer")
+        if self.max_num_batched_tokens is not None and (
+            not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens <= 0
+        ):
+            raise _bad("max_num_batched_tokens", self.max_num_batched_tokens, "must be a positive integer")
+        if self.max_model_len is not None:
+            self.set_max_model_len(self.max_model_len)
+
+    def set_max_model_len(self, max_model_len: int) -> None:
+        """Adopt the model's length limit and derive/check the token budget."""
+        self.max_model_len = max_model_len
+        if self.max_num_batched_tokens is None:
+            self.max_num_batched_tokens = max(max_model_len, 16384)
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than "
+                f"max_model_len ({max_model_len}): a long prompt could never be scheduled. "
+                "Raise max_num_batched_tokens, lower max_model_len, or enable_chunked_prefill=True."
+            )
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs})"
+            )
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs, composed; resolves device and dtype."""
+
+    model_config: ModelConfig
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    device: str = "auto"
+    enforce_eager: bool = False
+
+    def __post_init__(self) -> None:
+        self.device_obj = resolve_device(self.device)
+        self.dtype = self.model_config.get_torch_dtype(self.device_obj)
+        self.scheduler_config.set_max_model_len(self.model_config.max_model_len)

@@ -1,0 +1,1 @@
+"""Scheduling and KV-cache bookkeeping (CPU side; no tensors live here)."""

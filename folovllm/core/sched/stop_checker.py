@@ -1,0 +1,23 @@
+"""Token-level stop conditions, checked right after a token is appended."""
+
+from __future__ import annotations
+
+from folovllm.request import RequestStatus, Sequence
+
+
+def check_stop(seq: Sequence, max_model_len: int) -> RequestStatus | None:
+    """The finished status ``seq`` reaches with its last token, or None."""
+    params = seq.sampling_params
+    if seq.num_tokens >= max_model_len or (
+        params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens
+    ):
+        return RequestStatus.FINISHED_LENGTH_CAPPED
+    if seq.num_output_tokens < params.min_tokens:
+        return None
+    last = seq.output_token_ids[-1]
+    if last in params.all_stop_token_ids:
+        # A user's stop_token_ids are reported as stop_reason; EOS is not.
+        if last in params.stop_token_ids:
+            seq.stop_reason = last
+        return RequestStatus.FINISHED_STOPPED
+    return None

@@ -1,0 +1,1 @@
+"""The engine: requests in, RequestOutputs out, one step at a time."""

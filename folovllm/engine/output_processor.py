@@ -1,0 +1,129 @@
+"""After each step: logprobs, incremental text, stop strings, metrics, RequestOutputs."""
+
+from __future__ import annotations
+
+import time
+from folovllm.core.sched.scheduler import Scheduler
+from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from folovllm.request import Request, RequestStatus, Sequence
+from folovllm.sampling_params import RequestOutputKind
+from folovllm.worker.model_runner import SeqLogprobs
+
+
+class RequestState:
+    def __init__(self, request: Request, tokenizer) -> None:
+        self.request = request
+        params = request.sampling_params
+        # Text is built token by token only when someone needs it before the
+        # end (stop strings, streaming); otherwise it is decoded once at the end.
+        self.incremental = bool(params.stop) or params.output_kind == RequestOutputKind.CUMULATIVE
+        self.detokenizers: dict[int, IncrementalDetokenizer] = {}
+        if self.incremental:
+            for seq in request.seqs:
+                self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
+                    tokenizer, request.prompt_token_ids, params.skip_special_tokens
+                )
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer, scheduler: Scheduler) -> None:
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.request_states: dict[str, RequestState] = {}
+
+    def add_request(self, request: Request) -> None:
+        self.request_states[request.request_id] = RequestState(request, self.tokenizer)
+
+    def abort_requests(self, request_ids) -> None:
+        for rid in request_ids:
+            self.request_states.pop(rid, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.request_states)
+
+    def process_outputs(self, updated: list[Sequence], logprobs: dict[int, SeqLogprobs]) -> list[RequestOutput]:
+        now = time.time()
+        touched: dict[str, RequestState] = {}
+        for seq in updated:
+            state = self.request_states.get(seq.request_id)
+            if state is None:
+                continue
+            if seq.seq_id in logprobs:
+                self._append_logprobs(seq, logprobs[seq.seq_id])
+            if state.incremental:
+                self._detokenize(seq, state)
+            touched[seq.request_id] = state
+        outputs = []
+        for rid, state in touched.items():
+            metrics = state.request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            metrics.num_generated_tokens += 1
+            finished = state.request.is_finished()
+            if finished:
+                metrics.finished_time = now
+                del self.request_states[rid]
+            if finished or state.request.sampling_params.output_kind == RequestOutputKind.CUMULATIVE:
+                outputs.append(self._make_output(state, finished))
+        return outputs
+
+    def _append_logprobs(self, seq: Sequence, lp: SeqLogprobs) -> None:
+        token = seq.output_token_ids[-1]
+        entry = {
+            tid: Logprob(val, rank, self.tokenizer.decode([tid]))
+            for rank, (tid, val) in enumerate(zip(lp.topk_ids, lp.topk_logprobs), start=1)
+        }
+        if token not in entry:
+            entry[token] = Logprob(lp.token_logprob, lp.rank, self.tokenizer.decode([token]))
+        seq.output_logprobs.append(entry)
+        seq.cumulative_logprob += lp.token_logprob
+
+    def _detokenize(self, seq: Sequence, state: RequestState) -> None:
+        params = seq.sampling_params
+        token = seq.output_token_ids[-1]
+        stopped_by_token = seq.status == RequestStatus.FINISHED_STOPPED
+        if stopped_by_token and not params.include_stop_str_in_output:
+            return  # the stop token itself contributes no text
+        delta = state.detokenizers[seq.seq_id].add_token(token)
+        seq.output_text += delta
+        if not params.stop or seq.is_finished() or seq.num_output_tokens <= params.min_tokens:
+            return
+        hit = find_stop_string(seq.output_text, len(delta), params.stop, params.include_stop_str_in_output)
+        if hit is not None:
+            seq.stop_reason, seq.output_text = hit
+            self.scheduler.finish_seqs([seq], RequestStatus.FINISHED_STOPPED)
+
+    def _final_text(self, seq: Sequence) -> str:
+        ids = seq.output_token_ids
+        params = seq.sampling_params
+        if seq.status == RequestStatus.FINISHED_STOPPED and not params.include_stop_str_in_output:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)
+
+    def _make_output(self, state: RequestState, finished: bool) -> RequestOutput:
+        request = state.request
+        completions = []
+        for seq in request.seqs:
+            text = seq.output_text if state.incremental else self._final_text(seq)
+            want_lp = seq.sampling_params.logprobs is not None
+            completions.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=text,
+                    token_ids=list(seq.output_token_ids),
+                    cumulative_logprob=seq.cumulative_logprob if want_lp else None,
+                    logprobs=list(seq.output_logprobs) if want_lp else None,
+                    finish_reason=seq.get_finish_reason(),
+                    stop_reason=seq.stop_reason,
+                )
+            )
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=completions,
+            finished=finished,
+            metrics=request.metrics,
+        )

@@ -1,0 +1,58 @@
+"""``LLM``: vLLM's offline facade over ``LLMEngine``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from folovllm.engine.arg_utils import EngineArgs
+from folovllm.engine.llm_engine import LLMEngine
+from folovllm.engine.processor import PromptType
+from folovllm.outputs import RequestOutput
+from folovllm.sampling_params import SamplingParams
+
+
+class LLM:
+    """Load a model once, then ``generate()`` / ``chat()`` as often as you like.
+
+    Every config field is a keyword: ``dtype``, ``device``, ``max_model_len``,
+    ``seed``, ``block_size``, ``max_num_seqs``, ``max_num_batched_tokens``,
+    ``gpu_memory_utilization``, ``num_gpu_blocks_override``,
+    ``enable_chunked_prefill``, ``enforce_eager``, ... (see ``EngineArgs``).
+    An unknown keyword is a ``TypeError``.
+    """
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        args = EngineArgs.from_kwargs(model, caller="LLM", **kwargs)
+        self.llm_engine = LLMEngine(args.create_engine_config())
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType]],
+        sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        return self.llm_engine.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def chat(
+        self,
+        messages: Union[list[dict[str, str]], list[list[dict[str, str]]]],
+        sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+        chat_template: Optional[str] = None,
+    ) -> list[RequestOutput]:
+        """Render each conversation with the tokenizer's chat template, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tokenizer = self.get_tokenizer()
+        prompts = [
+            {"prompt_token_ids": tokenizer.apply_chat_template(
+                conv, tokenize=True, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            ), "prompt": tokenizer.apply_chat_template(
+                conv, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            )}
+            for conv in conversations
+        ]  # fmt: skip
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)

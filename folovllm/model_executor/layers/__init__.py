@@ -1,0 +1,1 @@
+"""Building blocks of the decoder: norms, RoPE, activations, linear layers, attention."""

@@ -1,0 +1,28 @@
+"""The attention layer: hands q/k/v and its KV cache to the selected backend.
+
+The layer owns no cache of its own. The model runner binds ``kv_cache`` (a
+view of this layer's slice of the one big paged KV tensor) after allocation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+
+
+class Attention(nn.Module):
+    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+        self.backend = backend
+        self.kv_cache: torch.Tensor | None = None  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """q: [T, H, D], k/v: [T, KVH, D] -> [T, H, D]."""
+        assert self.kv_cache is not None, "KV cache not bound; call ModelRunner.initialize_kv_cache first"
+        return self.backend.forward(q, k, v, self.kv_cache[0], self.kv_cache[1], attn_metadata, self.scale)

@@ -1,0 +1,184 @@
+"""Qwen3 (and Qwen2/Qwen2.5) decoder, written for a flattened token batch.
+
+Every tensor here is ``[num_tokens, ...]``: the tokens of all sequences in a
+step laid end to end. Which token belongs to which sequence, and where its
+K/V live in the paged cache, is carried by ``AttentionMetadata`` and matters
+only inside attention. Qwen2 differs from Qwen3 only by a bias on q/k/v and
+the absence of the per-head q/k RMSNorm, so one code path serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.model_executor.layers.activation import SiluAndMul
+from folovllm.model_executor.layers.attention import Attention
+from folovllm.model_executor.layers.layernorm import RMSNorm
+from folovllm.model_executor.layers.linear import Linear, MergedLinear, VocabEmbedding
+from folovllm.model_executor.layers.rotary_embedding import get_rope
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=False)
+        self.rotary_emb = get_rope(self.head_dim, config.max_position_embeddings, config)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads, backend)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        out = self.attn(q, k, v, attn_metadata)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class Qwen3MLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class Qwen3DecoderLayer(nn.Module):
+    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+        super().__init__()
+        self.self_attn = Qwen3Attention(config, backend, qk_norm, qkv_bias)
+        self.mlp = Qwen3MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Pre-norm block; the residual add is fused into the following norm.
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, attn_metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            Qwen3DecoderLayer(config, backend, qk_norm, qkv_bias) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, attn_metadata)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class Qwen3ForCausalLM(nn.Module):
+    # checkpoint name -> (our merged parameter, shard index)
+    stacked_params_mapping = [
+        ("qkv_proj", "q_proj", 0),
+        ("qkv_proj", "k_proj", 1),
+        ("qkv_proj", "v_proj", 2),
+        ("gate_up_proj", "gate_proj", 0),
+        ("gate_up_proj", "up_proj", 1),
+    ]
+    qk_norm = True
+    qkv_bias = False
+
+    def __init__(self, config, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.config = config
+        qkv_bias = self.qkv_bias or bool(getattr(config, "attention_bias", False))
+        self.model = Qwen3Model(config, backend, self.qk_norm, qkv_bias)
+        if config.tie_word_embeddings:
+            self.lm_head = self.model.embed_tokens
+        else:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` for the flattened batch."""
+        return self.model(input_ids, positions, attn_metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits for the (already selected) rows of ``hidden``."""
+        return torch.nn.functional.linear(hidden, self.lm_head.weight)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors into our (partly merged) parameters.
+
+        Returns the names of the parameters that were filled; a merged
+        parameter counts only when all of its shards arrived.
+        """
+        params = dict(self.named_parameters())
+        shards_seen: dict[str, set[int]] = {}
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            for param_name, ckpt_name, shard_id in self.stacked_params_mapping:
+                if ckpt_name not in name:
+                    continue
+                name = name.replace(ckpt_name, param_name)
+                if name not in params:
+                    break
+                param = params[name]
+                param.weight_loader(param, tensor, shard_id)
+                shards_seen.setdefault(name, set()).add(shard_id)
+                if len(shards_seen[name]) == len(self._module_of(name).output_sizes):
+                    loaded.add(name)
+                break
+            else:
+                if name not in params:
+                    continue  # e.g. weights of heads we do not run
+                param = params[name]
+                loader = getattr(param, "weight_loader", None)
+                if loader is not None:
+                    loader(param, tensor)
+                else:
+                    if param.shape != tensor.shape:
+                        raise ValueError(f"{name}: expected shape {tuple(param.shape)}, checkpoint has {tuple(tensor.shape)}")
+                    param.data.copy_(tensor)
+                loaded.add(name)
+        return loaded
+
+    def _module_of(self, param_name: str) -> nn.Module:
+        return self.get_submodule(param_name.rsplit(".", 1)[0])
+
+
+class Qwen2ForCausalLM(Qwen3ForCausalLM):
+    qk_norm = False
+    qkv_bias = True

@@ -1,0 +1,34 @@
+"""Per-row sampling settings of one step, as tensors (vLLM v1's SamplingMetadata).
+
+Row i describes the i-th sequence that samples this step. Optional tensors
+are None when no row needs them, so the common case (plain greedy or plain
+temperature sampling) skips that work entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class SamplingMetadata:
+    temperature: torch.Tensor  # float32 [B]; rows that are greedy hold 1.0 (unused)
+    all_greedy: bool
+    all_random: bool
+    greedy_mask: Optional[torch.Tensor]  # bool [B], when the batch mixes greedy and random
+    top_p: Optional[torch.Tensor]  # float32 [B]
+    top_k: Optional[torch.Tensor]  # int64 [B]; vocab size where disabled
+    min_p: Optional[torch.Tensor]  # float32 [B]
+    generators: dict[int, torch.Generator]  # row -> the seeded request's own generator
+    # Penalties (None when every row has neutral penalties).
+    prompt_token_ids: Optional[torch.Tensor]  # int64 [B, max_prompt_len], padded with vocab_size
+    output_token_ids: Optional[torch.Tensor]  # int64 [B, max_output_len], padded with vocab_size
+    presence_penalties: Optional[torch.Tensor]
+    frequency_penalties: Optional[torch.Tensor]
+    repetition_penalties: Optional[torch.Tensor]
+    # min_tokens: row -> token ids that must not be sampled yet.
+    min_tokens_stop_ids: dict[int, list[int]]
+    max_num_logprobs: Optional[int]  # None: no logprobs wanted by any row

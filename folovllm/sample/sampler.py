@@ -1,0 +1,79 @@
+"""The Sampler: logits of the sampling rows -> token ids (+ logprobs).
+
+Order, as in vLLM v1:
+  1. logprobs of the raw logits (if any row asked for them)
+  2. min_tokens: mask stop/EOS ids of rows that may not stop yet
+  3. penalties: repetition, frequency, presence
+  4. greedy argmax
+  5. temperature, min_p, top_k, top_p, then a random draw
+Random draws use the "exponential race": argmax(p / E) with E ~ Exp(1) is a
+sample from p, needs no host sync (unlike torch.multinomial), and lets a
+seeded row draw its E from its own generator, so its output does not depend
+on which other requests share the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from folovllm.sample.metadata import SamplingMetadata
+from folovllm.sample.ops.penalties import apply_penalties
+from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
+
+
+@dataclass
+class SamplerOutput:
+    sampled_token_ids: torch.Tensor  # int64 [B]
+    sampled_logprobs: Optional[torch.Tensor]  # float32 [B]: logprob of the sampled token
+    sampled_ranks: Optional[torch.Tensor]  # int64 [B]: 1 = most likely
+    topk_token_ids: Optional[torch.Tensor]  # int64 [B, max_num_logprobs]
+    topk_logprobs: Optional[torch.Tensor]  # float32 [B, max_num_logprobs]
+
+
+class Sampler(nn.Module):
+    def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
+        raw_logprobs = logits.float().log_softmax(dim=-1) if md.max_num_logprobs is not None else None
+        logits = logits.float()
+        for row, stop_ids in md.min_tokens_stop_ids.items():
+            logits[row, stop_ids] = float("-inf")
+        if md.repetition_penalties is not None:
+            logits = apply_penalties(
+                logits, md.prompt_token_ids, md.output_token_ids,
+                md.presence_penalties, md.frequency_penalties, md.repetition_penalties,
+            )  # fmt: skip
+        sampled = self.sample(logits, md)
+
+        if raw_logprobs is None:
+            return SamplerOutput(sampled, None, None, None, None)
+        sampled_lp = raw_logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
+        ranks = (raw_logprobs > sampled_lp.unsqueeze(1)).sum(dim=1) + 1
+        topk_lp, topk_ids = raw_logprobs.topk(md.max_num_logprobs, dim=-1) if md.max_num_logprobs else (None, None)
+        return SamplerOutput(sampled, sampled_lp, ranks, topk_ids, topk_lp)
+
+    def sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        greedy = logits.argmax(dim=-1) if not md.all_random else None
+        if md.all_greedy:
+            return greedy
+        logits = logits / md.temperature.unsqueeze(1)
+        if md.min_p is not None:
+            logits = apply_min_p(logits, md.min_p)
+        if md.top_k is not None or md.top_p is not None:
+            logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
+        probs = logits.softmax(dim=-1)
+        random = random_sample(probs, md.generators)
+        if greedy is None:
+            return random
+        return torch.where(md.greedy_mask, greedy, random)
+
+
+def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    q = torch.empty_like(probs)
+    if len(generators) != probs.shape[0]:
+        q.exponential_()
+    for row, gen in generators.items():
+        q[row].exponential_(generator=gen)
+    return probs.div_(q).argmax(dim=-1)

@@ -1,0 +1,30 @@
+"""Device selection and GPU memory queries."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cuda", "cpu")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map "auto" / "cuda" / "cpu" (or "cuda:N") to a torch.device.
+
+    "auto" picks CUDA when it is available, else the CPU. Asking for CUDA on a
+    machine without it is an error rather than a silent fall-back.
+    """
+    base = device.split(":")[0]
+    if base not in DEVICE_CHOICES or (":" in device and base != "cuda"):
+        raise ValueError(f"device must be one of {DEVICE_CHOICES} (or 'cuda:N'), got {device!r}")
+    if base == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    return torch.device(device)
+
+
+def get_gpu_memory_info(device: torch.device | int | None = None) -> tuple[int, int]:
+    """(free_bytes, total_bytes) of a CUDA device."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("get_gpu_memory_info needs a CUDA device")
+    return torch.cuda.mem_get_info(device)

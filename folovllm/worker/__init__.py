@@ -1,0 +1,1 @@
+"""Runs the model on one device: inputs in, sampled tokens out."""

@@ -1,0 +1,81 @@
+"""The worker: one device, one model runner; sizes the KV cache.
+
+Named after vLLM's GPU worker; it runs on the CPU too (then the KV cache is
+sized from ``cpu_kv_cache_space_gib`` instead of free GPU memory).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from folovllm.config import EngineConfig
+from folovllm.core.sched.output import SchedulerOutput
+from folovllm.utils.common import cdiv, set_random_seed
+from folovllm.worker.model_runner import ModelRunner, ModelRunnerOutput
+
+logger = logging.getLogger(__name__)
+
+# Memory CUDA graphs and the allocator may still take after profiling.
+_GPU_HEADROOM_BYTES = 256 * 2**20
+
+
+class Worker:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = config.device_obj
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        set_random_seed(config.model_config.seed)
+        self.model_runner = ModelRunner(config, self.device)
+
+    def load_model(self) -> None:
+        self.model_runner.load_model()
+
+    def determine_num_kv_blocks(self) -> int:
+        cache = self.config.cache_config
+        per_block = self.model_runner.get_kv_cache_bytes_per_block()
+        if cache.num_gpu_blocks_override is not None:
+            num_blocks = cache.num_gpu_blocks_override
+        elif self.device.type == "cuda":
+            num_blocks = self._profile_gpu_blocks(per_block)
+        else:
+            num_blocks = int(cache.cpu_kv_cache_space_gib * 2**30) // per_block
+            # More blocks than max_num_seqs full-length sequences can never be used.
+            useful = self.config.scheduler_config.max_num_seqs * cdiv(self.model_runner.max_model_len, cache.block_size)
+            num_blocks = min(num_blocks, useful)
+        if num_blocks <= 0:
+            raise ValueError(
+                "No memory left for the KV cache; raise gpu_memory_utilization (or cpu_kv_cache_space_gib) "
+                "or lower max_num_batched_tokens / max_num_seqs"
+            )
+        return num_blocks
+
+    def _profile_gpu_blocks(self, per_block: int) -> int:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        free_before, total = torch.cuda.mem_get_info(self.device)
+        non_torch = (total - free_before) - torch.cuda.memory_reserved(self.device)
+        weights = torch.cuda.memory_allocated(self.device)
+        self.model_runner.profile_run()
+        peak = torch.cuda.max_memory_allocated(self.device)
+        # The profile's throw-away cache is counted in `peak`; take it back out.
+        profile_cache = cdiv(self.config.scheduler_config.max_num_batched_tokens, self.config.cache_config.block_size) * per_block
+        activations = max(0, peak - weights - profile_cache)
+        torch.cuda.empty_cache()
+        budget = total * self.config.cache_config.gpu_memory_utilization - non_torch - weights - activations - _GPU_HEADROOM_BYTES
+        logger.info(
+            "GPU memory: total %.2f GiB, weights %.2f GiB, peak activations %.2f GiB, KV budget %.2f GiB",
+            total / 2**30, weights / 2**30, activations / 2**30, budget / 2**30,
+        )  # fmt: skip
+        return int(budget // per_block)
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.model_runner.initialize_kv_cache(num_blocks)
+
+    def compile_or_warm_up_model(self) -> None:
+        self.model_runner.capture_model()
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.model_runner.execute_model(scheduler_output)
