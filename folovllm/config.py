@@ -88,7 +88,7 @@ class ModelConfig:
             return explicit
         if device.type == "cpu":
             return torch.float32
-        ckpt = getattr(self.hf_config, "torch_dtype", None) or getattr(self.hf_config, "dtype", None)
+        ckpt = getattr(self.hf_config, "dtype", None) or getattr(self.hf_config, "torch_dtype", None)
         if isinstance(ckpt, str):
             ckpt = getattr(torch, ckpt, None)
         return ckpt if isinstance(ckpt, torch.dtype) else torch.bfloat16

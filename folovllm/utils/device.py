@@ -17,9 +17,11 @@ def resolve_device(device: str) -> torch.device:
     if base not in DEVICE_CHOICES or (":" in device and base != "cuda"):
         raise ValueError(f"device must be one of {DEVICE_CHOICES} (or 'cuda:N'), got {device!r}")
     if base == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device("cuda" if torch.cuda.is_available() else "cpu")
     if base == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    if device == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(device)
 
 

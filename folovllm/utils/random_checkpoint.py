@@ -106,6 +106,7 @@ def make_random_checkpoint(
     seed: int = 0,
     dtype: str = "float32",
     tokenizer_dir: str | Path | None = None,
+    device: str = "cpu",
     **overrides: Any,
 ) -> Path:
     """Write config, random safetensors weights, tokenizer and generation config.
@@ -129,7 +130,8 @@ def make_random_checkpoint(
         raise ValueError(f"vocab_size {fields['vocab_size']} < tokenizer size {len(tokenizer)}")
     config = Qwen3Config(**fields)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).to(getattr(torch, dtype))
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(str(save_dir), safe_serialization=True)
     (save_dir / "generation_config.json").write_text(
         json.dumps({"eos_token_id": [fields["eos_token_id"], tokenizer.pad_token_id], "bos_token_id": fields["bos_token_id"]})

@@ -25,6 +25,7 @@ from folovllm.model_loader import ModelLoadError, iterate_weights
 from folovllm.request import Sequence
 from folovllm.sample.sampler import Sampler
 from folovllm.utils.common import cdiv
+from folovllm.worker.block_table import BlockTable
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
 from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
@@ -71,6 +72,7 @@ class ModelRunner:
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}
+        self.block_table = BlockTable(self.max_num_seqs, self.max_blocks_per_seq)
         self.model = None
         self.kv_cache: torch.Tensor | None = None
         self.graph_runner: CUDAGraphRunner | None = None
@@ -182,43 +184,36 @@ class ModelRunner:
     def _prepare_inputs(self, so: SchedulerOutput) -> _StepInputs:
         bs = self.block_size
         seqs = so.scheduled_seqs
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        qsl = [0]
-        seq_lens: list[int] = []
-        logits_indices: list[int] = []
-        sample_seqs: list[Sequence] = []
-        block_lists = [so.block_ids[s.seq_id] for s in seqs]
-        width = max(len(b) for b in block_lists)
-        block_table = np.zeros((len(seqs), width), dtype=np.int32)
-        max_query_len = 1
-        for i, (seq, blocks) in enumerate(zip(seqs, block_lists)):
-            block_table[i, : len(blocks)] = blocks
-            n = so.num_scheduled_tokens[seq.seq_id]
-            start = seq.num_computed_tokens
-            end = start + n
-            if n == 1:
-                input_ids.append(seq.token_id_at(start))
-                positions.append(start)
-                slots.append(blocks[start // bs] * bs + start % bs)
-            else:
-                input_ids.extend(seq.get_token_ids()[start:end])
-                pos = np.arange(start, end)
-                positions.extend(pos.tolist())
-                slots.extend((np.asarray(blocks, dtype=np.int64)[pos // bs] * bs + pos % bs).tolist())
-                max_query_len = max(max_query_len, n)
-            qsl.append(qsl[-1] + n)
-            seq_lens.append(end)
-            if end == seq.num_tokens:  # reached the end of what is known: sample the next token
-                logits_indices.append(qsl[-1] - 1)
-                sample_seqs.append(seq)
-        meta = self._make_metadata(qsl, seq_lens, block_table, np.asarray(slots, dtype=np.int64), max_query_len)
+        n_sched = [so.num_scheduled_tokens[s.seq_id] for s in seqs]
+        rows = np.fromiter((self.block_table.update(s.seq_id, so.block_ids[s.seq_id]) for s in seqs), np.int64, len(seqs))
+        block_table = self.block_table.gather(rows)
+        starts = np.fromiter((s.num_computed_tokens for s in seqs), np.int64, len(seqs))
+        counts = np.asarray(n_sched, dtype=np.int64)
+        ends = starts + counts
+        max_query_len = int(counts.max())
+        if max_query_len == 1:  # pure decode: one token per sequence, all vectorized
+            input_ids = np.fromiter((s.token_id_at(c) for s, c in zip(seqs, starts.tolist())), np.int64, len(seqs))
+            positions = starts
+            slots = block_table[np.arange(len(seqs)), positions // bs].astype(np.int64) * bs + positions % bs
+            qsl = np.arange(len(seqs) + 1)
+        else:
+            input_ids = np.concatenate(
+                [np.asarray(s.get_token_ids()[a:b], dtype=np.int64) for s, a, b in zip(seqs, starts.tolist(), ends.tolist())]
+            )
+            seq_of_token = np.repeat(np.arange(len(seqs)), counts)
+            qsl = np.concatenate([[0], np.cumsum(counts)])
+            positions = np.arange(int(qsl[-1])) - np.repeat(qsl[:-1], counts) + np.repeat(starts, counts)
+            slots = block_table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        # A sequence samples when this step reaches the end of its known tokens.
+        num_tokens = np.fromiter((s.num_tokens for s in seqs), np.int64, len(seqs))
+        sampling = ends == num_tokens
+        sample_seqs = [s for s, flag in zip(seqs, sampling.tolist()) if flag]
+        meta = self._make_metadata(qsl.tolist(), ends.tolist(), block_table, slots, max_query_len)
         return _StepInputs(
-            input_ids=self._to_device(np.asarray(input_ids, dtype=np.int64)),
-            positions=self._to_device(np.asarray(positions, dtype=np.int64)),
+            input_ids=self._to_device(input_ids),
+            positions=self._to_device(positions),
             attn_metadata=meta,
-            logits_indices=self._to_device(np.asarray(logits_indices, dtype=np.int64)),
+            logits_indices=self._to_device(qsl[1:][sampling] - 1),
             sample_seqs=sample_seqs,
             is_decode_only=max_query_len == 1,
         )
@@ -236,6 +231,9 @@ class ModelRunner:
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
         for seq_id in so.finished_seq_ids:
             self.generators.pop(seq_id, None)
+            self.block_table.release(seq_id)
+        for seq_id in so.preempted_seq_ids:
+            self.block_table.release(seq_id)  # its blocks were freed; it restarts from scratch
         if so.is_empty:
             return ModelRunnerOutput()
         inputs = self._prepare_inputs(so)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
-from folovllm.attention.ops.paged_attn_reference import paged_attention_ref, store_kv_cache_ref
+from folovllm.attention.ops.paged_attn_reference import (
+    paged_attention_ref,
+    paged_decode_attention_ref,
+    store_kv_cache_ref,
+)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -13,6 +17,10 @@ class TorchAttentionBackend(AttentionBackend):
 
     def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
         store_kv_cache_ref(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        if attn_metadata.max_query_len == 1:
+            return paged_decode_attention_ref(
+                q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale
+            )
         return paged_attention_ref(
             q,
             k_cache,

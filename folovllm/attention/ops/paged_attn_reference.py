@@ -62,3 +62,29 @@ def paged_attention_ref(
         probs = scores.softmax(dim=-1)
         out[start:end] = torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
     return out
+
+
+def paged_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query per sequence, all sequences at once: q [B, H, D] -> [B, H, D].
+
+    Gathers every sequence's blocks into a padded [B, max_len] context and
+    masks the positions past each sequence's length.
+    """
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    k = k_cache[block_table.long()].flatten(1, 2).float()  # [B, L, KVH, D]
+    v = v_cache[block_table.long()].flatten(1, 2).float()
+    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
+    mask = torch.arange(k.shape[1], device=q.device)[None, :] >= seq_lens[:, None]
+    scores.masked_fill_(mask[:, None, None, :], float("-inf"))
+    out = torch.einsum("bhgl,blhd->bhgd", scores.softmax(dim=-1), v)
+    return out.reshape(num_seqs, num_heads, head_dim).to(q.dtype)

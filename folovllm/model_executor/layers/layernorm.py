@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from folovllm.model_executor.layers.dispatch import use_fused_kernels
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
@@ -23,6 +25,10 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``norm(x)``, or with ``residual``: ``(norm(x + residual), x + residual)``."""
+        if use_fused_kernels(x) and x.dim() == 2:
+            from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm
+
+            return fused_add_rms_norm(x, residual, self.weight, self.eps)
         if residual is None:
             return self._norm(x)
         x = x + residual

@@ -17,6 +17,7 @@ from torch import nn
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.attention import Attention
+from folovllm.model_executor.layers.dispatch import use_fused_kernels
 from folovllm.model_executor.layers.layernorm import RMSNorm
 from folovllm.model_executor.layers.linear import Linear, MergedLinear, VocabEmbedding
 from folovllm.model_executor.layers.rotary_embedding import get_rope
@@ -36,6 +37,7 @@ class Qwen3Attention(nn.Module):
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads, backend)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        self.eps = config.rms_norm_eps
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
@@ -43,9 +45,18 @@ class Qwen3Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
+        if use_fused_kernels(q):
+            from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope
+
+            rope = self.rotary_emb
+            q, k = fused_qk_norm_rope(
+                q, k, self.q_norm.weight if self.q_norm else None, self.k_norm.weight if self.k_norm else None,
+                rope.cos_cache, rope.sin_cache, positions, self.eps,
+            )  # fmt: skip
+        else:
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, attn_metadata)
         return self.o_proj(out.reshape(-1, self.q_size))
 

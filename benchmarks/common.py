@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmarks: workloads, checkpoints, HF baseline, roofline."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from folovllm.utils.random_checkpoint import make_random_checkpoint
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+def nano_vllm_workload(num_seqs: int, min_len: int, max_input_len: int, max_output_len: int, vocab: int, seed: int = 0) -> Workload:
+    """nano-vllm's offline benchmark: random token ids, input and output lengths uniform."""
+    rng = random.Random(seed)
+    prompts = [[rng.randint(0, vocab - 1) for _ in range(rng.randint(min_len, max_input_len))] for _ in range(num_seqs)]
+    output_lens = [rng.randint(min_len, max_output_len) for _ in range(num_seqs)]
+    return Workload(prompts, output_lens)
+
+
+def get_checkpoint(model: str | None, preset: str, device: str) -> str:
+    """``model`` if given, else a cached random checkpoint of ``preset``."""
+    if model:
+        return model
+    root = Path(os.environ.get("FOLOVLLM_CACHE", Path(tempfile.gettempdir()) / "folovllm-checkpoints"))
+    path = root / preset
+    if not (path / "config.json").is_file():
+        dtype = "bfloat16" if preset == "qwen3-0.6b" else "float32"
+        init_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        make_random_checkpoint(path, preset=preset, dtype=dtype, device=init_device)
+    return str(path)
+
+
+def sync(device: str) -> None:
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def hf_generate_throughput(model_path: str, workload: Workload, device: str, dtype: torch.dtype, batch_size: int) -> tuple[float, int]:
+    """HF ``generate`` on the same workload: greedy, padded batches of ``batch_size``.
+
+    Each batch runs to its longest requested output; only requested tokens are
+    counted (the rest is the padding waste that continuous batching avoids).
+    Returns (seconds, counted output tokens).
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    pad = 0
+    total_time, counted = 0.0, 0
+    for start in range(0, len(workload.prompts), batch_size):
+        prompts = workload.prompts[start : start + batch_size]
+        outs = workload.output_lens[start : start + batch_size]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max(outs), min_new_tokens=max(outs),
+                do_sample=False, pad_token_id=pad, eos_token_id=None,
+            )  # fmt: skip
+        sync(device)
+        total_time += time.perf_counter() - t0
+        counted += sum(outs)
+    del model
+    if device != "cpu":
+        torch.cuda.empty_cache()
+    return total_time, counted
+
+
+def measure_copy_bandwidth(device: str, nbytes: int = 1 << 30, iters: int = 10) -> float:
+    """Bytes per second a device-to-device copy moves (read + write)."""
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        dst.copy_(src)
+    sync(device)
+    return 2 * src.numel() * src.element_size() * iters / (time.perf_counter() - t0)

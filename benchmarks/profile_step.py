@@ -1,0 +1,80 @@
+"""Where does a step's time go? Two views of the throughput workload.
+
+    python benchmarks/profile_step.py breakdown   # wall time per phase of steady decode steps (GPU synced)
+    python benchmarks/profile_step.py cprofile    # host-side cProfile of the whole run
+"""
+
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import benchmarks.bench_throughput as bench  # noqa: E402
+from benchmarks.common import get_checkpoint  # noqa: E402
+
+
+def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
+    from folovllm import LLM, SamplingParams
+    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = get_checkpoint(None, "qwen3-0.6b" if device == "cuda" else "tiny", device)
+    llm = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device)
+    engine = llm.llm_engine
+    runner = engine.executor.worker.model_runner
+    vocab = engine.config.model_config.get_vocab_size()
+    for i in range(num_seqs):
+        engine.add_request(str(i), [(i * 7 + j) % vocab for j in range(prompt_len)], SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True))
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:
+        engine.step()
+    phases = dict.fromkeys(["schedule", "prepare", "forward", "logits+sample", "update+outputs"], 0.0)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        so = engine.scheduler.schedule()
+        t1 = time.perf_counter()
+        inputs = runner._prepare_inputs(so)
+        sync()
+        t2 = time.perf_counter()
+        meta = inputs.attn_metadata
+        with torch.inference_mode():
+            if runner.graph_runner is not None and runner.graph_runner.can_run(meta.num_seqs):
+                hidden = runner.graph_runner.run(inputs.input_ids, inputs.positions, meta.slot_mapping, meta.seq_lens, meta.block_table)
+            else:
+                hidden = runner.model(inputs.input_ids, inputs.positions, meta)
+            sync()
+            t3 = time.perf_counter()
+            logits = runner.model.compute_logits(hidden[inputs.logits_indices])
+            md = build_sampling_metadata(inputs.sample_seqs, runner._generators_for(inputs.sample_seqs), runner.vocab_size, runner.device)
+            tokens = runner.sampler(logits, md).sampled_token_ids.tolist()
+        t4 = time.perf_counter()
+        sampled = {s.seq_id: t for s, t in zip(inputs.sample_seqs, tokens)}
+        updated = engine.scheduler.update_from_output(so, sampled)
+        engine.output_processor.process_outputs(updated, {})
+        t5 = time.perf_counter()
+        for k, dt in zip(phases, [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]):
+            phases[k] += dt
+    total = sum(phases.values())
+    print(f"{num_seqs} sequences decoding at context ~{prompt_len}: {total / steps * 1e3:.2f} ms per step")
+    for k, v in phases.items():
+        print(f"  {k:15s} {v / steps * 1e3:7.3f} ms  ({v / total:.0%})")
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1] if len(sys.argv) > 1 else "breakdown"
+    sys.argv = [sys.argv[0]] + sys.argv[2:]
+    if mode == "breakdown":
+        breakdown()
+    else:
+        prof = cProfile.Profile()
+        prof.runcall(bench.main)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)

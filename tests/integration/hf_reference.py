@@ -1,0 +1,38 @@
+"""HF transformers as the reference implementation for parity tests."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+
+
+def hf_greedy(path, prompts: list[list[int]], max_new_tokens: int, device: str = "cpu", dtype=torch.float32) -> list[list[int]]:
+    """Greedy continuation of each prompt, one at a time (no padding), EOS ignored."""
+    model = _load(str(path), device, dtype)
+    outs = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = torch.tensor([p], device=device)
+            g = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                do_sample=False, eos_token_id=None, pad_token_id=0,
+            )  # fmt: skip
+            outs.append(g[0, len(p) :].tolist())
+    return outs
+
+
+def hf_logprobs(path, prompt: list[int], continuation: list[int]) -> torch.Tensor:
+    """log_softmax of HF's logits at each position that predicts a continuation token."""
+    model = _load(str(path), "cpu", torch.float32)
+    ids = torch.tensor([prompt + continuation])
+    with torch.inference_mode():
+        logits = model(ids).logits[0].float()
+    return logits[len(prompt) - 1 : len(prompt) + len(continuation) - 1].log_softmax(-1)
