@@ -40,13 +40,6 @@ class LLMEngine:
         block_size = config.cache_config.block_size
         num_blocks = self.executor.num_kv_blocks
         capacity = num_blocks * block_size
-        if capacity < mc.max_model_len:
-            raise ValueError(
-                f"The KV cache holds {capacity} tokens ({num_blocks} blocks of {block_size}), fewer than "
-                f"max_model_len={mc.max_model_len}: a full-length sequence could never fit. Lower "
-                "max_model_len or give the cache more memory (gpu_memory_utilization, "
-                "cpu_kv_cache_space_gib or num_gpu_blocks_override)."
-            )
         logger.info(
             "KV cache: %d blocks x %d tokens = %d tokens; max concurrency at max_model_len=%d: %.2fx",
             num_blocks, block_size, capacity, mc.max_model_len, capacity / mc.max_model_len,

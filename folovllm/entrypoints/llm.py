@@ -48,11 +48,9 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tokenizer = self.get_tokenizer()
         prompts = [
-            {"prompt_token_ids": tokenizer.apply_chat_template(
-                conv, tokenize=True, add_generation_prompt=add_generation_prompt, chat_template=chat_template
-            ), "prompt": tokenizer.apply_chat_template(
+            tokenizer.apply_chat_template(
                 conv, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
-            )}
+            )
             for conv in conversations
-        ]  # fmt: skip
+        ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)

@@ -13,6 +13,10 @@ There is no separate "prefill phase" and "decode phase". Each step:
 A prompt longer than the remaining budget waits, unless chunked prefill is
 on: then it takes what is left and continues next step. That single ``min``
 is all chunked prefill needs here.
+
+Invariant (checked at construction): the KV cache holds at least
+``max_model_len`` tokens, so a sequence running alone always fits and
+preemption can never livelock.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ class Scheduler:
         self.config = scheduler_config
         self.max_model_len = scheduler_config.max_model_len
         self.kv_cache_manager = kv_cache_manager
+        num_blocks, block_size = kv_cache_manager.num_total_blocks, kv_cache_manager.block_size
+        if num_blocks * block_size < self.max_model_len:
+            raise ValueError(
+                f"The KV cache holds {num_blocks * block_size} tokens ({num_blocks} blocks of {block_size}), "
+                f"fewer than max_model_len={self.max_model_len}: a full-length sequence could never fit. "
+                "Lower max_model_len or give the cache more memory (gpu_memory_utilization, "
+                "cpu_kv_cache_space_gib or num_gpu_blocks_override)."
+            )
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.requests: dict[str, Request] = {}

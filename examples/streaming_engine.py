@@ -1,0 +1,27 @@
+"""Drive LLMEngine step by step: add requests while others run, stream, abort.
+
+    python examples/streaming_engine.py [--model PATH]
+"""
+
+import argparse
+
+from folovllm import LLMEngine, SamplingParams
+from folovllm.cli import demo_checkpoint
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", default=None)
+args = ap.parse_args()
+
+engine = LLMEngine.from_engine_args(args.model or demo_checkpoint(), max_num_seqs=4)
+engine.add_request("a", "def add(a, b):", SamplingParams(temperature=0, max_tokens=24))
+engine.add_request("b", "class Stack:", SamplingParams(temperature=0.8, seed=1, max_tokens=24))
+step = 0
+while engine.has_unfinished_requests():
+    for out in engine.step():
+        print(f"step {step:2d} {out.request_id}: {len(out.outputs[0].token_ids):2d} tokens, finished={out.finished}")
+    if step == 3:
+        engine.add_request("c", "import os", SamplingParams(max_tokens=8))  # joins the running batch
+    if step == 6:
+        engine.abort_request("b")
+    step += 1
+print(engine.get_stats())

@@ -1,0 +1,3 @@
+from folovllm.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""Greedy generation token-identical to HF transformers; logprobs equal to HF's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from folovllm import LLM, SamplingParams
+from tests.fixtures.tiny_models import SHAPES
+from tests.integration.hf_reference import hf_greedy, hf_logprobs
+
+PROMPTS = [[5, 17, 99, 3], list(range(40, 90)), [7] * 21, [300], list(range(200, 333, 2))]
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def shaped(request, tiny_model_factory):
+    path = tiny_model_factory(**SHAPES[request.param])
+    return path, LLM(str(path), device="cpu", max_model_len=256)
+
+
+def test_greedy_matches_hf_batched_and_one_at_a_time(shaped):
+    path, llm = shaped
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    expected = hf_greedy(path, PROMPTS, 32)
+    together = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in together] == expected
+    for prompt, exp in zip(PROMPTS, expected):
+        alone = llm.generate({"prompt_token_ids": prompt}, params, use_tqdm=False)[0]
+        assert alone.outputs[0].token_ids == exp
+
+
+def test_text_prompts_match_hf(tiny_model):
+    from transformers import AutoTokenizer
+
+    llm = LLM(str(tiny_model), device="cpu")
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    texts = ["def fibonacci(n):", "import os\nimport sys\n", "Grüße, 你好"]
+    outs = llm.generate(texts, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    expected = hf_greedy(tiny_model, [tok.encode(t) for t in texts], 20)
+    for out, exp in zip(outs, expected):
+        assert out.prompt_token_ids == tok.encode(out.prompt)
+        assert out.outputs[0].token_ids == exp
+        assert out.outputs[0].text == tok.decode(exp, skip_special_tokens=True)
+
+
+def test_topk_logprobs_match_hf_log_softmax(tiny_model):
+    llm = LLM(str(tiny_model), device="cpu")
+    prompt = [11, 22, 33, 44, 55]
+    out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=6, logprobs=5, ignore_eos=True), use_tqdm=False)[0]
+    comp = out.outputs[0]
+    ref = hf_logprobs(tiny_model, prompt, comp.token_ids)
+    assert len(comp.logprobs) == 6
+    total = 0.0
+    for step, (token, entry) in enumerate(zip(comp.token_ids, comp.logprobs)):
+        top = ref[step].topk(5)
+        assert list(entry)[:5] == top.indices.tolist()
+        for rank, (tid, val) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
+            assert abs(entry[tid].logprob - val) < 1e-4
+            assert entry[tid].rank == rank and isinstance(entry[tid].decoded_token, str)
+        assert entry[token].rank == 1  # greedy picks the top token
+        total += entry[token].logprob
+    assert comp.cumulative_logprob == pytest.approx(total, abs=1e-5)
+
+
+def test_sampled_token_logprob_and_rank_when_not_in_top_k(tiny_model):
+    llm = LLM(str(tiny_model), device="cpu")
+    out = llm.generate({"prompt_token_ids": [1, 2, 3]}, SamplingParams(temperature=2.0, seed=0, max_tokens=8, logprobs=0, ignore_eos=True), use_tqdm=False)[0]
+    comp = out.outputs[0]
+    ref = hf_logprobs(tiny_model, [1, 2, 3], comp.token_ids)
+    for step, (token, entry) in enumerate(zip(comp.token_ids, comp.logprobs)):
+        assert list(entry) == [token]
+        assert abs(entry[token].logprob - ref[step, token].item()) < 1e-4
+        assert entry[token].rank == int((ref[step] > ref[step, token]).sum()) + 1
+
+
+def test_qwen2_architecture_runs_through_the_same_code(tmp_path, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.25, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir)).save_pretrained(str(tmp_path))
+    llm = LLM(str(tmp_path), device="cpu")
+    prompts = [[5, 6, 7], list(range(20, 60))]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tmp_path, prompts, 16)

@@ -1,0 +1,78 @@
+"""BlockPool / FreeKVCacheBlockQueue / KVCacheManager."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from folovllm import SamplingParams
+from folovllm.core.kv_cache import BlockPool, FreeKVCacheBlockQueue, KVCacheBlock, KVCacheManager
+from folovllm.request import Sequence
+
+
+def test_free_queue_pop_append_and_remove_from_the_middle():
+    blocks = [KVCacheBlock(i) for i in range(5)]
+    q = FreeKVCacheBlockQueue(blocks)
+    q.remove(blocks[2])
+    assert [b.block_id for b in q.get_all_free_blocks()] == [0, 1, 3, 4] and q.num_free_blocks == 4
+    assert q.popleft().block_id == 0
+    q.append(blocks[2])
+    q.remove(blocks[4])  # the tail
+    assert [b.block_id for b in q.get_all_free_blocks()] == [1, 3, 2]
+    for _ in range(3):
+        q.popleft()
+    with pytest.raises(ValueError):
+        q.popleft()
+
+
+def test_pool_ref_counts():
+    pool = BlockPool(4)
+    a = pool.get_new_blocks(3)
+    assert [b.ref_cnt for b in a] == [1, 1, 1] and pool.get_num_free_blocks() == 1
+    with pytest.raises(ValueError, match="only 1 free"):
+        pool.get_new_blocks(2)
+    a[0].ref_cnt += 1  # a second owner
+    pool.free_blocks(a)
+    assert pool.get_num_free_blocks() == 3 and a[0].ref_cnt == 1
+    pool.free_blocks([a[0]])
+    assert pool.get_num_free_blocks() == 4 and pool.get_usage() == 0.0
+
+
+def _seq(i: int, prompt_len: int) -> Sequence:
+    return Sequence(i, str(i), list(range(prompt_len)), SamplingParams())
+
+
+def test_kv_cache_manager_allocates_only_what_is_needed():
+    kv = KVCacheManager(num_blocks=10, block_size=4)
+    s = _seq(0, 9)
+    assert kv.allocate_slots(s, 9) and len(kv.get_block_ids(0)) == 3  # 9 tokens -> 3 blocks
+    s.num_computed_tokens = 9
+    assert kv.allocate_slots(s, 1) and len(kv.get_block_ids(0)) == 3  # 10th token fits in block 3
+    s.num_computed_tokens = 12
+    assert kv.allocate_slots(s, 1) and len(kv.get_block_ids(0)) == 4
+    big = _seq(1, 40)
+    assert not kv.allocate_slots(big, 40)  # needs 10, only 6 free: nothing taken
+    assert kv.get_num_free_blocks() == 6
+    kv.free(s)
+    assert kv.get_num_free_blocks() == 10 and kv.get_block_ids(0) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(1, 20), st.booleans()), min_size=1, max_size=60))
+def test_kv_cache_manager_invariants(ops):
+    """Random grow/free sequences: no block owned twice; free + used == total."""
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    seqs = {i: _seq(i, 1) for i in range(8)}
+    for sid, n, free in ops:
+        seq = seqs[sid]
+        if free:
+            kv.free(seq)
+            seq.num_computed_tokens = 0
+        elif kv.allocate_slots(seq, n):
+            seq.num_computed_tokens += n
+        owned = [b for ids in kv.req_to_block_ids.values() for b in ids]
+        assert len(owned) == len(set(owned))
+        assert len(owned) + kv.get_num_free_blocks() == 16
+        for s in seqs.values():
+            assert len(kv.get_block_ids(s.seq_id)) * 4 >= s.num_computed_tokens

@@ -1,0 +1,93 @@
+"""Every config validation rule: one accepted and one rejected value each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from folovllm import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+
+
+def test_model_config_reads_hf_config_and_infers_max_model_len(tiny_model):
+    mc = ModelConfig(model=str(tiny_model))
+    assert mc.hf_config.model_type == "qwen3"
+    assert mc.max_model_len == mc.hf_config.max_position_embeddings == 512
+    assert mc.tokenizer == str(tiny_model)
+    assert mc.get_num_kv_heads() == 2 and mc.get_head_dim() == 16 and mc.get_num_layers() == 2
+
+
+def test_model_config_max_model_len_rules(tiny_model):
+    assert ModelConfig(model=str(tiny_model), max_model_len=128).max_model_len == 128
+    with pytest.raises(ValueError, match="max_model_len=1000 is larger"):
+        ModelConfig(model=str(tiny_model), max_model_len=1000)
+    with pytest.raises(ValueError, match="max_model_len"):
+        ModelConfig(model=str(tiny_model), max_model_len=0)
+
+
+@pytest.mark.parametrize("field,bad", [("dtype", "int8"), ("tokenizer_mode", "fast"), ("seed", -1), ("model", "")])
+def test_model_config_rejects(tiny_model, field, bad):
+    kwargs = {"model": str(tiny_model), field: bad}
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("dtype,expected", [("half", torch.float16), ("float16", torch.float16), ("bfloat16", torch.bfloat16), ("float", torch.float32), ("float32", torch.float32)])
+def test_model_config_explicit_dtypes(tiny_model, dtype, expected):
+    assert ModelConfig(model=str(tiny_model), dtype=dtype).get_torch_dtype(torch.device("cpu")) == expected
+
+
+def test_auto_dtype_is_float32_on_cpu_and_checkpoint_dtype_on_gpu(tiny_model_factory):
+    bf16_model = tiny_model_factory(dtype="bfloat16")
+    mc = ModelConfig(model=str(bf16_model))
+    assert mc.get_torch_dtype(torch.device("cpu")) == torch.float32
+    assert mc.get_torch_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+def test_cache_config_accepts_defaults_and_valid_values():
+    cc = CacheConfig(block_size=32, gpu_memory_utilization=1.0, swap_space=0, num_gpu_blocks_override=10)
+    assert cc.block_size == 32 and cc.num_gpu_blocks_override == 10
+    assert CacheConfig().block_size == 16
+
+
+@pytest.mark.parametrize(
+    "field,bad",
+    [
+        ("block_size", 12),
+        ("block_size", 0),
+        ("gpu_memory_utilization", 0.0),
+        ("gpu_memory_utilization", 1.5),
+        ("swap_space", -1),
+        ("num_gpu_blocks_override", 0),
+        ("cpu_kv_cache_space_gib", 0),
+        ("enable_prefix_caching", True),
+    ],
+)
+def test_cache_config_rejects(field, bad):
+    with pytest.raises(ValueError, match=field) as info:
+        CacheConfig(**{field: bad})
+    assert repr(bad) in str(info.value)
+
+
+def test_scheduler_config_budget_rules():
+    sc = SchedulerConfig(max_model_len=1024)
+    assert sc.max_num_batched_tokens == 16384 and sc.max_num_seqs == 256
+    assert SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, enable_chunked_prefill=True, max_num_seqs=8).max_num_batched_tokens == 64
+    with pytest.raises(ValueError, match="smaller than max_model_len"):
+        SchedulerConfig(max_num_batched_tokens=64, max_model_len=128)
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        SchedulerConfig(max_num_seqs=0)
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        SchedulerConfig(max_num_batched_tokens=-5)
+    with pytest.raises(ValueError, match="must be >= max_num_seqs"):
+        SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=600, max_model_len=512)
+
+
+def test_engine_config_syncs_max_model_len_and_resolves_device(tiny_model):
+    ec = EngineConfig(ModelConfig(model=str(tiny_model), max_model_len=200), device="cpu")
+    assert ec.scheduler_config.max_model_len == 200
+    assert ec.device_obj.type == "cpu" and ec.dtype == torch.float32
+    with pytest.raises(ValueError, match="device"):
+        EngineConfig(ModelConfig(model=str(tiny_model)), device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            EngineConfig(ModelConfig(model=str(tiny_model)), device="cuda")

@@ -1,0 +1,130 @@
+"""Each sampling knob against its definition, on hand-made logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from folovllm import SamplingParams
+from folovllm.request import Sequence
+from folovllm.sample import Sampler
+from folovllm.sample.ops.penalties import apply_penalties
+from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
+from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
+
+VOCAB = 8
+
+
+def metadata(params_list, outputs=None, generators=None):
+    seqs = []
+    for i, p in enumerate(params_list):
+        s = Sequence(i, str(i), [1, 2, 3], p)
+        for t in (outputs or {}).get(i, []):
+            s.append_token_id(t)
+        seqs.append(s)
+    return build_sampling_metadata(seqs, generators or {}, VOCAB, torch.device("cpu"))
+
+
+def test_greedy_is_argmax_and_top_k_1_equals_greedy():
+    logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(0))
+    greedy = Sampler()(logits.clone(), metadata([SamplingParams(temperature=0)] * 4)).sampled_token_ids
+    assert torch.equal(greedy, logits.argmax(-1))
+    topk1 = Sampler()(logits.clone(), metadata([SamplingParams(temperature=1.3, top_k=1)] * 4)).sampled_token_ids
+    assert torch.equal(topk1, greedy)
+
+
+def test_top_p_keeps_exactly_the_nucleus():
+    probs = torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15, 0.0, 0.0, 0.0]])
+    logits = probs.clamp_min(1e-12).log()
+    # sorted: 0.4, 0.3, 0.15, 0.1, 0.05 -> cumulative 0.4, 0.7, 0.85: p=0.8 keeps {1, 3, 4}
+    kept = apply_top_k_top_p(logits.clone(), None, torch.tensor([0.8])).isfinite()[0]
+    assert kept.nonzero().flatten().tolist() == [1, 3, 4]
+    # p=0.7 needs exactly {1, 3}; a tiny p still keeps the top token
+    kept = apply_top_k_top_p(logits.clone(), None, torch.tensor([0.7])).isfinite()[0]
+    assert kept.nonzero().flatten().tolist() == [1, 3]
+    kept = apply_top_k_top_p(logits.clone(), None, torch.tensor([0.01])).isfinite()[0]
+    assert kept.nonzero().flatten().tolist() == [1]
+
+
+def test_top_k_keeps_k_largest_and_disabled_rows_untouched():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0, 2.0, 3.0, -1.0, -2.0]] * 2)
+    out = apply_top_k_top_p(logits.clone(), torch.tensor([3, VOCAB]), None)
+    assert out[0].isfinite().nonzero().flatten().tolist() == [1, 3, 5]
+    assert torch.equal(out[1], logits[1])
+
+
+def test_min_p_threshold_is_relative_to_the_top_probability():
+    probs = torch.tensor([[0.5, 0.3, 0.12, 0.08, 0.0, 0.0, 0.0, 0.0]])
+    out = apply_min_p(probs.clamp_min(1e-12).log(), torch.tensor([0.2]))  # threshold 0.1
+    assert out[0].isfinite().nonzero().flatten().tolist() == [0, 1, 2]
+
+
+def test_sampled_frequencies_match_softmax_at_temperature_0_7():
+    """Chi-square goodness of fit of 20k draws against softmax(logits / 0.7)."""
+    logits = torch.tensor([1.0, 0.5, 0.0, -0.5, 0.2, -1.0, 0.8, 0.1])
+    n = 20_000
+    md = metadata([SamplingParams(temperature=0.7)] * n)
+    torch.manual_seed(0)
+    draws = Sampler()(logits.repeat(n, 1), md).sampled_token_ids
+    observed = torch.bincount(draws, minlength=VOCAB).double()
+    expected = (logits / 0.7).softmax(-1).double() * n
+    chi2 = ((observed - expected) ** 2 / expected).sum().item()
+    assert chi2 < 24.3, chi2  # 99.9th percentile of chi-square with 7 degrees of freedom
+
+
+def test_penalties_on_a_hand_made_case():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    prompt = torch.tensor([[0, 8]])  # token 0 in the prompt (8 = padding)
+    output = torch.tensor([[2, 2, 3]])  # token 2 twice, token 3 once
+    out = apply_penalties(logits.clone(), prompt, output, torch.tensor([0.5]), torch.tensor([0.25]), torch.tensor([2.0]))
+    # rep: 0 -> 2/2 = 1; 2 -> 0.5/2 = 0.25; 3 -> 1/2 = 0.5; freq + presence on outputs only
+    expected = torch.tensor([[1.0, -1.0, 0.25 - 0.5 - 0.5, 0.5 - 0.25 - 0.5, 0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(out, expected)
+    neg = apply_penalties(torch.tensor([[-2.0] * VOCAB]), prompt, torch.tensor([[8]]), torch.zeros(1), torch.zeros(1), torch.tensor([2.0]))
+    assert neg[0, 0] == -4.0 and neg[0, 1] == -2.0  # negative logits are multiplied
+
+
+def test_min_tokens_masks_stop_ids_until_reached():
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 5] = 10.0  # token 5 is both the favourite and a stop token
+    p = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=[5])
+    p.update_from_generation_config(set())
+    md = metadata([p, p], outputs={1: [1, 1]})  # row 1 already has 2 outputs
+    out = Sampler()(logits, md).sampled_token_ids.tolist()
+    assert out[0] != 5 and out[1] == 5
+
+
+def test_logprobs_are_raw_log_softmax_with_ranks():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0, -1.0, -2.0, -3.0, 0.5]])
+    md = metadata([SamplingParams(temperature=0, logprobs=3, repetition_penalty=1.5)])
+    out = Sampler()(logits.clone(), md)
+    raw = logits.log_softmax(-1)
+    assert out.topk_token_ids[0].tolist() == [0, 2, 1]
+    torch.testing.assert_close(out.topk_logprobs[0], raw[0, [0, 2, 1]])
+    assert out.sampled_ranks.tolist() == [1]
+    assert math.isclose(out.sampled_logprobs.item(), raw[0, 0].item(), rel_tol=1e-6)
+
+
+def test_seeded_rows_use_their_own_generator():
+    logits = torch.zeros(3, VOCAB)
+
+    def draw(batch_rows):
+        gens = {0: torch.Generator().manual_seed(123)}
+        params = [SamplingParams(temperature=1.0, seed=123)] + [SamplingParams(temperature=1.0)] * (batch_rows - 1)
+        return [Sampler()(logits[:batch_rows].clone(), metadata(params, generators=gens)).sampled_token_ids[0].item() for _ in range(1)]
+
+    results = set()
+    for rows in (1, 2, 3):
+        torch.manual_seed(rows)  # different global state
+        results.add(tuple(draw(rows)))
+    assert len(results) == 1
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_mixed_greedy_and_random_rows(temperature):
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(1))
+    md = metadata([SamplingParams(temperature=0), SamplingParams(temperature=temperature or 0.9, seed=1)], generators={1: torch.Generator().manual_seed(1)})
+    out = Sampler()(logits.clone(), md).sampled_token_ids
+    assert out[0] == logits[0].argmax()

@@ -1,0 +1,147 @@
+"""The token-budget scheduler, driven with fake model outputs (no model needed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from folovllm import SamplingParams
+from folovllm.config import SchedulerConfig
+from folovllm.core.kv_cache import KVCacheManager
+from folovllm.core.sched import Scheduler
+from folovllm.request import Request, RequestStatus
+
+
+def make_scheduler(num_blocks=64, block_size=4, max_num_seqs=8, budget=64, max_model_len=64, chunked=False):
+    cfg = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len, enable_chunked_prefill=chunked)
+    return Scheduler(cfg, KVCacheManager(num_blocks, block_size))
+
+
+_next_seq = iter(range(10**9))
+
+
+def add(sched, rid, prompt_len, max_tokens=4, n=1):
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, n=n)
+    first = next(_next_seq)
+    for _ in range(n - 1):
+        next(_next_seq)
+    req = Request(str(rid), None, list(range(1, prompt_len + 1)), params, first)
+    sched.add_request(req)
+    return req
+
+
+def fake_step(sched):
+    so = sched.schedule()
+    sampled = {
+        s.seq_id: 7
+        for s in so.scheduled_seqs
+        if s.num_computed_tokens + so.num_scheduled_tokens[s.seq_id] == s.num_tokens
+    }
+    sched.update_from_output(so, sampled)
+    return so
+
+
+def check_invariants(sched, so):
+    cfg = sched.config
+    assert so.total_num_scheduled_tokens <= cfg.max_num_batched_tokens
+    assert len(sched.running) <= cfg.max_num_seqs
+    kv = sched.kv_cache_manager
+    owned = [b for ids in kv.req_to_block_ids.values() for b in ids]
+    assert len(owned) == len(set(owned)), "a block is owned twice"
+    assert len(owned) + kv.get_num_free_blocks() == kv.num_total_blocks
+    for seq in sched.running:
+        assert len(kv.get_block_ids(seq.seq_id)) * kv.block_size >= seq.num_computed_tokens
+
+
+def test_first_come_first_served_and_decode_one_token_each():
+    sched = make_scheduler(budget=20, max_model_len=20)
+    add(sched, "a", 10)
+    add(sched, "b", 8)
+    add(sched, "c", 5)
+    so = fake_step(sched)
+    # a (10) + b (8) fit in 20; c (5) would overflow the budget and waits (no chunking)
+    assert [s.request_id for s in so.scheduled_seqs] == ["a", "b"]
+    so = fake_step(sched)
+    assert so.num_scheduled_tokens == {sched.running[0].seq_id: 1, sched.running[1].seq_id: 1, sched.running[2].seq_id: 5}
+
+
+def test_max_num_seqs_caps_the_running_set():
+    sched = make_scheduler(max_num_seqs=2)
+    for i in range(4):
+        add(sched, i, 3)
+    so = fake_step(sched)
+    assert len(so.scheduled_seqs) == 2 and len(sched.waiting) == 2
+
+
+def test_chunked_prefill_splits_a_long_prompt():
+    sched = make_scheduler(budget=16, max_model_len=64, chunked=True)
+    add(sched, "long", 40)
+    sizes = []
+    while sched.running or sched.waiting:
+        so = fake_step(sched)
+        sizes.append(so.total_num_scheduled_tokens)
+        check_invariants(sched, so)
+    assert sizes[:4] == [16, 16, 8, 1]  # 40 prompt tokens in chunks, then decode
+    assert sched.kv_cache_manager.get_num_free_blocks() == 64
+
+
+def test_preemption_takes_the_most_recent_and_recomputes():
+    # 4 blocks of 4 tokens = 16 slots; two sequences of 6 prompt tokens will outgrow it
+    sched = make_scheduler(num_blocks=4, block_size=4, budget=16, max_model_len=16)
+    a = add(sched, "a", 6, max_tokens=8)
+    b = add(sched, "b", 6, max_tokens=8)
+    fake_step(sched)  # both admitted: 2 + 2 blocks
+    preempted_seen = False
+    while sched.running or sched.waiting:
+        so = fake_step(sched)
+        check_invariants(sched, so)
+        if so.preempted_seq_ids:
+            preempted_seen = True
+            assert so.preempted_seq_ids == [b.seqs[0].seq_id]  # the later admission goes
+            assert sched.waiting[0] is b.seqs[0] and b.seqs[0].num_computed_tokens == 0
+    assert preempted_seen and sched.get_stats()["num_preemptions"] >= 1
+    assert a.seqs[0].num_output_tokens == 8 and b.seqs[0].num_output_tokens == 8
+    assert sched.kv_cache_manager.get_num_free_blocks() == 4
+
+
+def test_cache_smaller_than_max_model_len_is_rejected():
+    with pytest.raises(ValueError, match="fewer than max_model_len=64"):
+        make_scheduler(num_blocks=15, block_size=4, max_model_len=64)
+
+
+def test_finish_and_abort_free_blocks_at_once():
+    sched = make_scheduler()
+    r1 = add(sched, "r1", 5, max_tokens=1)
+    r2 = add(sched, "r2", 5, max_tokens=50)
+    add(sched, "r3", 5)
+    fake_step(sched)
+    assert r1.is_finished() and r1.seqs[0].status == RequestStatus.FINISHED_LENGTH_CAPPED
+    assert sched.kv_cache_manager.get_block_ids(r1.seqs[0].seq_id) == []
+    sched.abort_requests(["r2", "r3"])
+    assert r2.seqs[0].status == RequestStatus.FINISHED_ABORTED
+    assert sched.kv_cache_manager.get_num_free_blocks() == 64 and not sched.has_unfinished_requests()
+    assert sched.schedule().finished_seq_ids >= {r2.seqs[0].seq_id}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("chunked", [False, True])
+def test_randomized_invariants(seed, chunked):
+    rng = random.Random(seed)
+    block_size = rng.choice([1, 4, 8])
+    num_blocks = rng.randint(48 // block_size, 96 // block_size)  # at least max_model_len tokens
+    sched = make_scheduler(num_blocks=num_blocks, block_size=block_size, max_num_seqs=rng.randint(1, 6),
+                           budget=48, max_model_len=48, chunked=chunked)  # fmt: skip
+    requests = []
+    for step in range(2000):
+        if step < 60 and rng.random() < 0.5:
+            requests.append(add(sched, f"{seed}-{step}", rng.randint(1, 30), max_tokens=rng.randint(1, 15), n=rng.choice([1, 1, 2])))
+        if rng.random() < 0.03 and requests:
+            sched.abort_requests([rng.choice(requests).request_id])
+        so = fake_step(sched)
+        check_invariants(sched, so)
+        if step > 60 and not sched.has_unfinished_requests():
+            break
+    assert not sched.has_unfinished_requests()
+    assert all(r.is_finished() for r in requests)
+    assert sched.kv_cache_manager.get_num_free_blocks() == sched.kv_cache_manager.num_total_blocks
