@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--hf-batch-size", type=int, default=64)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--sync", action="store_true", help="turn async scheduling off")
     ap.add_argument("--out", default="docs/benchmarks.md")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench_all.py needs a CUDA GPU (bench_throughput.py runs on the CPU)"
@@ -58,7 +59,8 @@ def main() -> None:
 
     bw = measure_copy_bandwidth(device)
     flops = measure_matmul_flops(device)
-    llm = LLM(model, dtype="bfloat16", max_model_len=2 * args.max_len + 64, enforce_eager=args.enforce_eager)
+    llm = LLM(model, dtype="bfloat16", max_model_len=2 * args.max_len + 64, enforce_eager=args.enforce_eager,
+              async_scheduling=not args.sync)  # fmt: skip
     engine = llm.llm_engine
     mc = engine.config.model_config
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.executor.worker.model_runner.model.parameters())
@@ -123,7 +125,8 @@ def main() -> None:
         "",
         f"Measured {datetime.date.today()} on {props.name} ({props.total_memory / 2**30:.0f} GiB), "
         f"torch {torch.__version__}, triton {triton.__version__}, by `python benchmarks/bench_all.py`.",
-        f"Model: random weights with Qwen3-0.6B's exact config, bf16, CUDA graphs {'off' if args.enforce_eager else 'on'}.",
+        f"Model: random weights with Qwen3-0.6B's exact config, bf16, CUDA graphs {'off' if args.enforce_eager else 'on'}, "
+        f"async scheduling {'off' if args.sync else 'on'}.",
         f"Workload (a): {args.num_seqs} sequences, input and output lengths uniform in 100..{args.max_len} "
         f"(random token ids, ignore_eos), {wl.num_output_tokens:,} output tokens, {preemptions} preemptions.",
         f"Measured here: copy bandwidth {bw / 1e12:.2f} TB/s (read + write), bf16 matmul {flops / 1e12:.0f} TFLOP/s.",

@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--sync", action="store_true", help="turn async scheduling off (it is on for GPU runs; the CPU has nothing to overlap)")
     ap.add_argument("--hf", action="store_true", help="also run HF generate and print the ratio")
     ap.add_argument("--hf-batch-size", type=int, default=None)
     args = ap.parse_args()
@@ -59,7 +60,7 @@ def main() -> None:
     num_seqs = args.num_seqs or num_seqs
     model = get_checkpoint(args.model, preset, device)
 
-    llm = LLM(model, device=device, dtype=args.dtype, enforce_eager=args.enforce_eager,
+    llm = LLM(model, device=device, dtype=args.dtype, enforce_eager=args.enforce_eager, async_scheduling=on_gpu and not args.sync,
               max_model_len=max_in + max_out, max_num_seqs=min(num_seqs, 256))  # fmt: skip
     vocab = llm.llm_engine.config.model_config.get_vocab_size()
     workload = nano_vllm_workload(num_seqs, min_len, max_in, max_out, vocab)
@@ -68,7 +69,7 @@ def main() -> None:
     secs = run_folovllm(llm, workload, device)
     out_tps = workload.num_output_tokens / secs
     total_tps = (workload.num_output_tokens + workload.num_prompt_tokens) / secs
-    print(f"FoloVLLM  : {num_seqs} seqs, {workload.num_output_tokens} output tokens in {secs:.2f}s "
+    print(f"FoloVLLM  : async_scheduling={on_gpu and not args.sync}, {num_seqs} seqs, {workload.num_output_tokens} output tokens in {secs:.2f}s "
           f"-> {out_tps:,.0f} output tok/s, {total_tps:,.0f} total tok/s")  # fmt: skip
     print(f"stats     : {llm.llm_engine.get_stats()}")
     if args.hf:

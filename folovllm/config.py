@@ -152,6 +152,8 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_model_len: Optional[int] = None
     enable_chunked_prefill: bool = False
+    # Schedule step N+1 while step N runs on the device (see Scheduler).
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:

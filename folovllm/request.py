@@ -57,7 +57,14 @@ _FINISH_REASONS = {
 _ABORTABLE = {RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_IGNORED}
 _ALLOWED = {
     RequestStatus.WAITING: {RequestStatus.RUNNING, *_ABORTABLE},
-    RequestStatus.PREEMPTED: {RequestStatus.RUNNING, *_ABORTABLE},
+    # With async scheduling a preempted sequence may still receive the token of
+    # a step that was already in flight, and that token may end it.
+    RequestStatus.PREEMPTED: {
+        RequestStatus.RUNNING,
+        RequestStatus.FINISHED_STOPPED,
+        RequestStatus.FINISHED_LENGTH_CAPPED,
+        *_ABORTABLE,
+    },
     RequestStatus.RUNNING: {
         RequestStatus.PREEMPTED,
         RequestStatus.FINISHED_STOPPED,
@@ -112,8 +119,10 @@ class Sequence:
         self.sampling_params = sampling_params
         self.eos_token_id = eos_token_id
         self.status = RequestStatus.WAITING
-        # Tokens whose K/V are in the cache; reset to 0 on preemption.
+        # Tokens whose K/V are in (or being written to) the cache; reset to 0 on preemption.
         self.num_computed_tokens = 0
+        # Tokens sampled by steps in flight but not yet appended (async scheduling).
+        self.num_output_placeholders = 0
         self.num_preemptions = 0
         # Filled while generating.
         self.output_text = ""

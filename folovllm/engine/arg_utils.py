@@ -27,6 +27,7 @@ class EngineArgs:
     max_num_batched_tokens: Optional[int] = None
     max_num_seqs: int = 256
     enable_chunked_prefill: bool = False
+    async_scheduling: bool = False
     device: str = "auto"
     enforce_eager: bool = False
 
@@ -61,5 +62,6 @@ class EngineArgs:
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_num_seqs=self.max_num_seqs,
             enable_chunked_prefill=self.enable_chunked_prefill,
+            async_scheduling=self.async_scheduling,
         )
         return EngineConfig(model_config, cache_config, scheduler_config, self.device, self.enforce_eager)

@@ -4,6 +4,12 @@ One step = schedule (which sequences, how many tokens each) -> execute (one
 forward over the flattened batch + sampling) -> update (append tokens, stop
 checks, free finished KV blocks) -> outputs (text, logprobs, RequestOutput).
 ``generate()`` is a loop over ``step()``.
+
+With ``async_scheduling=True`` a step launches the next batch on the device
+*before* it processes the previous one's tokens, so host work (scheduling,
+detokenizing, building inputs) overlaps with the GPU instead of adding to
+it. The price: a sequence that stops is found one step late, so it may have
+computed one token that is thrown away.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from tqdm.auto import tqdm
 
 from folovllm.config import EngineConfig
 from folovllm.core.kv_cache.kv_cache_manager import KVCacheManager
+from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.output_processor import OutputProcessor
@@ -25,6 +32,7 @@ from folovllm.outputs import RequestOutput
 from folovllm.request import Request
 from folovllm.sampling_params import RequestOutputKind, SamplingParams
 from folovllm.utils.common import Counter
+from folovllm.worker.model_runner import AsyncModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,12 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer, self.scheduler)
         self.request_counter = Counter()
         self.seq_counter = Counter()
+        self.async_scheduling = config.scheduler_config.async_scheduling
+        # The step in flight (async scheduling): its schedule and its results' handle.
+        self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
+        # Requests whose sampling needs the exact token history (penalties, min_tokens):
+        # while any is alive, steps run synchronously.
+        self.history_sensitive: set[str] = set()
 
     @classmethod
     def from_engine_args(cls, model: str, **kwargs) -> "LLMEngine":
@@ -73,6 +87,8 @@ class LLMEngine:
     def _enqueue(self, request: Request) -> None:
         self.output_processor.add_request(request)
         self.scheduler.add_request(request)
+        if _needs_token_history(request.sampling_params):
+            self.history_sensitive.add(request.request_id)
 
     def add_request(self, request_id: str, prompt: PromptType, params: Optional[SamplingParams] = None) -> None:
         """Validate and queue one request; raises ValueError (queuing nothing) on bad input."""
@@ -80,21 +96,46 @@ class LLMEngine:
 
     def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        self.history_sensitive.difference_update(ids)
         self.scheduler.abort_requests(ids)
         self.output_processor.abort_requests(ids)
 
     def has_unfinished_requests(self) -> bool:
-        return self.output_processor.has_unfinished_requests()
+        return self.output_processor.has_unfinished_requests() or self.in_flight is not None
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.output_processor.request_states)
 
     # -- the loop --------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if not self.async_scheduling or self.history_sensitive:
+            outputs = self._finish_in_flight()
+            scheduler_output = self.scheduler.schedule()
+            handle = self.executor.execute_model(scheduler_output)
+            return outputs + self._process(scheduler_output, handle)
         scheduler_output = self.scheduler.schedule()
-        model_output = self.executor.execute_model(scheduler_output)
+        handle = self.executor.execute_model(scheduler_output)  # launched, not waited for
+        outputs = self._finish_in_flight()
+        self.in_flight = (scheduler_output, handle)
+        if scheduler_output.is_empty:
+            outputs += self._finish_in_flight()
+        return outputs
+
+    def _finish_in_flight(self) -> list[RequestOutput]:
+        if self.in_flight is None:
+            return []
+        scheduler_output, handle = self.in_flight
+        self.in_flight = None
+        return self._process(scheduler_output, handle)
+
+    def _process(self, scheduler_output: SchedulerOutput, handle: AsyncModelRunnerOutput) -> list[RequestOutput]:
+        model_output = handle.get()
         updated = self.scheduler.update_from_output(scheduler_output, model_output.sampled_token_ids)
-        return self.output_processor.process_outputs(updated, model_output.logprobs)
+        outputs = self.output_processor.process_outputs(updated, model_output.logprobs)
+        for out in outputs:
+            if out.finished:
+                self.history_sensitive.discard(out.request_id)
+        return outputs
 
     def get_stats(self) -> dict[str, int]:
         return self.scheduler.get_stats()
@@ -147,3 +188,13 @@ class LLMEngine:
 
 
 
+
+
+def _needs_token_history(params: SamplingParams) -> bool:
+    """Sampling that reads the tokens generated so far (which lag by a step when async)."""
+    return (
+        params.min_tokens > 0
+        or params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
+        or params.repetition_penalty != 1.0
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.worker.gpu_worker import Worker
-from folovllm.worker.model_runner import ModelRunnerOutput
+from folovllm.worker.model_runner import AsyncModelRunnerOutput
 
 
 class UniProcExecutor:
@@ -22,5 +22,5 @@ class UniProcExecutor:
         self.worker.initialize_kv_cache(self.num_kv_blocks)
         self.worker.compile_or_warm_up_model()
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         return self.worker.execute_model(scheduler_output)

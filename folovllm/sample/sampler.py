@@ -59,21 +59,33 @@ class Sampler(nn.Module):
         if md.all_greedy:
             return greedy
         logits = logits / md.temperature.unsqueeze(1)
-        if md.min_p is not None:
-            logits = apply_min_p(logits, md.min_p)
-        if md.top_k is not None or md.top_p is not None:
-            logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
-        probs = logits.softmax(dim=-1)
-        random = random_sample(probs, md.generators)
+        if md.min_p is None and md.top_k is None and md.top_p is None:
+            random = gumbel_sample(logits, md.generators)
+        else:
+            if md.min_p is not None:
+                logits = apply_min_p(logits, md.min_p)
+            if md.top_k is not None or md.top_p is not None:
+                logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
+            random = random_sample(logits.softmax(dim=-1), md.generators)
         if greedy is None:
             return random
         return torch.where(md.greedy_mask, greedy, random)
 
 
-def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    q = torch.empty_like(probs)
-    if len(generators) != probs.shape[0]:
+def _exponential_noise(like: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    q = torch.empty_like(like)
+    if len(generators) != like.shape[0]:
         q.exponential_()
     for row, gen in generators.items():
         q[row].exponential_(generator=gen)
-    return probs.div_(q).argmax(dim=-1)
+    return q
+
+
+def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    return probs.div_(_exponential_noise(probs, generators)).argmax(dim=-1)
+
+
+def gumbel_sample(logits: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """The same race in log space: argmax(logits - log E) needs no softmax,
+    since log p differs from the logits only by a per-row constant."""
+    return logits.sub_(_exponential_noise(logits, generators).log_()).argmax(dim=-1)

@@ -13,7 +13,7 @@ import torch
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.utils.common import cdiv, set_random_seed
-from folovllm.worker.model_runner import ModelRunner, ModelRunnerOutput
+from folovllm.worker.model_runner import AsyncModelRunnerOutput, ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -77,5 +77,5 @@ class Worker:
     def compile_or_warm_up_model(self) -> None:
         self.model_runner.capture_model()
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)

@@ -46,6 +46,50 @@ class ModelRunnerOutput:
     logprobs: dict[int, SeqLogprobs] = field(default_factory=dict)
 
 
+class AsyncModelRunnerOutput:
+    """A step's results on their way to the host.
+
+    The GPU->host copy is queued behind the step's kernels and ``get()`` waits
+    only for it, so the host can schedule and launch the next step meanwhile.
+    """
+
+    def __init__(self, seqs: list[Sequence], sampler_output, device: torch.device) -> None:
+        self.seqs = seqs
+        self._tensors = [sampler_output.sampled_token_ids]
+        if sampler_output.sampled_logprobs is not None:
+            self._tensors += [sampler_output.sampled_logprobs, sampler_output.sampled_ranks]
+            if sampler_output.topk_token_ids is not None:
+                self._tensors += [sampler_output.topk_token_ids, sampler_output.topk_logprobs]
+        self._event = None
+        if device.type == "cuda":
+            self._tensors = [t.to("cpu", non_blocking=True) for t in self._tensors]
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def get(self) -> ModelRunnerOutput:
+        if not self._tensors:
+            return ModelRunnerOutput()
+        if self._event is not None:
+            self._event.synchronize()
+        lists = [t.tolist() for t in self._tensors]
+        result = ModelRunnerOutput(sampled_token_ids={s.seq_id: t for s, t in zip(self.seqs, lists[0])})
+        if len(lists) > 1:
+            lps, ranks = lists[1], lists[2]
+            top_ids, top_lps = (lists[3], lists[4]) if len(lists) > 3 else (None, None)
+            for row, seq in enumerate(self.seqs):
+                k = seq.sampling_params.logprobs
+                if k is None:
+                    continue
+                result.logprobs[seq.seq_id] = SeqLogprobs(
+                    lps[row], ranks[row], top_ids[row][:k] if k else [], top_lps[row][:k] if k else []
+                )
+        return result
+
+
+_EMPTY = AsyncModelRunnerOutput.__new__(AsyncModelRunnerOutput)
+_EMPTY.seqs, _EMPTY._tensors, _EMPTY._event = [], [], None
+
+
 @dataclass
 class _StepInputs:
     input_ids: torch.Tensor
@@ -73,6 +117,10 @@ class ModelRunner:
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}
         self.block_table = BlockTable(self.max_num_seqs, self.max_blocks_per_seq)
+        # The last step's sampled ids (on the device) and each sampler's row in it:
+        # with async scheduling they are the next step's inputs before the host sees them.
+        self.prev_sampled: torch.Tensor | None = None
+        self.prev_sampled_rows: dict[int, int] = {}
         self.model = None
         self.kv_cache: torch.Tensor | None = None
         self.graph_runner: CUDAGraphRunner | None = None
@@ -187,30 +235,48 @@ class ModelRunner:
         n_sched = [so.num_scheduled_tokens[s.seq_id] for s in seqs]
         rows = np.fromiter((self.block_table.update(s.seq_id, so.block_ids[s.seq_id]) for s in seqs), np.int64, len(seqs))
         block_table = self.block_table.gather(rows)
-        starts = np.fromiter((s.num_computed_tokens for s in seqs), np.int64, len(seqs))
+        starts = np.asarray(so.num_computed_tokens, dtype=np.int64)
         counts = np.asarray(n_sched, dtype=np.int64)
         ends = starts + counts
         max_query_len = int(counts.max())
+        pending_dst: list[int] = []  # batch rows whose input is a token still on the device
+        pending_src: list[int] = []
         if max_query_len == 1:  # pure decode: one token per sequence, all vectorized
-            input_ids = np.fromiter((s.token_id_at(c) for s, c in zip(seqs, starts.tolist())), np.int64, len(seqs))
+            ids = []
+            for i, (s, c) in enumerate(zip(seqs, starts.tolist())):
+                if c < s.num_tokens:
+                    ids.append(s.token_id_at(c))
+                else:  # sampled by the step still in flight
+                    ids.append(0)
+                    pending_dst.append(i)
+                    pending_src.append(self.prev_sampled_rows[s.seq_id])
+            input_ids = np.asarray(ids, dtype=np.int64)
             positions = starts
             slots = block_table[np.arange(len(seqs)), positions // bs].astype(np.int64) * bs + positions % bs
             qsl = np.arange(len(seqs) + 1)
         else:
-            input_ids = np.concatenate(
-                [np.asarray(s.get_token_ids()[a:b], dtype=np.int64) for s, a, b in zip(seqs, starts.tolist(), ends.tolist())]
-            )
-            seq_of_token = np.repeat(np.arange(len(seqs)), counts)
             qsl = np.concatenate([[0], np.cumsum(counts)])
+            chunks = []
+            for i, (s, a, b) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
+                if a < s.num_tokens:
+                    chunks.append(np.asarray(s.get_token_ids()[a:b], dtype=np.int64))
+                else:  # a decode whose input was sampled by the step still in flight
+                    chunks.append(np.zeros(1, dtype=np.int64))
+                    pending_dst.append(int(qsl[i]))
+                    pending_src.append(self.prev_sampled_rows[s.seq_id])
+            input_ids = np.concatenate(chunks)
+            seq_of_token = np.repeat(np.arange(len(seqs)), counts)
             positions = np.arange(int(qsl[-1])) - np.repeat(qsl[:-1], counts) + np.repeat(starts, counts)
             slots = block_table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        # A sequence samples when this step reaches the end of its known tokens.
-        num_tokens = np.fromiter((s.num_tokens for s in seqs), np.int64, len(seqs))
-        sampling = ends == num_tokens
-        sample_seqs = [s for s, flag in zip(seqs, sampling.tolist()) if flag]
+        sampling = np.asarray(so.sampling, dtype=bool)
+        sample_seqs = [s for s, flag in zip(seqs, so.sampling) if flag]
         meta = self._make_metadata(qsl.tolist(), ends.tolist(), block_table, slots, max_query_len)
+        input_ids_dev = self._to_device(input_ids)
+        if pending_dst:
+            src = self._to_device(np.asarray(pending_src, dtype=np.int64))
+            input_ids_dev[self._to_device(np.asarray(pending_dst, dtype=np.int64))] = self.prev_sampled[src]
         return _StepInputs(
-            input_ids=self._to_device(input_ids),
+            input_ids=input_ids_dev,
             positions=self._to_device(positions),
             attn_metadata=meta,
             logits_indices=self._to_device(qsl[1:][sampling] - 1),
@@ -228,14 +294,15 @@ class ModelRunner:
         return self.generators
 
     @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+        """Launch one step; the returned handle's ``get()`` brings the tokens to the host."""
         for seq_id in so.finished_seq_ids:
             self.generators.pop(seq_id, None)
             self.block_table.release(seq_id)
         for seq_id in so.preempted_seq_ids:
             self.block_table.release(seq_id)  # its blocks were freed; it restarts from scratch
         if so.is_empty:
-            return ModelRunnerOutput()
+            return _EMPTY
         inputs = self._prepare_inputs(so)
         meta = inputs.attn_metadata
         if inputs.is_decode_only and self.graph_runner is not None and self.graph_runner.can_run(meta.num_seqs):
@@ -243,25 +310,13 @@ class ModelRunner:
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, meta)
         if not inputs.sample_seqs:
-            return ModelRunnerOutput()
+            return _EMPTY
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         md = build_sampling_metadata(inputs.sample_seqs, self._generators_for(inputs.sample_seqs), self.vocab_size, self.device)
         out = self.sampler(logits, md)
-
-        seq_ids = [s.seq_id for s in inputs.sample_seqs]
-        result = ModelRunnerOutput(sampled_token_ids=dict(zip(seq_ids, out.sampled_token_ids.tolist())))
-        if out.sampled_logprobs is not None:
-            lps, ranks = out.sampled_logprobs.tolist(), out.sampled_ranks.tolist()
-            top_ids = out.topk_token_ids.tolist() if out.topk_token_ids is not None else None
-            top_lps = out.topk_logprobs.tolist() if out.topk_logprobs is not None else None
-            for row, seq in enumerate(inputs.sample_seqs):
-                k = seq.sampling_params.logprobs
-                if k is None:
-                    continue
-                result.logprobs[seq.seq_id] = SeqLogprobs(
-                    lps[row], ranks[row], top_ids[row][:k] if k else [], top_lps[row][:k] if k else []
-                )
-        return result
+        self.prev_sampled = out.sampled_token_ids
+        self.prev_sampled_rows = {s.seq_id: i for i, s in enumerate(inputs.sample_seqs)}
+        return AsyncModelRunnerOutput(inputs.sample_seqs, out, self.device)
 
 
 def _profile_sampling_metadata(num_rows: int, device: torch.device):

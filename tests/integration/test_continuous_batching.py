@@ -33,8 +33,9 @@ def params(i, n=1):
     return SamplingParams(temperature=0, ignore_eos=True, max_tokens=MAX_TOKENS[i], n=n)
 
 
-def test_requests_arriving_while_others_run_match_hf(tiny_model, expected):
-    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_num_seqs=4, max_model_len=128)
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_requests_arriving_while_others_run_match_hf(tiny_model, expected, async_scheduling):
+    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_num_seqs=4, max_model_len=128, async_scheduling=async_scheduling)
     arrivals = {0: [("0", PROMPTS[0], params(0)), ("1", PROMPTS[1], params(1))],
                 3: [("2", PROMPTS[2], params(2)), ("3", PROMPTS[3], params(3, n=2))],
                 7: [(str(i), PROMPTS[i], params(i)) for i in range(4, 7)]}  # fmt: skip
@@ -44,8 +45,9 @@ def test_requests_arriving_while_others_run_match_hf(tiny_model, expected):
             assert toks == expected[i][: MAX_TOKENS[i]]
 
 
-def test_preemption_under_a_tiny_cache_keeps_outputs_identical(tiny_model, expected):
-    llm = LLM(str(tiny_model), device="cpu", block_size=8, num_gpu_blocks_override=12, max_model_len=96, max_num_seqs=6)
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_preemption_under_a_tiny_cache_keeps_outputs_identical(tiny_model, expected, async_scheduling):
+    llm = LLM(str(tiny_model), device="cpu", block_size=8, num_gpu_blocks_override=12, max_model_len=96, max_num_seqs=6, async_scheduling=async_scheduling)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], [params(i) for i in range(7)], use_tqdm=False)
     stats = llm.llm_engine.get_stats()
     assert stats["num_preemptions"] > 0
@@ -53,14 +55,16 @@ def test_preemption_under_a_tiny_cache_keeps_outputs_identical(tiny_model, expec
     assert stats["num_free_blocks"] == stats["num_total_blocks"] == 12
 
 
-def test_chunked_prefill_matches(tiny_model, expected):
-    llm = LLM(str(tiny_model), device="cpu", enable_chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=4, max_model_len=128)
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_chunked_prefill_matches(tiny_model, expected, async_scheduling):
+    llm = LLM(str(tiny_model), device="cpu", enable_chunked_prefill=True, max_num_batched_tokens=16, max_num_seqs=4, max_model_len=128, async_scheduling=async_scheduling)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], [params(i) for i in range(7)], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == [e[: MAX_TOKENS[i]] for i, e in enumerate(expected)]
 
 
-def test_abort_mid_generation_leaves_others_unchanged(tiny_model, expected):
-    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=128)
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_abort_mid_generation_leaves_others_unchanged(tiny_model, expected, async_scheduling):
+    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=128, async_scheduling=async_scheduling)
     for i in range(4):
         engine.add_request(str(i), PROMPTS[i], params(i))
     done, step = {}, 0

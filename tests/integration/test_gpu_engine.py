@@ -20,14 +20,14 @@ def _free_gpu_memory():
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("enforce_eager", [True, False])
+@pytest.mark.parametrize("enforce_eager,async_scheduling", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("shape", ["gqa2", "gqa4_untied", "odd_head_dim"])
-def test_gpu_greedy_matches_hf(tiny_model_factory, shape, enforce_eager):
+def test_gpu_greedy_matches_hf(tiny_model_factory, shape, enforce_eager, async_scheduling):
     from folovllm import LLM, SamplingParams
     from tests.fixtures.tiny_models import SHAPES
 
     path = tiny_model_factory(**SHAPES[shape])
-    llm = LLM(str(path), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, gpu_memory_utilization=0.3)
+    llm = LLM(str(path), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, gpu_memory_utilization=0.3, async_scheduling=async_scheduling)
     prompts = [[5, 17, 99, 3], list(range(40, 90)), [7] * 21, list(range(300, 303))]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True), use_tqdm=False)
     ref = hf_greedy(path, prompts, 24, device="cuda")
@@ -45,3 +45,18 @@ def test_gpu_bf16_runs_and_mostly_agrees(tiny_model):
     ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
     for out, expected in zip(outs, ref):
         assert out.outputs[0].token_ids[:3] == expected[:3]
+
+
+def test_gpu_async_equals_sync_with_preemption(tiny_model):
+    from folovllm import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": list(range(10, 10 + n))} for n in (3, 40, 17, 60, 9)]
+    params = [SamplingParams(temperature=0.8, seed=i, max_tokens=30 + 5 * i, ignore_eos=True) for i in range(5)]
+    results = []
+    for async_scheduling in (False, True):
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", num_gpu_blocks_override=20, block_size=8,
+                  max_model_len=128, async_scheduling=async_scheduling)  # fmt: skip
+        results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+        assert llm.llm_engine.get_stats()["num_preemptions"] > 0
+        del llm
+    assert results[0] == results[1]

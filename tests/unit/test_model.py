@@ -28,6 +28,7 @@ def test_prefill_logits_match_hf(tiny_model_factory, shape):
     for s in seqs:
         assert kv.allocate_slots(s, s.num_tokens)
     so = SchedulerOutput(seqs, {s.seq_id: s.num_tokens for s in seqs}, sum(s.num_tokens for s in seqs),
+                         num_computed_tokens=[0, 0], sampling=[True, True],
                          block_ids={s.seq_id: kv.get_block_ids(s.seq_id) for s in seqs})  # fmt: skip
     inputs = runner._prepare_inputs(so)
     with torch.inference_mode():

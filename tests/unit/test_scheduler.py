@@ -33,11 +33,7 @@ def add(sched, rid, prompt_len, max_tokens=4, n=1):
 
 def fake_step(sched):
     so = sched.schedule()
-    sampled = {
-        s.seq_id: 7
-        for s in so.scheduled_seqs
-        if s.num_computed_tokens + so.num_scheduled_tokens[s.seq_id] == s.num_tokens
-    }
+    sampled = {s.seq_id: 7 for s, flag in zip(so.scheduled_seqs, so.sampling) if flag}
     sched.update_from_output(so, sampled)
     return so
 

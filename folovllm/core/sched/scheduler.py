@@ -14,6 +14,12 @@ A prompt longer than the remaining budget waits, unless chunked prefill is
 on: then it takes what is left and continues next step. That single ``min``
 is all chunked prefill needs here.
 
+``schedule()`` advances each scheduled sequence's ``num_computed_tokens`` at
+once, and counts the token it will sample as a placeholder until
+``update_from_output`` appends it. So the next step can be scheduled while
+this one is still running on the GPU (async scheduling): a decoding sequence
+always needs ``num_tokens + placeholders - num_computed_tokens`` = 1 token.
+
 Invariant (checked at construction): the KV cache holds at least
 ``max_model_len`` tokens, so a sequence running alone always fits and
 preemption can never livelock.
@@ -98,7 +104,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if self._will_finish_anyway(seq):
+                i += 1  # its last token is in flight; computing another would be wasted
+                continue
+            n = min(seq.num_tokens + seq.num_output_placeholders - seq.num_computed_tokens, budget)
             while not self.kv_cache_manager.allocate_slots(seq, n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -117,6 +126,8 @@ class Scheduler:
         if not preempted:
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = self.waiting[0]
+                if seq.num_output_placeholders:
+                    break  # preempted with a token still in flight; resume once it lands
                 n = seq.num_tokens - seq.num_computed_tokens
                 if n > budget:
                     if not chunked:
@@ -134,16 +145,36 @@ class Scheduler:
                 num_tokens[seq.seq_id] = n
                 budget -= n
 
+        # Advance the bookkeeping now, so the next step can be scheduled before
+        # this one's results are back.
+        computed_before, sampling = [], []
+        for seq in scheduled:
+            computed_before.append(seq.num_computed_tokens)
+            seq.num_computed_tokens += num_tokens[seq.seq_id]
+            samples = seq.num_computed_tokens == seq.num_tokens + seq.num_output_placeholders
+            if samples:
+                seq.num_output_placeholders += 1
+            sampling.append(samples)
         out = SchedulerOutput(
             scheduled_seqs=scheduled,
             num_scheduled_tokens=num_tokens,
             total_num_scheduled_tokens=sum(num_tokens.values()),
+            num_computed_tokens=computed_before,
+            sampling=sampling,
             block_ids={s.seq_id: self.kv_cache_manager.get_block_ids(s.seq_id) for s in scheduled},
             preempted_seq_ids=preempted,
             finished_seq_ids=self.finished_seq_ids,
         )
         self.finished_seq_ids = set()
         return out
+
+    def _will_finish_anyway(self, seq: Sequence) -> bool:
+        """Whether the tokens already in flight take ``seq`` to max_tokens / max_model_len."""
+        if not seq.num_output_placeholders:
+            return False
+        max_tokens = seq.sampling_params.max_tokens
+        n_out = seq.num_output_tokens + seq.num_output_placeholders
+        return (max_tokens is not None and n_out >= max_tokens) or seq.num_tokens + seq.num_output_placeholders >= self.max_model_len
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv_cache_manager.free(seq)
@@ -154,22 +185,21 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def update_from_output(self, scheduler_output: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
-        """Advance computed counts, append sampled tokens, apply token stop rules.
+        """Append sampled tokens and apply the token stop rules.
 
-        ``sampled``: seq_id -> new token id, for the sequences that reached the
-        end of their known tokens this step (a partial prefill samples nothing).
-        Returns the sequences that received a token.
+        ``sampled``: seq_id -> new token id, for the sequences that sampled
+        (a partial prefill samples nothing). Returns the sequences that
+        received a token.
         """
         updated = []
         stopped: dict[RequestStatus, list[Sequence]] = {}
-        for seq in scheduler_output.scheduled_seqs:
-            if seq.status != RequestStatus.RUNNING:
-                continue  # aborted while the step ran
-            seq.num_computed_tokens += scheduler_output.num_scheduled_tokens[seq.seq_id]
-            token = sampled.get(seq.seq_id)
-            if token is None:
+        for seq, samples in zip(scheduler_output.scheduled_seqs, scheduler_output.sampling):
+            if not samples:
                 continue
-            seq.append_token_id(token)
+            seq.num_output_placeholders -= 1
+            if seq.is_finished():
+                continue  # stopped or aborted while this step was in flight
+            seq.append_token_id(sampled[seq.seq_id])
             updated.append(seq)
             status = check_stop(seq, self.max_model_len)
             if status is not None:
