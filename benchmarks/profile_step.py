@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py breakdown   # wall time per phase of steady decode steps (GPU synced)
     python benchmarks/profile_step.py cprofile    # host-side cProfile of the whole run
+    python benchmarks/profile_step.py kernels     # torch.profiler kernel table of steady decode steps (GPU)
 """
 
 import cProfile
@@ -69,11 +70,35 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
         print(f"  {k:15s} {v / steps * 1e3:7.3f} ms  ({v / total:.0%})")
 
 
+def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) -> None:
+    """torch.profiler over steady decode steps: where the GPU time goes, per kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from folovllm import LLM, SamplingParams
+
+    model = get_checkpoint(None, "qwen3-0.6b", "cuda")
+    llm = LLM(model, max_model_len=2048, async_scheduling=True)
+    engine = llm.llm_engine
+    vocab = engine.config.model_config.get_vocab_size()
+    for i in range(num_seqs):
+        engine.add_request(str(i), [(i * 7 + j) % vocab for j in range(prompt_len)], SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True))
+    for _ in range(30):
+        engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "breakdown"
     sys.argv = [sys.argv[0]] + sys.argv[2:]
     if mode == "breakdown":
         breakdown()
+    elif mode == "kernels":
+        kernel_table()
     else:
         prof = cProfile.Profile()
         prof.runcall(bench.main)

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from folovllm.model_executor.layers.dispatch import HAS_TRITON
 from folovllm.sample.metadata import SamplingMetadata
 from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
@@ -37,6 +38,13 @@ class SamplerOutput:
 class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logprobs = logits.float().log_softmax(dim=-1) if md.max_num_logprobs is not None else None
+        if _fused_sampling_applies(logits, md):
+            from folovllm.sample.ops.triton_sample import gumbel_argmax
+
+            sampled = gumbel_argmax(logits, md.temperature)
+            if raw_logprobs is None:
+                return SamplerOutput(sampled, None, None, None, None)
+            return self._with_logprobs(sampled, raw_logprobs, md)
         logits = logits.float()
         for row, stop_ids in md.min_tokens_stop_ids.items():
             logits[row, stop_ids] = float("-inf")
@@ -46,9 +54,12 @@ class Sampler(nn.Module):
                 md.presence_penalties, md.frequency_penalties, md.repetition_penalties,
             )  # fmt: skip
         sampled = self.sample(logits, md)
-
         if raw_logprobs is None:
             return SamplerOutput(sampled, None, None, None, None)
+        return self._with_logprobs(sampled, raw_logprobs, md)
+
+    @staticmethod
+    def _with_logprobs(sampled: torch.Tensor, raw_logprobs: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         sampled_lp = raw_logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
         ranks = (raw_logprobs > sampled_lp.unsqueeze(1)).sum(dim=1) + 1
         topk_lp, topk_ids = raw_logprobs.topk(md.max_num_logprobs, dim=-1) if md.max_num_logprobs else (None, None)
@@ -70,6 +81,21 @@ class Sampler(nn.Module):
         if greedy is None:
             return random
         return torch.where(md.greedy_mask, greedy, random)
+
+
+def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
+    """Plain temperature sampling of every row, on a GPU: one fused kernel does it all."""
+    return (
+        logits.is_cuda
+        and HAS_TRITON
+        and md.all_random
+        and not md.generators
+        and md.top_k is None
+        and md.top_p is None
+        and md.min_p is None
+        and md.repetition_penalties is None
+        and not md.min_tokens_stop_ids
+    )
 
 
 def _exponential_noise(like: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:

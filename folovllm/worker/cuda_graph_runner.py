@@ -10,6 +10,8 @@ single launch. Graphs are captured for a ladder of batch sizes; a step with
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from folovllm.attention.backends.abstract import AttentionMetadata
@@ -50,6 +52,16 @@ class CUDAGraphRunner:
 
     @torch.inference_mode()
     def capture(self) -> None:
+        # A graph of an earlier engine freed by the garbage collector *during*
+        # capture would make CUDA reject the capture; collect now, then hold off.
+        gc.collect()
+        gc.disable()
+        try:
+            self._capture_all()
+        finally:
+            gc.enable()
+
+    def _capture_all(self) -> None:
         pool = None
         for bs in reversed(self.capture_sizes):  # largest first, so smaller graphs reuse its memory
             meta = self._metadata(bs)

@@ -62,7 +62,11 @@ class AsyncModelRunnerOutput:
                 self._tensors += [sampler_output.topk_token_ids, sampler_output.topk_logprobs]
         self._event = None
         if device.type == "cuda":
-            self._tensors = [t.to("cpu", non_blocking=True) for t in self._tensors]
+            # Pinned destinations: a copy into pageable memory would block the host.
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._tensors]
+            for dst, src in zip(host, self._tensors):
+                dst.copy_(src, non_blocking=True)
+            self._tensors = host
             self._event = torch.cuda.Event()
             self._event.record()
 

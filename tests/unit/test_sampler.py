@@ -128,3 +128,25 @@ def test_mixed_greedy_and_random_rows(temperature):
     md = metadata([SamplingParams(temperature=0), SamplingParams(temperature=temperature or 0.9, seed=1)], generators={1: torch.Generator().manual_seed(1)})
     out = Sampler()(logits.clone(), md).sampled_token_ids
     assert out[0] == logits[0].argmax()
+
+
+def test_fused_gumbel_kernel_matches_softmax_frequencies():
+    """The Triton sampler (interpreter on CPU) against softmax(logits / T), by chi-square."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_sample import gumbel_argmax
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.tensor([1.0, 0.5, 0.0, -0.5, 0.2, -1.0, 0.8, 0.1], device=device)
+    n = 800  # each draw is one program: the interpreter is slow
+    torch.manual_seed(0)
+    draws = gumbel_argmax(logits.repeat(n, 1), torch.full((n,), 0.7, device=device)).cpu()
+    observed = torch.bincount(draws, minlength=VOCAB).double()
+    expected = (logits.cpu() / 0.7).softmax(-1).double() * n
+    chi2 = ((observed - expected) ** 2 / expected).sum().item()
+    assert chi2 < 24.3, chi2
+    # a near-zero temperature is greedy; the same global seed repeats the draw
+    assert gumbel_argmax(logits.repeat(3, 1), torch.full((3,), 1e-4, device=device)).tolist() == [0, 0, 0]
+    torch.manual_seed(5)
+    a = gumbel_argmax(logits.repeat(16, 1), torch.ones(16, device=device))
+    torch.manual_seed(5)
+    assert torch.equal(a, gumbel_argmax(logits.repeat(16, 1), torch.ones(16, device=device)))
