@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import sys
-from pathlib import Path
 
 import torch
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -132,7 +131,3 @@ def iterate_weights(model: str, revision: Optional[str] = None, allow_pickle: bo
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt file
             raise ModelLoadError(f"Could not read weight file {file}: {exc}") from None
 
-
-def get_model_size_bytes(model: str, revision: Optional[str] = None) -> int:
-    path = resolve_model_path(model, revision)
-    return sum(os.path.getsize(f) for f in path.glob("*.safetensors"))

@@ -20,7 +20,7 @@ _LADDER = [1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
 
 
 class CUDAGraphRunner:
-    def __init__(self, model, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int, hidden_size: int, dtype: torch.dtype, device: torch.device, num_kv_splits_fn) -> None:
+    def __init__(self, model, max_num_seqs: int, max_blocks_per_seq: int, max_model_len: int, device: torch.device, num_kv_splits_fn) -> None:
         self.model = model
         self.max_model_len = max_model_len
         self.num_kv_splits_fn = num_kv_splits_fn
@@ -38,7 +38,6 @@ class CUDAGraphRunner:
 
     def _metadata(self, bs: int) -> AttentionMetadata:
         return AttentionMetadata(
-            num_actual_tokens=bs,
             max_query_len=1,
             max_seq_len=self.max_model_len,
             query_start_loc=self.query_start_loc[: bs + 1],

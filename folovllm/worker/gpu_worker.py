@@ -13,6 +13,7 @@ import torch
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.utils.common import cdiv, set_random_seed
+from folovllm.utils.device import get_gpu_memory_info
 from folovllm.worker.model_runner import AsyncModelRunnerOutput, ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Worker:
     def _profile_gpu_blocks(self, per_block: int) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        free_before, total = torch.cuda.mem_get_info(self.device)
+        free_before, total = get_gpu_memory_info(self.device)
         non_torch = (total - free_before) - torch.cuda.memory_reserved(self.device)
         weights = torch.cuda.memory_allocated(self.device)
         self.model_runner.profile_run()

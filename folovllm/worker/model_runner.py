@@ -55,12 +55,15 @@ class AsyncModelRunnerOutput:
 
     def __init__(self, seqs: list[Sequence], sampler_output, device: torch.device) -> None:
         self.seqs = seqs
+        self._event = None
+        self._tensors = []
+        if sampler_output is None:  # a step in which nobody sampled
+            return
         self._tensors = [sampler_output.sampled_token_ids]
         if sampler_output.sampled_logprobs is not None:
             self._tensors += [sampler_output.sampled_logprobs, sampler_output.sampled_ranks]
             if sampler_output.topk_token_ids is not None:
                 self._tensors += [sampler_output.topk_token_ids, sampler_output.topk_logprobs]
-        self._event = None
         if device.type == "cuda":
             # Pinned destinations: a copy into pageable memory would block the host.
             host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._tensors]
@@ -89,9 +92,6 @@ class AsyncModelRunnerOutput:
                 )
         return result
 
-
-_EMPTY = AsyncModelRunnerOutput.__new__(AsyncModelRunnerOutput)
-_EMPTY.seqs, _EMPTY._tensors, _EMPTY._event = [], [], None
 
 
 @dataclass
@@ -166,8 +166,7 @@ class ModelRunner:
         if self.device.type != "cuda" or self.config.enforce_eager:
             return
         self.graph_runner = CUDAGraphRunner(
-            self.model, self.max_num_seqs, self.max_blocks_per_seq, self.max_model_len,
-            self.model_config.hf_config.hidden_size, self.dtype, self.device, self._num_kv_splits,
+            self.model, self.max_num_seqs, self.max_blocks_per_seq, self.max_model_len, self.device, self._num_kv_splits,
         )  # fmt: skip
         self.graph_runner.capture()
         logger.info("Captured CUDA graphs for decode batch sizes %s", self.graph_runner.capture_sizes)
@@ -221,7 +220,6 @@ class ModelRunner:
     def _make_metadata(self, qsl, seq_lens, block_table: np.ndarray, slots: np.ndarray, max_query_len: int) -> AttentionMetadata:
         max_seq_len = max(seq_lens)
         return AttentionMetadata(
-            num_actual_tokens=len(slots),
             max_query_len=max_query_len,
             max_seq_len=max_seq_len,
             query_start_loc=self._to_device(np.asarray(qsl, dtype=np.int32)),
@@ -306,7 +304,7 @@ class ModelRunner:
         for seq_id in so.preempted_seq_ids:
             self.block_table.release(seq_id)  # its blocks were freed; it restarts from scratch
         if so.is_empty:
-            return _EMPTY
+            return AsyncModelRunnerOutput([], None, self.device)
         inputs = self._prepare_inputs(so)
         meta = inputs.attn_metadata
         if inputs.is_decode_only and self.graph_runner is not None and self.graph_runner.can_run(meta.num_seqs):
@@ -314,7 +312,7 @@ class ModelRunner:
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, meta)
         if not inputs.sample_seqs:
-            return _EMPTY
+            return AsyncModelRunnerOutput([], None, self.device)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         md = build_sampling_metadata(inputs.sample_seqs, self._generators_for(inputs.sample_seqs), self.vocab_size, self.device)
         out = self.sampler(logits, md)

@@ -17,7 +17,6 @@ import torch
 
 @dataclass
 class AttentionMetadata:
-    num_actual_tokens: int
     max_query_len: int
     max_seq_len: int
     query_start_loc: torch.Tensor  # int32 [B + 1], on the device

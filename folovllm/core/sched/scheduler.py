@@ -65,9 +65,6 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def get_num_unfinished_requests(self) -> int:
-        return len(self.requests)
-
     def finish_seqs(self, seqs: Iterable[Sequence], status: RequestStatus) -> None:
         """Move sequences to a finished state and release their KV blocks at once."""
         for seq in seqs:
