@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.attention.ops.triton_paged_kv import load_kv_tile
+
 
 @triton.jit
 def _decode_stage1_kernel(
@@ -66,11 +68,10 @@ def _decode_stage1_kernel(
     for n0 in range(start, end, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         valid = pos < end
-        block_ids = tl.load(block_table_ptr + b * stride_bt + pos // PAGE_SIZE, mask=valid, other=0)
-        offs_kv = block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
-        kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        k, v = load_kv_tile(
+            k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
+            stride_cb, stride_cs, stride_ch, PAGE_SIZE,
+        )  # fmt: skip
         qk = tl.dot(q, tl.trans(k)) * scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))

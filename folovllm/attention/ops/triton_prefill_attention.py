@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.attention.ops.triton_paged_kv import load_kv_tile
+
 
 @triton.jit
 def _prefill_kernel(
@@ -71,11 +73,10 @@ def _prefill_kernel(
     for n0 in range(0, end, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         valid = pos < end
-        block_ids = tl.load(block_table_ptr + b * stride_bt + pos // PAGE_SIZE, mask=valid, other=0)
-        offs_kv = block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
-        kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        k, v = load_kv_tile(
+            k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
+            stride_cb, stride_cs, stride_ch, PAGE_SIZE,
+        )  # fmt: skip
         qk = tl.dot(q, tl.trans(k)) * scale
         allowed = valid[None, :] & (pos[None, :] <= q_pos[:, None])
         qk = tl.where(allowed, qk, float("-inf"))
