@@ -10,6 +10,10 @@ Data flow of one ``LLM.generate`` call::
 
 __version__ = "0.4.0"
 
+from folovllm.logger import configure_logging
+
+configure_logging()
+
 from folovllm.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from folovllm.engine.llm_engine import LLMEngine
 from folovllm.entrypoints.llm import LLM

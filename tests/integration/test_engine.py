@@ -174,3 +174,21 @@ def test_step_api_streams_and_rejects_duplicate_ids(tiny_model):
     assert seen[-1][2] == engine.get_tokenizer().decode(out.outputs[0].token_ids, skip_special_tokens=True)
     stats = engine.get_stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"] and stats["num_running"] == stats["num_waiting"] == 0
+
+
+def test_startup_logs_cache_size_and_concurrency(tiny_model):
+    import logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("folovllm").addHandler(handler)
+    try:
+        LLM(str(tiny_model), device="cpu", block_size=8, num_gpu_blocks_override=32, max_model_len=128)
+    finally:
+        logging.getLogger("folovllm").removeHandler(handler)
+    assert any("32 blocks x 8 tokens = 256 tokens" in r and "max concurrency at max_model_len=128: 2.00x" in r for r in records)
