@@ -17,10 +17,9 @@ import datetime
 import gc
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
-
-import sys
 
 import torch
 

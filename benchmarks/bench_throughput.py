@@ -9,9 +9,8 @@ CPU, in about a minute on a tiny checkpoint:
 from __future__ import annotations
 
 import argparse
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import torch

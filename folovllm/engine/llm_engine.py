@@ -15,7 +15,8 @@ computed one token that is thrown away.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional, Sequence as Seq, Union
+from typing import Iterable, Optional, Union
+from typing import Sequence as Seq
 
 from tqdm.auto import tqdm
 
@@ -25,14 +26,14 @@ from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.output_processor import OutputProcessor
-from folovllm.engine.processor import PromptType, Processor
+from folovllm.engine.processor import Processor, PromptType
 from folovllm.executor.uniproc_executor import UniProcExecutor
 from folovllm.model_loader import get_eos_token_ids, load_tokenizer
 from folovllm.outputs import RequestOutput
 from folovllm.request import Request
 from folovllm.sampling_params import RequestOutputKind, SamplingParams
 from folovllm.utils.common import Counter
-from folovllm.worker.model_runner import AsyncModelRunnerOutput
+from folovllm.worker.runner_output import AsyncModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from folovllm.request import Request, RequestStatus, Sequence
 from folovllm.sampling_params import RequestOutputKind
-from folovllm.worker.model_runner import SeqLogprobs
+from folovllm.worker.runner_output import SeqLogprobs
 
 
 class RequestState:

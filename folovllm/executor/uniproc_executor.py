@@ -10,7 +10,7 @@ from __future__ import annotations
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.worker.gpu_worker import Worker
-from folovllm.worker.model_runner import AsyncModelRunnerOutput
+from folovllm.worker.runner_output import AsyncModelRunnerOutput
 
 
 class UniProcExecutor:

@@ -14,7 +14,8 @@ from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.utils.common import cdiv, set_random_seed
 from folovllm.utils.device import get_gpu_memory_info
-from folovllm.worker.model_runner import AsyncModelRunnerOutput, ModelRunner
+from folovllm.worker.model_runner import ModelRunner
+from folovllm.worker.runner_output import AsyncModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ def test_prefill_logits_match_hf(tiny_model_factory, shape):
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     prompts = [[3, 50, 7, 9, 11], list(range(100, 137))]
     # Two sequences in one flattened batch (no padding), through the engine's own runner.
+    from folovllm import SamplingParams
     from folovllm.core.sched.output import SchedulerOutput
     from folovllm.request import Sequence
-    from folovllm import SamplingParams
 
     seqs = [Sequence(1000 + i, f"m{i}", p, SamplingParams(temperature=0)) for i, p in enumerate(prompts)]
     kv = llm.llm_engine.kv_cache_manager
