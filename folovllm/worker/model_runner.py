@@ -173,42 +173,29 @@ class ModelRunner:
     def _prepare_inputs(self, so: SchedulerOutput) -> _StepInputs:
         bs = self.block_size
         seqs = so.scheduled_seqs
-        n_sched = [so.num_scheduled_tokens[s.seq_id] for s in seqs]
         rows = np.fromiter((self.block_table.update(s.seq_id, so.block_ids[s.seq_id]) for s in seqs), np.int64, len(seqs))
         block_table = self.block_table.gather(rows)
         starts = np.asarray(so.num_computed_tokens, dtype=np.int64)
-        counts = np.asarray(n_sched, dtype=np.int64)
+        counts = np.fromiter((so.num_scheduled_tokens[s.seq_id] for s in seqs), np.int64, len(seqs))
         ends = starts + counts
         max_query_len = int(counts.max())
-        pending_dst: list[int] = []  # batch rows whose input is a token still on the device
+        qsl = np.concatenate([[0], np.cumsum(counts)])
+        ids: list[int] = []
+        pending_dst: list[int] = []  # flat rows whose input is a token still on the device
         pending_src: list[int] = []
-        if max_query_len == 1:  # pure decode: one token per sequence, all vectorized
-            ids = []
-            for i, (s, c) in enumerate(zip(seqs, starts.tolist())):
-                if c < s.num_tokens:
-                    ids.append(s.token_id_at(c))
-                else:  # sampled by the step still in flight
-                    ids.append(0)
-                    pending_dst.append(i)
-                    pending_src.append(self.prev_sampled_rows[s.seq_id])
-            input_ids = np.asarray(ids, dtype=np.int64)
-            positions = starts
-            slots = block_table[np.arange(len(seqs)), positions // bs].astype(np.int64) * bs + positions % bs
-            qsl = np.arange(len(seqs) + 1)
-        else:
-            qsl = np.concatenate([[0], np.cumsum(counts)])
-            chunks = []
-            for i, (s, a, b) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
-                if a < s.num_tokens:
-                    chunks.append(np.asarray(s.get_token_ids()[a:b], dtype=np.int64))
-                else:  # a decode whose input was sampled by the step still in flight
-                    chunks.append(np.zeros(1, dtype=np.int64))
-                    pending_dst.append(int(qsl[i]))
-                    pending_src.append(self.prev_sampled_rows[s.seq_id])
-            input_ids = np.concatenate(chunks)
-            seq_of_token = np.repeat(np.arange(len(seqs)), counts)
-            positions = np.arange(int(qsl[-1])) - np.repeat(qsl[:-1], counts) + np.repeat(starts, counts)
-            slots = block_table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        for i, (s, a, b) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
+            if a >= s.num_tokens:  # a decode whose input was sampled by the step still in flight
+                ids.append(0)
+                pending_dst.append(int(qsl[i]))
+                pending_src.append(self.prev_sampled_rows[s.seq_id])
+            elif b - a == 1:
+                ids.append(s.token_id_at(a))
+            else:
+                ids.extend(s.get_token_ids()[a:b])
+        input_ids = np.asarray(ids, dtype=np.int64)
+        seq_of_token = np.repeat(np.arange(len(seqs)), counts)
+        positions = np.arange(int(qsl[-1])) - np.repeat(qsl[:-1], counts) + np.repeat(starts, counts)
+        slots = block_table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
         sampling = np.asarray(so.sampling, dtype=bool)
         sample_seqs = [s for s, flag in zip(seqs, so.sampling) if flag]
         meta = self._make_metadata(qsl.tolist(), ends.tolist(), block_table, slots, max_query_len)
