@@ -34,7 +34,7 @@ from typing import Iterable
 from folovllm.config import SchedulerConfig
 from folovllm.core.kv_cache.kv_cache_manager import KVCacheManager
 from folovllm.core.sched.output import SchedulerOutput
-from folovllm.core.sched.stop_checker import check_stop
+from folovllm.core.sched.stop_checker import check_stop, reaches_length_limit
 from folovllm.request import Request, RequestStatus, Sequence
 
 
@@ -167,11 +167,9 @@ class Scheduler:
 
     def _will_finish_anyway(self, seq: Sequence) -> bool:
         """Whether the tokens already in flight take ``seq`` to max_tokens / max_model_len."""
-        if not seq.num_output_placeholders:
-            return False
-        max_tokens = seq.sampling_params.max_tokens
-        n_out = seq.num_output_tokens + seq.num_output_placeholders
-        return (max_tokens is not None and n_out >= max_tokens) or seq.num_tokens + seq.num_output_placeholders >= self.max_model_len
+        return seq.num_output_placeholders > 0 and reaches_length_limit(
+            seq, self.max_model_len, seq.num_output_placeholders
+        )
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv_cache_manager.free(seq)
