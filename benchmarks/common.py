@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from folovllm.utils.random_checkpoint import make_random_checkpoint
+from folovllm.utils.random_checkpoint import cached_random_checkpoint
 
 
 @dataclass
@@ -40,13 +37,9 @@ def get_checkpoint(model: str | None, preset: str, device: str) -> str:
     """``model`` if given, else a cached random checkpoint of ``preset``."""
     if model:
         return model
-    root = Path(os.environ.get("FOLOVLLM_CACHE", Path(tempfile.gettempdir()) / "folovllm-checkpoints"))
-    path = root / preset
-    if not (path / "config.json").is_file():
-        dtype = "bfloat16" if preset == "qwen3-0.6b" else "float32"
-        init_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-        make_random_checkpoint(path, preset=preset, dtype=dtype, device=init_device)
-    return str(path)
+    dtype = "bfloat16" if preset == "qwen3-0.6b" else "float32"
+    init_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+    return cached_random_checkpoint(preset, preset, dtype=dtype, device=init_device)
 
 
 def sync(device: str) -> None:

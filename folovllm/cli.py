@@ -8,20 +8,12 @@ random model is gibberish, but every stage of the engine runs for real.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
 
 
 def demo_checkpoint() -> str:
-    from folovllm.utils.random_checkpoint import make_random_checkpoint
+    from folovllm.utils.random_checkpoint import cached_random_checkpoint
 
-    root = Path(os.environ.get("FOLOVLLM_CACHE", Path(tempfile.gettempdir()) / "folovllm-checkpoints"))
-    path = root / "demo-tiny"
-    if not (path / "config.json").is_file():
-        print(f"[folovllm] building a random demo checkpoint in {path} (no --model given)")
-        make_random_checkpoint(path, preset="tiny", hidden_size=128, intermediate_size=256, num_hidden_layers=4)
-    return str(path)
+    return cached_random_checkpoint("demo-tiny", "tiny", hidden_size=128, intermediate_size=256, num_hidden_layers=4)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,9 @@ BPE trained on the fly on Python's own standard-library sources.
 from __future__ import annotations
 
 import json
+import os
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,13 @@ def make_random_checkpoint(
         json.dumps({"eos_token_id": [fields["eos_token_id"], tokenizer.pad_token_id], "bos_token_id": fields["bos_token_id"]})
     )
     return save_dir
+
+
+def cached_random_checkpoint(name: str, preset: str, dtype: str = "float32", device: str = "cpu", **overrides: Any) -> str:
+    """A random checkpoint under ``$FOLOVLLM_CACHE`` (default: the temp dir), built on first use."""
+    root = Path(os.environ.get("FOLOVLLM_CACHE", Path(tempfile.gettempdir()) / "folovllm-checkpoints"))
+    path = root / name
+    if not (path / "config.json").is_file():
+        print(f"[folovllm] building a random {preset!r} checkpoint in {path}")
+        make_random_checkpoint(path, preset=preset, dtype=dtype, device=device, **overrides)
+    return str(path)
