@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import torch
 
 from folovllm.attention.backends.abstract import AttentionBackend
+from folovllm.utils.device import HAS_TRITON
 
 logger = logging.getLogger(__name__)
 
 
 def get_attn_backend(device: torch.device) -> AttentionBackend:
-    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+    if device.type == "cuda" and HAS_TRITON:
         from folovllm.attention.backends.triton_backend import TritonAttentionBackend
 
         return TritonAttentionBackend()

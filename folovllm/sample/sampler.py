@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from folovllm.model_executor.layers.dispatch import HAS_TRITON
 from folovllm.sample.metadata import SamplingMetadata
 from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
+from folovllm.utils.device import HAS_TRITON
 
 
 @dataclass

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
+
+# Triton kernels back the GPU path; without the package everything runs in plain torch.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 

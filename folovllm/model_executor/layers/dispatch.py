@@ -1,10 +1,8 @@
 """Whether a tensor's ops may take the fused Triton kernels (CUDA tensors, triton installed)."""
 
-import importlib.util
-
 import torch
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+from folovllm.utils.device import HAS_TRITON
 
 
 def use_fused_kernels(x: torch.Tensor) -> bool:
