@@ -21,6 +21,7 @@ from benchmarks.common import get_checkpoint  # noqa: E402
 
 def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
     from folovllm import LLM, SamplingParams
+    from folovllm.model_runner_output import ModelRunnerOutput
     from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,7 +32,7 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
     vocab = engine.config.model_config.get_vocab_size()
     for i in range(num_seqs):
         engine.add_request(str(i), [(i * 7 + j) % vocab for j in range(prompt_len)], SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True))
-    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:
+    while any(s.num_computed_tokens < len(s.prompt_token_ids) for s in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
     phases = dict.fromkeys(["schedule", "prepare", "forward", "logits+sample", "update+outputs"], 0.0)
 
@@ -43,6 +44,7 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
         t0 = time.perf_counter()
         so = engine.scheduler.schedule()
         t1 = time.perf_counter()
+        runner._update_states(so)
         inputs = runner._prepare_inputs(so)
         sync()
         t2 = time.perf_counter()
@@ -55,12 +57,13 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
             sync()
             t3 = time.perf_counter()
             logits = runner.model.compute_logits(hidden[inputs.logits_indices])
-            md = build_sampling_metadata(inputs.sample_seqs, runner._generators_for(inputs.sample_seqs), runner.vocab_size, runner.device)
+            md = build_sampling_metadata(inputs.sample_states, runner.vocab_size, runner.device)
             tokens = runner.sampler(logits, md).sampled_token_ids.tolist()
         t4 = time.perf_counter()
-        sampled = {s.seq_id: t for s, t in zip(inputs.sample_seqs, tokens)}
-        updated = engine.scheduler.update_from_output(so, sampled)
-        engine.output_processor.process_outputs(updated, {})
+        model_output = ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens)
+        updated = engine.scheduler.update_from_output(model_output)
+        engine.output_processor.process_new_tokens(updated, model_output)
+        engine.output_processor.make_request_outputs(updated)
         t5 = time.perf_counter()
         for k, dt in zip(phases, [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]):
             phases[k] += dt

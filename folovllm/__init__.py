@@ -3,9 +3,10 @@
 Data flow of one ``LLM.generate`` call::
 
     prompts -> engine.Processor (tokenize, validate) -> Request / Sequence
-            -> core.Scheduler (token budget, KV blocks)  -> SchedulerOutput
-            -> executor -> worker -> ModelRunner (flattened batch, Qwen3, Sampler)
-            -> engine.OutputProcessor (detokenize, stop checks) -> RequestOutput
+            -> core.Scheduler (token budget, KV blocks)  -> SchedulerOutput (plain data)
+            -> executor -> worker -> ModelRunner (InputBatch, flattened batch, Qwen3, Sampler)
+            -> ModelRunnerOutput (plain data) -> Scheduler.update_from_output (token stop rules)
+            -> engine.OutputProcessor (detokenize, stop strings) -> RequestOutput
 """
 
 __version__ = "0.4.0"

@@ -29,6 +29,11 @@ _DTYPE_CHOICES = {
 _BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 
 
+def get_head_dim(hf_config) -> int:
+    """An HF config's head_dim, which most configs derive from hidden_size when they omit it."""
+    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+
+
 def _bad(field_name: str, value: Any, why: str) -> ValueError:
     return ValueError(f"{field_name} {why}, got {value!r}")
 
@@ -101,8 +106,7 @@ class ModelConfig:
         return getattr(self.hf_config, "num_key_value_heads", self.hf_config.num_attention_heads)
 
     def get_head_dim(self) -> int:
-        head_dim = getattr(self.hf_config, "head_dim", None)
-        return head_dim or self.hf_config.hidden_size // self.hf_config.num_attention_heads
+        return get_head_dim(self.hf_config)
 
     def get_vocab_size(self) -> int:
         return self.hf_config.vocab_size

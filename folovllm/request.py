@@ -12,7 +12,7 @@ Status life cycle of a sequence::
                   v  |
                PREEMPTED        (KV blocks freed; recomputed on resume)
 
-    WAITING / PREEMPTED -> FINISHED_ABORTED or FINISHED_IGNORED
+    WAITING / PREEMPTED -> FINISHED_ABORTED
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = enum.auto()
     FINISHED_LENGTH_CAPPED = enum.auto()
     FINISHED_ABORTED = enum.auto()
-    FINISHED_IGNORED = enum.auto()
 
     @staticmethod
     def is_finished(status: "RequestStatus") -> bool:
@@ -44,26 +43,20 @@ class RequestStatus(enum.IntEnum):
     def get_finished_reason(status: "RequestStatus") -> Optional[str]:
         return _FINISH_REASONS.get(status)
 
-
-# A sequence moves through the same states as a request.
-SequenceStatus = RequestStatus
-
 _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH_CAPPED: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
-    RequestStatus.FINISHED_IGNORED: "length",
 }
-_ABORTABLE = {RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_IGNORED}
 _ALLOWED = {
-    RequestStatus.WAITING: {RequestStatus.RUNNING, *_ABORTABLE},
+    RequestStatus.WAITING: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED},
     # With async scheduling a preempted sequence may still receive the token of
     # a step that was already in flight, and that token may end it.
     RequestStatus.PREEMPTED: {
         RequestStatus.RUNNING,
         RequestStatus.FINISHED_STOPPED,
         RequestStatus.FINISHED_LENGTH_CAPPED,
-        *_ABORTABLE,
+        RequestStatus.FINISHED_ABORTED,
     },
     RequestStatus.RUNNING: {
         RequestStatus.PREEMPTED,
@@ -93,9 +86,6 @@ class SequenceData:
     def get_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
-    def get_last_token_id(self) -> int:
-        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
-
     def append_token_id(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
 
@@ -110,20 +100,19 @@ class Sequence:
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,
         index: int = 0,
-        eos_token_id: Optional[int] = None,
     ) -> None:
         self.seq_id = seq_id
         self.request_id = request_id
         self.index = index
         self.data = SequenceData(list(prompt_token_ids))
         self.sampling_params = sampling_params
-        self.eos_token_id = eos_token_id
         self.status = RequestStatus.WAITING
         # Tokens whose K/V are in (or being written to) the cache; reset to 0 on preemption.
         self.num_computed_tokens = 0
         # Tokens sampled by steps in flight but not yet appended (async scheduling).
         self.num_output_placeholders = 0
-        self.num_preemptions = 0
+        # Output tokens already sent to the worker (it keeps its own copy of the tokens).
+        self.num_output_tokens_sent = 0
         # Filled while generating.
         self.output_text = ""
         self.stop_reason: int | str | None = None
@@ -144,21 +133,11 @@ class Sequence:
         return self.data.get_len()
 
     @property
-    def num_prompt_tokens(self) -> int:
-        return self.data.get_prompt_len()
-
-    @property
     def num_output_tokens(self) -> int:
         return self.data.get_output_len()
 
     def get_token_ids(self) -> list[int]:
         return self.data.get_token_ids()
-
-    def token_id_at(self, position: int) -> int:
-        n_prompt = self.num_prompt_tokens
-        if position < n_prompt:
-            return self.data.prompt_token_ids[position]
-        return self.data.output_token_ids[position - n_prompt]
 
     def append_token_id(self, token_id: int) -> None:
         self.data.append_token_id(token_id)
@@ -174,22 +153,6 @@ class Sequence:
 
     def get_finish_reason(self) -> Optional[str]:
         return RequestStatus.get_finished_reason(self.status)
-
-    def fork(self, new_seq_id: int, index: int) -> "Sequence":
-        """A sibling with the same prompt (and the same tokens so far)."""
-        child = Sequence(
-            new_seq_id,
-            self.request_id,
-            self.prompt_token_ids,
-            self.sampling_params,
-            index=index,
-            eos_token_id=self.eos_token_id,
-        )
-        child.data.output_token_ids = list(self.output_token_ids)
-        child.output_text = self.output_text
-        child.cumulative_logprob = self.cumulative_logprob
-        child.output_logprobs = list(self.output_logprobs)
-        return child
 
     def __repr__(self) -> str:
         return (
@@ -208,35 +171,25 @@ class Request:
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,
         first_seq_id: int,
-        arrival_time: Optional[float] = None,
-        eos_token_id: Optional[int] = None,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = list(prompt_token_ids)
         self.sampling_params = sampling_params
-        self.arrival_time = time.time() if arrival_time is None else arrival_time
-        self.metrics = RequestMetrics(arrival_time=self.arrival_time)
-        first = Sequence(first_seq_id, request_id, self.prompt_token_ids, sampling_params, 0, eos_token_id)
-        self.seqs = [first] + [first.fork(first_seq_id + i, i) for i in range(1, sampling_params.n)]
-
-    def get_seqs(self, status: Optional[RequestStatus] = None) -> list[Sequence]:
-        if status is None:
-            return list(self.seqs)
-        return [s for s in self.seqs if s.status == status]
-
-    def get_num_seqs(self, status: Optional[RequestStatus] = None) -> int:
-        return len(self.get_seqs(status))
-
-    @property
-    def status(self) -> RequestStatus:
-        """RUNNING if any sequence runs; finished once all are; else the first's."""
-        statuses = [s.status for s in self.seqs]
-        if RequestStatus.RUNNING in statuses:
-            return RequestStatus.RUNNING
-        if all(RequestStatus.is_finished(s) for s in statuses):
-            return statuses[0]
-        return next(s for s in statuses if not RequestStatus.is_finished(s))
+        self.metrics = RequestMetrics(arrival_time=time.time())
+        self.seqs = [
+            Sequence(first_seq_id + i, request_id, self.prompt_token_ids, _sibling_params(sampling_params, i), i)
+            for i in range(sampling_params.n)
+        ]
 
     def is_finished(self) -> bool:
         return all(s.is_finished() for s in self.seqs)
+
+
+def _sibling_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Sibling ``index`` of a seeded request draws from seed + index (as vLLM v1 does)."""
+    if index == 0 or params.seed is None:
+        return params
+    sibling = params.clone()
+    sibling.seed = params.seed + index
+    return sibling

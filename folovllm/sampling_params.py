@@ -118,6 +118,11 @@ class SamplingParams:
             return SamplingType.RANDOM_SEED
         return SamplingType.RANDOM
 
+    @property
+    def has_penalties(self) -> bool:
+        """Whether the repetition, frequency or presence penalty is active."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
     def update_from_generation_config(self, eos_token_ids: set[int]) -> None:
         """Let the model's EOS ids stop generation too (unless ignore_eos)."""
         if not self.ignore_eos:

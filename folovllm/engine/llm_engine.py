@@ -22,18 +22,17 @@ from tqdm.auto import tqdm
 
 from folovllm.config import EngineConfig
 from folovllm.core.kv_cache.kv_cache_manager import KVCacheManager
-from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.output_processor import OutputProcessor
 from folovllm.engine.processor import Processor, PromptType
 from folovllm.executor.uniproc_executor import UniProcExecutor
 from folovllm.model_loader import get_eos_token_ids, load_tokenizer
+from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.outputs import RequestOutput
-from folovllm.request import Request
+from folovllm.request import Request, RequestStatus
 from folovllm.sampling_params import RequestOutputKind, SamplingParams
 from folovllm.utils.common import Counter
-from folovllm.worker.runner_output import AsyncModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +54,13 @@ class LLMEngine:
         )  # fmt: skip
         self.kv_cache_manager = KVCacheManager(num_blocks, block_size)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager)
-        self.processor = Processor(
-            self.tokenizer, mc.get_vocab_size(), mc.max_model_len, self.eos_token_ids, self.tokenizer.eos_token_id
-        )
-        self.output_processor = OutputProcessor(self.tokenizer, self.scheduler)
+        self.processor = Processor(self.tokenizer, mc.get_vocab_size(), mc.max_model_len, self.eos_token_ids)
+        self.output_processor = OutputProcessor(self.tokenizer)
         self.request_counter = Counter()
         self.seq_counter = Counter()
         self.async_scheduling = config.scheduler_config.async_scheduling
-        # The step in flight (async scheduling): its schedule and its results' handle.
-        self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
+        # The step in flight (async scheduling): the handle of its results.
+        self.in_flight: AsyncModelRunnerOutput | None = None
         # Requests whose sampling needs the exact token history (penalties, min_tokens):
         # while any is alive, steps run synchronously.
         self.history_sensitive: set[str] = set()
@@ -112,12 +109,11 @@ class LLMEngine:
         if not self.async_scheduling or self.history_sensitive:
             outputs = self._finish_in_flight()
             scheduler_output = self.scheduler.schedule()
-            handle = self.executor.execute_model(scheduler_output)
-            return outputs + self._process(scheduler_output, handle)
+            return outputs + self._process(self.executor.execute_model(scheduler_output))
         scheduler_output = self.scheduler.schedule()
         handle = self.executor.execute_model(scheduler_output)  # launched, not waited for
         outputs = self._finish_in_flight()
-        self.in_flight = (scheduler_output, handle)
+        self.in_flight = handle
         if scheduler_output.is_empty:
             outputs += self._finish_in_flight()
         return outputs
@@ -125,14 +121,15 @@ class LLMEngine:
     def _finish_in_flight(self) -> list[RequestOutput]:
         if self.in_flight is None:
             return []
-        scheduler_output, handle = self.in_flight
-        self.in_flight = None
-        return self._process(scheduler_output, handle)
+        handle, self.in_flight = self.in_flight, None
+        return self._process(handle)
 
-    def _process(self, scheduler_output: SchedulerOutput, handle: AsyncModelRunnerOutput) -> list[RequestOutput]:
+    def _process(self, handle: AsyncModelRunnerOutput) -> list[RequestOutput]:
         model_output = handle.get()
-        updated = self.scheduler.update_from_output(scheduler_output, model_output.sampled_token_ids)
-        outputs = self.output_processor.process_outputs(updated, model_output.logprobs)
+        updated = self.scheduler.update_from_output(model_output)
+        stopped = self.output_processor.process_new_tokens(updated, model_output)
+        self.scheduler.finish_seqs(stopped, RequestStatus.FINISHED_STOPPED)
+        outputs = self.output_processor.make_request_outputs(updated)
         for out in outputs:
             if out.finished:
                 self.history_sensitive.discard(out.request_id)
@@ -188,14 +185,6 @@ class LLMEngine:
         return sorted(results.values(), key=lambda o: order[o.request_id])
 
 
-
-
-
 def _needs_token_history(params: SamplingParams) -> bool:
     """Sampling that reads the tokens generated so far (which lag by a step when async)."""
-    return (
-        params.min_tokens > 0
-        or params.presence_penalty != 0.0
-        or params.frequency_penalty != 0.0
-        or params.repetition_penalty != 1.0
-    )
+    return params.min_tokens > 0 or params.has_penalties

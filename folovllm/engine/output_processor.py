@@ -1,15 +1,19 @@
-"""After each step: logprobs, incremental text, stop strings, metrics, RequestOutputs."""
+"""After each step: logprobs, incremental text, stop strings, metrics, RequestOutputs.
+
+The output processor reports and the engine decides: a stop string found in
+the text is returned to the engine, which finishes the sequence through the
+scheduler (vLLM's ``reqs_to_abort``); only then are the outputs built.
+"""
 
 from __future__ import annotations
 
 import time
 
-from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
 from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from folovllm.request import Request, RequestStatus, Sequence
 from folovllm.sampling_params import RequestOutputKind
-from folovllm.worker.runner_output import SeqLogprobs
 
 
 class RequestState:
@@ -28,9 +32,8 @@ class RequestState:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, scheduler: Scheduler) -> None:
+    def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.scheduler = scheduler
         self.request_states: dict[str, RequestState] = {}
 
     def add_request(self, request: Request) -> None:
@@ -43,18 +46,30 @@ class OutputProcessor:
     def has_unfinished_requests(self) -> bool:
         return bool(self.request_states)
 
-    def process_outputs(self, updated: list[Sequence], logprobs: dict[int, SeqLogprobs]) -> list[RequestOutput]:
-        now = time.time()
-        touched: dict[str, RequestState] = {}
+    def process_new_tokens(self, updated: list[Sequence], model_output: ModelRunnerOutput) -> list[Sequence]:
+        """Logprobs and text of each sequence's new token.
+
+        Returns the sequences whose text now contains a stop string; their
+        ``output_text`` and ``stop_reason`` are set, the caller finishes them.
+        """
+        lps = model_output.logprobs
+        row_of = {req_id: i for i, req_id in enumerate(model_output.req_ids)} if lps is not None else {}
+        stopped = []
         for seq in updated:
             state = self.request_states.get(seq.request_id)
             if state is None:
                 continue
-            if seq.seq_id in logprobs:
-                self._append_logprobs(seq, logprobs[seq.seq_id])
-            if state.incremental:
-                self._detokenize(seq, state)
-            touched[seq.request_id] = state
+            if seq.sampling_params.logprobs is not None:
+                self._append_logprobs(seq, lps, row_of[seq.seq_id])
+            if state.incremental and self._detokenize(seq, state):
+                stopped.append(seq)
+        return stopped
+
+    def make_request_outputs(self, updated: list[Sequence]) -> list[RequestOutput]:
+        """RequestOutputs of the requests that got a token: finished ones, and all when streaming."""
+        now = time.time()
+        states = self.request_states
+        touched = {seq.request_id: states[seq.request_id] for seq in updated if seq.request_id in states}
         outputs = []
         for rid, state in touched.items():
             metrics = state.request.metrics
@@ -70,31 +85,34 @@ class OutputProcessor:
                 outputs.append(self._make_output(state, finished))
         return outputs
 
-    def _append_logprobs(self, seq: Sequence, lp: SeqLogprobs) -> None:
-        token = seq.output_token_ids[-1]
-        entry = {
-            tid: Logprob(val, rank, self.tokenizer.decode([tid]))
-            for rank, (tid, val) in enumerate(zip(lp.topk_ids, lp.topk_logprobs), start=1)
-        }
+    def _append_logprobs(self, seq: Sequence, lps: LogprobsLists, row: int) -> None:
+        """vLLM's entry: the top ``k`` (ranks 1..k) plus the sampled token with its own rank."""
+        k = seq.sampling_params.logprobs
+        ids, vals = lps.logprob_token_ids[row], lps.logprobs[row]
+        token, token_lp = ids[0], vals[0]
+        top = zip(ids[1 : 1 + k], vals[1 : 1 + k])
+        entry = {tid: Logprob(val, rank, self.tokenizer.decode([tid])) for rank, (tid, val) in enumerate(top, start=1)}
         if token not in entry:
-            entry[token] = Logprob(lp.token_logprob, lp.rank, self.tokenizer.decode([token]))
+            entry[token] = Logprob(token_lp, lps.sampled_token_ranks[row], self.tokenizer.decode([token]))
         seq.output_logprobs.append(entry)
-        seq.cumulative_logprob += lp.token_logprob
+        seq.cumulative_logprob += token_lp
 
-    def _detokenize(self, seq: Sequence, state: RequestState) -> None:
+    def _detokenize(self, seq: Sequence, state: RequestState) -> bool:
+        """Add the new token's text; True when a stop string now ends the sequence."""
         params = seq.sampling_params
         token = seq.output_token_ids[-1]
         stopped_by_token = seq.status == RequestStatus.FINISHED_STOPPED
         if stopped_by_token and not params.include_stop_str_in_output:
-            return  # the stop token itself contributes no text
+            return False  # the stop token itself contributes no text
         delta = state.detokenizers[seq.seq_id].add_token(token)
         seq.output_text += delta
         if not params.stop or seq.is_finished() or seq.num_output_tokens <= params.min_tokens:
-            return
+            return False
         hit = find_stop_string(seq.output_text, len(delta), params.stop, params.include_stop_str_in_output)
-        if hit is not None:
-            seq.stop_reason, seq.output_text = hit
-            self.scheduler.finish_seqs([seq], RequestStatus.FINISHED_STOPPED)
+        if hit is None:
+            return False
+        seq.stop_reason, seq.output_text = hit
+        return True
 
     def _final_text(self, seq: Sequence) -> str:
         ids = seq.output_token_ids

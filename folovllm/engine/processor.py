@@ -15,12 +15,11 @@ PromptType = Union[str, list[int], dict[str, Any]]
 
 
 class Processor:
-    def __init__(self, tokenizer, vocab_size: int, max_model_len: int, eos_token_ids: set[int], primary_eos: Optional[int]) -> None:
+    def __init__(self, tokenizer, vocab_size: int, max_model_len: int, eos_token_ids: set[int]) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.eos_token_ids = eos_token_ids
-        self.primary_eos = primary_eos
 
     def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
         if isinstance(prompt, str):
@@ -47,7 +46,6 @@ class Processor:
         prompt: PromptType,
         params: SamplingParams,
         first_seq_id: int,
-        arrival_time: Optional[float] = None,
     ) -> Request:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
@@ -66,4 +64,4 @@ class Processor:
             )
         params = params.clone()
         params.update_from_generation_config(self.eos_token_ids)
-        return Request(request_id, text, ids, params, first_seq_id, arrival_time, self.primary_eos)
+        return Request(request_id, text, ids, params, first_seq_id)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
+from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.worker.gpu_worker import Worker
-from folovllm.worker.runner_output import AsyncModelRunnerOutput
 
 
 class UniProcExecutor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import uuid
 
 import numpy as np
 import torch
@@ -16,10 +15,6 @@ def set_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def random_uuid() -> str:
-    return uuid.uuid4().hex
-
-
 class Counter:
     """Monotonic counter used to hand out request ids ("0", "1", ...)."""
 
@@ -30,9 +25,6 @@ class Counter:
         value = self.counter
         self.counter += 1
         return value
-
-    def reset(self) -> None:
-        self.counter = 0
 
 
 def cdiv(a: int, b: int) -> int:

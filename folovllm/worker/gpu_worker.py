@@ -14,8 +14,8 @@ from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.utils.common import cdiv, set_random_seed
 from folovllm.utils.device import get_gpu_memory_info
+from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.worker.model_runner import ModelRunner
-from folovllm.worker.runner_output import AsyncModelRunnerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,9 @@ class Worker:
         free_before, total = get_gpu_memory_info(self.device)
         non_torch = (total - free_before) - torch.cuda.memory_reserved(self.device)
         weights = torch.cuda.memory_allocated(self.device)
-        self.model_runner.profile_run()
-        peak = torch.cuda.max_memory_allocated(self.device)
         # The profile's throw-away cache is counted in `peak`; take it back out.
-        profile_cache = cdiv(self.config.scheduler_config.max_num_batched_tokens, self.config.cache_config.block_size) * per_block
+        profile_cache = self.model_runner.profile_run()
+        peak = torch.cuda.max_memory_allocated(self.device)
         activations = max(0, peak - weights - profile_cache)
         torch.cuda.empty_cache()
         budget = total * self.config.cache_config.gpu_memory_utilization - non_torch - weights - activations - _GPU_HEADROOM_BYTES

@@ -1,11 +1,13 @@
 """The model runner: SchedulerOutput -> flattened batch -> model -> sampled tokens.
 
-It owns the model, the KV cache tensor and the per-sequence random
-generators. ``execute_model`` lays the scheduled tokens of all sequences end
-to end (``input_ids[T]``, ``positions[T]``), builds the attention metadata
-(where each sequence's rows start, its context length, its block table, the
-cache slot of every new token), runs the model, and samples at the last row
-of every sequence the scheduler marked as sampling (a partial prefill does not).
+It owns the model, the KV cache tensor and the worker's copy of every
+sequence (``InputBatch``). ``execute_model`` first applies the step's deltas
+to that copy, then lays the scheduled tokens of all sequences end to end
+(``input_ids[T]``, ``positions[T]``), builds the attention metadata (where
+each sequence's rows start, its context length, its block table, the cache
+slot of every new token), runs the model, and samples at the last row of
+every sequence whose step reaches the end of its known tokens (a partial
+prefill does not sample).
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import torch
 from folovllm.attention.backends.abstract import AttentionMetadata
 from folovllm.attention.selector import get_attn_backend
 from folovllm.config import EngineConfig
-from folovllm.core.sched.output import SchedulerOutput
+from folovllm.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
+from folovllm.model_executor.layers.attention import Attention
 from folovllm.model_executor.models import get_model_class
-from folovllm.model_loader import ModelLoadError, iterate_weights
-from folovllm.request import Sequence
+from folovllm.model_executor.weight_loading import load_weights
+from folovllm.model_loader import iterate_weights
 from folovllm.sample.sampler import Sampler
+from folovllm.sampling_params import SamplingParams
 from folovllm.utils.common import cdiv
-from folovllm.worker.block_table import BlockTable
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
-from folovllm.worker.runner_output import AsyncModelRunnerOutput
+from folovllm.worker.input_batch import CachedRequestState, InputBatch
+from folovllm.worker.runner_output import AsyncGPUModelRunnerOutput
 from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
 logger = logging.getLogger(__name__)
@@ -39,8 +43,14 @@ class _StepInputs:
     positions: torch.Tensor
     attn_metadata: AttentionMetadata
     logits_indices: torch.Tensor
-    sample_seqs: list[Sequence]
+    sample_states: list[CachedRequestState]  # the sequences that sample, in sampler-row order
     is_decode_only: bool
+
+
+def slot_mapping(block_table: np.ndarray, batch_index: np.ndarray, positions: np.ndarray, block_size: int) -> np.ndarray:
+    """The cache slot of each token: its sequence's block for that position, and the offset in it."""
+    blocks = block_table[batch_index, positions // block_size].astype(np.int64)
+    return blocks * block_size + positions % block_size
 
 
 class ModelRunner:
@@ -58,8 +68,7 @@ class ModelRunner:
         self.pin_memory = device.type == "cuda"
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self.sampler = Sampler()
-        self.generators: dict[int, torch.Generator] = {}
-        self.block_table = BlockTable(self.max_num_seqs, self.max_blocks_per_seq)
+        self.input_batch = InputBatch(self.max_num_seqs, self.max_model_len, self.max_blocks_per_seq, device)
         # The last step's sampled ids (on the device) and each sampler's row in it:
         # with async scheduling they are the next step's inputs before the host sees them.
         self.prev_sampled: torch.Tensor | None = None
@@ -80,11 +89,7 @@ class ModelRunner:
                 model = model_cls(hf_config, backend)
         finally:
             torch.set_default_dtype(old_dtype)
-        loaded = model.load_weights(iterate_weights(self.model_config.model, self.model_config.revision))
-        missing = sorted({name for name, _ in model.named_parameters()} - loaded)
-        if missing:
-            raise ModelLoadError(f"Checkpoint {self.model_config.model!r} lacks weights for: {missing[:8]}"
-                                 + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        load_weights(model, iterate_weights(self.model_config.model, self.model_config.revision))
         self.model = model.eval()
         logger.info("Loaded %s (%s, attention backend: %s)", model_cls.__name__, self.dtype, backend.name)
 
@@ -98,8 +103,13 @@ class ModelRunner:
         mc = self.model_config
         shape = (mc.get_num_layers(), 2, num_blocks, self.block_size, mc.get_num_kv_heads(), mc.get_head_dim())
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        for i, layer in enumerate(self.model.model.layers):
-            layer.self_attn.attn.kv_cache = self.kv_cache[i]
+        self._bind_kv_cache(list(self.kv_cache))
+
+    def _bind_kv_cache(self, per_layer: list[torch.Tensor | None]) -> None:
+        layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        assert len(layers) == len(per_layer), f"{len(layers)} attention layers but {len(per_layer)} KV caches"
+        for layer, cache in zip(layers, per_layer):
+            layer.kv_cache = cache
 
     def capture_model(self) -> None:
         if self.device.type != "cuda" or self.config.enforce_eager:
@@ -111,38 +121,32 @@ class ModelRunner:
         logger.info("Captured CUDA graphs for decode batch sizes %s", self.graph_runner.capture_sizes)
 
     @torch.inference_mode()
-    def profile_run(self) -> None:
-        """One forward at the largest batch the scheduler can form, plus sampling.
+    def profile_run(self) -> int:
+        """One step at the largest batch the scheduler can form: the most tokens, every seat sampling.
 
-        Run before the real KV cache exists (a throw-away cache covers the
-        dummy batch), so the worker can measure peak activation memory.
+        Runs before the real KV cache exists, on a throw-away cache just big
+        enough for the dummy batch. Returns that cache's size in bytes, so the
+        worker can take it out of the peak memory it measures.
         """
-        num_tokens = self.config.scheduler_config.max_num_batched_tokens
-        num_seqs = min(self.max_num_seqs, cdiv(num_tokens, self.max_model_len))
-        num_tokens = min(num_tokens, num_seqs * self.max_model_len)
-        lens = [num_tokens // num_seqs] * num_seqs
-        lens[-1] += num_tokens - sum(lens)
-        blocks = [cdiv(n, self.block_size) for n in lens]
-        self.initialize_kv_cache(sum(blocks))
-        block_table = np.zeros((num_seqs, max(blocks)), dtype=np.int32)
-        start = 0
-        for i, nb in enumerate(blocks):
-            block_table[i, :nb] = np.arange(start, start + nb)
-            start += nb
-        positions = np.concatenate([np.arange(n) for n in lens])
-        seq_of_token = np.repeat(np.arange(num_seqs), lens)
-        slots = block_table[seq_of_token, positions // self.block_size].astype(np.int64) * self.block_size + positions % self.block_size
-        qsl = [0] + np.cumsum(lens).tolist()
-        meta = self._make_metadata(qsl, lens, block_table, slots, max(lens))
-        ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
-        hidden = self.model(ids, self._to_device(positions.astype(np.int64)), meta)
-        logits = self.model.compute_logits(hidden[-1:].expand(self.max_num_seqs, -1))
-        self.sampler.sample(logits.float(), _profile_sampling_metadata(logits.shape[0], self.device))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        num_seqs = self.max_num_seqs
+        num_tokens = min(self.config.scheduler_config.max_num_batched_tokens, num_seqs * self.max_model_len)
+        lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
+        num_blocks = [cdiv(n, self.block_size) for n in lens]
+        self.initialize_kv_cache(sum(num_blocks))
+        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)  # the sampler's most memory-hungry path
+        first_block = np.cumsum([0] + num_blocks)
+        new_reqs = [
+            NewRequestData(-1 - i, [0] * n, params, list(range(first_block[i], first_block[i + 1])), 0)
+            for i, n in enumerate(lens)
+        ]
+        ids = [r.req_id for r in new_reqs]
+        self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, lens)), num_tokens)).get()
+        self._update_states(SchedulerOutput([], CachedRequestData(), {}, 0, finished_req_ids=set(ids)))
+        self.prev_sampled, self.prev_sampled_rows = None, {}
+        cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.kv_cache = None
-        for layer in self.model.model.layers:
-            layer.self_attn.attn.kv_cache = None
+        self._bind_kv_cache([None] * self.model_config.get_num_layers())
+        return cache_bytes
 
     # -- one step ----------------------------------------------------------------
     def _num_kv_splits(self, num_seqs: int, max_seq_len: int) -> int:
@@ -170,89 +174,69 @@ class ModelRunner:
             num_kv_splits=self._num_kv_splits(len(seq_lens), max_seq_len),
         )
 
+    def _update_states(self, so: SchedulerOutput) -> None:
+        """Apply the step's deltas to the worker's copy of the sequences."""
+        batch = self.input_batch
+        for req_id in so.finished_req_ids:
+            batch.remove_request(req_id)
+        for req_id in so.preempted_req_ids:
+            batch.preempt_request(req_id)
+        for new in so.scheduled_new_reqs:
+            batch.add_request(new)
+        batch.update_requests(so.scheduled_cached_reqs)
+
     def _prepare_inputs(self, so: SchedulerOutput) -> _StepInputs:
-        bs = self.block_size
-        seqs = so.scheduled_seqs
-        rows = np.fromiter((self.block_table.update(s.seq_id, so.block_ids[s.seq_id]) for s in seqs), np.int64, len(seqs))
-        block_table = self.block_table.gather(rows)
-        starts = np.asarray(so.num_computed_tokens, dtype=np.int64)
-        counts = np.fromiter((so.num_scheduled_tokens[s.seq_id] for s in seqs), np.int64, len(seqs))
+        batch = self.input_batch
+        states = [batch.requests[req_id] for req_id in so.num_scheduled_tokens]
+        num_seqs = len(states)
+        rows = np.fromiter((s.row for s in states), np.int64, num_seqs)
+        counts = np.fromiter(so.num_scheduled_tokens.values(), np.int64, num_seqs)
+        starts = np.fromiter((s.num_computed_tokens for s in states), np.int64, num_seqs)
         ends = starts + counts
-        max_query_len = int(counts.max())
         qsl = np.concatenate([[0], np.cumsum(counts)])
-        ids: list[int] = []
-        pending_dst: list[int] = []  # flat rows whose input is a token still on the device
-        pending_src: list[int] = []
-        for i, (s, a, b) in enumerate(zip(seqs, starts.tolist(), ends.tolist())):
-            if a >= s.num_tokens:  # a decode whose input was sampled by the step still in flight
-                ids.append(0)
-                pending_dst.append(int(qsl[i]))
-                pending_src.append(self.prev_sampled_rows[s.seq_id])
-            elif b - a == 1:
-                ids.append(s.token_id_at(a))
-            else:
-                ids.extend(s.get_token_ids()[a:b])
-        input_ids = np.asarray(ids, dtype=np.int64)
-        seq_of_token = np.repeat(np.arange(len(seqs)), counts)
-        positions = np.arange(int(qsl[-1])) - np.repeat(qsl[:-1], counts) + np.repeat(starts, counts)
-        slots = block_table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        sampling = np.asarray(so.sampling, dtype=bool)
-        sample_seqs = [s for s, flag in zip(seqs, so.sampling) if flag]
+        batch_index = np.repeat(np.arange(num_seqs), counts)
+        positions = np.arange(int(qsl[-1])) - np.repeat(qsl[:-1] - starts, counts)
+        token_rows = rows[batch_index]
+        input_ids = batch.token_ids[token_rows, positions].astype(np.int64)
+        # A decode whose input was sampled by the step still in flight: the host
+        # does not know the token yet, the device does (prev_sampled).
+        pending = np.flatnonzero(positions >= batch.num_tokens[token_rows])
+        # A sequence samples when this step reaches the end of its known tokens.
+        sampling = ends >= batch.num_tokens[rows]
+        block_table = batch.block_table.gather(rows)
+        slots = slot_mapping(block_table, batch_index, positions, self.block_size)
+        max_query_len = int(counts.max())
         meta = self._make_metadata(qsl.tolist(), ends.tolist(), block_table, slots, max_query_len)
         input_ids_dev = self._to_device(input_ids)
-        if pending_dst:
-            src = self._to_device(np.asarray(pending_src, dtype=np.int64))
-            input_ids_dev[self._to_device(np.asarray(pending_dst, dtype=np.int64))] = self.prev_sampled[src]
+        if len(pending):
+            src = [self.prev_sampled_rows[states[i].req_id] for i in batch_index[pending].tolist()]
+            input_ids_dev[self._to_device(pending)] = self.prev_sampled[self._to_device(np.asarray(src, dtype=np.int64))]
         return _StepInputs(
             input_ids=input_ids_dev,
             positions=self._to_device(positions),
             attn_metadata=meta,
             logits_indices=self._to_device(qsl[1:][sampling] - 1),
-            sample_seqs=sample_seqs,
+            sample_states=[s for s, flag in zip(states, sampling.tolist()) if flag],
             is_decode_only=max_query_len == 1,
         )
 
-    def _generators_for(self, seqs: list[Sequence]) -> dict[int, torch.Generator]:
-        for seq in seqs:
-            seed = seq.sampling_params.seed
-            if seed is not None and seq.seq_id not in self.generators:
-                gen = torch.Generator(device=self.device)
-                gen.manual_seed(seed + seq.index)  # n > 1: each sibling its own stream
-                self.generators[seq.seq_id] = gen
-        return self.generators
-
     @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+    def execute_model(self, so: SchedulerOutput) -> AsyncGPUModelRunnerOutput:
         """Launch one step; the returned handle's ``get()`` brings the tokens to the host."""
-        for seq_id in so.finished_seq_ids:
-            self.generators.pop(seq_id, None)
-            self.block_table.release(seq_id)
-        for seq_id in so.preempted_seq_ids:
-            self.block_table.release(seq_id)  # its blocks were freed; it restarts from scratch
+        self._update_states(so)
         if so.is_empty:
-            return AsyncModelRunnerOutput([], None, self.device)
+            return AsyncGPUModelRunnerOutput([], None, self.device)
         inputs = self._prepare_inputs(so)
         meta = inputs.attn_metadata
         if inputs.is_decode_only and self.graph_runner is not None and self.graph_runner.can_run(meta.num_seqs):
             hidden = self.graph_runner.run(inputs.input_ids, inputs.positions, meta.slot_mapping, meta.seq_lens, meta.block_table)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, meta)
-        if not inputs.sample_seqs:
-            return AsyncModelRunnerOutput([], None, self.device)
+        if not inputs.sample_states:
+            return AsyncGPUModelRunnerOutput([], None, self.device)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        md = build_sampling_metadata(inputs.sample_seqs, self._generators_for(inputs.sample_seqs), self.vocab_size, self.device)
-        out = self.sampler(logits, md)
+        out = self.sampler(logits, build_sampling_metadata(inputs.sample_states, self.vocab_size, self.device))
+        req_ids = [s.req_id for s in inputs.sample_states]
         self.prev_sampled = out.sampled_token_ids
-        self.prev_sampled_rows = {s.seq_id: i for i, s in enumerate(inputs.sample_seqs)}
-        return AsyncModelRunnerOutput(inputs.sample_seqs, out, self.device)
-
-
-def _profile_sampling_metadata(num_rows: int, device: torch.device):
-    from folovllm.sample.metadata import SamplingMetadata
-
-    return SamplingMetadata(
-        temperature=torch.ones(num_rows, device=device), all_greedy=False, all_random=True, greedy_mask=None,
-        top_p=torch.full((num_rows,), 0.9, device=device), top_k=torch.full((num_rows,), 50, device=device),
-        min_p=None, generators={}, prompt_token_ids=None, output_token_ids=None, presence_penalties=None,
-        frequency_penalties=None, repetition_penalties=None, min_tokens_stop_ids={}, max_num_logprobs=None,
-    )  # fmt: skip
+        self.prev_sampled_rows = {req_id: i for i, req_id in enumerate(req_ids)}
+        return AsyncGPUModelRunnerOutput(req_ids, out, self.device)

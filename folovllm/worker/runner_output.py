@@ -1,46 +1,33 @@
-"""What a model-runner step hands back: sampled tokens and logprobs, per sequence."""
+"""A step's sampled tokens (and logprobs) on their way from the device to the host."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from folovllm.request import Sequence
+from folovllm.model_runner_output import AsyncModelRunnerOutput, LogprobsLists, ModelRunnerOutput
+from folovllm.sample.sampler import SamplerOutput
 
 
-@dataclass
-class SeqLogprobs:
-    token_logprob: float
-    rank: int
-    topk_ids: list[int]
-    topk_logprobs: list[float]
+class AsyncGPUModelRunnerOutput(AsyncModelRunnerOutput):
+    """The device->host copy is queued behind the step's kernels and ``get()``
+    waits only for it, so the host can schedule and launch the next step meanwhile.
 
-
-@dataclass
-class ModelRunnerOutput:
-    sampled_token_ids: dict[int, int] = field(default_factory=dict)  # seq_id -> token
-    logprobs: dict[int, SeqLogprobs] = field(default_factory=dict)
-
-
-class AsyncModelRunnerOutput:
-    """A step's results on their way to the host.
-
-    The GPU->host copy is queued behind the step's kernels and ``get()`` waits
-    only for it, so the host can schedule and launch the next step meanwhile.
+    ``req_ids`` names the sampler's rows, in order.
     """
 
-    def __init__(self, seqs: list[Sequence], sampler_output, device: torch.device) -> None:
-        self.seqs = seqs
+    def __init__(self, req_ids: list[int], sampler_output: SamplerOutput | None, device: torch.device) -> None:
+        self.req_ids = req_ids
         self._event = None
-        self._tensors = []
+        self._tensors: list[torch.Tensor] = []
         if sampler_output is None:  # a step in which nobody sampled
             return
         self._tensors = [sampler_output.sampled_token_ids]
         if sampler_output.sampled_logprobs is not None:
-            self._tensors += [sampler_output.sampled_logprobs, sampler_output.sampled_ranks]
+            ids, lps = sampler_output.sampled_token_ids.unsqueeze(1), sampler_output.sampled_logprobs.unsqueeze(1)
             if sampler_output.topk_token_ids is not None:
-                self._tensors += [sampler_output.topk_token_ids, sampler_output.topk_logprobs]
+                ids = torch.cat([ids, sampler_output.topk_token_ids], dim=1)
+                lps = torch.cat([lps, sampler_output.topk_logprobs], dim=1)
+            self._tensors += [ids, lps, sampler_output.sampled_ranks]
         if device.type == "cuda":
             # Pinned destinations: a copy into pageable memory would block the host.
             host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._tensors]
@@ -56,15 +43,5 @@ class AsyncModelRunnerOutput:
         if self._event is not None:
             self._event.synchronize()
         lists = [t.tolist() for t in self._tensors]
-        result = ModelRunnerOutput(sampled_token_ids={s.seq_id: t for s, t in zip(self.seqs, lists[0])})
-        if len(lists) > 1:
-            lps, ranks = lists[1], lists[2]
-            top_ids, top_lps = (lists[3], lists[4]) if len(lists) > 3 else (None, None)
-            for row, seq in enumerate(self.seqs):
-                k = seq.sampling_params.logprobs
-                if k is None:
-                    continue
-                result.logprobs[seq.seq_id] = SeqLogprobs(
-                    lps[row], ranks[row], top_ids[row][:k] if k else [], top_lps[row][:k] if k else []
-                )
-        return result
+        logprobs = LogprobsLists(*lists[1:]) if len(lists) > 1 else None
+        return ModelRunnerOutput(req_ids=self.req_ids, sampled_token_ids=lists[0], logprobs=logprobs)

@@ -1,12 +1,12 @@
-"""Build a step's SamplingMetadata from the sequences that sample in it."""
+"""Build a step's SamplingMetadata from the worker's state of the sequences that sample in it."""
 
 from __future__ import annotations
 
 import torch
 
-from folovllm.request import Sequence
 from folovllm.sample.metadata import SamplingMetadata
 from folovllm.sampling_params import SamplingType
+from folovllm.worker.input_batch import CachedRequestState
 
 
 def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
@@ -14,13 +14,7 @@ def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.int64)
 
 
-def build_sampling_metadata(
-    seqs: list[Sequence],
-    generators: dict[int, torch.Generator],
-    vocab_size: int,
-    device: torch.device,
-) -> SamplingMetadata:
-    """``generators``: seq_id -> generator, for the seeded sequences."""
+def build_sampling_metadata(seqs: list[CachedRequestState], vocab_size: int, device: torch.device) -> SamplingMetadata:
     params = [s.sampling_params for s in seqs]
     types = [p.sampling_type for p in params]
     all_greedy = all(t == SamplingType.GREEDY for t in types)
@@ -39,13 +33,10 @@ def build_sampling_metadata(
         top_k = col([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.int64)
     min_p = col([p.min_p for p in params]) if any(p.min_p > 0.0 for p in params) else None
 
-    row_generators = {i: generators[s.seq_id] for i, s in enumerate(seqs) if s.seq_id in generators}
+    row_generators = {i: s.generator for i, s in enumerate(seqs) if s.generator is not None}
 
-    penalties = any(
-        p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0 for p in params
-    )
     prompt_ids = output_ids = presence = frequency = repetition = None
-    if penalties:
+    if any(p.has_penalties for p in params):
         prompt_ids = _pad([s.prompt_token_ids for s in seqs], vocab_size).to(device)
         output_ids = _pad([s.output_token_ids for s in seqs], vocab_size).to(device)
         presence = col([p.presence_penalty for p in params])
@@ -55,7 +46,7 @@ def build_sampling_metadata(
     min_tokens_stop_ids = {
         i: sorted(s.sampling_params.all_stop_token_ids)
         for i, s in enumerate(seqs)
-        if s.num_output_tokens < s.sampling_params.min_tokens and s.sampling_params.all_stop_token_ids
+        if len(s.output_token_ids) < s.sampling_params.min_tokens and s.sampling_params.all_stop_token_ids
     }
     wanted = [p.logprobs for p in params if p.logprobs is not None]
     return SamplingMetadata(

@@ -29,15 +29,29 @@ def _run(model, async_scheduling, params, **kw):
     return [[(c.token_ids, c.text, c.finish_reason, c.stop_reason) for c in o.outputs] for o in outs], stats
 
 
+def _stop_string_of(text: str) -> str:
+    """A 2-character piece of the latter half of ``text`` (clean printable characters)."""
+    for i in range(len(text) // 2, len(text) - 1):
+        piece = text[i : i + 2]
+        if piece.isprintable() and piece.strip() == piece and "\ufffd" not in piece:
+            return piece
+    pytest.skip("no clean stop string in this random text")
+
+
 @pytest.mark.parametrize("cache", [{}, {"block_size": 8, "num_gpu_blocks_override": 25, "max_num_seqs": 5}])
 def test_async_equals_sync(tiny_model, cache):
     probe = LLM(str(tiny_model), device="cpu", max_model_len=200)
-    free = probe.generate({"prompt_token_ids": PROMPTS[2]}, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), use_tqdm=False)[0].outputs[0]
-    params = _params(free.token_ids[9], free.text[len(free.text) // 2 :][:2] or "x")
+    greedy = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    free2, free4 = [o.outputs[0] for o in probe.generate([{"prompt_token_ids": PROMPTS[i]} for i in (2, 4)], greedy, use_tqdm=False)]
+    stop_str = _stop_string_of(free4.text)
+    params = _params(free2.token_ids[9], stop_str)
     sync, _ = _run(tiny_model, False, params, **cache)
     asynch, stats = _run(tiny_model, True, params, **cache)
     assert asynch == sync
-    assert sync[2][0][2] == "stop" and sync[2][0][0][-1] == free.token_ids[9]
+    # Both stop rules really fired (and cut where they should).
+    assert sync[2][0][2] == "stop" and sync[2][0][0][-1] == free2.token_ids[9] and sync[2][0][3] == free2.token_ids[9]
+    _, text, finish, reason = sync[4][0]
+    assert (finish, reason) == ("stop", stop_str) and text == free4.text[: free4.text.find(stop_str)]
     if cache:
         assert stats["num_preemptions"] > 0
 

@@ -60,3 +60,19 @@ def test_gpu_async_equals_sync_with_preemption(tiny_model):
         assert llm.llm_engine.get_stats()["num_preemptions"] > 0
         del llm
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("num_prompts", [3, 5])
+def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
+    """3 or 5 decoding sequences are not capture sizes: they replay the 4- or 8-graph with padded rows."""
+    import logging
+
+    from folovllm import LLM, SamplingParams
+
+    with caplog.at_level(logging.INFO, logger="folovllm"):
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, gpu_memory_utilization=0.3)
+    assert any("decode batch sizes [1, 2, 4, 8]" in r.getMessage() for r in caplog.records)
+    prompts = [list(range(10 + 7 * i, 20 + 9 * i)) for i in range(num_prompts)]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    ref = hf_greedy(tiny_model, prompts, 20, device="cuda")
+    assert [o.outputs[0].token_ids for o in outs] == ref

@@ -15,15 +15,15 @@ def test_free_queue_pop_append_and_remove_from_the_middle():
     blocks = [KVCacheBlock(i) for i in range(5)]
     q = FreeKVCacheBlockQueue(blocks)
     q.remove(blocks[2])
-    assert [b.block_id for b in q.get_all_free_blocks()] == [0, 1, 3, 4] and q.num_free_blocks == 4
+    assert q.num_free_blocks == 4
     assert q.popleft().block_id == 0
     q.append(blocks[2])
     q.remove(blocks[4])  # the tail
-    assert [b.block_id for b in q.get_all_free_blocks()] == [1, 3, 2]
-    for _ in range(3):
-        q.popleft()
+    assert [q.popleft().block_id for _ in range(3)] == [1, 3, 2]
     with pytest.raises(ValueError):
         q.popleft()
+    q.append(blocks[4])  # an emptied queue takes blocks again
+    assert q.popleft() is blocks[4] and q.num_free_blocks == 0
 
 
 def test_pool_ref_counts():
@@ -36,7 +36,7 @@ def test_pool_ref_counts():
     pool.free_blocks(a)
     assert pool.get_num_free_blocks() == 3 and a[0].ref_cnt == 1
     pool.free_blocks([a[0]])
-    assert pool.get_num_free_blocks() == 4 and pool.get_usage() == 0.0
+    assert pool.get_num_free_blocks() == 4
 
 
 def _seq(i: int, prompt_len: int) -> Sequence:
@@ -46,13 +46,15 @@ def _seq(i: int, prompt_len: int) -> Sequence:
 def test_kv_cache_manager_allocates_only_what_is_needed():
     kv = KVCacheManager(num_blocks=10, block_size=4)
     s = _seq(0, 9)
-    assert kv.allocate_slots(s, 9) and len(kv.get_block_ids(0)) == 3  # 9 tokens -> 3 blocks
+    first = kv.allocate_slots(s, 9)
+    assert len(first) == 3 and kv.get_block_ids(0) == [b.block_id for b in first]  # 9 tokens -> 3 blocks
     s.num_computed_tokens = 9
-    assert kv.allocate_slots(s, 1) and len(kv.get_block_ids(0)) == 3  # 10th token fits in block 3
+    assert kv.allocate_slots(s, 1) == [] and len(kv.get_block_ids(0)) == 3  # 10th token fits in block 3
     s.num_computed_tokens = 12
-    assert kv.allocate_slots(s, 1) and len(kv.get_block_ids(0)) == 4
+    new = kv.allocate_slots(s, 1)
+    assert len(new) == 1 and kv.get_block_ids(0)[-1] == new[0].block_id
     big = _seq(1, 40)
-    assert not kv.allocate_slots(big, 40)  # needs 10, only 6 free: nothing taken
+    assert kv.allocate_slots(big, 40) is None  # needs 10, only 6 free: nothing taken
     assert kv.get_num_free_blocks() == 6
     kv.free(s)
     assert kv.get_num_free_blocks() == 10 and kv.get_block_ids(0) == []
@@ -69,9 +71,9 @@ def test_kv_cache_manager_invariants(ops):
         if free:
             kv.free(seq)
             seq.num_computed_tokens = 0
-        elif kv.allocate_slots(seq, n):
+        elif kv.allocate_slots(seq, n) is not None:
             seq.num_computed_tokens += n
-        owned = [b for ids in kv.req_to_block_ids.values() for b in ids]
+        owned = [b for s in seqs.values() for b in kv.get_block_ids(s.seq_id)]
         assert len(owned) == len(set(owned))
         assert len(owned) + kv.get_num_free_blocks() == 16
         for s in seqs.values():

@@ -87,3 +87,44 @@ def test_checkpoint_missing_a_tensor_fails_at_load(tiny_model_copy):
     save_file(tensors, str(path), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="lacks weights for.*layers.1.mlp.gate_up_proj"):
         LLM(str(tiny_model_copy), device="cpu")
+
+
+def test_checkpoint_tensor_without_a_place_fails_at_load_naming_it(tiny_model_copy):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from folovllm import LLM
+
+    path = tiny_model_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["model.layers.0.mlp.adapter.weight"] = torch.zeros(2, 2)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"no place for: \['model.layers.0.mlp.adapter.weight'\]"):
+        LLM(str(tiny_model_copy), device="cpu")
+
+
+def test_tied_checkpoint_may_carry_a_copy_of_lm_head(tiny_model_copy):
+    """Some tied checkpoints save lm_head.weight anyway; it is the embedding, so it is skipped, not an error."""
+    from safetensors.torch import load_file, save_file
+
+    from folovllm import LLM
+
+    path = tiny_model_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = tensors["model.norm.weight"][:8].clone()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    LLM(str(tiny_model_copy), device="cpu", max_model_len=64)
+
+
+def test_wrong_shaped_tensor_names_tensor_and_shard(tiny_model_copy):
+    from safetensors.torch import load_file, save_file
+
+    from folovllm import LLM
+
+    path = tiny_model_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"][:-1].clone()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"'model.layers.0.self_attn.k_proj.weight' does not fit .*qkv_proj.weight.*\(shard 1\)"):
+        LLM(str(tiny_model_copy), device="cpu")

@@ -6,19 +6,19 @@ import pytest
 
 from folovllm import SamplingParams
 from folovllm.outputs import CompletionOutput, RequestMetrics
-from folovllm.request import Request, RequestStatus, Sequence, SequenceData, SequenceStatus
+from folovllm.request import Request, RequestStatus, Sequence, SequenceData
 
 
 def test_sequence_data_accessors():
     d = SequenceData([1, 2, 3])
-    assert (d.get_len(), d.get_prompt_len(), d.get_output_len(), d.get_last_token_id()) == (3, 3, 0, 3)
+    assert (d.get_len(), d.get_prompt_len(), d.get_output_len()) == (3, 3, 0)
     d.append_token_id(9)
-    assert d.get_token_ids() == [1, 2, 3, 9] and d.get_last_token_id() == 9 and d.get_output_len() == 1
+    assert d.get_token_ids() == [1, 2, 3, 9] and d.get_output_len() == 1 and d.get_len() == 4
 
 
 def test_sequence_life_cycle_and_illegal_transitions():
     s = Sequence(0, "r", [1, 2], SamplingParams())
-    assert s.status == SequenceStatus.WAITING and not s.is_finished()
+    assert s.status == RequestStatus.WAITING and not s.is_finished()
     s.set_status(RequestStatus.RUNNING)
     s.set_status(RequestStatus.PREEMPTED)
     s.set_status(RequestStatus.RUNNING)
@@ -36,7 +36,7 @@ def test_sequence_life_cycle_and_illegal_transitions():
 @pytest.mark.parametrize(
     "status,reason",
     [(RequestStatus.FINISHED_STOPPED, "stop"), (RequestStatus.FINISHED_LENGTH_CAPPED, "length"),
-     (RequestStatus.FINISHED_ABORTED, "abort"), (RequestStatus.FINISHED_IGNORED, "length"),
+     (RequestStatus.FINISHED_ABORTED, "abort"),
      (RequestStatus.RUNNING, None), (RequestStatus.WAITING, None)],
 )  # fmt: skip
 def test_finish_reasons(status, reason):
@@ -44,26 +44,27 @@ def test_finish_reasons(status, reason):
     assert RequestStatus.is_finished(status) == (reason is not None)
 
 
-def test_fork_copies_tokens_independently():
-    s = Sequence(0, "r", [1, 2], SamplingParams(n=2))
-    s.append_token_id(5)
-    c = s.fork(1, 1)
-    assert c.get_token_ids() == [1, 2, 5] and c.index == 1 and c.request_id == "r"
-    c.append_token_id(6)
-    assert s.get_token_ids() == [1, 2, 5]
-
-
-def test_request_with_n_sequences_and_aggregate_status():
-    r = Request("req", "hi", [4, 5], SamplingParams(n=3), first_seq_id=10, arrival_time=100.0)
+def test_request_with_n_sequences():
+    r = Request("req", "hi", [4, 5], SamplingParams(n=3), first_seq_id=10)
     assert [s.seq_id for s in r.seqs] == [10, 11, 12] and [s.index for s in r.seqs] == [0, 1, 2]
-    assert r.status == RequestStatus.WAITING and r.get_num_seqs(RequestStatus.WAITING) == 3
-    r.seqs[1].set_status(RequestStatus.RUNNING)
-    assert r.status == RequestStatus.RUNNING
+    assert all(s.status == RequestStatus.WAITING and s.prompt_token_ids == [4, 5] for s in r.seqs)
+    r.seqs[0].append_token_id(9)
+    assert r.seqs[1].output_token_ids == []  # siblings do not share token lists
     for s in r.seqs:
-        if s.status == RequestStatus.WAITING:
-            s.set_status(RequestStatus.RUNNING)
+        s.set_status(RequestStatus.RUNNING)
+        assert not r.is_finished()
         s.set_status(RequestStatus.FINISHED_STOPPED)
-    assert r.is_finished() and r.status == RequestStatus.FINISHED_STOPPED
+    assert r.is_finished()
+
+
+def test_seeded_siblings_draw_from_seed_plus_index():
+    """As vLLM v1: sibling i of a seeded request samples with seed + i (its own stream)."""
+    params = SamplingParams(n=3, seed=40, temperature=1.0)
+    r = Request("req", None, [1], params, first_seq_id=0)
+    assert [s.sampling_params.seed for s in r.seqs] == [40, 41, 42]
+    assert params.seed == 40  # the user's object is untouched
+    unseeded = Request("u", None, [1], SamplingParams(n=2), first_seq_id=3)
+    assert [s.sampling_params.seed for s in unseeded.seqs] == [None, None]
 
 
 def test_metrics_latencies():

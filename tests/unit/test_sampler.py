@@ -8,23 +8,22 @@ import pytest
 import torch
 
 from folovllm import SamplingParams
-from folovllm.request import Sequence
 from folovllm.sample import Sampler
 from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
+from folovllm.worker.input_batch import CachedRequestState
 from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
 VOCAB = 8
 
 
-def metadata(params_list, outputs=None, generators=None):
-    seqs = []
+def metadata(params_list, outputs=None, vocab=VOCAB):
+    """SamplingMetadata for rows in the worker's own state; seeded rows get their generator as the worker makes it."""
+    states = []
     for i, p in enumerate(params_list):
-        s = Sequence(i, str(i), [1, 2, 3], p)
-        for t in (outputs or {}).get(i, []):
-            s.append_token_id(t)
-        seqs.append(s)
-    return build_sampling_metadata(seqs, generators or {}, VOCAB, torch.device("cpu"))
+        gen = None if p.seed is None else torch.Generator().manual_seed(p.seed)
+        states.append(CachedRequestState(i, i, [1, 2, 3], list((outputs or {}).get(i, [])), p, gen, 3))
+    return build_sampling_metadata(states, vocab, torch.device("cpu"))
 
 
 def test_greedy_is_argmax_and_top_k_1_equals_greedy():
@@ -107,27 +106,40 @@ def test_logprobs_are_raw_log_softmax_with_ranks():
     assert math.isclose(out.sampled_logprobs.item(), raw[0, 0].item(), rel_tol=1e-6)
 
 
-def test_seeded_rows_use_their_own_generator():
-    logits = torch.zeros(3, VOCAB)
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_seeded_rows_use_their_own_generator(top_p):
+    """A seeded row's draws depend only on its seed: not on the global RNG, nor on its neighbours.
 
-    def draw(batch_rows):
-        gens = {0: torch.Generator().manual_seed(123)}
-        params = [SamplingParams(temperature=1.0, seed=123)] + [SamplingParams(temperature=1.0)] * (batch_rows - 1)
-        return [Sampler()(logits[:batch_rows].clone(), metadata(params, generators=gens)).sampled_token_ids[0].item() for _ in range(1)]
+    32 draws from a uniform 1000-token distribution: a sampler that used the
+    global generator would repeat the same sequence with probability ~1e-96.
+    """
+    logits = torch.zeros(3, 1000)
 
-    results = set()
-    for rows in (1, 2, 3):
-        torch.manual_seed(rows)  # different global state
-        results.add(tuple(draw(rows)))
-    assert len(results) == 1
+    def draws(batch_rows, global_seed):
+        torch.manual_seed(global_seed)
+        params = [SamplingParams(temperature=1.0, top_p=top_p, seed=123)] + [SamplingParams(temperature=1.0, top_p=top_p)] * (batch_rows - 1)
+        md = metadata(params, vocab=1000)  # one generator, reused across the 32 steps
+        return [Sampler()(logits[:batch_rows].clone(), md).sampled_token_ids[0].item() for _ in range(32)]
+
+    alone = draws(1, global_seed=0)
+    assert draws(2, global_seed=1) == alone and draws(3, global_seed=2) == alone
+    assert len(set(alone)) > 20  # really random draws, not a constant
+    unseeded = [Sampler()(logits[1:2].clone(), metadata([SamplingParams(temperature=1.0)], vocab=1000)).sampled_token_ids.item() for _ in range(32)]
+    assert unseeded != alone
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("temperature", [0.5, 1.5])
 def test_mixed_greedy_and_random_rows(temperature):
-    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(1))
-    md = metadata([SamplingParams(temperature=0), SamplingParams(temperature=temperature or 0.9, seed=1)], generators={1: torch.Generator().manual_seed(1)})
-    out = Sampler()(logits.clone(), md).sampled_token_ids
+    """A greedy row stays argmax beside a random row, and the random row is the draw it makes alone."""
+    logits = torch.randn(2, 1000, generator=torch.Generator().manual_seed(1))
+    random_params = SamplingParams(temperature=temperature, seed=5)
+    mixed = metadata([SamplingParams(temperature=0), random_params], vocab=1000)
+    assert mixed.greedy_mask is not None and not mixed.all_greedy and not mixed.all_random
+    out = Sampler()(logits.clone(), mixed).sampled_token_ids
+    alone = Sampler()(logits[1:].clone(), metadata([random_params], vocab=1000)).sampled_token_ids
+    assert alone[0] != logits[1].argmax()  # so a row wrongly treated as greedy would show
     assert out[0] == logits[0].argmax()
+    assert out[1] == alone[0]
 
 
 def test_fused_gumbel_kernel_matches_softmax_frequencies():

@@ -1,4 +1,9 @@
-"""The token-budget scheduler, driven with fake model outputs (no model needed)."""
+"""The token-budget scheduler, driven by a fake worker (no model needed).
+
+The fake worker keeps only what the scheduler's plain-data outputs tell it
+(new sequences once, then deltas) and samples token 7 wherever the real
+worker would. Every step it checks that its copy agrees with the scheduler.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,16 @@ import pytest
 from folovllm import SamplingParams
 from folovllm.config import SchedulerConfig
 from folovllm.core.kv_cache import KVCacheManager
-from folovllm.core.sched import Scheduler
+from folovllm.core.sched.scheduler import Scheduler
+from folovllm.model_runner_output import ModelRunnerOutput
 from folovllm.request import Request, RequestStatus
 
 
 def make_scheduler(num_blocks=64, block_size=4, max_num_seqs=8, budget=64, max_model_len=64, chunked=False):
     cfg = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len, enable_chunked_prefill=chunked)
-    return Scheduler(cfg, KVCacheManager(num_blocks, block_size))
+    sched = Scheduler(cfg, KVCacheManager(num_blocks, block_size))
+    sched.fake_worker = FakeWorker()
+    return sched
 
 
 _next_seq = iter(range(10**9))
@@ -31,10 +39,49 @@ def add(sched, rid, prompt_len, max_tokens=4, n=1):
     return req
 
 
-def fake_step(sched):
+class FakeWorker:
+    """Mirrors the worker's state from SchedulerOutputs alone: tokens and blocks per sequence."""
+
+    def __init__(self):
+        self.tokens: dict[int, list[int]] = {}
+        self.blocks: dict[int, list[int]] = {}
+
+    def execute(self, so) -> ModelRunnerOutput:
+        for seq_id in so.finished_req_ids:
+            self.tokens.pop(seq_id, None)
+            self.blocks.pop(seq_id, None)
+        for seq_id in so.preempted_req_ids:
+            self.blocks[seq_id] = []
+        for new in so.scheduled_new_reqs:
+            assert new.req_id not in self.tokens, "a sequence was sent as new twice"
+            self.tokens[new.req_id] = list(new.prompt_token_ids)
+            self.blocks[new.req_id] = list(new.block_ids)
+        cached = so.scheduled_cached_reqs
+        for seq_id, toks, blocks in zip(cached.req_ids, cached.new_token_ids, cached.new_block_ids):
+            self.tokens[seq_id] += toks
+            self.blocks[seq_id] += blocks
+        starts = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs}
+        starts.update(zip(cached.req_ids, cached.num_computed_tokens))
+        samplers = [i for i, n in so.num_scheduled_tokens.items() if starts[i] + n >= len(self.tokens[i])]
+        return ModelRunnerOutput(req_ids=samplers, sampled_token_ids=[7] * len(samplers))
+
+
+def fake_step(sched, in_flight: list | None = None):
+    """One step; with ``in_flight`` (async scheduling) the previous step's output is applied only now."""
+    worker = sched.fake_worker
     so = sched.schedule()
-    sampled = {s.seq_id: 7 for s, flag in zip(so.scheduled_seqs, so.sampling) if flag}
-    sched.update_from_output(so, sampled)
+    out = worker.execute(so)
+    for seq_id in so.num_scheduled_tokens:
+        # The worker's copy, built from deltas only, matches the scheduler's.
+        seq = sched.seqs[seq_id]
+        assert worker.tokens[seq_id] == seq.get_token_ids()
+        assert worker.blocks[seq_id] == sched.kv_cache_manager.get_block_ids(seq_id)
+    if in_flight is None:
+        sched.update_from_output(out)
+    else:
+        if in_flight:
+            sched.update_from_output(in_flight.pop())
+        in_flight.append(out)
     return so
 
 
@@ -42,8 +89,10 @@ def check_invariants(sched, so):
     cfg = sched.config
     assert so.total_num_scheduled_tokens <= cfg.max_num_batched_tokens
     assert len(sched.running) <= cfg.max_num_seqs
+    assert len(sched.fake_worker.tokens) <= cfg.max_num_seqs, "the worker would need more rows than max_num_seqs"
     kv = sched.kv_cache_manager
-    owned = [b for ids in kv.req_to_block_ids.values() for b in ids]
+    live = list(sched.running) + list(sched.waiting)
+    owned = [b for seq in live for b in kv.get_block_ids(seq.seq_id)]
     assert len(owned) == len(set(owned)), "a block is owned twice"
     assert len(owned) + kv.get_num_free_blocks() == kv.num_total_blocks
     for seq in sched.running:
@@ -57,9 +106,12 @@ def test_first_come_first_served_and_decode_one_token_each():
     add(sched, "c", 5)
     so = fake_step(sched)
     # a (10) + b (8) fit in 20; c (5) would overflow the budget and waits (no chunking)
-    assert [s.request_id for s in so.scheduled_seqs] == ["a", "b"]
+    assert [r.req_id for r in so.scheduled_new_reqs] == [s.seq_id for s in sched.running] and len(sched.running) == 2
     so = fake_step(sched)
     assert so.num_scheduled_tokens == {sched.running[0].seq_id: 1, sched.running[1].seq_id: 1, sched.running[2].seq_id: 5}
+    # The two decodes are deltas carrying the token each sampled; c arrives whole.
+    assert so.scheduled_cached_reqs.new_token_ids == [[7], [7]]
+    assert [r.prompt_token_ids for r in so.scheduled_new_reqs] == [[1, 2, 3, 4, 5]]
 
 
 def test_max_num_seqs_caps_the_running_set():
@@ -67,7 +119,7 @@ def test_max_num_seqs_caps_the_running_set():
     for i in range(4):
         add(sched, i, 3)
     so = fake_step(sched)
-    assert len(so.scheduled_seqs) == 2 and len(sched.waiting) == 2
+    assert len(so.num_scheduled_tokens) == 2 and len(sched.waiting) == 2
 
 
 def test_chunked_prefill_splits_a_long_prompt():
@@ -92,9 +144,9 @@ def test_preemption_takes_the_most_recent_and_recomputes():
     while sched.running or sched.waiting:
         so = fake_step(sched)
         check_invariants(sched, so)
-        if so.preempted_seq_ids:
+        if so.preempted_req_ids:
             preempted_seen = True
-            assert so.preempted_seq_ids == [b.seqs[0].seq_id]  # the later admission goes
+            assert so.preempted_req_ids == [b.seqs[0].seq_id]  # the later admission goes
             assert sched.waiting[0] is b.seqs[0] and b.seqs[0].num_computed_tokens == 0
     assert preempted_seen and sched.get_stats()["num_preemptions"] >= 1
     assert a.seqs[0].num_output_tokens == 8 and b.seqs[0].num_output_tokens == 8
@@ -117,27 +169,31 @@ def test_finish_and_abort_free_blocks_at_once():
     sched.abort_requests(["r2", "r3"])
     assert r2.seqs[0].status == RequestStatus.FINISHED_ABORTED
     assert sched.kv_cache_manager.get_num_free_blocks() == 64 and not sched.has_unfinished_requests()
-    assert sched.schedule().finished_seq_ids >= {r2.seqs[0].seq_id}
+    assert sched.schedule().finished_req_ids >= {r2.seqs[0].seq_id}
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("chunked", [False, True])
-def test_randomized_invariants(seed, chunked):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_randomized_invariants(seed, chunked, async_scheduling):
     rng = random.Random(seed)
     block_size = rng.choice([1, 4, 8])
     num_blocks = rng.randint(48 // block_size, 96 // block_size)  # at least max_model_len tokens
     sched = make_scheduler(num_blocks=num_blocks, block_size=block_size, max_num_seqs=rng.randint(1, 6),
                            budget=48, max_model_len=48, chunked=chunked)  # fmt: skip
     requests = []
+    in_flight = [] if async_scheduling else None
     for step in range(2000):
         if step < 60 and rng.random() < 0.5:
             requests.append(add(sched, f"{seed}-{step}", rng.randint(1, 30), max_tokens=rng.randint(1, 15), n=rng.choice([1, 1, 2])))
         if rng.random() < 0.03 and requests:
             sched.abort_requests([rng.choice(requests).request_id])
-        so = fake_step(sched)
+        so = fake_step(sched, in_flight)
         check_invariants(sched, so)
         if step > 60 and not sched.has_unfinished_requests():
             break
+    if in_flight:
+        sched.update_from_output(in_flight.pop())
     assert not sched.has_unfinished_requests()
     assert all(r.is_finished() for r in requests)
     assert sched.kv_cache_manager.get_num_free_blocks() == sched.kv_cache_manager.num_total_blocks

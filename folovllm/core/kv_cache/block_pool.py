@@ -64,13 +64,6 @@ class FreeKVCacheBlockQueue:
         self.tail = block
         self.num_free_blocks += 1
 
-    def get_all_free_blocks(self) -> list[KVCacheBlock]:
-        out, cur = [], self.head
-        while cur is not None:
-            out.append(cur)
-            cur = cur.next_free_block
-        return out
-
 
 class BlockPool:
     def __init__(self, num_blocks: int) -> None:
@@ -99,6 +92,3 @@ class BlockPool:
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
                 self.free_block_queue.append(block)
-
-    def get_usage(self) -> float:
-        return 1.0 - self.get_num_free_blocks() / self.num_blocks

@@ -1,4 +1,5 @@
-from folovllm.core.sched.output import SchedulerOutput
-from folovllm.core.sched.scheduler import Scheduler
+"""The scheduler (``scheduler.py``) and what it hands the worker (``output.py``).
 
-__all__ = ["Scheduler", "SchedulerOutput"]
+Empty on purpose: a worker imports ``core.sched.output`` and nothing else of
+the scheduler's, so importing it must not pull the scheduler in.
+"""

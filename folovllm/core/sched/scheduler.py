@@ -14,6 +14,11 @@ A prompt longer than the remaining budget waits, unless chunked prefill is
 on: then it takes what is left and continues next step. That single ``min``
 is all chunked prefill needs here.
 
+The three phases are ``_schedule_running``, ``_schedule_waiting`` and
+``_make_output``, which turns the decisions into a plain-data
+``SchedulerOutput`` for the worker: each sequence whole the first time, then
+only what changed (see ``core/sched/output.py``).
+
 ``schedule()`` advances each scheduled sequence's ``num_computed_tokens`` at
 once, and counts the token it will sample as a placeholder until
 ``update_from_output`` appends it. So the next step can be scheduled while
@@ -33,9 +38,15 @@ from typing import Iterable
 
 from folovllm.config import SchedulerConfig
 from folovllm.core.kv_cache.kv_cache_manager import KVCacheManager
-from folovllm.core.sched.output import SchedulerOutput
+from folovllm.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
 from folovllm.core.sched.stop_checker import check_stop, reaches_length_limit
+from folovllm.model_runner_output import ModelRunnerOutput
 from folovllm.request import Request, RequestStatus, Sequence
+
+
+# (sequence, tokens this step, block ids it gained: all of them when it (re)starts).
+# A plain tuple: a few hundred are made per step.
+_Scheduled = tuple[Sequence, int, list[int]]
 
 
 class Scheduler:
@@ -54,12 +65,14 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.requests: dict[str, Request] = {}
+        self.seqs: dict[int, Sequence] = {}  # the unfinished sequences, by seq_id
         self.finished_seq_ids: set[int] = set()
         self.num_preemptions = 0
 
     # -- queue management ----------------------------------------------------
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
+        self.seqs.update((seq.seq_id, seq) for seq in request.seqs)
         self.waiting.extend(request.seqs)
 
     def has_unfinished_requests(self) -> bool:
@@ -77,7 +90,10 @@ class Scheduler:
             seq.set_status(status)
             self.kv_cache_manager.free(seq)
             self.finished_seq_ids.add(seq.seq_id)
-        self._drop_finished_requests()
+            del self.seqs[seq.seq_id]
+            request = self.requests[seq.request_id]
+            if request.is_finished():
+                del self.requests[seq.request_id]
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
         for rid in request_ids:
@@ -85,19 +101,21 @@ class Scheduler:
             if request is not None:
                 self.finish_seqs(request.seqs, RequestStatus.FINISHED_ABORTED)
 
-    def _drop_finished_requests(self) -> None:
-        for rid in [rid for rid, r in self.requests.items() if r.is_finished()]:
-            del self.requests[rid]
-
     # -- the step ------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
-        chunked = self.config.enable_chunked_prefill
-        scheduled: list[Sequence] = []
-        num_tokens: dict[int, int] = {}
-        preempted: list[int] = []
+        running, budget, preempted = self._schedule_running(budget)
+        admitted = self._schedule_waiting(budget) if not preempted else []
+        return self._make_output(running, admitted, preempted)
 
-        # 1. running sequences, in admission order
+    def _schedule_running(self, budget: int) -> tuple[list[_Scheduled], int, list[Sequence]]:
+        """Give each running sequence, in admission order, the tokens it lacks.
+
+        When blocks run out, the most recently admitted sequence is preempted.
+        Returns what was scheduled, the budget left and the preempted sequences.
+        """
+        scheduled: list[_Scheduled] = []
+        preempted: list[Sequence] = []
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -105,64 +123,76 @@ class Scheduler:
                 i += 1  # its last token is in flight; computing another would be wasted
                 continue
             n = min(seq.num_tokens + seq.num_output_placeholders - seq.num_computed_tokens, budget)
-            while not self.kv_cache_manager.allocate_slots(seq, n):
+            while (new_blocks := self.kv_cache_manager.allocate_slots(seq, n)) is None:
                 victim = self.running.pop()
                 self._preempt(victim)
-                preempted.append(victim.seq_id)
+                preempted.append(victim)
                 if victim is seq:
-                    break
-            else:
-                scheduled.append(seq)
-                num_tokens[seq.seq_id] = n
-                budget -= n
-                i += 1
-                continue
-            break  # seq preempted itself: nothing later in the list can run either
+                    return scheduled, budget, preempted  # nothing later in the list can run either
+            scheduled.append((seq, n, [b.block_id for b in new_blocks] if new_blocks else []))
+            budget -= n
+            i += 1
+        return scheduled, budget, preempted
 
-        # 2. admit waiting sequences (not in a step that had to preempt)
-        if not preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-                seq = self.waiting[0]
-                if seq.num_output_placeholders:
-                    break  # preempted with a token still in flight; resume once it lands
-                n = seq.num_tokens - seq.num_computed_tokens
-                if n > budget:
-                    if not chunked:
-                        break
-                    n = budget
-                if not self.kv_cache_manager.allocate_slots(seq, n):
+    def _schedule_waiting(self, budget: int) -> list[_Scheduled]:
+        """Admit waiting sequences first come, first served while seats, budget and blocks last."""
+        admitted: list[_Scheduled] = []
+        while self.waiting and budget > 0 and len(self.running) + len(admitted) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if seq.num_output_placeholders:
+                break  # preempted with a token still in flight; resume once it lands
+            n = seq.num_tokens - seq.num_computed_tokens
+            if n > budget:
+                if not self.config.enable_chunked_prefill:
                     break
-                self.waiting.popleft()
-                seq.set_status(RequestStatus.RUNNING)
-                self.running.append(seq)
-                request = self.requests[seq.request_id]
-                if request.metrics.first_scheduled_time is None:
-                    request.metrics.first_scheduled_time = time.time()
-                scheduled.append(seq)
-                num_tokens[seq.seq_id] = n
-                budget -= n
+                n = budget
+            new_blocks = self.kv_cache_manager.allocate_slots(seq, n)
+            if new_blocks is None:
+                break
+            self.waiting.popleft()
+            request = self.requests[seq.request_id]
+            if request.metrics.first_scheduled_time is None:
+                request.metrics.first_scheduled_time = time.time()
+            admitted.append((seq, n, [b.block_id for b in new_blocks]))
+            budget -= n
+        return admitted
 
-        # Advance the bookkeeping now, so the next step can be scheduled before
-        # this one's results are back.
-        computed_before, sampling = [], []
-        for seq in scheduled:
-            computed_before.append(seq.num_computed_tokens)
-            seq.num_computed_tokens += num_tokens[seq.seq_id]
-            samples = seq.num_computed_tokens == seq.num_tokens + seq.num_output_placeholders
-            if samples:
-                seq.num_output_placeholders += 1
-            sampling.append(samples)
+    def _make_output(self, running: list[_Scheduled], admitted: list[_Scheduled], preempted: list[Sequence]) -> SchedulerOutput:
+        """Describe the step as plain data, then advance the bookkeeping.
+
+        A sequence seen for the first time is sent whole; the others, resumed
+        ones included, as deltas since they were last sent. Advancing the
+        bookkeeping now (computed tokens, a placeholder for each token to be
+        sampled) lets the next step be scheduled before this one's results
+        are back.
+        """
+        new = [x for x in admitted if x[0].status == RequestStatus.WAITING]
+        known = running + [x for x in admitted if x[0].status == RequestStatus.PREEMPTED]
         out = SchedulerOutput(
-            scheduled_seqs=scheduled,
-            num_scheduled_tokens=num_tokens,
-            total_num_scheduled_tokens=sum(num_tokens.values()),
-            num_computed_tokens=computed_before,
-            sampling=sampling,
-            block_ids={s.seq_id: self.kv_cache_manager.get_block_ids(s.seq_id) for s in scheduled},
-            preempted_seq_ids=preempted,
-            finished_seq_ids=self.finished_seq_ids,
+            scheduled_new_reqs=[
+                NewRequestData(seq.seq_id, seq.prompt_token_ids, seq.sampling_params, block_ids, seq.num_computed_tokens)
+                for seq, _, block_ids in new
+            ],
+            scheduled_cached_reqs=CachedRequestData(
+                req_ids=[seq.seq_id for seq, _, _ in known],
+                new_token_ids=[seq.output_token_ids[seq.num_output_tokens_sent :] for seq, _, _ in known],
+                new_block_ids=[block_ids for _, _, block_ids in known],
+                num_computed_tokens=[seq.num_computed_tokens for seq, _, _ in known],
+            ),
+            num_scheduled_tokens={seq.seq_id: n for seq, n, _ in running + admitted},
+            total_num_scheduled_tokens=sum(n for _, n, _ in running + admitted),
+            preempted_req_ids=[seq.seq_id for seq in preempted],
+            finished_req_ids=self.finished_seq_ids,
         )
         self.finished_seq_ids = set()
+        for seq, _, _ in admitted:
+            seq.set_status(RequestStatus.RUNNING)
+            self.running.append(seq)
+        for seq, n, _ in running + admitted:
+            seq.num_output_tokens_sent = seq.num_output_tokens
+            seq.num_computed_tokens += n
+            if seq.num_computed_tokens == seq.num_tokens + seq.num_output_placeholders:
+                seq.num_output_placeholders += 1  # this step samples its next token
         return out
 
     def _will_finish_anyway(self, seq: Sequence) -> bool:
@@ -175,26 +205,22 @@ class Scheduler:
         self.kv_cache_manager.free(seq)
         seq.set_status(RequestStatus.PREEMPTED)
         seq.num_computed_tokens = 0
-        seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def update_from_output(self, scheduler_output: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
-        """Append sampled tokens and apply the token stop rules.
+    def update_from_output(self, model_output: ModelRunnerOutput) -> list[Sequence]:
+        """Append the sampled tokens and apply the token stop rules.
 
-        ``sampled``: seq_id -> new token id, for the sequences that sampled
-        (a partial prefill samples nothing). Returns the sequences that
-        received a token.
+        Returns the sequences that received a token.
         """
         updated = []
         stopped: dict[RequestStatus, list[Sequence]] = {}
-        for seq, samples in zip(scheduler_output.scheduled_seqs, scheduler_output.sampling):
-            if not samples:
-                continue
-            seq.num_output_placeholders -= 1
-            if seq.is_finished():
+        for seq_id, token_id in zip(model_output.req_ids, model_output.sampled_token_ids):
+            seq = self.seqs.get(seq_id)
+            if seq is None:
                 continue  # stopped or aborted while this step was in flight
-            seq.append_token_id(sampled[seq.seq_id])
+            seq.num_output_placeholders -= 1
+            seq.append_token_id(token_id)
             updated.append(seq)
             status = check_stop(seq, self.max_model_len)
             if status is not None:

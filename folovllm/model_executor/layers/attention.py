@@ -1,6 +1,7 @@
 """The attention layer: hands q/k/v and its KV cache to the selected backend.
 
-The layer owns no cache of its own. The model runner binds ``kv_cache`` (a
+The layer owns no cache of its own. The model runner finds every
+``Attention`` module of the model, in order, and binds its ``kv_cache`` (a
 view of this layer's slice of the one big paged KV tensor) after allocation.
 """
 
@@ -13,12 +14,9 @@ from folovllm.attention.backends.abstract import AttentionBackend, AttentionMeta
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int, backend: AttentionBackend) -> None:
+    def __init__(self, scale: float, backend: AttentionBackend) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = head_dim
         self.scale = scale
-        self.num_kv_heads = num_kv_heads
         self.backend = backend
         self.kv_cache: torch.Tensor | None = None  # [2, num_blocks, block_size, num_kv_heads, head_dim]
 

@@ -9,32 +9,32 @@ the absence of the per-head q/k RMSNorm, so one code path serves both.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import nn
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.config import get_head_dim
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.attention import Attention
 from folovllm.model_executor.layers.dispatch import use_fused_kernels
 from folovllm.model_executor.layers.layernorm import RMSNorm
-from folovllm.model_executor.layers.linear import Linear, MergedLinear, VocabEmbedding
-from folovllm.model_executor.layers.rotary_embedding import get_rope
+from folovllm.model_executor.layers.linear import MergedReplicatedLinear, ReplicatedLinear
+from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding, get_rope
+from folovllm.model_executor.layers.vocab_embedding import VocabEmbedding
 
 
 class Qwen3Attention(nn.Module):
-    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+    def __init__(self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.head_dim = get_head_dim(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=False)
-        self.rotary_emb = get_rope(self.head_dim, config.max_position_embeddings, config)
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads, backend)
+        self.qkv_proj = MergedReplicatedLinear(config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias)
+        self.o_proj = ReplicatedLinear(self.q_size, config.hidden_size, bias=False)
+        self.rotary_emb = rotary_emb  # one cos/sin table, shared by every layer
+        self.attn = Attention(self.head_dim**-0.5, backend)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.eps = config.rms_norm_eps
@@ -64,8 +64,8 @@ class Qwen3Attention(nn.Module):
 class Qwen3MLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
-        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias=False)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = MergedReplicatedLinear(hidden_size, [intermediate_size, intermediate_size], bias=False)
+        self.down_proj = ReplicatedLinear(intermediate_size, hidden_size, bias=False)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +73,9 @@ class Qwen3MLP(nn.Module):
 
 
 class Qwen3DecoderLayer(nn.Module):
-    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+    def __init__(self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
         super().__init__()
-        self.self_attn = Qwen3Attention(config, backend, qk_norm, qkv_bias)
+        self.self_attn = Qwen3Attention(config, rotary_emb, backend, qk_norm, qkv_bias)
         self.mlp = Qwen3MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -102,8 +102,9 @@ class Qwen3Model(nn.Module):
     def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        rotary_emb = get_rope(get_head_dim(config), config.max_position_embeddings, config)
         self.layers = nn.ModuleList(
-            Qwen3DecoderLayer(config, backend, qk_norm, qkv_bias) for _ in range(config.num_hidden_layers)
+            Qwen3DecoderLayer(config, rotary_emb, backend, qk_norm, qkv_bias) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -117,14 +118,15 @@ class Qwen3Model(nn.Module):
 
 
 class Qwen3ForCausalLM(nn.Module):
-    # checkpoint name -> (our merged parameter, shard index)
-    stacked_params_mapping = [
-        ("qkv_proj", "q_proj", 0),
-        ("qkv_proj", "k_proj", 1),
-        ("qkv_proj", "v_proj", 2),
-        ("gate_up_proj", "gate_proj", 0),
-        ("gate_up_proj", "up_proj", 1),
-    ]
+    # checkpoint module -> (our merged module, shard index); see weight_loading.load_weights
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+    skip_substrs = ("rotary_emb.inv_freq",)  # a buffer some older checkpoints saved
     qk_norm = True
     qkv_bias = False
 
@@ -135,8 +137,10 @@ class Qwen3ForCausalLM(nn.Module):
         self.model = Qwen3Model(config, backend, self.qk_norm, qkv_bias)
         if config.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
+            self.skip_prefixes = ("lm_head.",)  # a saved copy of the tied weight
         else:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = VocabEmbedding(config.vocab_size, config.hidden_size)
+            self.skip_prefixes = ()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
         """Hidden states ``[T, hidden]`` for the flattened batch."""
@@ -145,49 +149,6 @@ class Qwen3ForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits for the (already selected) rows of ``hidden``."""
         return torch.nn.functional.linear(hidden, self.lm_head.weight)
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy checkpoint tensors into our (partly merged) parameters.
-
-        Returns the names of the parameters that were filled; a merged
-        parameter counts only when all of its shards arrived.
-        """
-        params = dict(self.named_parameters())
-        shards_seen: dict[str, set[int]] = {}
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name:
-                continue
-            if name == "lm_head.weight" and self.config.tie_word_embeddings:
-                continue
-            for param_name, ckpt_name, shard_id in self.stacked_params_mapping:
-                if ckpt_name not in name:
-                    continue
-                name = name.replace(ckpt_name, param_name)
-                if name not in params:
-                    break
-                param = params[name]
-                param.weight_loader(param, tensor, shard_id)
-                shards_seen.setdefault(name, set()).add(shard_id)
-                if len(shards_seen[name]) == len(self._module_of(name).output_sizes):
-                    loaded.add(name)
-                break
-            else:
-                if name not in params:
-                    continue  # e.g. weights of heads we do not run
-                param = params[name]
-                loader = getattr(param, "weight_loader", None)
-                if loader is not None:
-                    loader(param, tensor)
-                else:
-                    if param.shape != tensor.shape:
-                        raise ValueError(f"{name}: expected shape {tuple(param.shape)}, checkpoint has {tuple(tensor.shape)}")
-                    param.data.copy_(tensor)
-                loaded.add(name)
-        return loaded
-
-    def _module_of(self, param_name: str) -> nn.Module:
-        return self.get_submodule(param_name.rsplit(".", 1)[0])
 
 
 class Qwen2ForCausalLM(Qwen3ForCausalLM):

@@ -1,0 +1,93 @@
+"""The weight seam of linear layers: quant_method creates and applies, weight_loader places shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from folovllm.model_executor.layers.linear import (
+    LinearMethodBase,
+    MergedReplicatedLinear,
+    ReplicatedLinear,
+    set_weight_attrs,
+)
+
+
+def test_merged_layer_loads_each_shard_into_its_rows():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(8, 6), torch.randn(4, 6), torch.randn(4, 6)
+    bq, bk, bv = torch.randn(8), torch.randn(4), torch.randn(4)
+    layer = MergedReplicatedLinear(6, [8, 4, 4], bias=True)
+    for shard_id, (w, b) in enumerate([(q, bq), (k, bk), (v, bv)]):
+        layer.weight.weight_loader(layer.weight, w, shard_id)
+        layer.bias.weight_loader(layer.bias, b, shard_id)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), x @ torch.cat([q, k, v]).T + torch.cat([bq, bk, bv]))
+
+
+def test_plain_layer_loads_whole_and_rejects_a_wrong_shape():
+    layer = ReplicatedLinear(6, 5)
+    w = torch.randn(5, 6)
+    layer.weight.weight_loader(layer.weight, w)
+    assert torch.equal(layer.weight, w) and layer.bias is None
+    with pytest.raises(ValueError, match=r"expected shape \(5, 6\), checkpoint tensor has \(6, 5\)"):
+        layer.weight.weight_loader(layer.weight, w.T)
+    merged = MergedReplicatedLinear(6, [4, 4])
+    with pytest.raises(ValueError, match=r"expected shape \(4, 6\) \(shard 1\)"):
+        merged.weight.weight_loader(merged.weight, torch.randn(3, 6), 1)
+
+
+class PackedInt8Method(LinearMethodBase):
+    """A toy quantized format shaped like GPTQ's: weights stored transposed ([in, out]),
+    4 uint8 codes packed per int32 along the *output* dim (like qzeros), a scale per
+    output, and a per-input permutation that every shard shares (like g_idx)."""
+
+    def create_weights(self, layer, input_size, output_sizes, params_dtype):
+        out = sum(output_sizes)
+        packed = nn.Parameter(torch.zeros(input_size, out // 4, dtype=torch.int32), requires_grad=False)
+        set_weight_attrs(packed, {"input_dim": 0, "output_dim": 1, "packed_dim": 1, "pack_factor": 4})
+        scales = nn.Parameter(torch.zeros(out, dtype=params_dtype), requires_grad=False)
+        set_weight_attrs(scales, {"output_dim": 0})
+        perm = nn.Parameter(torch.zeros(input_size, dtype=torch.int64), requires_grad=False)
+        set_weight_attrs(perm, {"input_dim": 0})
+        layer.register_parameter("packed", packed)
+        layer.register_parameter("scales", scales)
+        layer.register_parameter("perm", perm)
+
+    def apply(self, layer, x, bias=None):
+        return x[:, layer.perm] @ dequantize(layer.packed, layer.scales)
+
+
+def quantize(w: torch.Tensor):
+    """w [out, in] -> (packed int32 [in, out/4], scales [out])."""
+    scales = w.abs().amax(dim=1) / 127
+    codes = (torch.round(w / scales[:, None]) + 128).to(torch.int32).T  # [in, out], 1..255
+    c = codes.reshape(codes.shape[0], -1, 4)
+    packed = c[..., 0] | (c[..., 1] << 8) | (c[..., 2] << 16) | (c[..., 3] << 24)
+    return packed, scales
+
+
+def dequantize(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """-> [in, out] float."""
+    codes = torch.stack([(packed >> s) & 0xFF for s in (0, 8, 16, 24)], dim=-1).reshape(packed.shape[0], -1)
+    return (codes - 128).float() * scales
+
+
+def test_a_quantized_method_loads_merged_shards_through_the_same_loader():
+    torch.manual_seed(1)
+    sizes = [8, 4, 12]
+    parts = [torch.randn(n, 16) for n in sizes]
+    perm = torch.randperm(16)
+    layer = MergedReplicatedLinear(16, sizes, quant_method=PackedInt8Method())
+    assert {name for name, _ in layer.named_parameters()} == {"packed", "scales", "perm"}
+    for shard_id, w in enumerate(parts):
+        packed, scales = quantize(w)
+        layer.packed.weight_loader(layer.packed, packed, shard_id)  # packed along the output dim: size / 4
+        layer.scales.weight_loader(layer.scales, scales, shard_id)
+        layer.perm.weight_loader(layer.perm, perm, shard_id)  # no output dim: the same whole tensor for each shard
+    x = torch.randn(5, 16)
+    ref = torch.cat([x[:, perm] @ dequantize(*quantize(w)) for w in parts], dim=1)
+    torch.testing.assert_close(layer(x), ref)
+    # and the quantization is faithful enough that the layer really computes x @ W.T
+    torch.testing.assert_close(layer(x), x[:, perm] @ torch.cat(parts).T, atol=0.15, rtol=0.05)
