@@ -1,6 +1,10 @@
 """Drive LLMEngine step by step: add requests while others run, stream, abort.
 
     python examples/streaming_engine.py [--model PATH]
+
+Every request ends with one output whose ``finished`` is True: "stop" or
+"length" normally, "abort" for one that was aborted (reported at the next
+step). Without --model the demo checkpoint has random weights: its text is gibberish.
 """
 
 import argparse
@@ -18,7 +22,8 @@ engine.add_request("b", "class Stack:", SamplingParams(temperature=0.8, seed=1, 
 step = 0
 while engine.has_unfinished_requests():
     for out in engine.step():
-        print(f"step {step:2d} {out.request_id}: {len(out.outputs[0].token_ids):2d} tokens, finished={out.finished}")
+        done = f", finish_reason={out.outputs[0].finish_reason}" if out.finished else ""
+        print(f"step {step:2d} {out.request_id}: {len(out.outputs[0].token_ids):2d} tokens, finished={out.finished}{done}")
     if step == 3:
         engine.add_request("c", "import os", SamplingParams(max_tokens=8))  # joins the running batch
     if step == 6:

@@ -3,11 +3,15 @@
 With no ``--model`` it builds (once, cached) a small random-weight demo
 checkpoint, so it runs on a fresh machine with no model hub. The text from a
 random model is gibberish, but every stage of the engine runs for real.
+
+Errors are one line on stderr: exit code 2 for a bad flag or value (usage),
+1 when the model cannot be loaded or generation fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def demo_checkpoint() -> str:
@@ -29,15 +33,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-model-len", type=int, default=None)
     args = ap.parse_args(argv)
+    try:
+        _run(args)
+    except ValueError as exc:  # ModelLoadError is a ValueError, but a runtime failure
+        from folovllm.model_loader import ModelLoadError
 
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1 if isinstance(exc, ModelLoadError) else 2)
+    except (TypeError, RuntimeError, OSError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _run(args: argparse.Namespace) -> None:
     from folovllm import LLM, SamplingParams
 
+    params = SamplingParams(  # before loading anything, so a bad value fails at once
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, n=args.n, max_tokens=args.max_tokens
+    )
     model = args.model or demo_checkpoint()
     prompts = args.prompt or ["def fibonacci(n):", "The capital of France is", "import numpy as np\n"]
     llm = LLM(model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len)
-    params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, n=args.n, max_tokens=args.max_tokens
-    )
     for out in llm.generate(prompts, params):
         for comp in out.outputs:
             m = out.metrics

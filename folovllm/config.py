@@ -55,6 +55,10 @@ class ModelConfig:
     max_model_len: Optional[int] = None
     seed: int = 0
     revision: Optional[str] = None
+    # Most logprobs a request may ask for (vLLM's default: 20).
+    max_logprobs: int = 20
+    # No tokenizer: prompts must be token ids, outputs carry no text (vLLM's flag).
+    skip_tokenizer_init: bool = False
     hf_config: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,8 @@ class ModelConfig:
             raise _bad("dtype", self.dtype, f"must be one of {sorted(_DTYPE_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise _bad("seed", self.seed, "must be a non-negative integer")
+        if not isinstance(self.max_logprobs, int) or isinstance(self.max_logprobs, bool) or self.max_logprobs < 0:
+            raise _bad("max_logprobs", self.max_logprobs, "must be a non-negative integer")
 
         self.hf_config = get_hf_config(self.model, self.revision, self.trust_remote_code)
         model_max = self.get_model_context_len()

@@ -55,6 +55,10 @@ def get_hf_config(model: str, revision: Optional[str] = None, trust_remote_code:
         raise ModelLoadError(f"Could not read the config of {model!r} from {path}: {exc}") from None
 
 
+# Files that carry a vocabulary (tokenizer_config.json alone does not).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model")
+
+
 def load_tokenizer(
     tokenizer: str,
     tokenizer_mode: str = "auto",
@@ -65,6 +69,12 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     path = resolve_model_path(tokenizer, revision)
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+        # transformers would quietly build an empty tokenizer, and every text prompt would fail later.
+        raise ModelLoadError(
+            f"No tokenizer files in {path} (looked for {', '.join(_TOKENIZER_FILES)}, *.tiktoken). "
+            "Pass tokenizer=<dir or hub id>, or skip_tokenizer_init=True to send token ids only."
+        )
     try:
         tok = AutoTokenizer.from_pretrained(
             str(path), use_fast=tokenizer_mode != "slow", trust_remote_code=trust_remote_code

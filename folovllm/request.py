@@ -7,12 +7,14 @@ the KV cache work on sequences; outputs are reported per request.
 
 Status life cycle of a sequence::
 
-    WAITING -> RUNNING -> FINISHED_{STOPPED, LENGTH_CAPPED, ABORTED}
+    WAITING -> RUNNING -> FINISHED_{STOPPED, LENGTH_CAPPED, ABORTED, ERROR}
                   |  ^
                   v  |
                PREEMPTED        (KV blocks freed; recomputed on resume)
 
-    WAITING / PREEMPTED -> FINISHED_ABORTED
+    WAITING / PREEMPTED -> FINISHED_ABORTED or FINISHED_ERROR
+
+FINISHED_ERROR: a step that carried the sequence failed (see LLMEngine.step).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = enum.auto()
     FINISHED_LENGTH_CAPPED = enum.auto()
     FINISHED_ABORTED = enum.auto()
+    FINISHED_ERROR = enum.auto()
 
     @staticmethod
     def is_finished(status: "RequestStatus") -> bool:
@@ -47,9 +50,10 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH_CAPPED: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
+    RequestStatus.FINISHED_ERROR: "error",
 }
 _ALLOWED = {
-    RequestStatus.WAITING: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED},
+    RequestStatus.WAITING: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR},
     # With async scheduling a preempted sequence may still receive the token of
     # a step that was already in flight, and that token may end it.
     RequestStatus.PREEMPTED: {
@@ -57,12 +61,14 @@ _ALLOWED = {
         RequestStatus.FINISHED_STOPPED,
         RequestStatus.FINISHED_LENGTH_CAPPED,
         RequestStatus.FINISHED_ABORTED,
+        RequestStatus.FINISHED_ERROR,
     },
     RequestStatus.RUNNING: {
         RequestStatus.PREEMPTED,
         RequestStatus.FINISHED_STOPPED,
         RequestStatus.FINISHED_LENGTH_CAPPED,
         RequestStatus.FINISHED_ABORTED,
+        RequestStatus.FINISHED_ERROR,
     },
 }
 

@@ -8,6 +8,30 @@ from enum import Enum, IntEnum
 from typing import Optional, Union
 
 _SAMPLING_EPS = 1e-5  # temperatures below this mean greedy decoding
+_MIN_SEED, _MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_list(name: str, value, item_type: type) -> list:
+    """None, one item, or an iterable of items -> a list; anything else is a ValueError."""
+    if value is None:
+        return []
+    if item_type is str and isinstance(value, str):
+        return [value]
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a list of {item_type.__name__}, got {value!r}")
+    items = list(value)
+    check = _is_int if item_type is int else (lambda v: isinstance(v, item_type))
+    if not all(check(v) for v in items):
+        raise ValueError(f"{name} must contain only {item_type.__name__} values, got {value!r}")
+    return items
 
 
 class SamplingType(IntEnum):
@@ -52,13 +76,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.best_of is None:
             self.best_of = self.n
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        elif self.stop is None:
-            self.stop = []
-        else:
-            self.stop = list(self.stop)
-        self.stop_token_ids = [] if self.stop_token_ids is None else list(self.stop_token_ids)
+        self.stop = _as_list("stop", self.stop, str)
+        self.stop_token_ids = _as_list("stop_token_ids", self.stop_token_ids, int)
         if self.top_k == -1:  # vLLM accepts -1 for "disabled" too
             self.top_k = 0
         self._verify_args()
@@ -71,9 +90,18 @@ class SamplingParams:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
 
-        if not isinstance(self.n, int) or self.n < 1:
+        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p"):
+            if not _is_number(getattr(self, name)):
+                raise bad(name, f"must be a number, not {type(getattr(self, name)).__name__}")
+        for name in ("n", "best_of", "top_k", "min_tokens"):
+            if not _is_int(getattr(self, name)):
+                raise bad(name, f"must be an int, not {type(getattr(self, name)).__name__}")
+        for name in ("seed", "max_tokens", "logprobs"):
+            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+                raise bad(name, f"must be an int or None, not {type(getattr(self, name)).__name__}")
+        if self.n < 1:
             raise bad("n", "must be at least 1")
-        if not isinstance(self.best_of, int) or self.best_of < self.n:
+        if self.best_of < self.n:
             raise bad("best_of", f"must be an integer >= n ({self.n})")
         if self.best_of != self.n:
             raise bad("best_of", "different from n is not supported (as in vLLM v1)")
@@ -87,25 +115,27 @@ class SamplingParams:
             raise bad("temperature", "must be non-negative")
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "must be in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if self.top_k < 0:
             raise bad("top_k", "must be 0 or -1 (disabled) or a positive integer")
         if not 0.0 <= self.min_p <= 1.0:
             raise bad("min_p", "must be in [0, 1]")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad("seed", "must be an integer or None")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+        # Sibling i of a request with n > 1 draws from seed + i; torch generators take
+        # seeds in [-2**63, 2**64 - 1].
+        if self.seed is not None and not _MIN_SEED <= self.seed <= _MAX_SEED - (self.n - 1):
+            raise bad("seed", f"must be in [{_MIN_SEED}, {_MAX_SEED} - (n - 1)] (siblings use seed + index)")
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise bad("max_tokens", "must be at least 1")
-        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+        if self.min_tokens < 0:
             raise bad("min_tokens", "must be greater than or equal to 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise bad("min_tokens", f"must be less than or equal to max_tokens={self.max_tokens}")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
+        if self.logprobs is not None and self.logprobs < 0:
             raise bad("logprobs", "must be a non-negative integer")
         if self.prompt_logprobs is not None:
             raise bad("prompt_logprobs", "is not supported yet")
-        if any(not isinstance(s, str) or not s for s in self.stop):
+        if any(not s for s in self.stop):
             raise bad("stop", "must contain only non-empty strings")
-        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+        if any(t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must contain only non-negative integers")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise bad("output_kind", "must be a RequestOutputKind")

@@ -18,6 +18,8 @@ class EngineArgs:
     max_model_len: Optional[int] = None
     seed: int = 0
     revision: Optional[str] = None
+    max_logprobs: int = 20
+    skip_tokenizer_init: bool = False
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     swap_space: float = 4.0
@@ -49,6 +51,8 @@ class EngineArgs:
             max_model_len=self.max_model_len,
             seed=self.seed,
             revision=self.revision,
+            max_logprobs=self.max_logprobs,
+            skip_tokenizer_init=self.skip_tokenizer_init,
         )
         cache_config = CacheConfig(
             block_size=self.block_size,

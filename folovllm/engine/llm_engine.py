@@ -10,11 +10,18 @@ With ``async_scheduling=True`` a step launches the next batch on the device
 detokenizing, building inputs) overlaps with the GPU instead of adding to
 it. The price: a sequence that stops is found one step late, so it may have
 computed one token that is thrown away.
+
+A step that raises leaves the engine usable: every request it carried is
+finished with ``finish_reason="error"`` (reported by the next ``step()``),
+its KV blocks are freed, and the next ``step()`` serves everyone else. One
+engine serves one caller at a time: its public methods take a lock, so two
+threads calling ``generate`` run one after the other.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Iterable, Optional, Union
 from typing import Sequence as Seq
 
@@ -25,9 +32,11 @@ from folovllm.core.kv_cache.kv_cache_manager import KVCacheManager
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.output_processor import OutputProcessor
-from folovllm.engine.processor import Processor, PromptType
+from folovllm.engine.processor import Processor, PromptType, pair_prompts_with_params
 from folovllm.executor.uniproc_executor import UniProcExecutor
 from folovllm.model_loader import get_eos_token_ids, load_tokenizer
+from folovllm.core.sched.output import SchedulerOutput
+from folovllm.model_loader import ModelLoadError
 from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus
@@ -41,7 +50,14 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         mc = config.model_config
-        self.tokenizer = load_tokenizer(mc.tokenizer, mc.tokenizer_mode, mc.trust_remote_code, mc.revision)
+        self.tokenizer = None
+        if not mc.skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(mc.tokenizer, mc.tokenizer_mode, mc.trust_remote_code, mc.revision)
+            if len(self.tokenizer) > mc.get_vocab_size():
+                raise ModelLoadError(
+                    f"the tokenizer of {mc.tokenizer!r} has {len(self.tokenizer)} tokens, more than the model's "
+                    f"vocab_size={mc.get_vocab_size()}: it is not this model's tokenizer"
+                )
         self.eos_token_ids = get_eos_token_ids(mc.model, self.tokenizer, mc.revision)
         self.executor = UniProcExecutor(config)
 
@@ -54,31 +70,41 @@ class LLMEngine:
         )  # fmt: skip
         self.kv_cache_manager = KVCacheManager(num_blocks, block_size)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager)
-        self.processor = Processor(self.tokenizer, mc.get_vocab_size(), mc.max_model_len, self.eos_token_ids)
+        self.processor = Processor(self.tokenizer, mc.get_vocab_size(), mc.max_model_len, mc.max_logprobs, self.eos_token_ids)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.request_counter = Counter()
         self.seq_counter = Counter()
         self.async_scheduling = config.scheduler_config.async_scheduling
-        # The step in flight (async scheduling): the handle of its results.
-        self.in_flight: AsyncModelRunnerOutput | None = None
+        # The step in flight (async scheduling): its schedule and the handle of its results.
+        self.in_flight: tuple[SchedulerOutput, AsyncModelRunnerOutput] | None = None
+        # Schedules whose results are not processed yet: what a failing step takes down.
+        self.unprocessed: list[SchedulerOutput] = []
+        # Final outputs of requests that ended outside a step (aborted, failed): the next step reports them.
+        self.final_outputs: list[RequestOutput] = []
         # Requests whose sampling needs the exact token history (penalties, min_tokens):
         # while any is alive, steps run synchronously.
         self.history_sensitive: set[str] = set()
+        self.lock = threading.RLock()
 
     @classmethod
     def from_engine_args(cls, model: str, **kwargs) -> "LLMEngine":
         return cls(EngineArgs.from_kwargs(model, caller="LLMEngine", **kwargs).create_engine_config())
 
     def get_tokenizer(self):
+        """The HF tokenizer (None when started with ``skip_tokenizer_init=True``)."""
         return self.tokenizer
 
     # -- requests --------------------------------------------------------------
-    def _make_request(self, request_id: str, prompt: PromptType, params: Optional[SamplingParams]) -> Request:
+    def _make_request(self, request_id: str, prompt: PromptType, params: Optional[SamplingParams], where: str) -> Request:
+        """Validate one request; errors name it by ``where`` (its id, or its place in a generate() call)."""
         if request_id in self.output_processor.request_states:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = SamplingParams() if params is None else params
         first_seq_id = self.seq_counter.counter
-        request = self.processor.process_inputs(request_id, prompt, params, first_seq_id)
+        try:
+            request = self.processor.process_inputs(request_id, prompt, params, first_seq_id)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{where}: {exc}") from None
         self.seq_counter.counter += params.n
         return request
 
@@ -90,41 +116,66 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt: PromptType, params: Optional[SamplingParams] = None) -> None:
         """Validate and queue one request; raises ValueError (queuing nothing) on bad input."""
-        self._enqueue(self._make_request(str(request_id), prompt, params))
+        with self.lock:
+            request_id = str(request_id)
+            self._enqueue(self._make_request(request_id, prompt, params, f"request {request_id!r}"))
 
     def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
-        ids = [request_id] if isinstance(request_id, str) else list(request_id)
-        self.history_sensitive.difference_update(ids)
+        """Stop requests; each still running reports a final output (finish_reason "abort") at the next step."""
+        ids = _request_ids(request_id)
+        with self.lock:
+            self._abort(ids)
+
+    def _abort(self, ids: list[str]) -> None:
         self.scheduler.abort_requests(ids)
-        self.output_processor.abort_requests(ids)
+        self._report_finished(ids)
+
+    def _report_finished(self, ids: list[str]) -> None:
+        """Requests that ended outside a step: their final outputs go out with the next step."""
+        self.history_sensitive.difference_update(ids)
+        self.final_outputs += self.output_processor.finish_requests(ids)
 
     def has_unfinished_requests(self) -> bool:
-        return self.output_processor.has_unfinished_requests() or self.in_flight is not None
+        return self.output_processor.has_unfinished_requests() or self.in_flight is not None or bool(self.final_outputs)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.output_processor.request_states)
 
     # -- the loop --------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        with self.lock:
+            outputs, self.final_outputs = self.final_outputs, []
+            try:
+                self._step(outputs)
+            except BaseException:
+                self.final_outputs = outputs + self.final_outputs  # nothing already produced is lost
+                self._fail_unprocessed_steps()
+                raise
+            return outputs
+
+    def _step(self, outputs: list[RequestOutput]) -> None:
         if not self.async_scheduling or self.history_sensitive:
-            outputs = self._finish_in_flight()
-            scheduler_output = self.scheduler.schedule()
-            return outputs + self._process(self.executor.execute_model(scheduler_output))
-        scheduler_output = self.scheduler.schedule()
-        handle = self.executor.execute_model(scheduler_output)  # launched, not waited for
-        outputs = self._finish_in_flight()
-        self.in_flight = handle
-        if scheduler_output.is_empty:
             outputs += self._finish_in_flight()
-        return outputs
+            outputs += self._process(*self._launch())
+            return
+        launched = self._launch()  # not waited for
+        outputs += self._finish_in_flight()
+        self.in_flight = launched
+        if launched[0].is_empty:
+            outputs += self._finish_in_flight()
+
+    def _launch(self) -> tuple[SchedulerOutput, AsyncModelRunnerOutput]:
+        scheduler_output = self.scheduler.schedule()
+        self.unprocessed.append(scheduler_output)
+        return scheduler_output, self.executor.execute_model(scheduler_output)
 
     def _finish_in_flight(self) -> list[RequestOutput]:
         if self.in_flight is None:
             return []
-        handle, self.in_flight = self.in_flight, None
-        return self._process(handle)
+        launched, self.in_flight = self.in_flight, None
+        return self._process(*launched)
 
-    def _process(self, handle: AsyncModelRunnerOutput) -> list[RequestOutput]:
+    def _process(self, scheduler_output: SchedulerOutput, handle: AsyncModelRunnerOutput) -> list[RequestOutput]:
         model_output = handle.get()
         updated = self.scheduler.update_from_output(model_output)
         stopped = self.output_processor.process_new_tokens(updated, model_output)
@@ -133,7 +184,16 @@ class LLMEngine:
         for out in outputs:
             if out.finished:
                 self.history_sensitive.discard(out.request_id)
+        self.unprocessed = [so for so in self.unprocessed if so is not scheduler_output]
         return outputs
+
+    def _fail_unprocessed_steps(self) -> None:
+        """After an exception inside a step: fail the requests of every step not yet processed."""
+        failed = self.scheduler.fail_steps(self.unprocessed)
+        self.unprocessed, self.in_flight = [], None
+        self._report_finished(failed)
+        if failed:
+            logger.error("A step failed; finished %d request(s) with finish_reason='error': %s", len(failed), failed[:8])
 
     def get_stats(self) -> dict[str, int]:
         return self.scheduler.get_stats()
@@ -147,42 +207,55 @@ class LLMEngine:
         """Run prompts to completion; outputs come back in input order.
 
         Every prompt is validated before any is queued: one bad prompt
-        rejects the whole call (ValueError) and leaves the engine untouched.
+        rejects the whole call (an error naming its position) and leaves the
+        engine untouched. If a step fails, the call's requests are aborted
+        and the error is raised.
         """
-        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if sampling_params is None or isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params] * len(prompts)
-        else:
-            params_list = list(sampling_params)
-            if len(params_list) != len(prompts):
-                raise ValueError(
-                    f"got {len(prompts)} prompts but {len(params_list)} sampling_params; pass one or one per prompt"
-                )
-        requests = []
-        for prompt, params in zip(prompts, params_list):
-            params = (params or SamplingParams()).clone()
-            params.output_kind = RequestOutputKind.FINAL_ONLY
-            requests.append(self._make_request(str(next(self.request_counter)), prompt, params))
-        order = {r.request_id: i for i, r in enumerate(requests)}
-        for request in requests:
-            self._enqueue(request)
-
-        results: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm)
-        try:
-            while len(results) < len(requests):
-                for out in self.step():
-                    if out.finished and out.request_id in order:
-                        results[out.request_id] = out
-                        bar.update(1)
-        except BaseException:
-            self.abort_request(list(set(order) - set(results)))
-            raise
-        finally:
-            bar.close()
+        pairs = pair_prompts_with_params(prompts, sampling_params)
+        with self.lock:
+            requests = []
+            for i, (prompt, params) in enumerate(pairs):
+                params = (params or SamplingParams()).clone()
+                params.output_kind = RequestOutputKind.FINAL_ONLY
+                requests.append(self._make_request(self._next_request_id(), prompt, params, f"prompt {i}"))
+            order = {r.request_id: i for i, r in enumerate(requests)}
+            for request in requests:
+                self._enqueue(request)
+            results: dict[str, RequestOutput] = {}
+            others: list[RequestOutput] = []  # final outputs of requests added with add_request
+            bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm)
+            try:
+                while len(results) < len(requests):
+                    for out in self.step():
+                        if out.finished and out.request_id in order:
+                            results[out.request_id] = out
+                            bar.update(1)
+                        elif out.finished:
+                            others.append(out)
+            except BaseException:
+                unfinished = set(order) - set(results)
+                self._abort(list(unfinished))
+                # Nobody will read these: the caller gets the exception instead.
+                self.final_outputs = [o for o in self.final_outputs if o.request_id not in order]
+                raise
+            finally:
+                bar.close()
+                self.final_outputs = others + self.final_outputs  # the next step() reports them
         return sorted(results.values(), key=lambda o: order[o.request_id])
+
+    def _next_request_id(self) -> str:
+        """generate()'s ids count up, skipping any id a caller of add_request chose."""
+        while (request_id := str(next(self.request_counter))) in self.output_processor.request_states:
+            pass
+        return request_id
+
+
+def _request_ids(request_id) -> list[str]:
+    if isinstance(request_id, str):
+        return [request_id]
+    if isinstance(request_id, (list, tuple, set, frozenset)) and all(isinstance(r, str) for r in request_id):
+        return list(request_id)
+    raise TypeError(f"request_id must be a str or a list of str, got {request_id!r} ({type(request_id).__name__})")
 
 
 def _needs_token_history(params: SamplingParams) -> bool:

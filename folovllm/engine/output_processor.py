@@ -22,7 +22,9 @@ class RequestState:
         params = request.sampling_params
         # Text is built token by token only when someone needs it before the
         # end (stop strings, streaming); otherwise it is decoded once at the end.
-        self.incremental = bool(params.stop) or params.output_kind == RequestOutputKind.CUMULATIVE
+        # Without a tokenizer (skip_tokenizer_init) there is no text at all.
+        streaming = params.output_kind == RequestOutputKind.CUMULATIVE
+        self.incremental = tokenizer is not None and (bool(params.stop) or streaming)
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
         if self.incremental:
             for seq in request.seqs:
@@ -39,9 +41,16 @@ class OutputProcessor:
     def add_request(self, request: Request) -> None:
         self.request_states[request.request_id] = RequestState(request, self.tokenizer)
 
-    def abort_requests(self, request_ids) -> None:
+    def finish_requests(self, request_ids: list[str]) -> list[RequestOutput]:
+        """Final outputs of requests that ended outside a step (aborted, failed); their state is dropped."""
+        outputs = []
+        now = time.time()
         for rid in request_ids:
-            self.request_states.pop(rid, None)
+            state = self.request_states.pop(rid, None)
+            if state is not None:
+                state.request.metrics.finished_time = now
+                outputs.append(self._make_output(state, finished=True))
+        return outputs
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.request_states)
@@ -91,11 +100,14 @@ class OutputProcessor:
         ids, vals = lps.logprob_token_ids[row], lps.logprobs[row]
         token, token_lp = ids[0], vals[0]
         top = zip(ids[1 : 1 + k], vals[1 : 1 + k])
-        entry = {tid: Logprob(val, rank, self.tokenizer.decode([tid])) for rank, (tid, val) in enumerate(top, start=1)}
+        entry = {tid: Logprob(val, rank, self._decode_one(tid)) for rank, (tid, val) in enumerate(top, start=1)}
         if token not in entry:
-            entry[token] = Logprob(token_lp, lps.sampled_token_ranks[row], self.tokenizer.decode([token]))
+            entry[token] = Logprob(token_lp, lps.sampled_token_ranks[row], self._decode_one(token))
         seq.output_logprobs.append(entry)
         seq.cumulative_logprob += token_lp
+
+    def _decode_one(self, token_id: int) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
 
     def _detokenize(self, seq: Sequence, state: RequestState) -> bool:
         """Add the new token's text; True when a stop string now ends the sequence."""
@@ -115,6 +127,8 @@ class OutputProcessor:
         return True
 
     def _final_text(self, seq: Sequence) -> str:
+        if self.tokenizer is None:
+            return ""
         ids = seq.output_token_ids
         params = seq.sampling_params
         if seq.status == RequestStatus.FINISHED_STOPPED and not params.include_stop_str_in_output:

@@ -17,8 +17,13 @@ class LLM:
     Every config field is a keyword: ``dtype``, ``device``, ``max_model_len``,
     ``seed``, ``block_size``, ``max_num_seqs``, ``max_num_batched_tokens``,
     ``gpu_memory_utilization``, ``num_gpu_blocks_override``,
-    ``enable_chunked_prefill``, ``enforce_eager``, ... (see ``EngineArgs``).
-    An unknown keyword is a ``TypeError``.
+    ``enable_chunked_prefill``, ``enforce_eager``, ``skip_tokenizer_init``,
+    ``max_logprobs``, ... (see ``EngineArgs``). An unknown keyword is a
+    ``TypeError``.
+
+    Threads: one ``LLM`` runs one batch at a time. Calls from several threads
+    are safe but serialized (a second ``generate`` waits for the first to
+    finish); for more throughput, put all prompts in one call instead.
     """
 
     def __init__(self, model: str, **kwargs: Any) -> None:
@@ -26,6 +31,7 @@ class LLM:
         self.llm_engine = LLMEngine(args.create_engine_config())
 
     def get_tokenizer(self):
+        """The HF tokenizer (None when started with ``skip_tokenizer_init=True``)."""
         return self.llm_engine.tokenizer
 
     def generate(
@@ -47,6 +53,8 @@ class LLM:
         """Render each conversation with the tokenizer's chat template, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tokenizer = self.get_tokenizer()
+        if tokenizer is None:
+            raise ValueError("chat() needs a tokenizer for its chat template; the engine was started with skip_tokenizer_init=True")
         prompts = [
             tokenizer.apply_chat_template(
                 conv, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template

@@ -83,8 +83,13 @@ class InputBatch:
             self.num_tokens[grown_rows] = new_lengths
 
     def preempt_request(self, req_id: int) -> None:
-        """Its blocks were freed; it keeps everything else and is recomputed when resumed."""
-        self.block_table.clear_row(self.requests[req_id].row)
+        """Its blocks were freed; it keeps everything else and is recomputed when resumed.
+
+        (An id sent again after a failed step may name a sequence already removed.)
+        """
+        state = self.requests.get(req_id)
+        if state is not None:
+            self.block_table.clear_row(state.row)
 
     def remove_request(self, req_id: int) -> None:
         state = self.requests.pop(req_id, None)

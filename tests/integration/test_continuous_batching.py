@@ -67,17 +67,20 @@ def test_abort_mid_generation_leaves_others_unchanged(tiny_model, expected, asyn
     engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=128, async_scheduling=async_scheduling)
     for i in range(4):
         engine.add_request(str(i), PROMPTS[i], params(i))
-    done, step = {}, 0
+    done, step, aborted = {}, 0, {}
     while engine.has_unfinished_requests():
         for out in engine.step():
-            if out.finished:
+            if out.finished and out.outputs[0].finish_reason == "abort":
+                assert step == 5 and out.request_id not in aborted  # reported once, at the next step
+                aborted[out.request_id] = len(out.outputs[0].token_ids)
+            elif out.finished:
                 done[out.request_id] = out.outputs[0].token_ids
-            assert out.request_id != "1" or step < 5
         step += 1
         if step == 5:
             engine.abort_request("1")
             engine.abort_request(["2", "no-such-id"])
-    assert set(done) == {"0", "3"}
+    assert set(done) == {"0", "3"} and set(aborted) == {"1", "2"}
+    assert 0 < aborted["1"] < MAX_TOKENS[1]  # a final output of what it had generated so far
     assert done["0"] == expected[0][: MAX_TOKENS[0]] and done["3"] == expected[3][: MAX_TOKENS[3]]
     stats = engine.get_stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]

@@ -66,7 +66,10 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.requests: dict[str, Request] = {}
         self.seqs: dict[int, Sequence] = {}  # the unfinished sequences, by seq_id
+        # Ids the worker has yet to hear about: finished ones (it drops their state)
+        # and preempted ones whose news was lost with a failed step (see fail_steps).
         self.finished_seq_ids: set[int] = set()
+        self.preempted_seq_ids: list[int] = []
         self.num_preemptions = 0
 
     # -- queue management ----------------------------------------------------
@@ -95,11 +98,28 @@ class Scheduler:
             if request.is_finished():
                 del self.requests[seq.request_id]
 
-    def abort_requests(self, request_ids: Iterable[str]) -> None:
+    def abort_requests(self, request_ids: Iterable[str], status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
         for rid in request_ids:
             request = self.requests.get(rid)
             if request is not None:
-                self.finish_seqs(request.seqs, RequestStatus.FINISHED_ABORTED)
+                self.finish_seqs(request.seqs, status)
+
+    def fail_steps(self, scheduler_outputs: list[SchedulerOutput]) -> list[str]:
+        """Recover from steps that failed between ``schedule()`` and ``update_from_output``.
+
+        Their requests are finished with FINISHED_ERROR (a failure may be the
+        request's own doing, so re-running it could fail forever); the ids
+        those outputs told the worker about are sent again, since the worker
+        may never have received them. Returns the failed request ids.
+        """
+        failed = []
+        for so in scheduler_outputs:
+            self.finished_seq_ids |= so.finished_req_ids
+            self.preempted_seq_ids += so.preempted_req_ids
+            failed += [self.seqs[i].request_id for i in so.num_scheduled_tokens if i in self.seqs]
+        failed = list(dict.fromkeys(failed))
+        self.abort_requests(failed, RequestStatus.FINISHED_ERROR)
+        return failed
 
     # -- the step ------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -181,10 +201,10 @@ class Scheduler:
             ),
             num_scheduled_tokens={seq.seq_id: n for seq, n, _ in running + admitted},
             total_num_scheduled_tokens=sum(n for _, n, _ in running + admitted),
-            preempted_req_ids=[seq.seq_id for seq in preempted],
+            preempted_req_ids=self.preempted_seq_ids + [seq.seq_id for seq in preempted],
             finished_req_ids=self.finished_seq_ids,
         )
-        self.finished_seq_ids = set()
+        self.finished_seq_ids, self.preempted_seq_ids = set(), []
         for seq, _, _ in admitted:
             seq.set_status(RequestStatus.RUNNING)
             self.running.append(seq)
