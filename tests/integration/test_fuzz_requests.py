@@ -9,6 +9,7 @@ every KV block is free again.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -45,12 +46,13 @@ INVALID = {
     "seed": [2**64, 1.5, "1"],
     "n": [0, 2.0],
     "max_tokens": [0, "8"],
-    "min_tokens": [-1, 50],
+    "min_tokens": [-1, 1.5],
     "logprobs": [21, -1, 2.0],
     "stop": [[""], 5],
     "stop_token_ids": [[1024], [-1], 7],
 }
 VALID_PROMPTS = ["def f(x):", [1, 2, 3], {"prompt_token_ids": [4, 5]}, {"prompt": "hello"}, list(range(1, 40)), (9, 8)]
+_ids = itertools.count()
 INVALID_PROMPTS = ["", [], [5000], [-1], None, 3.5, {"foo": 1}, list(range(1, MAX_MODEL_LEN + 6)), "a\udc80b", b"hi"]
 
 
@@ -77,9 +79,18 @@ def engine(tiny_model):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(requests(), min_size=1, max_size=6))
 def test_random_requests(engine, batch):
-    accepted = {}
-    for i, (prompt, kwargs, invalid) in enumerate(batch):
-        rid = f"fuzz-{id(batch)}-{i}"
+    accepted: dict[str, SamplingParams] = {}
+    try:
+        _check_batch(engine, batch, accepted)
+    finally:  # a failed example must not leave requests behind for the next one
+        engine.abort_request(list(accepted))
+        while engine.has_unfinished_requests():
+            engine.step()
+
+
+def _check_batch(engine, batch, accepted):
+    for prompt, kwargs, invalid in batch:
+        rid = f"fuzz-{next(_ids)}"
         try:
             params = SamplingParams(**kwargs)
             engine.add_request(rid, prompt, params)
