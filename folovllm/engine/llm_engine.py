@@ -29,14 +29,13 @@ from tqdm.auto import tqdm
 
 from folovllm.config import EngineConfig
 from folovllm.core.kv_cache.kv_cache_manager import KVCacheManager
+from folovllm.core.sched.output import SchedulerOutput
 from folovllm.core.sched.scheduler import Scheduler
 from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.output_processor import OutputProcessor
 from folovllm.engine.processor import Processor, PromptType, pair_prompts_with_params
 from folovllm.executor.uniproc_executor import UniProcExecutor
-from folovllm.model_loader import get_eos_token_ids, load_tokenizer
-from folovllm.core.sched.output import SchedulerOutput
-from folovllm.model_loader import ModelLoadError
+from folovllm.model_loader import ModelLoadError, get_eos_token_ids, load_tokenizer
 from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus

@@ -114,4 +114,3 @@ class Processor:
         params = params.clone()
         params.update_from_generation_config(self.eos_token_ids)
         return Request(request_id, text, ids, params, first_seq_id)
-

@@ -141,7 +141,8 @@ class ModelRunner:
         ]
         ids = [r.req_id for r in new_reqs]
         self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, lens)), num_tokens)).get()
-        self._update_states(SchedulerOutput([], CachedRequestData(), {}, 0, finished_req_ids=set(ids)))
+        for req_id in ids:
+            self.input_batch.remove_request(req_id)
         self.prev_sampled, self.prev_sampled_rows = None, {}
         cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
         self.kv_cache = None
