@@ -7,7 +7,9 @@
 (c) HF ``generate`` on the same workload in the same process;
 (d) the hardware floor of (a) and (b): bytes that must move (weights once
     per step + the KV cache read) over the copy bandwidth measured here, and
-    for TTFT the FLOPs over the measured matmul rate; printed as achieved / floor.
+    for TTFT the FLOPs over the measured matmul rate; printed as achieved / floor;
+(e) prefix caching on vs off (``bench_prefix_caching.py``): a shared-prefix
+    workload, a repeated prompt, and nano-vllm's workload where nothing can hit.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, nano_vllm_workload, sync
+from benchmarks.bench_prefix_caching import SCALES as PREFIX_SCALES
+from benchmarks.bench_prefix_caching import compare as compare_prefix_caching
+from benchmarks.common import get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, median_and_spread, nano_vllm_workload, sync
 from folovllm import LLM, SamplingParams
 
 
@@ -51,6 +55,7 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--sync", action="store_true", help="turn async scheduling off")
+    ap.add_argument("--prefix-runs", type=int, default=3, help="timed runs per prefix-caching row (0: skip (e))")
     ap.add_argument("--out", default="docs/benchmarks.md")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench_all.py needs a CUDA GPU (bench_throughput.py runs on the CPU)"
@@ -113,6 +118,9 @@ def main() -> None:
         hf_secs, hf_tokens = hf_generate_throughput(model, wl, device, torch.bfloat16, args.hf_batch_size)
         hf_tput = hf_tokens / hf_secs
 
+    # (e) prefix caching
+    prefix_rows = compare_prefix_caching(model, device, PREFIX_SCALES["gpu"], args.prefix_runs, vocab) if args.prefix_runs else []
+
     props = torch.cuda.get_device_properties(0)
     import triton
 
@@ -144,6 +152,17 @@ def main() -> None:
         "tokens each sequence asked for.",
         "",
     ]
+    if prefix_rows:
+        lines += [
+            "| (e) prefix caching, workload | caching on | caching off | on / off | hit rate |",
+            "| --- | --- | --- | --- | --- |",
+            *[f"| {name} | {median_and_spread(on)} | {median_and_spread(off)} | {on[len(on) // 2] / off[len(off) // 2]:.3f} | {rate:.1%} |"
+              for name, on, off, rate in prefix_rows],
+            "",
+            "Each run starts with an empty prefix cache; greedy, ignore_eos. Target: shared prefix >= 4x",
+            "faster (on / off <= 0.25); zero hits <= 2% slower (on / off <= 1.02).",
+            "",
+        ]  # fmt: skip
     text = "\n".join(lines)
     print(text, flush=True)
     Path(args.out).write_text(text)

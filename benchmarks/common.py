@@ -33,13 +33,35 @@ def nano_vllm_workload(num_seqs: int, min_len: int, max_input_len: int, max_outp
     return Workload(prompts, output_lens)
 
 
+# "small": the tiny preset widened until, on a CPU, prefill costs more than the engine's Python
+# overhead (the prefix-caching and chunked-prefill benchmarks need that to show anything).
+SMALL = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=4, head_dim=32, max_position_embeddings=4096)  # fmt: skip
+
+
 def get_checkpoint(model: str | None, preset: str, device: str) -> str:
-    """``model`` if given, else a cached random checkpoint of ``preset``."""
+    """``model`` if given, else a cached random checkpoint of ``preset`` (qwen3-0.6b, tiny or small)."""
     if model:
         return model
+    if preset == "small":
+        return cached_random_checkpoint("small", "tiny", **SMALL)
     dtype = "bfloat16" if preset == "qwen3-0.6b" else "float32"
     init_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
     return cached_random_checkpoint(preset, preset, dtype=dtype, device=init_device)
+
+
+def timed_runs(fn, runs: int) -> list[float]:
+    """Seconds of ``runs`` calls of ``fn()``, sorted (fn synchronizes the device itself)."""
+    out = []
+    for _ in range(max(1, runs)):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return sorted(out)
+
+
+def median_and_spread(secs: list[float]) -> str:
+    return f"{secs[len(secs) // 2]:.3f}s (median of {len(secs)}, {secs[0]:.3f}-{secs[-1]:.3f})"
 
 
 def sync(device: str) -> None:

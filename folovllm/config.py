@@ -27,6 +27,8 @@ _DTYPE_CHOICES = {
     "float32": torch.float32,
 }
 _BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+# vLLM's offline (LLM class) token budget on an H100-class GPU; see docs/dev/milestone_5.md.
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
 
 
 def get_head_dim(hf_config) -> int:
@@ -129,7 +131,7 @@ class CacheConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     swap_space: float = 4.0
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
     num_gpu_blocks_override: Optional[int] = None
     cpu_kv_cache_space_gib: float = 1.0
 
@@ -142,10 +144,8 @@ class CacheConfig:
             raise _bad("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
         if not isinstance(self.swap_space, (int, float)) or self.swap_space < 0:
             raise _bad("swap_space", self.swap_space, "must be >= 0 (GiB)")
-        if self.enable_prefix_caching:
-            raise _bad(
-                "enable_prefix_caching", True, "is not supported yet (prefix caching is milestone 6)"
-            )
+        if not isinstance(self.enable_prefix_caching, bool):
+            raise _bad("enable_prefix_caching", self.enable_prefix_caching, "must be True or False")
         if self.num_gpu_blocks_override is not None and (
             not isinstance(self.num_gpu_blocks_override, int) or self.num_gpu_blocks_override <= 0
         ):
@@ -161,7 +161,7 @@ class SchedulerConfig:
     max_num_batched_tokens: Optional[int] = None
     max_num_seqs: int = 256
     max_model_len: Optional[int] = None
-    enable_chunked_prefill: bool = False
+    enable_chunked_prefill: bool = True
     # Schedule step N+1 while step N runs on the device (see Scheduler).
     async_scheduling: bool = False
 
@@ -179,7 +179,9 @@ class SchedulerConfig:
         """Adopt the model's length limit and derive/check the token budget."""
         self.max_model_len = max_model_len
         if self.max_num_batched_tokens is None:
-            self.max_num_batched_tokens = max(max_model_len, 16384)
+            # Without chunking, a whole prompt must fit in one step.
+            chunked = self.enable_chunked_prefill
+            self.max_num_batched_tokens = DEFAULT_MAX_NUM_BATCHED_TOKENS if chunked else max(max_model_len, DEFAULT_MAX_NUM_BATCHED_TOKENS)
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < max_model_len:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than "

@@ -119,6 +119,10 @@ class Sequence:
         self.num_output_placeholders = 0
         # Output tokens already sent to the worker (it keeps its own copy of the tokens).
         self.num_output_tokens_sent = 0
+        # Prefix caching: the hash of each full block of tokens (see core/kv_cache/kv_cache_utils.py),
+        # and how many prompt tokens the cache supplied at first admission (-1: not admitted yet).
+        self.block_hashes: list[bytes] = []
+        self.num_cached_tokens = -1
         # Filled while generating.
         self.output_text = ""
         self.stop_reason: int | str | None = None

@@ -23,12 +23,12 @@ class EngineArgs:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     swap_space: float = 4.0
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True
     num_gpu_blocks_override: Optional[int] = None
     cpu_kv_cache_space_gib: float = 1.0
     max_num_batched_tokens: Optional[int] = None
     max_num_seqs: int = 256
-    enable_chunked_prefill: bool = False
+    enable_chunked_prefill: bool = True
     async_scheduling: bool = False
     device: str = "auto"
     enforce_eager: bool = False

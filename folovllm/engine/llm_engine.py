@@ -67,7 +67,13 @@ class LLMEngine:
             "KV cache: %d blocks x %d tokens = %d tokens; max concurrency at max_model_len=%d: %.2fx",
             num_blocks, block_size, capacity, mc.max_model_len, capacity / mc.max_model_len,
         )  # fmt: skip
-        self.kv_cache_manager = KVCacheManager(num_blocks, block_size)
+        sc = config.scheduler_config
+        logger.info(
+            "Prefix caching: %s; chunked prefill: %s; token budget per step: %d",
+            "on" if config.cache_config.enable_prefix_caching else "off",
+            "on" if sc.enable_chunked_prefill else "off", sc.max_num_batched_tokens,
+        )  # fmt: skip
+        self.kv_cache_manager = KVCacheManager(num_blocks, block_size, config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager)
         self.processor = Processor(self.tokenizer, mc.get_vocab_size(), mc.max_model_len, mc.max_logprobs, self.eos_token_ids)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -196,6 +202,14 @@ class LLMEngine:
 
     def get_stats(self) -> dict[str, int]:
         return self.scheduler.get_stats()
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix. Refused (False, with a warning) while requests hold blocks."""
+        with self.lock:
+            if self.scheduler.reset_prefix_cache():
+                return True
+            logger.warning("Prefix cache not reset: some KV blocks are still in use by unfinished requests")
+            return False
 
     def generate(
         self,

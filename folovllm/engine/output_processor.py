@@ -159,4 +159,6 @@ class OutputProcessor:
             outputs=completions,
             finished=finished,
             metrics=request.metrics,
+            # As vLLM reports it: the prompt tokens the prefix cache supplied at first admission.
+            num_cached_tokens=max(request.seqs[0].num_cached_tokens, 0),
         )

@@ -17,7 +17,7 @@ class LLM:
     Every config field is a keyword: ``dtype``, ``device``, ``max_model_len``,
     ``seed``, ``block_size``, ``max_num_seqs``, ``max_num_batched_tokens``,
     ``gpu_memory_utilization``, ``num_gpu_blocks_override``,
-    ``enable_chunked_prefill``, ``enforce_eager``, ``skip_tokenizer_init``,
+    ``enable_chunked_prefill``, ``enable_prefix_caching``, ``enforce_eager``, ``skip_tokenizer_init``,
     ``max_logprobs``, ... (see ``EngineArgs``). An unknown keyword is a
     ``TypeError``.
 
@@ -33,6 +33,10 @@ class LLM:
     def get_tokenizer(self):
         """The HF tokenizer (None when started with ``skip_tokenizer_init=True``)."""
         return self.llm_engine.tokenizer
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (False, nothing done, while requests are unfinished)."""
+        return self.llm_engine.reset_prefix_cache()
 
     def generate(
         self,

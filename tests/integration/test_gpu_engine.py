@@ -76,3 +76,21 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     ref = hf_greedy(tiny_model, prompts, 20, device="cuda")
     assert [o.outputs[0].token_ids for o in outs] == ref
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_gpu_prefix_caching_and_chunking_match_hf(tiny_model, async_scheduling):
+    """Cache hits through the Triton kernels: a shared prefix, chunks of 16 tokens, and a second
+    call whose prompts are cached but for one token (a "decode" that starts a new sequence)."""
+    from folovllm import LLM, SamplingParams
+
+    system = list(range(300, 316))  # two full blocks of 8
+    prompts = [system + [i] for i in range(4)] + [system + list(range(40, 70))]
+    llm = LLM(str(tiny_model), device="cuda", dtype="float32", block_size=8, max_num_seqs=8, max_model_len=128,
+              max_num_batched_tokens=16, gpu_memory_utilization=0.3, async_scheduling=async_scheduling)  # fmt: skip
+    ref = hf_greedy(tiny_model, prompts, 20, device="cuda")
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    for call in range(2):
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == ref
+    assert [o.num_cached_tokens for o in outs] == [16, 16, 16, 16, 40]

@@ -59,7 +59,7 @@ def test_cache_config_accepts_defaults_and_valid_values():
         ("swap_space", -1),
         ("num_gpu_blocks_override", 0),
         ("cpu_kv_cache_space_gib", 0),
-        ("enable_prefix_caching", True),
+        ("enable_prefix_caching", "yes"),
     ],
 )
 def test_cache_config_rejects(field, bad):
@@ -69,11 +69,13 @@ def test_cache_config_rejects(field, bad):
 
 
 def test_scheduler_config_budget_rules():
-    sc = SchedulerConfig(max_model_len=1024)
-    assert sc.max_num_batched_tokens == 16384 and sc.max_num_seqs == 256
-    assert SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, enable_chunked_prefill=True, max_num_seqs=8).max_num_batched_tokens == 64
+    sc = SchedulerConfig(max_model_len=40960)
+    assert sc.enable_chunked_prefill and sc.max_num_batched_tokens == 16384 and sc.max_num_seqs == 256
+    # Without chunking the default budget grows to hold a whole prompt.
+    assert SchedulerConfig(max_model_len=40960, enable_chunked_prefill=False).max_num_batched_tokens == 40960
+    assert SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, max_num_seqs=8).max_num_batched_tokens == 64
     with pytest.raises(ValueError, match="smaller than max_model_len"):
-        SchedulerConfig(max_num_batched_tokens=64, max_model_len=128)
+        SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, enable_chunked_prefill=False)
     with pytest.raises(ValueError, match="max_num_seqs"):
         SchedulerConfig(max_num_seqs=0)
     with pytest.raises(ValueError, match="max_num_batched_tokens"):

@@ -3,11 +3,16 @@
 The fake worker keeps only what the scheduler's plain-data outputs tell it
 (new sequences once, then deltas) and samples token 7 wherever the real
 worker would. Every step it checks that its copy agrees with the scheduler.
+It also keeps a fake KV cache: the token id stored at each slot. Every step
+it "writes" the scheduled tokens into their slots, then checks that each
+scheduled sequence's whole context reads back its own tokens, which is what
+paging and prefix caching must guarantee for attention to be right.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -19,22 +24,23 @@ from folovllm.model_runner_output import ModelRunnerOutput
 from folovllm.request import Request, RequestStatus
 
 
-def make_scheduler(num_blocks=64, block_size=4, max_num_seqs=8, budget=64, max_model_len=64, chunked=False):
+def make_scheduler(num_blocks=64, block_size=4, max_num_seqs=8, budget=64, max_model_len=64, chunked=False, caching=False):
     cfg = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_num_seqs, max_model_len=max_model_len, enable_chunked_prefill=chunked)
-    sched = Scheduler(cfg, KVCacheManager(num_blocks, block_size))
-    sched.fake_worker = FakeWorker()
+    sched = Scheduler(cfg, KVCacheManager(num_blocks, block_size, enable_caching=caching))
+    sched.fake_worker = FakeWorker(block_size)
     return sched
 
 
 _next_seq = iter(range(10**9))
 
 
-def add(sched, rid, prompt_len, max_tokens=4, n=1):
+def add(sched, rid, prompt_len, max_tokens=4, n=1, first_token=1):
+    """A request whose prompt counts up from ``first_token``: prompts with equal ``first_token`` share prefixes."""
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, n=n)
     first = next(_next_seq)
     for _ in range(n - 1):
         next(_next_seq)
-    req = Request(str(rid), None, list(range(1, prompt_len + 1)), params, first)
+    req = Request(str(rid), None, list(range(first_token, first_token + prompt_len)), params, first)
     sched.add_request(req)
     return req
 
@@ -42,9 +48,11 @@ def add(sched, rid, prompt_len, max_tokens=4, n=1):
 class FakeWorker:
     """Mirrors the worker's state from SchedulerOutputs alone: tokens and blocks per sequence."""
 
-    def __init__(self):
+    def __init__(self, block_size: int):
+        self.block_size = block_size
         self.tokens: dict[int, list[int]] = {}
         self.blocks: dict[int, list[int]] = {}
+        self.kv: dict[int, int] = {}  # slot -> the token whose K/V it holds
 
     def execute(self, so) -> ModelRunnerOutput:
         for seq_id in so.finished_req_ids:
@@ -63,7 +71,22 @@ class FakeWorker:
         starts = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs}
         starts.update(zip(cached.req_ids, cached.num_computed_tokens))
         samplers = [i for i, n in so.num_scheduled_tokens.items() if starts[i] + n >= len(self.tokens[i])]
+        assert min(so.num_scheduled_tokens.values(), default=1) >= 1, "a sequence scheduled with no token to compute"
+        for i, n in so.num_scheduled_tokens.items():  # the whole batch stores before anyone attends
+            for pos in range(starts[i], starts[i] + n):
+                self.kv[self._slot(i, pos)] = self._kv_value(i, pos)
+        for i, n in so.num_scheduled_tokens.items():
+            context = [self.kv.get(self._slot(i, pos)) for pos in range(starts[i] + n)]
+            assert context == [self._kv_value(i, pos) for pos in range(starts[i] + n)], f"sequence {i} reads wrong K/V"
         return ModelRunnerOutput(req_ids=samplers, sampled_token_ids=[7] * len(samplers))
+
+    def _slot(self, seq_id: int, pos: int) -> int:
+        return self.blocks[seq_id][pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def _kv_value(self, seq_id: int, pos: int) -> tuple[int, ...]:
+        """Real K/V at ``pos`` depend on every token up to it, so the fake one is that whole prefix."""
+        tokens = self.tokens[seq_id][: pos + 1]
+        return tuple(tokens) + (7,) * (pos + 1 - len(tokens))  # past the known tokens: sampled in flight
 
 
 def fake_step(sched, in_flight: list | None = None):
@@ -92,9 +115,18 @@ def check_invariants(sched, so):
     assert len(sched.fake_worker.tokens) <= cfg.max_num_seqs, "the worker would need more rows than max_num_seqs"
     kv = sched.kv_cache_manager
     live = list(sched.running) + list(sched.waiting)
-    owned = [b for seq in live for b in kv.get_block_ids(seq.seq_id)]
-    assert len(owned) == len(set(owned)), "a block is owned twice"
-    assert len(owned) + kv.get_num_free_blocks() == kv.num_total_blocks
+    owners = Counter(b for seq in live for b in kv.get_block_ids(seq.seq_id))
+    if not kv.enable_caching:
+        assert max(owners.values(), default=1) == 1, "a block is owned twice"
+    pool = kv.block_pool
+    assert [b.ref_cnt for b in pool.blocks] == [owners[i] for i in range(kv.num_total_blocks)], "ref counts != owners"
+    assert len(owners) + kv.get_num_free_blocks() == kv.num_total_blocks, "a block is neither free nor owned"
+    for block_hash, block in pool.cached_block_hash_to_block.items():
+        assert block.block_hash == block_hash
+    for seq in live:
+        for i, block_id in enumerate(kv.get_block_ids(seq.seq_id)):
+            cached = pool.blocks[block_id].block_hash
+            assert cached is None or cached == seq.block_hashes[i], "a cached block holds other tokens"
     for seq in sched.running:
         assert len(kv.get_block_ids(seq.seq_id)) * kv.block_size >= seq.num_computed_tokens
 
@@ -175,17 +207,19 @@ def test_finish_and_abort_free_blocks_at_once():
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("async_scheduling", [False, True])
-def test_randomized_invariants(seed, chunked, async_scheduling):
+@pytest.mark.parametrize("caching", [False, True])
+def test_randomized_invariants(seed, chunked, async_scheduling, caching):
     rng = random.Random(seed)
     block_size = rng.choice([1, 4, 8])
     num_blocks = rng.randint(48 // block_size, 96 // block_size)  # at least max_model_len tokens
     sched = make_scheduler(num_blocks=num_blocks, block_size=block_size, max_num_seqs=rng.randint(1, 6),
-                           budget=48, max_model_len=48, chunked=chunked)  # fmt: skip
+                           budget=48, max_model_len=48, chunked=chunked, caching=caching)  # fmt: skip
     requests = []
     in_flight = [] if async_scheduling else None
     for step in range(2000):
         if step < 60 and rng.random() < 0.5:
-            requests.append(add(sched, f"{seed}-{step}", rng.randint(1, 30), max_tokens=rng.randint(1, 15), n=rng.choice([1, 1, 2])))
+            requests.append(add(sched, f"{seed}-{step}", rng.randint(1, 30), max_tokens=rng.randint(1, 15),
+                                n=rng.choice([1, 1, 2]), first_token=rng.choice([1, 100])))  # fmt: skip
         if rng.random() < 0.03 and requests:
             sched.abort_requests([rng.choice(requests).request_id])
         so = fake_step(sched, in_flight)
@@ -197,3 +231,4 @@ def test_randomized_invariants(seed, chunked, async_scheduling):
     assert not sched.has_unfinished_requests()
     assert all(r.is_finished() for r in requests)
     assert sched.kv_cache_manager.get_num_free_blocks() == sched.kv_cache_manager.num_total_blocks
+    assert (sched.get_stats()["prefix_cache_hits"] > 0) == caching

@@ -9,10 +9,12 @@ There is no separate "prefill phase" and "decode phase". Each step:
    goes back to the head of the queue and is recomputed later);
 2. then, if nobody was preempted, WAITING sequences are admitted first come,
    first served while ``max_num_seqs``, the token budget and free blocks allow.
+   A sequence being admitted first takes the longest prefix the prefix cache
+   holds (``get_computed_blocks``); only the rest counts against the budget.
 
-A prompt longer than the remaining budget waits, unless chunked prefill is
-on: then it takes what is left and continues next step. That single ``min``
-is all chunked prefill needs here.
+A prompt longer than the remaining budget takes what is left and continues
+next step (chunked prefill, on by default); with chunked prefill off it
+waits instead. That single ``min`` is all chunked prefill needs here.
 
 The three phases are ``_schedule_running``, ``_schedule_waiting`` and
 ``_make_output``, which turns the decisions into a plain-data
@@ -119,7 +121,12 @@ class Scheduler:
             failed += [self.seqs[i].request_id for i in so.num_scheduled_tokens if i in self.seqs]
         failed = list(dict.fromkeys(failed))
         self.abort_requests(failed, RequestStatus.FINISHED_ERROR)
+        # Blocks these steps were to fill may hold garbage: nobody may hit them.
+        self.kv_cache_manager.evict_cached_blocks()
         return failed
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache_manager.reset_prefix_cache()
 
     # -- the step ------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -161,15 +168,19 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.num_output_placeholders:
                 break  # preempted with a token still in flight; resume once it lands
-            n = seq.num_tokens - seq.num_computed_tokens
+            computed_blocks, num_cached = self.kv_cache_manager.get_computed_blocks(seq)
+            n = seq.num_tokens - num_cached
             if n > budget:
                 if not self.config.enable_chunked_prefill:
                     break
                 n = budget
-            new_blocks = self.kv_cache_manager.allocate_slots(seq, n)
+            new_blocks = self.kv_cache_manager.allocate_slots(seq, n, computed_blocks)
             if new_blocks is None:
                 break
             self.waiting.popleft()
+            seq.num_computed_tokens = num_cached
+            if seq.num_cached_tokens < 0:
+                seq.num_cached_tokens = num_cached
             request = self.requests[seq.request_id]
             if request.metrics.first_scheduled_time is None:
                 request.metrics.first_scheduled_time = time.time()
@@ -256,4 +267,6 @@ class Scheduler:
             "num_free_blocks": self.kv_cache_manager.get_num_free_blocks(),
             "num_total_blocks": self.kv_cache_manager.num_total_blocks,
             "num_preemptions": self.num_preemptions,
+            "prefix_cache_queries": self.kv_cache_manager.prefix_cache_stats.queries,
+            "prefix_cache_hits": self.kv_cache_manager.prefix_cache_stats.hits,
         }
