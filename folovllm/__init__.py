@@ -16,14 +16,17 @@ from folovllm.logger import configure_logging
 configure_logging()
 
 from folovllm.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.llm_engine import LLMEngine
 from folovllm.entrypoints.llm import LLM
+from folovllm.inputs import TextPrompt, TokensPrompt
 from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from folovllm.sampling_params import RequestOutputKind, SamplingParams, SamplingType
 
 __all__ = [
     "CacheConfig",
     "CompletionOutput",
+    "EngineArgs",
     "EngineConfig",
     "LLM",
     "LLMEngine",
@@ -34,4 +37,6 @@ __all__ = [
     "SamplingParams",
     "SamplingType",
     "SchedulerConfig",
+    "TextPrompt",
+    "TokensPrompt",
 ]

@@ -18,7 +18,7 @@ from folovllm.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
-_DTYPE_CHOICES = {
+DTYPE_CHOICES = {
     "auto": None,
     "half": torch.float16,
     "float16": torch.float16,
@@ -26,7 +26,7 @@ _DTYPE_CHOICES = {
     "float": torch.float32,
     "float32": torch.float32,
 }
-_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 # vLLM's offline (LLM class) token budget on an H100-class GPU; see docs/dev/milestone_5.md.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
 
@@ -72,8 +72,8 @@ class ModelConfig:
             self.tokenizer = self.model
         if self.tokenizer_mode not in ("auto", "slow"):
             raise _bad("tokenizer_mode", self.tokenizer_mode, "must be 'auto' or 'slow'")
-        if not isinstance(self.dtype, str) or self.dtype not in _DTYPE_CHOICES:
-            raise _bad("dtype", self.dtype, f"must be one of {sorted(_DTYPE_CHOICES)}")
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPE_CHOICES:
+            raise _bad("dtype", self.dtype, f"must be one of {sorted(DTYPE_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise _bad("seed", self.seed, "must be a non-negative integer")
         if not isinstance(self.max_logprobs, int) or isinstance(self.max_logprobs, bool) or self.max_logprobs < 0:
@@ -96,7 +96,7 @@ class ModelConfig:
 
     def get_torch_dtype(self, device: torch.device) -> torch.dtype:
         """Resolve ``dtype``: "auto" is the checkpoint's dtype on a GPU, float32 on the CPU."""
-        explicit = _DTYPE_CHOICES[self.dtype]
+        explicit = DTYPE_CHOICES[self.dtype]
         if explicit is not None:
             return explicit
         if device.type == "cpu":
@@ -136,8 +136,8 @@ class CacheConfig:
     cpu_kv_cache_space_gib: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.block_size not in _BLOCK_SIZES:
-            raise _bad("block_size", self.block_size, f"must be one of {_BLOCK_SIZES}")
+        if self.block_size not in BLOCK_SIZES:
+            raise _bad("block_size", self.block_size, f"must be one of {BLOCK_SIZES}")
         if not isinstance(self.gpu_memory_utilization, (int, float)) or not (
             0.0 < self.gpu_memory_utilization <= 1.0
         ):

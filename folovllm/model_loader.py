@@ -86,16 +86,42 @@ def load_tokenizer(
     return tok
 
 
+def read_generation_config(model: str, revision: Optional[str] = None) -> dict:
+    """The checkpoint's generation_config.json as a dict ({} when it has none)."""
+    path = resolve_model_path(model, revision) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+
+
+# generation_config.json keys that become SamplingParams defaults (vLLM's list).
+_GENERATION_DEFAULTS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def get_sampling_defaults(model: str, revision: Optional[str] = None) -> dict:
+    """SamplingParams keywords from the checkpoint's generation config (only those it sets)."""
+    config = read_generation_config(model, revision)
+    return {ours: config[theirs] for theirs, ours in _GENERATION_DEFAULTS.items() if config.get(theirs) is not None}
+
+
 def get_eos_token_ids(model: str, tokenizer=None, revision: Optional[str] = None) -> set[int]:
     """EOS ids from generation_config.json (int or list) plus the tokenizer's."""
     ids: set[int] = set()
-    gen_cfg = resolve_model_path(model, revision) / "generation_config.json"
-    if gen_cfg.is_file():
-        eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, list):
-            ids.update(int(e) for e in eos)
+    eos = read_generation_config(model, revision).get("eos_token_id")
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(int(e) for e in eos)
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids

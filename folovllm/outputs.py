@@ -61,6 +61,13 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def __repr__(self) -> str:  # vLLM's format
+        return (
+            f"CompletionOutput(index={self.index}, text={self.text!r}, token_ids={self.token_ids}, "
+            f"cumulative_logprob={self.cumulative_logprob}, logprobs={self.logprobs}, "
+            f"finish_reason={self.finish_reason}, stop_reason={self.stop_reason})"
+        )
+
 
 @dataclass
 class RequestOutput:
@@ -74,3 +81,11 @@ class RequestOutput:
     finished: bool = False
     metrics: Optional[RequestMetrics] = None
     num_cached_tokens: int = 0
+
+    def __repr__(self) -> str:  # vLLM's format, less the fields of features we lack (encoder, LoRA, multimodal)
+        return (
+            f"RequestOutput(request_id={self.request_id}, prompt={self.prompt!r}, "
+            f"prompt_token_ids={self.prompt_token_ids}, prompt_logprobs={self.prompt_logprobs}, "
+            f"outputs={self.outputs}, finished={self.finished}, metrics={self.metrics}, "
+            f"num_cached_tokens={self.num_cached_tokens})"
+        )

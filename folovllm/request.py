@@ -197,9 +197,15 @@ class Request:
 
 
 def _sibling_params(params: SamplingParams, index: int) -> SamplingParams:
-    """Sibling ``index`` of a seeded request draws from seed + index (as vLLM v1 does)."""
-    if index == 0 or params.seed is None:
+    """Sibling ``index`` of a seeded request draws from seed + index (as vLLM v1 does).
+
+    Prompt logprobs belong to the request and are computed by sibling 0 alone;
+    the others share its prompt blocks through the prefix cache.
+    """
+    if index == 0 or (params.seed is None and params.prompt_logprobs is None):
         return params
     sibling = params.clone()
-    sibling.seed = params.seed + index
+    if params.seed is not None:
+        sibling.seed = params.seed + index
+    sibling.prompt_logprobs = None
     return sibling

@@ -96,7 +96,7 @@ class SamplingParams:
         for name in ("n", "best_of", "top_k", "min_tokens"):
             if not _is_int(getattr(self, name)):
                 raise bad(name, f"must be an int, not {type(getattr(self, name)).__name__}")
-        for name in ("seed", "max_tokens", "logprobs"):
+        for name in ("seed", "max_tokens", "logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None and not _is_int(getattr(self, name)):
                 raise bad(name, f"must be an int or None, not {type(getattr(self, name)).__name__}")
         if self.n < 1:
@@ -131,8 +131,8 @@ class SamplingParams:
             raise bad("min_tokens", f"must be less than or equal to max_tokens={self.max_tokens}")
         if self.logprobs is not None and self.logprobs < 0:
             raise bad("logprobs", "must be a non-negative integer")
-        if self.prompt_logprobs is not None:
-            raise bad("prompt_logprobs", "is not supported yet")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise bad("prompt_logprobs", "must be a non-negative integer")
         if any(not s for s in self.stop):
             raise bad("stop", "must contain only non-empty strings")
         if any(t < 0 for t in self.stop_token_ids):

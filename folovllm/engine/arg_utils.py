@@ -1,45 +1,89 @@
-"""Flat keyword arguments (as ``LLM(...)`` takes them) -> an ``EngineConfig``."""
+"""``EngineArgs``: every engine option, flat, as ``LLM(...)`` and the command line take them.
+
+``create_engine_config()`` turns them into the validated ``EngineConfig``.
+``add_cli_args`` / ``from_cli_args`` are vLLM's: each field becomes a
+``--kebab-case`` flag with its default and help text, so vLLM's example
+scripts build their parsers and engines unchanged.
+
+vLLM options that FoloVLLM does not implement are refused by name, except at
+their vLLM default value, which asks for nothing we lack (see
+``VLLM_OPTIONS_AT_DEFAULT_ONLY``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Optional
+import argparse
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
 
-from folovllm.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from folovllm.config import BLOCK_SIZES, DTYPE_CHOICES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+
+
+def _opt(default: Any, help: str, **argparse_kwargs: Any):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
 @dataclass
 class EngineArgs:
-    model: str
-    tokenizer: Optional[str] = None
-    tokenizer_mode: str = "auto"
-    trust_remote_code: bool = False
-    dtype: str = "auto"
-    max_model_len: Optional[int] = None
-    seed: int = 0
-    revision: Optional[str] = None
-    max_logprobs: int = 20
-    skip_tokenizer_init: bool = False
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    swap_space: float = 4.0
-    enable_prefix_caching: bool = True
-    num_gpu_blocks_override: Optional[int] = None
-    cpu_kv_cache_space_gib: float = 1.0
-    max_num_batched_tokens: Optional[int] = None
-    max_num_seqs: int = 256
-    enable_chunked_prefill: bool = True
-    async_scheduling: bool = False
-    device: str = "auto"
-    enforce_eager: bool = False
+    model: str = _opt("Qwen/Qwen3-0.6B", "Local checkpoint directory or Hugging Face hub id.")
+    tokenizer: Optional[str] = _opt(None, "Tokenizer directory or hub id (default: the model's).")
+    tokenizer_mode: str = _opt("auto", "'auto' uses the fast tokenizer when there is one; 'slow' never does.", choices=["auto", "slow"])
+    trust_remote_code: bool = _opt(False, "Allow the checkpoint's own Python code (HF's trust_remote_code).")
+    dtype: str = _opt("auto", "Weight and activation dtype; 'auto' is the checkpoint's on a GPU, float32 on the CPU.",
+                      choices=sorted(DTYPE_CHOICES))  # fmt: skip
+    max_model_len: Optional[int] = _opt(None, "Longest sequence (prompt + output) in tokens (default: the model's context window).")
+    seed: int = _opt(0, "Seed of the engine's random state.")
+    revision: Optional[str] = _opt(None, "Hub revision (branch, tag or commit) of the model.")
+    max_logprobs: int = _opt(20, "Most logprobs or prompt_logprobs a request may ask for.")
+    skip_tokenizer_init: bool = _opt(False, "Load no tokenizer: prompts must be token ids and outputs carry no text.")
+    block_size: int = _opt(16, "Tokens per KV-cache block.", choices=list(BLOCK_SIZES))
+    gpu_memory_utilization: float = _opt(0.9, "Fraction of GPU memory the engine may use (weights, activations, KV cache).")
+    swap_space: float = _opt(4.0, "CPU swap space per GPU in GiB (accepted for vLLM compatibility; like vLLM v1, unused).")
+    enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of shared prompt prefixes (automatic prefix caching).")
+    num_gpu_blocks_override: Optional[int] = _opt(None, "Use exactly this many KV-cache blocks instead of measuring memory.")
+    cpu_kv_cache_space_gib: float = _opt(1.0, "KV-cache size in GiB when running on the CPU.")
+    max_num_batched_tokens: Optional[int] = _opt(None, "Token budget of one engine step (default: 16384 with chunked prefill).")
+    max_num_seqs: int = _opt(256, "Most sequences in one engine step.")
+    enable_chunked_prefill: bool = _opt(True, "Split long prompts across steps so that decodes keep running.")
+    async_scheduling: bool = _opt(False, "Schedule the next step while the current one runs on the GPU.")
+    device: str = _opt("auto", "'auto' (CUDA when available, else the CPU), 'cuda', 'cuda:N' or 'cpu'.")
+    enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
 
     @classmethod
-    def from_kwargs(cls, model: str, caller: str = "LLM", **kwargs) -> "EngineArgs":
+    def from_kwargs(cls, model: str, caller: str = "LLM", **kwargs: Any) -> "EngineArgs":
+        """Keyword arguments as ``LLM(...)`` takes them; unknown or unsupported ones are refused by name."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"{caller}() got unexpected keyword argument(s) {unknown}; known: {sorted(known)}")
+        for name in sorted(set(kwargs) - known):
+            if name not in VLLM_OPTIONS_AT_DEFAULT_ONLY:
+                raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}; known: {sorted(known)}")
+            default, why = VLLM_OPTIONS_AT_DEFAULT_ONLY[name]
+            if kwargs[name] != default:
+                raise ValueError(f"{name}={kwargs[name]!r} is not supported by FoloVLLM ({why}); only {default!r} is accepted")
+            del kwargs[name]
         return cls(model=model, **kwargs)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add one ``--kebab-case`` flag per field (booleans also get ``--no-...``); returns ``parser``.
+
+        ``parser`` may be an argument group, as in vLLM's examples.
+        """
+        hints = typing.get_type_hints(EngineArgs)
+        for f in fields(EngineArgs):
+            kind = _unwrap_optional(hints[f.name])
+            extra = {k: v for k, v in f.metadata.items() if k != "help"}
+            flag = "--" + f.name.replace("_", "-")
+            if kind is bool:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            else:
+                help = f.metadata["help"] if "default" in f.metadata["help"] else f.metadata["help"] + " (default: %(default)s)"
+                parser.add_argument(flag, type=kind, default=f.default, help=help, **extra)
+        return parser
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> "EngineArgs":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def create_engine_config(self) -> EngineConfig:
         model_config = ModelConfig(
@@ -69,3 +113,26 @@ class EngineArgs:
             async_scheduling=self.async_scheduling,
         )
         return EngineConfig(model_config, cache_config, scheduler_config, self.device, self.enforce_eager)
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+# vLLM options FoloVLLM lacks, with the one value that means what FoloVLLM does anyway.
+# Any other value is refused (a ValueError naming the option); options not listed are unknown (TypeError).
+VLLM_OPTIONS_AT_DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
+    "tensor_parallel_size": (1, "one GPU only"),
+    "pipeline_parallel_size": (1, "one GPU only"),
+    "data_parallel_size": (1, "one engine per process"),
+    "distributed_executor_backend": (None, "one GPU only"),
+    "quantization": (None, "no quantized checkpoints yet"),
+    "kv_cache_dtype": ("auto", "the KV cache has the model's dtype"),
+    "load_format": ("auto", "safetensors or PyTorch checkpoints, found automatically"),
+    "enable_lora": (False, "no LoRA adapters"),
+    "speculative_config": (None, "no speculative decoding"),
+    "cpu_offload_gb": (0, "weights stay on the device"),
+    "disable_log_stats": (True, "no periodic stats logging; use get_stats()"),
+    "download_dir": (None, "the Hugging Face cache is used"),
+}

@@ -15,15 +15,18 @@ _CONTEXT_TOKENS = 5  # prompt tokens that seed the window
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool) -> None:
+    def __init__(
+        self, tokenizer, prompt_token_ids: list[int], skip_special_tokens: bool, spaces_between_special_tokens: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
+        # (HF's slow tokenizers honour spaces_between_special_tokens; fast ones decode the same either way, as in vLLM.)
+        self.decode_kwargs = dict(skip_special_tokens=skip_special_tokens, spaces_between_special_tokens=spaces_between_special_tokens)
         self.ids = list(prompt_token_ids[-_CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+        return self.tokenizer.decode(ids, **self.decode_kwargs)
 
     def add_token(self, token_id: int) -> str:
         """Append one token; return the newly completed text (may be '')."""

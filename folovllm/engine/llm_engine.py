@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable, Optional, Union
+import time
+from typing import Callable, Iterable, Optional, Union
 from typing import Sequence as Seq
 
 from tqdm.auto import tqdm
@@ -92,8 +93,13 @@ class LLMEngine:
         self.lock = threading.RLock()
 
     @classmethod
-    def from_engine_args(cls, model: str, **kwargs) -> "LLMEngine":
-        return cls(EngineArgs.from_kwargs(model, caller="LLMEngine", **kwargs).create_engine_config())
+    def from_engine_args(cls, engine_args: Union[EngineArgs, str], **kwargs) -> "LLMEngine":
+        """vLLM's ``from_engine_args(EngineArgs(...))``; also ``from_engine_args(model, **options)``."""
+        if isinstance(engine_args, EngineArgs):
+            if kwargs:
+                raise TypeError(f"from_engine_args() takes options either in the EngineArgs or as keywords, not both: {sorted(kwargs)}")
+            return cls(engine_args.create_engine_config())
+        return cls(EngineArgs.from_kwargs(engine_args, caller="LLMEngine", **kwargs).create_engine_config())
 
     def get_tokenizer(self):
         """The HF tokenizer (None when started with ``skip_tokenizer_init=True``)."""
@@ -182,6 +188,7 @@ class LLMEngine:
 
     def _process(self, scheduler_output: SchedulerOutput, handle: AsyncModelRunnerOutput) -> list[RequestOutput]:
         model_output = handle.get()
+        self.output_processor.process_prompt_logprobs(model_output)
         updated = self.scheduler.update_from_output(model_output)
         stopped = self.output_processor.process_new_tokens(updated, model_output)
         self.scheduler.finish_seqs(stopped, RequestStatus.FINISHED_STOPPED)
@@ -215,9 +222,12 @@ class LLMEngine:
         self,
         prompts: Union[PromptType, Seq[PromptType]],
         sampling_params: Union[SamplingParams, Seq[SamplingParams], None] = None,
-        use_tqdm: bool = True,
+        use_tqdm: Union[bool, Callable[..., tqdm]] = True,
     ) -> list[RequestOutput]:
         """Run prompts to completion; outputs come back in input order.
+
+        ``use_tqdm``: show a progress bar (prompts done, input and output
+        tokens per second); a callable (such as a tqdm class) makes the bar.
 
         Every prompt is validated before any is queued: one bad prompt
         rejects the whole call (an error naming its position) and leaves the
@@ -236,13 +246,13 @@ class LLMEngine:
                 self._enqueue(request)
             results: dict[str, RequestOutput] = {}
             others: list[RequestOutput] = []  # final outputs of requests added with add_request
-            bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm)
+            bar = _ProgressBar(len(requests), use_tqdm)
             try:
                 while len(results) < len(requests):
                     for out in self.step():
                         if out.finished and out.request_id in order:
                             results[out.request_id] = out
-                            bar.update(1)
+                            bar.update(out)
                         elif out.finished:
                             others.append(out)
             except BaseException:
@@ -261,6 +271,27 @@ class LLMEngine:
         while (request_id := str(next(self.request_counter))) in self.output_processor.request_states:
             pass
         return request_id
+
+
+class _ProgressBar:
+    """generate()'s bar, as vLLM draws it: prompts done, with input and output tokens per second."""
+
+    def __init__(self, total: int, use_tqdm: Union[bool, Callable[..., tqdm]]) -> None:
+        make = use_tqdm if callable(use_tqdm) else tqdm
+        self.bar = make(total=total, desc="Processed prompts", dynamic_ncols=True, disable=use_tqdm is False,
+                        postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")  # fmt: skip
+        self.start = time.perf_counter()
+        self.input_tokens = self.output_tokens = 0
+
+    def update(self, out: RequestOutput) -> None:
+        self.input_tokens += len(out.prompt_token_ids)
+        self.output_tokens += sum(len(c.token_ids) for c in out.outputs)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.postfix = f"est. speed input: {self.input_tokens / elapsed:.2f} toks/s, output: {self.output_tokens / elapsed:.2f} toks/s"
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _request_ids(request_id) -> list[str]:

@@ -26,10 +26,12 @@ class RequestState:
         streaming = params.output_kind == RequestOutputKind.CUMULATIVE
         self.incremental = tokenizer is not None and (bool(params.stop) or streaming)
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
+        # vLLM's layout: None for the first prompt token (nothing predicts it), then one dict per token.
+        self.prompt_logprobs: list[dict[int, Logprob] | None] | None = None if params.prompt_logprobs is None else [None]
         if self.incremental:
             for seq in request.seqs:
                 self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
-                    tokenizer, request.prompt_token_ids, params.skip_special_tokens
+                    tokenizer, request.prompt_token_ids, params.skip_special_tokens, params.spaces_between_special_tokens
                 )
 
 
@@ -37,17 +39,27 @@ class OutputProcessor:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.request_states: dict[str, RequestState] = {}
+        # Requests with prompt_logprobs, by the id of the sequence that computes them (sibling 0).
+        self.prompt_logprob_states: dict[int, RequestState] = {}
 
     def add_request(self, request: Request) -> None:
-        self.request_states[request.request_id] = RequestState(request, self.tokenizer)
+        state = RequestState(request, self.tokenizer)
+        self.request_states[request.request_id] = state
+        if state.prompt_logprobs is not None:
+            self.prompt_logprob_states[request.seqs[0].seq_id] = state
+
+    def _drop(self, state: RequestState) -> None:
+        del self.request_states[state.request.request_id]
+        self.prompt_logprob_states.pop(state.request.seqs[0].seq_id, None)
 
     def finish_requests(self, request_ids: list[str]) -> list[RequestOutput]:
         """Final outputs of requests that ended outside a step (aborted, failed); their state is dropped."""
         outputs = []
         now = time.time()
         for rid in request_ids:
-            state = self.request_states.pop(rid, None)
+            state = self.request_states.get(rid)
             if state is not None:
+                self._drop(state)
                 state.request.metrics.finished_time = now
                 outputs.append(self._make_output(state, finished=True))
         return outputs
@@ -89,22 +101,35 @@ class OutputProcessor:
             finished = state.request.is_finished()
             if finished:
                 metrics.finished_time = now
-                del self.request_states[rid]
+                self._drop(state)
             if finished or state.request.sampling_params.output_kind == RequestOutputKind.CUMULATIVE:
                 outputs.append(self._make_output(state, finished))
         return outputs
 
+    def process_prompt_logprobs(self, model_output: ModelRunnerOutput) -> None:
+        """Append the prompt logprobs a step computed (rows a recomputation repeats are skipped)."""
+        for seq_id, chunk in model_output.prompt_logprobs_dict.items():
+            state = self.prompt_logprob_states.get(seq_id)
+            if state is None:
+                continue  # finished or aborted while the step was in flight
+            entries, k = state.prompt_logprobs, state.request.sampling_params.prompt_logprobs
+            for row in range(len(chunk.lists.sampled_token_ranks)):
+                if chunk.start + 1 + row == len(entries):  # the prompt token this row is about
+                    entries.append(self._logprob_entry(chunk.lists, row, k))
+
     def _append_logprobs(self, seq: Sequence, lps: LogprobsLists, row: int) -> None:
-        """vLLM's entry: the top ``k`` (ranks 1..k) plus the sampled token with its own rank."""
-        k = seq.sampling_params.logprobs
+        seq.output_logprobs.append(self._logprob_entry(lps, row, seq.sampling_params.logprobs))
+        seq.cumulative_logprob += lps.logprobs[row][0]
+
+    def _logprob_entry(self, lps: LogprobsLists, row: int, k: int) -> dict[int, Logprob]:
+        """vLLM's entry: the top ``k`` (ranks 1..k) plus the row's chosen token with its own rank."""
         ids, vals = lps.logprob_token_ids[row], lps.logprobs[row]
         token, token_lp = ids[0], vals[0]
         top = zip(ids[1 : 1 + k], vals[1 : 1 + k])
         entry = {tid: Logprob(val, rank, self._decode_one(tid)) for rank, (tid, val) in enumerate(top, start=1)}
         if token not in entry:
             entry[token] = Logprob(token_lp, lps.sampled_token_ranks[row], self._decode_one(token))
-        seq.output_logprobs.append(entry)
-        seq.cumulative_logprob += token_lp
+        return entry
 
     def _decode_one(self, token_id: int) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode([token_id])
@@ -133,7 +158,9 @@ class OutputProcessor:
         params = seq.sampling_params
         if seq.status == RequestStatus.FINISHED_STOPPED and not params.include_stop_str_in_output:
             ids = ids[:-1]
-        return self.tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=params.skip_special_tokens, spaces_between_special_tokens=params.spaces_between_special_tokens
+        )
 
     def _make_output(self, state: RequestState, finished: bool) -> RequestOutput:
         request = state.request
@@ -156,6 +183,7 @@ class OutputProcessor:
             request_id=request.request_id,
             prompt=request.prompt,
             prompt_token_ids=request.prompt_token_ids,
+            prompt_logprobs=state.prompt_logprobs,
             outputs=completions,
             finished=finished,
             metrics=request.metrics,

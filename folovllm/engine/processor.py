@@ -83,13 +83,15 @@ class Processor:
         return list(ids)
 
     def _check_params(self, params: SamplingParams) -> None:
-        if params.logprobs is not None and params.logprobs > self.max_logprobs:
-            raise ValueError(
-                f"requested {params.logprobs} logprobs, more than max_logprobs={self.max_logprobs} "
-                "(raise max_logprobs when creating the engine)"
-            )
-        if params.logprobs is not None and params.logprobs > self.vocab_size:
-            raise ValueError(f"requested {params.logprobs} logprobs, more than the vocabulary ({self.vocab_size} tokens)")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k is not None and k > self.max_logprobs:
+                raise ValueError(
+                    f"requested {name}={k}, more than max_logprobs={self.max_logprobs} "
+                    "(raise max_logprobs when creating the engine)"
+                )
+            if k is not None and k > self.vocab_size:
+                raise ValueError(f"requested {name}={k}, more than the vocabulary ({self.vocab_size} tokens)")
         bad = [t for t in params.stop_token_ids if t >= self.vocab_size]
         if bad:
             raise ValueError(f"stop_token_ids {bad} are out of vocabulary (valid ids are 0..{self.vocab_size - 1})")

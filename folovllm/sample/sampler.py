@@ -27,12 +27,32 @@ from folovllm.utils.device import HAS_TRITON
 
 
 @dataclass
+class LogprobsTensors:
+    """Per row: a chosen token first, then the ``k`` most likely (the layout of ``LogprobsLists``)."""
+
+    logprob_token_ids: torch.Tensor  # int64 [B, 1 + k]
+    logprobs: torch.Tensor  # float32 [B, 1 + k]
+    selected_token_ranks: torch.Tensor  # int64 [B]: the chosen token's rank, 1 = most likely
+
+
+@dataclass
 class SamplerOutput:
     sampled_token_ids: torch.Tensor  # int64 [B]
-    sampled_logprobs: Optional[torch.Tensor]  # float32 [B]: logprob of the sampled token
-    sampled_ranks: Optional[torch.Tensor]  # int64 [B]: 1 = most likely
-    topk_token_ids: Optional[torch.Tensor]  # int64 [B, max_num_logprobs]
-    topk_logprobs: Optional[torch.Tensor]  # float32 [B, max_num_logprobs]
+    logprobs_tensors: Optional[LogprobsTensors]  # None when no row asked for logprobs
+
+
+def gather_logprobs(logprobs: torch.Tensor, num_logprobs: int, token_ids: torch.Tensor) -> LogprobsTensors:
+    """The logprob and rank of ``token_ids[i]`` in row i, with the row's ``num_logprobs`` best.
+
+    Also computes prompt logprobs (``token_ids`` = the next prompt tokens).
+    """
+    token_lp = logprobs.gather(1, token_ids.unsqueeze(1))
+    ranks = (logprobs > token_lp).sum(dim=1) + 1
+    ids, lps = token_ids.unsqueeze(1), token_lp
+    if num_logprobs:
+        topk_lp, topk_ids = logprobs.topk(num_logprobs, dim=-1)
+        ids, lps = torch.cat([ids, topk_ids], dim=1), torch.cat([lps, topk_lp], dim=1)
+    return LogprobsTensors(ids, lps, ranks)
 
 
 class Sampler(nn.Module):
@@ -42,9 +62,7 @@ class Sampler(nn.Module):
             from folovllm.sample.ops.triton_sample import gumbel_argmax
 
             sampled = gumbel_argmax(logits, md.temperature)
-            if raw_logprobs is None:
-                return SamplerOutput(sampled, None, None, None, None)
-            return self._with_logprobs(sampled, raw_logprobs, md)
+            return self._output(sampled, raw_logprobs, md)
         logits = logits.float()
         for row, stop_ids in md.min_tokens_stop_ids.items():
             logits[row, stop_ids] = float("-inf")
@@ -54,16 +72,13 @@ class Sampler(nn.Module):
                 md.presence_penalties, md.frequency_penalties, md.repetition_penalties,
             )  # fmt: skip
         sampled = self.sample(logits, md)
-        if raw_logprobs is None:
-            return SamplerOutput(sampled, None, None, None, None)
-        return self._with_logprobs(sampled, raw_logprobs, md)
+        return self._output(sampled, raw_logprobs, md)
 
     @staticmethod
-    def _with_logprobs(sampled: torch.Tensor, raw_logprobs: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
-        sampled_lp = raw_logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
-        ranks = (raw_logprobs > sampled_lp.unsqueeze(1)).sum(dim=1) + 1
-        topk_lp, topk_ids = raw_logprobs.topk(md.max_num_logprobs, dim=-1) if md.max_num_logprobs else (None, None)
-        return SamplerOutput(sampled, sampled_lp, ranks, topk_ids, topk_lp)
+    def _output(sampled: torch.Tensor, raw_logprobs: Optional[torch.Tensor], md: SamplingMetadata) -> SamplerOutput:
+        if raw_logprobs is None:
+            return SamplerOutput(sampled, None)
+        return SamplerOutput(sampled, gather_logprobs(raw_logprobs, md.max_num_logprobs, sampled))
 
     def sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         greedy = logits.argmax(dim=-1) if not md.all_random else None

@@ -45,6 +45,7 @@ class InputBatch:
         self.num_tokens = np.zeros(max_num_reqs, dtype=np.int32)  # tokens known on the host, per row
         self.block_table = BlockTable(max_num_reqs, max_blocks_per_req)
         self.free_rows = list(range(max_num_reqs - 1, -1, -1))
+        self.num_prompt_logprobs: dict[int, int] = {}  # req_id -> k, for sequences that asked for prompt_logprobs
 
     def add_request(self, new: NewRequestData) -> None:
         if not self.free_rows:
@@ -55,6 +56,8 @@ class InputBatch:
         self.requests[new.req_id] = CachedRequestState(
             new.req_id, row, new.prompt_token_ids, [], new.sampling_params, generator, new.num_computed_tokens
         )
+        if new.sampling_params.prompt_logprobs is not None:
+            self.num_prompt_logprobs[new.req_id] = new.sampling_params.prompt_logprobs
         n = len(new.prompt_token_ids)
         self.token_ids[row, :n] = new.prompt_token_ids
         self.num_tokens[row] = n
@@ -96,3 +99,4 @@ class InputBatch:
         if state is not None:
             self.block_table.clear_row(state.row)
             self.free_rows.append(state.row)
+            self.num_prompt_logprobs.pop(req_id, None)

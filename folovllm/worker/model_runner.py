@@ -26,7 +26,7 @@ from folovllm.model_executor.layers.attention import Attention
 from folovllm.model_executor.models import get_model_class
 from folovllm.model_executor.weight_loading import load_weights
 from folovllm.model_loader import iterate_weights
-from folovllm.sample.sampler import Sampler
+from folovllm.sample.sampler import LogprobsTensors, Sampler, gather_logprobs
 from folovllm.sampling_params import SamplingParams
 from folovllm.utils.common import cdiv
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
@@ -35,6 +35,9 @@ from folovllm.worker.runner_output import AsyncGPUModelRunnerOutput
 from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
 logger = logging.getLogger(__name__)
+
+# Prompt logprobs are computed this many positions at a time (a [rows, vocab] float32 tensor each).
+_PROMPT_LOGPROBS_ROWS = 512
 
 
 @dataclass
@@ -45,6 +48,8 @@ class _StepInputs:
     logits_indices: torch.Tensor
     sample_states: list[CachedRequestState]  # the sequences that sample, in sampler-row order
     is_decode_only: bool
+    # (sequence, first prompt position, its first row in the batch, rows) for prompt logprobs
+    prompt_logprob_rows: list[tuple[CachedRequestState, int, int, int]]
 
 
 def slot_mapping(block_table: np.ndarray, batch_index: np.ndarray, positions: np.ndarray, block_size: int) -> np.ndarray:
@@ -212,6 +217,13 @@ class ModelRunner:
         if len(pending):
             src = [self.prev_sampled_rows[states[i].req_id] for i in batch_index[pending].tolist()]
             input_ids_dev[self._to_device(pending)] = self.prev_sampled[self._to_device(np.asarray(src, dtype=np.int64))]
+        prompt_logprob_rows = []
+        if batch.num_prompt_logprobs:
+            for i, state in enumerate(states):
+                # Position p predicts prompt token p + 1; the last prompt position predicts an output.
+                last = min(int(ends[i]), len(state.prompt_token_ids) - 1)
+                if state.req_id in batch.num_prompt_logprobs and last > starts[i]:
+                    prompt_logprob_rows.append((state, int(starts[i]), int(qsl[i]), last - int(starts[i])))
         return _StepInputs(
             input_ids=input_ids_dev,
             positions=self._to_device(positions),
@@ -219,7 +231,26 @@ class ModelRunner:
             logits_indices=self._to_device(qsl[1:][sampling] - 1),
             sample_states=[s for s, flag in zip(states, sampling.tolist()) if flag],
             is_decode_only=max_query_len == 1,
+            prompt_logprob_rows=prompt_logprob_rows,
         )
+
+    def _compute_prompt_logprobs(self, hidden: torch.Tensor, rows) -> dict[int, tuple[int, LogprobsTensors]]:
+        """Logprobs of the prompt tokens this step computed, for sequences that asked for them."""
+        out = {}
+        for state, start, row, n in rows:
+            k = self.input_batch.num_prompt_logprobs[state.req_id]
+            targets = torch.tensor(state.prompt_token_ids[start + 1 : start + 1 + n], device=self.device)
+            pieces = []
+            for a in range(0, n, _PROMPT_LOGPROBS_ROWS):  # bounds the [rows, vocab] float32 logits
+                b = min(n, a + _PROMPT_LOGPROBS_ROWS)
+                logprobs = self.model.compute_logits(hidden[row + a : row + b]).float().log_softmax(dim=-1)
+                pieces.append(gather_logprobs(logprobs, k, targets[a:b]))
+            out[state.req_id] = (start, LogprobsTensors(
+                torch.cat([p.logprob_token_ids for p in pieces]),
+                torch.cat([p.logprobs for p in pieces]),
+                torch.cat([p.selected_token_ranks for p in pieces]),
+            ))  # fmt: skip
+        return out
 
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> AsyncGPUModelRunnerOutput:
@@ -233,11 +264,12 @@ class ModelRunner:
             hidden = self.graph_runner.run(inputs.input_ids, inputs.positions, meta.slot_mapping, meta.seq_lens, meta.block_table)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, meta)
+        prompt_logprobs = self._compute_prompt_logprobs(hidden, inputs.prompt_logprob_rows) if inputs.prompt_logprob_rows else None
         if not inputs.sample_states:
-            return AsyncGPUModelRunnerOutput([], None, self.device)
+            return AsyncGPUModelRunnerOutput([], None, self.device, prompt_logprobs)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         out = self.sampler(logits, build_sampling_metadata(inputs.sample_states, self.vocab_size, self.device))
         req_ids = [s.req_id for s in inputs.sample_states]
         self.prev_sampled = out.sampled_token_ids
         self.prev_sampled_rows = {req_id: i for i, req_id in enumerate(req_ids)}
-        return AsyncGPUModelRunnerOutput(req_ids, out, self.device)
+        return AsyncGPUModelRunnerOutput(req_ids, out, self.device, prompt_logprobs)

@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import torch
 
-from folovllm.model_runner_output import AsyncModelRunnerOutput, LogprobsLists, ModelRunnerOutput
-from folovllm.sample.sampler import SamplerOutput
+from folovllm.model_runner_output import AsyncModelRunnerOutput, LogprobsLists, ModelRunnerOutput, PromptLogprobs
+from folovllm.sample.sampler import LogprobsTensors, SamplerOutput
 
 
 class AsyncGPUModelRunnerOutput(AsyncModelRunnerOutput):
     """The device->host copy is queued behind the step's kernels and ``get()``
     waits only for it, so the host can schedule and launch the next step meanwhile.
 
-    ``req_ids`` names the sampler's rows, in order.
+    ``req_ids`` names the sampler's rows, in order; ``prompt_logprobs`` maps a
+    sequence to (its first position this step, its prompt logprob tensors).
     """
 
-    def __init__(self, req_ids: list[int], sampler_output: SamplerOutput | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        req_ids: list[int],
+        sampler_output: SamplerOutput | None,
+        device: torch.device,
+        prompt_logprobs: dict[int, tuple[int, LogprobsTensors]] | None = None,
+    ) -> None:
         self.req_ids = req_ids
         self._event = None
+        self._prompt_starts = {req_id: start for req_id, (start, _) in (prompt_logprobs or {}).items()}
+        # Everything the host needs, in one list: sampled ids, [logprobs], then prompt logprobs.
         self._tensors: list[torch.Tensor] = []
-        if sampler_output is None:  # a step in which nobody sampled
-            return
-        self._tensors = [sampler_output.sampled_token_ids]
-        if sampler_output.sampled_logprobs is not None:
-            ids, lps = sampler_output.sampled_token_ids.unsqueeze(1), sampler_output.sampled_logprobs.unsqueeze(1)
-            if sampler_output.topk_token_ids is not None:
-                ids = torch.cat([ids, sampler_output.topk_token_ids], dim=1)
-                lps = torch.cat([lps, sampler_output.topk_logprobs], dim=1)
-            self._tensors += [ids, lps, sampler_output.sampled_ranks]
-        if device.type == "cuda":
+        self._has_logprobs = sampler_output is not None and sampler_output.logprobs_tensors is not None
+        if sampler_output is not None:
+            self._tensors.append(sampler_output.sampled_token_ids)
+            if self._has_logprobs:
+                self._tensors += _fields(sampler_output.logprobs_tensors)
+        for _, tensors in (prompt_logprobs or {}).values():
+            self._tensors += _fields(tensors)
+        if device.type == "cuda" and self._tensors:
             # Pinned destinations: a copy into pageable memory would block the host.
             host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._tensors]
             for dst, src in zip(host, self._tensors):
@@ -43,5 +50,15 @@ class AsyncGPUModelRunnerOutput(AsyncModelRunnerOutput):
         if self._event is not None:
             self._event.synchronize()
         lists = [t.tolist() for t in self._tensors]
-        logprobs = LogprobsLists(*lists[1:]) if len(lists) > 1 else None
-        return ModelRunnerOutput(req_ids=self.req_ids, sampled_token_ids=lists[0], logprobs=logprobs)
+        out = ModelRunnerOutput()
+        if self.req_ids:
+            out.req_ids, out.sampled_token_ids = self.req_ids, lists.pop(0)
+            if self._has_logprobs:
+                out.logprobs = LogprobsLists(lists.pop(0), lists.pop(0), lists.pop(0))
+        for req_id, start in self._prompt_starts.items():
+            out.prompt_logprobs_dict[req_id] = PromptLogprobs(start, LogprobsLists(lists.pop(0), lists.pop(0), lists.pop(0)))
+        return out
+
+
+def _fields(t: LogprobsTensors) -> list[torch.Tensor]:
+    return [t.logprob_token_ids, t.logprobs, t.selected_token_ranks]

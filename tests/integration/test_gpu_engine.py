@@ -94,3 +94,13 @@ def test_gpu_prefix_caching_and_chunking_match_hf(tiny_model, async_scheduling):
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         assert [o.outputs[0].token_ids for o in outs] == ref
     assert [o.num_cached_tokens for o in outs] == [16, 16, 16, 16, 40]
+
+
+def test_gpu_prompt_logprobs_match_hf(tiny_model):
+    from folovllm import LLM, SamplingParams
+    from tests.integration.test_prompt_logprobs import PROMPT, check
+
+    llm = LLM(str(tiny_model), device="cuda", dtype="float32", block_size=8, max_model_len=128, max_num_seqs=4,
+              max_num_batched_tokens=16, gpu_memory_utilization=0.3)  # fmt: skip
+    out = llm.generate({"prompt_token_ids": PROMPT}, SamplingParams(max_tokens=4, prompt_logprobs=3), use_tqdm=False)[0]
+    check(out.prompt_logprobs, tiny_model, k=3)

@@ -45,3 +45,18 @@ def test_find_stop_string_spanning_new_text():
     assert find_stop_string("abc", 1, ["x", "c"], False) == ("c", "ab")
     # an old match outside the window of new characters is not re-reported
     assert find_stop_string("stop and more text", 2, ["stop"], False) is None
+
+
+def test_decode_options_reach_the_tokenizer(tiny_model):
+    """spaces_between_special_tokens changes what HF's slow tokenizers produce; it must reach decode."""
+    real = load_tokenizer(str(tiny_model))
+    seen = []
+
+    class Recording:
+        def decode(self, ids, **kwargs):
+            seen.append(kwargs)
+            return real.decode(ids, skip_special_tokens=kwargs["skip_special_tokens"])
+
+    detok = IncrementalDetokenizer(Recording(), [5], skip_special_tokens=False, spaces_between_special_tokens=False)
+    detok.add_token(real.eos_token_id)
+    assert seen and all(kw == dict(skip_special_tokens=False, spaces_between_special_tokens=False) for kw in seen)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 from folovllm import SamplingParams
 from folovllm.sample import Sampler
+from folovllm.sample.sampler import gather_logprobs
 from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
 from folovllm.worker.input_batch import CachedRequestState
@@ -100,10 +100,19 @@ def test_logprobs_are_raw_log_softmax_with_ranks():
     md = metadata([SamplingParams(temperature=0, logprobs=3, repetition_penalty=1.5)])
     out = Sampler()(logits.clone(), md)
     raw = logits.log_softmax(-1)
-    assert out.topk_token_ids[0].tolist() == [0, 2, 1]
-    torch.testing.assert_close(out.topk_logprobs[0], raw[0, [0, 2, 1]])
-    assert out.sampled_ranks.tolist() == [1]
-    assert math.isclose(out.sampled_logprobs.item(), raw[0, 0].item(), rel_tol=1e-6)
+    lp = out.logprobs_tensors
+    assert lp.logprob_token_ids[0].tolist() == [0, 0, 2, 1]  # the sampled token, then the top 3
+    torch.testing.assert_close(lp.logprobs[0], raw[0, [0, 0, 2, 1]])
+    assert lp.selected_token_ranks.tolist() == [1]
+
+
+def test_gather_logprobs_ranks_a_given_token():
+    raw = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 1.0, 2.0, 3.0]]).log_softmax(-1)
+    lp = gather_logprobs(raw, 1, torch.tensor([1, 3]))
+    assert lp.logprob_token_ids.tolist() == [[1, 0], [3, 3]]
+    assert lp.selected_token_ranks.tolist() == [3, 1]
+    torch.testing.assert_close(lp.logprobs, raw[[[0, 0], [1, 1]], [[1, 0], [3, 3]]])
+    assert gather_logprobs(raw, 0, torch.tensor([2, 2])).logprob_token_ids.tolist() == [[2], [2]]
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9])

@@ -39,7 +39,7 @@ INVALID = [
     ("repetition_penalty", 0.0), ("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.1),
     ("top_k", -2), ("min_p", 1.5), ("seed", 1.5), ("max_tokens", 0), ("min_tokens", -1),
     ("min_tokens", 17), ("logprobs", -1), ("stop", [""]), ("stop_token_ids", [-1]),
-    ("prompt_logprobs", 1),
+    ("prompt_logprobs", -1),
 ]  # fmt: skip
 
 

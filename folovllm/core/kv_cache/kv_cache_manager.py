@@ -61,9 +61,11 @@ class KVCacheManager:
         """The cached blocks that start ``seq``, and the number of tokens they hold.
 
         At most ``num_tokens - 1`` tokens come from the cache: the last one is
-        always computed, since its logits give the next token.
+        always computed, since its logits give the next token. A sequence that
+        wants prompt logprobs gets no hits (as in vLLM v1): cached blocks have
+        K/V but no logits, so its whole prompt is computed (and cached for others).
         """
-        if not self.enable_caching:
+        if not self._may_hit(seq):
             return [], 0
         max_hit_blocks = (seq.num_tokens - 1) // self.block_size
         hits = []
@@ -99,10 +101,13 @@ class KVCacheManager:
         new_blocks = self.block_pool.get_new_blocks(needed) if needed > 0 else []
         blocks += new_blocks
         if self.enable_caching:
-            if new_computed_blocks is not None:
+            if new_computed_blocks is not None and self._may_hit(seq):
                 self.prefix_cache_stats.record(seq.num_tokens, len(hits) * self.block_size)
             self._cache_full_blocks(seq, blocks, min(num_tokens, seq.num_tokens) // self.block_size)
         return hits + new_blocks if hits else new_blocks
+
+    def _may_hit(self, seq: Sequence) -> bool:
+        return self.enable_caching and seq.sampling_params.prompt_logprobs is None
 
     def _cache_full_blocks(self, seq: Sequence, blocks: list[KVCacheBlock], num_full_blocks: int) -> None:
         """Cache the blocks that became full since the last call (most calls: none)."""

@@ -1,0 +1,87 @@
+"""prompt_logprobs against HF's log_softmax of the prompt, through chunking, preemption and caching."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from folovllm import LLM, SamplingParams
+
+PROMPT = list(range(300, 341))  # 41 tokens: five full blocks of 8 and one
+
+
+@functools.lru_cache(maxsize=4)
+def hf_prompt_logprobs(path: str, prompt: tuple[int, ...]) -> torch.Tensor:
+    """Row i: HF's log_softmax at position i, which predicts prompt token i + 1."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return model(torch.tensor([prompt])).logits[0, :-1].float().log_softmax(-1)
+
+
+def check(prompt_logprobs, path, prompt=PROMPT, k=2):
+    ref = hf_prompt_logprobs(str(path), tuple(prompt))
+    assert len(prompt_logprobs) == len(prompt) and prompt_logprobs[0] is None
+    for i, entry in enumerate(prompt_logprobs[1:]):
+        token, row = prompt[i + 1], ref[i]
+        top = row.topk(k).indices.tolist()
+        assert set(entry) == set(top) | {token}
+        assert [entry[t].rank for t in top] == list(range(1, k + 1))
+        assert entry[token].rank == int((row > row[token]).sum()) + 1
+        for t, lp in entry.items():
+            assert abs(lp.logprob - row[t].item()) < 1e-4
+
+
+def params(k=2, **kw):
+    return SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, prompt_logprobs=k, **kw)
+
+
+@pytest.mark.parametrize(
+    "engine_kw",
+    [
+        dict(),
+        dict(max_num_batched_tokens=16, max_num_seqs=4),  # the prompt arrives in chunks of 16
+        dict(max_num_batched_tokens=16, max_num_seqs=4, async_scheduling=True),
+        dict(num_gpu_blocks_override=16, max_num_seqs=4),  # preempted and recomputed
+    ],
+    ids=["whole", "chunked", "chunked_async", "preemption"],
+)
+def test_prompt_logprobs_match_hf(tiny_model, engine_kw):
+    llm = LLM(str(tiny_model), device="cpu", block_size=8, max_model_len=128, **engine_kw)
+    prompts = [{"prompt_token_ids": PROMPT}] * 4
+    outs = llm.generate(prompts, [params(), params(k=0), SamplingParams(max_tokens=30, ignore_eos=True), params(k=5)], use_tqdm=False)
+    check(outs[0].prompt_logprobs, tiny_model, k=2)
+    check(outs[1].prompt_logprobs, tiny_model, k=0)
+    assert outs[2].prompt_logprobs is None
+    check(outs[3].prompt_logprobs, tiny_model, k=5)
+    if "num_gpu_blocks_override" in engine_kw:
+        assert llm.llm_engine.get_stats()["num_preemptions"] > 0
+
+
+def test_a_request_with_prompt_logprobs_skips_the_prefix_cache(tiny_model):
+    """vLLM v1's rule: cached blocks have no logits, so such a request computes its whole prompt."""
+    llm = LLM(str(tiny_model), device="cpu", block_size=8, max_model_len=128)
+    prompt = {"prompt_token_ids": PROMPT}
+    assert llm.generate(prompt, SamplingParams(max_tokens=2), use_tqdm=False)[0].num_cached_tokens == 0
+    with_lp = llm.generate(prompt, params(), use_tqdm=False)[0]
+    assert with_lp.num_cached_tokens == 0
+    check(with_lp.prompt_logprobs, tiny_model)
+    assert llm.generate(prompt, SamplingParams(max_tokens=2), use_tqdm=False)[0].num_cached_tokens == 40
+
+
+def test_n_siblings_report_one_prompt_logprobs_list(tiny_model):
+    llm = LLM(str(tiny_model), device="cpu", block_size=8, max_model_len=128)
+    out = llm.generate({"prompt_token_ids": PROMPT}, params(n=3), use_tqdm=False)[0]
+    check(out.prompt_logprobs, tiny_model)
+    assert len(out.outputs) == 3
+    # Siblings 1 and 2 do not compute prompt logprobs, so they may hit sibling 0's blocks.
+    assert llm.llm_engine.get_stats()["prefix_cache_hits"] == 2 * 40
+
+
+def test_too_many_prompt_logprobs_are_refused(tiny_model):
+    llm = LLM(str(tiny_model), device="cpu", max_model_len=64)
+    with pytest.raises(ValueError, match="prompt_logprobs=21, more than max_logprobs=20"):
+        llm.generate("x", SamplingParams(prompt_logprobs=21), use_tqdm=False)
