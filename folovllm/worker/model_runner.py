@@ -36,8 +36,9 @@ from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
 logger = logging.getLogger(__name__)
 
-# Prompt logprobs are computed this many positions at a time (a [rows, vocab] float32 tensor each).
-_PROMPT_LOGPROBS_ROWS = 512
+# Prompt logprobs are computed this many positions at a time: a [rows, vocab] float32 tensor
+# each, kept below what profile_run's sampler pass (max_num_seqs rows) already measured.
+_PROMPT_LOGPROBS_ROWS = 128
 
 
 @dataclass

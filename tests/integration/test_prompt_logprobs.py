@@ -85,3 +85,11 @@ def test_too_many_prompt_logprobs_are_refused(tiny_model):
     llm = LLM(str(tiny_model), device="cpu", max_model_len=64)
     with pytest.raises(ValueError, match="prompt_logprobs=21, more than max_logprobs=20"):
         llm.generate("x", SamplingParams(prompt_logprobs=21), use_tqdm=False)
+
+
+def test_a_long_prompt_is_computed_in_slices(tiny_model):
+    """300 prompt positions in one step: the runner computes them 128 at a time."""
+    prompt = [(7 * i) % 1000 + 3 for i in range(300)]
+    llm = LLM(str(tiny_model), device="cpu", max_model_len=512)
+    out = llm.generate({"prompt_token_ids": prompt}, params(k=1), use_tqdm=False)[0]
+    check(out.prompt_logprobs, tiny_model, prompt=prompt, k=1)
