@@ -32,6 +32,7 @@ VALID = {
     "max_tokens": [1, 4, 9, None],
     "min_tokens": [0, 1],
     "logprobs": [None, 0, 3, 20],
+    "prompt_logprobs": [None, 0, 2, 20],
     "stop": [None, "e", ["\n", "xy"]],
     "stop_token_ids": [None, [], [3], [0, 1023]],
     "ignore_eos": [False, True],
@@ -48,6 +49,7 @@ INVALID = {
     "max_tokens": [0, "8"],
     "min_tokens": [-1, 1.5],
     "logprobs": [21, -1, 2.0],
+    "prompt_logprobs": [21, -1, 1.5],
     "stop": [[""], 5],
     "stop_token_ids": [[1024], [-1], 7],
 }
@@ -119,5 +121,9 @@ def _check_batch(engine, batch, accepted):
                 assert n >= min(params.min_tokens, 1)
             if params.logprobs is not None:
                 assert len(comp.logprobs) == n
+        if params.prompt_logprobs is None:
+            assert out.prompt_logprobs is None
+        else:
+            assert len(out.prompt_logprobs) == len(out.prompt_token_ids) and out.prompt_logprobs[0] is None
     stats = engine.get_stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
