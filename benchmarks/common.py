@@ -50,17 +50,8 @@ def get_checkpoint(model: str | None, preset: str, device: str) -> str:
     return cached_random_checkpoint(preset, preset, dtype=dtype, device=init_device)
 
 
-def timed_runs(fn, runs: int) -> list[float]:
-    """Seconds of ``runs`` calls of ``fn()``, sorted (fn synchronizes the device itself)."""
-    out = []
-    for _ in range(max(1, runs)):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return sorted(out)
-
-
 def median_and_spread(secs: list[float]) -> str:
+    """Sorted run times -> "median (median of N, fastest-slowest)"."""
     return f"{secs[len(secs) // 2]:.3f}s (median of {len(secs)}, {secs[0]:.3f}-{secs[-1]:.3f})"
 
 

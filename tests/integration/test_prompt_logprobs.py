@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
-import torch
 
 from folovllm import LLM, SamplingParams
+from tests.integration.hf_reference import hf_logprobs
 
 PROMPT = list(range(300, 341))  # 41 tokens: five full blocks of 8 and one
 
 
-@functools.lru_cache(maxsize=4)
-def hf_prompt_logprobs(path: str, prompt: tuple[int, ...]) -> torch.Tensor:
-    """Row i: HF's log_softmax at position i, which predicts prompt token i + 1."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    with torch.inference_mode():
-        return model(torch.tensor([prompt])).logits[0, :-1].float().log_softmax(-1)
-
-
 def check(prompt_logprobs, path, prompt=PROMPT, k=2):
-    ref = hf_prompt_logprobs(str(path), tuple(prompt))
+    # Row i: HF's log_softmax at position i, which predicts prompt token i + 1.
+    ref = hf_logprobs(path, prompt[:1], prompt[1:])
     assert len(prompt_logprobs) == len(prompt) and prompt_logprobs[0] is None
     for i, entry in enumerate(prompt_logprobs[1:]):
         token, row = prompt[i + 1], ref[i]
