@@ -61,10 +61,14 @@ class ModelConfig:
     max_logprobs: int = 20
     # No tokenizer: prompts must be token ids, outputs carry no text (vLLM's flag).
     skip_tokenizer_init: bool = False
+    # Weight format: None follows the checkpoint's quantization_config; "gptq" insists on it.
+    quantization: Optional[str] = None
     hf_config: Any = field(init=False, repr=False)
+    quant_config: Any = field(init=False, repr=False)  # e.g. GPTQConfig, or None for float weights
 
     def __post_init__(self) -> None:
-        from folovllm.model_loader import get_hf_config
+        from folovllm.model_executor.layers.quantization import get_quantization_config
+        from folovllm.model_loader import get_hf_config, read_quantization_config
 
         if not isinstance(self.model, str) or not self.model:
             raise _bad("model", self.model, "must be a non-empty path or hub id")
@@ -80,6 +84,10 @@ class ModelConfig:
             raise _bad("max_logprobs", self.max_logprobs, "must be a non-negative integer")
 
         self.hf_config = get_hf_config(self.model, self.revision, self.trust_remote_code)
+        checkpoint_quant = read_quantization_config(self.model, self.hf_config, self.revision)
+        self.quant_config = get_quantization_config(self.quantization, checkpoint_quant, self.model)
+        if self.quant_config is not None:
+            self.quantization = self.quant_config.get_name()
         model_max = self.get_model_context_len()
         if self.max_model_len is None:
             self.max_model_len = model_max

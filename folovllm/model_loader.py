@@ -55,6 +55,20 @@ def get_hf_config(model: str, revision: Optional[str] = None, trust_remote_code:
         raise ModelLoadError(f"Could not read the config of {model!r} from {path}: {exc}") from None
 
 
+def read_quantization_config(model: str, hf_config, revision: Optional[str] = None) -> Optional[dict]:
+    """The checkpoint's ``quantization_config`` (config.json), else its ``quantize_config.json``, else None."""
+    config = getattr(hf_config, "quantization_config", None)
+    if config is not None:
+        return config if isinstance(config, dict) else config.to_dict()
+    path = resolve_model_path(model, revision) / "quantize_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+
+
 # Files that carry a vocabulary (tokenizer_config.json alone does not).
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model")
 

@@ -37,6 +37,8 @@ class EngineArgs:
     revision: Optional[str] = _opt(None, "Hub revision (branch, tag or commit) of the model.")
     max_logprobs: int = _opt(20, "Most logprobs or prompt_logprobs a request may ask for.")
     skip_tokenizer_init: bool = _opt(False, "Load no tokenizer: prompts must be token ids and outputs carry no text.")
+    quantization: Optional[str] = _opt(None, "Weight quantization: 'gptq', or None to follow the checkpoint's quantization_config.",
+                                       choices=["gptq"])  # fmt: skip
     block_size: int = _opt(16, "Tokens per KV-cache block.", choices=list(BLOCK_SIZES))
     gpu_memory_utilization: float = _opt(0.9, "Fraction of GPU memory the engine may use (weights, activations, KV cache).")
     swap_space: float = _opt(4.0, "CPU swap space per GPU in GiB (accepted for vLLM compatibility; like vLLM v1, unused).")
@@ -97,6 +99,7 @@ class EngineArgs:
             revision=self.revision,
             max_logprobs=self.max_logprobs,
             skip_tokenizer_init=self.skip_tokenizer_init,
+            quantization=self.quantization,
         )
         cache_config = CacheConfig(
             block_size=self.block_size,
@@ -127,7 +130,6 @@ VLLM_OPTIONS_AT_DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
     "pipeline_parallel_size": (1, "one GPU only"),
     "data_parallel_size": (1, "one engine per process"),
     "distributed_executor_backend": (None, "one GPU only"),
-    "quantization": (None, "no quantized checkpoints yet"),
     "kv_cache_dtype": ("auto", "the KV cache has the model's dtype"),
     "load_format": ("auto", "safetensors or PyTorch checkpoints, found automatically"),
     "enable_lora": (False, "no LoRA adapters"),

@@ -23,6 +23,7 @@ from folovllm.attention.selector import get_attn_backend
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
 from folovllm.model_executor.layers.attention import Attention
+from folovllm.model_executor.layers.linear import LinearBase
 from folovllm.model_executor.models import get_model_class
 from folovllm.model_executor.weight_loading import load_weights
 from folovllm.model_loader import iterate_weights
@@ -92,12 +93,16 @@ class ModelRunner:
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                model = model_cls(hf_config, backend)
+                model = model_cls(hf_config, backend, self.model_config.quant_config)
         finally:
             torch.set_default_dtype(old_dtype)
         load_weights(model, iterate_weights(self.model_config.model, self.model_config.revision))
+        for module in model.modules():
+            if isinstance(module, LinearBase):
+                module.quant_method.process_weights_after_loading(module)
         self.model = model.eval()
-        logger.info("Loaded %s (%s, attention backend: %s)", model_cls.__name__, self.dtype, backend.name)
+        quant = self.model_config.quantization or "float weights"
+        logger.info("Loaded %s (%s, %s, attention backend: %s)", model_cls.__name__, self.dtype, quant, backend.name)
 
     def get_kv_cache_bytes_per_block(self) -> int:
         mc = self.model_config

@@ -104,3 +104,21 @@ def test_gpu_prompt_logprobs_match_hf(tiny_model):
               max_num_batched_tokens=16, gpu_memory_utilization=0.3)  # fmt: skip
     out = llm.generate({"prompt_token_ids": PROMPT}, SamplingParams(max_tokens=4, prompt_logprobs=3), use_tqdm=False)[0]
     check(out.prompt_logprobs, tiny_model, k=3)
+
+
+@pytest.mark.parametrize("enforce_eager", [True, False])
+@pytest.mark.parametrize("case", ["4bit_g32_act_order", "8bit_per_channel_asym"])
+def test_gpu_gptq_kernel_greedy_matches_hf_on_the_dequantized_weights(tiny_model_factory, tmp_path, case, enforce_eager):
+    """The Triton GPTQ GEMM (split-K at decode, reordered rows for act order) inside the engine, graphs on and off."""
+    from folovllm import LLM, SamplingParams
+    from folovllm.quantize.gptq_checkpoint import quantize_checkpoint
+    from tests.integration.test_gptq import CASES, PROMPTS, dequantized_float_checkpoint
+
+    gptq_dir = quantize_checkpoint(str(tiny_model_factory()), str(tmp_path / "gptq"), num_samples=16, seq_len=64, progress=False, **CASES[case])
+    float_dir = dequantized_float_checkpoint(gptq_dir, tmp_path / "float")
+    llm = LLM(str(gptq_dir), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, gpu_memory_utilization=0.3)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(float_dir, PROMPTS, 16, device="cuda")
+    bf16 = LLM(str(gptq_dir), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3)
+    out = bf16.generate({"prompt_token_ids": PROMPTS[1]}, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 16

@@ -59,6 +59,13 @@ class PackedInt8Method(LinearMethodBase):
         return x[:, layer.perm] @ dequantize(layer.packed, layer.scales)
 
 
+class PackedInt8Config:
+    """A quant config hands each linear layer its method (vLLM's ``get_quant_method``)."""
+
+    def get_quant_method(self, layer):
+        return PackedInt8Method()
+
+
 def quantize(w: torch.Tensor):
     """w [out, in] -> (packed int32 [in, out/4], scales [out])."""
     scales = w.abs().amax(dim=1) / 127
@@ -79,7 +86,7 @@ def test_a_quantized_method_loads_merged_shards_through_the_same_loader():
     sizes = [8, 4, 12]
     parts = [torch.randn(n, 16) for n in sizes]
     perm = torch.randperm(16)
-    layer = MergedReplicatedLinear(16, sizes, quant_method=PackedInt8Method())
+    layer = MergedReplicatedLinear(16, sizes, quant_config=PackedInt8Config())
     assert {name for name, _ in layer.named_parameters()} == {"packed", "scales", "perm"}
     for shard_id, w in enumerate(parts):
         packed, scales = quantize(w)

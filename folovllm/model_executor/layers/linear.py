@@ -1,7 +1,9 @@
 """Linear layers, and the one seam through which their weights are made and loaded.
 
-A linear layer does not decide its weight format: its ``quant_method``
-creates the parameters on the layer (``create_weights``) and runs the matmul
+A linear layer does not decide its weight format: the checkpoint's
+``quant_config`` (None for float weights) gives it a ``quant_method``, which
+creates the parameters on the layer (``create_weights``), may re-lay them out
+once they are loaded (``process_weights_after_loading``) and runs the matmul
 (``apply``). The default, ``UnquantizedLinearMethod``, makes one
 ``weight[out, in]``; a quantized method makes its own tensors on the same
 layer (GPTQ: ``qweight``, ``qzeros``, ``scales``, ``g_idx``).
@@ -39,6 +41,9 @@ class LinearMethodBase(ABC):
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x @ W.T + bias`` with the layer's weights in this method's format."""
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once after every weight is loaded (e.g. to re-lay them out for a kernel)."""
+
 
 class UnquantizedLinearMethod(LinearMethodBase):
     def create_weights(self, layer, input_size, output_sizes, params_dtype) -> None:
@@ -63,13 +68,13 @@ class LinearBase(nn.Module):
         input_size: int,
         output_sizes: list[int],
         bias: bool = False,
-        quant_method: Optional[LinearMethodBase] = None,
+        quant_config=None,
     ) -> None:
         super().__init__()
         self.input_size = input_size
         self.output_sizes = list(output_sizes)
         self.shard_offsets = [sum(self.output_sizes[:i]) for i in range(len(self.output_sizes))]
-        self.quant_method = quant_method or UnquantizedLinearMethod()
+        self.quant_method = quant_config.get_quant_method(self) if quant_config else UnquantizedLinearMethod()
         self.quant_method.create_weights(self, input_size, self.output_sizes, torch.get_default_dtype())
         if bias:
             self.bias = nn.Parameter(torch.empty(sum(self.output_sizes)), requires_grad=False)
@@ -77,7 +82,8 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
         for param in self.parameters(recurse=False):
-            param.weight_loader = self.weight_loader
+            if not hasattr(param, "weight_loader"):  # a quant method may bring its own
+                param.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: Optional[int] = None) -> None:
         """Copy ``loaded`` into ``param``, or into shard ``shard_id``'s slice along its output dim.
@@ -104,10 +110,8 @@ class LinearBase(nn.Module):
 class ReplicatedLinear(LinearBase):
     """A plain linear layer: one checkpoint tensor."""
 
-    def __init__(
-        self, input_size: int, output_size: int, bias: bool = False, quant_method: Optional[LinearMethodBase] = None
-    ) -> None:
-        super().__init__(input_size, [output_size], bias, quant_method)
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, quant_config=None) -> None:
+        super().__init__(input_size, [output_size], bias, quant_config)
 
 
 class MergedReplicatedLinear(LinearBase):

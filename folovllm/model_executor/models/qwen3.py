@@ -24,15 +24,19 @@ from folovllm.model_executor.layers.vocab_embedding import VocabEmbedding
 
 
 class Qwen3Attention(nn.Module):
-    def __init__(self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+    def __init__(
+        self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool, quant_config
+    ) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = get_head_dim(config)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedReplicatedLinear(config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias)
-        self.o_proj = ReplicatedLinear(self.q_size, config.hidden_size, bias=False)
+        self.qkv_proj = MergedReplicatedLinear(
+            config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias, quant_config=quant_config
+        )
+        self.o_proj = ReplicatedLinear(self.q_size, config.hidden_size, bias=False, quant_config=quant_config)
         self.rotary_emb = rotary_emb  # one cos/sin table, shared by every layer
         self.attn = Attention(self.head_dim**-0.5, backend)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
@@ -62,10 +66,12 @@ class Qwen3Attention(nn.Module):
 
 
 class Qwen3MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, quant_config) -> None:
         super().__init__()
-        self.gate_up_proj = MergedReplicatedLinear(hidden_size, [intermediate_size, intermediate_size], bias=False)
-        self.down_proj = ReplicatedLinear(intermediate_size, hidden_size, bias=False)
+        self.gate_up_proj = MergedReplicatedLinear(
+            hidden_size, [intermediate_size, intermediate_size], bias=False, quant_config=quant_config
+        )
+        self.down_proj = ReplicatedLinear(intermediate_size, hidden_size, bias=False, quant_config=quant_config)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +79,12 @@ class Qwen3MLP(nn.Module):
 
 
 class Qwen3DecoderLayer(nn.Module):
-    def __init__(self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+    def __init__(
+        self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool, quant_config
+    ) -> None:
         super().__init__()
-        self.self_attn = Qwen3Attention(config, rotary_emb, backend, qk_norm, qkv_bias)
-        self.mlp = Qwen3MLP(config.hidden_size, config.intermediate_size)
+        self.self_attn = Qwen3Attention(config, rotary_emb, backend, qk_norm, qkv_bias, quant_config)
+        self.mlp = Qwen3MLP(config.hidden_size, config.intermediate_size, quant_config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -99,12 +107,13 @@ class Qwen3DecoderLayer(nn.Module):
 
 
 class Qwen3Model(nn.Module):
-    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool) -> None:
+    def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool, quant_config) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(get_head_dim(config), config.max_position_embeddings, config)
         self.layers = nn.ModuleList(
-            Qwen3DecoderLayer(config, rotary_emb, backend, qk_norm, qkv_bias) for _ in range(config.num_hidden_layers)
+            Qwen3DecoderLayer(config, rotary_emb, backend, qk_norm, qkv_bias, quant_config)
+            for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -130,11 +139,12 @@ class Qwen3ForCausalLM(nn.Module):
     qk_norm = True
     qkv_bias = False
 
-    def __init__(self, config, backend: AttentionBackend) -> None:
+    def __init__(self, config, backend: AttentionBackend, quant_config=None) -> None:
+        """``quant_config`` (e.g. ``GPTQConfig``) reaches every linear layer, which asks it for its weight format."""
         super().__init__()
         self.config = config
         qkv_bias = self.qkv_bias or bool(getattr(config, "attention_bias", False))
-        self.model = Qwen3Model(config, backend, self.qk_norm, qkv_bias)
+        self.model = Qwen3Model(config, backend, self.qk_norm, qkv_bias, quant_config)
         if config.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
             self.skip_prefixes = ("lm_head.",)  # a saved copy of the tied weight
