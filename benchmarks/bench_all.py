@@ -9,7 +9,10 @@
     per step + the KV cache read) over the copy bandwidth measured here, and
     for TTFT the FLOPs over the measured matmul rate; printed as achieved / floor;
 (e) prefix caching on vs off (``bench_prefix_caching.py``): a shared-prefix
-    workload, a repeated prompt, and nano-vllm's workload where nothing can hit.
+    workload, a repeated prompt, and nano-vllm's workload where nothing can hit;
+(f) with ``--gptq qwen3-8b`` (or qwen3-4b): GPTQ 4-bit against bf16 on a bigger
+    model (``bench_gptq.py``); off by default, it builds and quantizes an 8B
+    checkpoint first.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.bench_gptq import compare as compare_gptq
 from benchmarks.bench_prefix_caching import SCALES as PREFIX_SCALES
 from benchmarks.bench_prefix_caching import compare as compare_prefix_caching
 from benchmarks.common import get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, median_and_spread, nano_vllm_workload, sync
@@ -56,6 +60,7 @@ def main() -> None:
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--sync", action="store_true", help="turn async scheduling off")
     ap.add_argument("--prefix-runs", type=int, default=3, help="timed runs per prefix-caching row (0: skip (e))")
+    ap.add_argument("--gptq", default="none", choices=["none", "qwen3-4b", "qwen3-8b"], help="model shape for (f); none skips it")
     ap.add_argument("--out", default="docs/benchmarks.md")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench_all.py needs a CUDA GPU (bench_throughput.py runs on the CPU)"
@@ -121,6 +126,9 @@ def main() -> None:
     # (e) prefix caching
     prefix_rows = compare_prefix_caching(model, device, PREFIX_SCALES["gpu"], args.prefix_runs, vocab) if args.prefix_runs else []
 
+    # (f) GPTQ
+    gptq_lines = compare_gptq(get_checkpoint(None, args.gptq, device), device, 3, 128) if args.gptq != "none" else []
+
     props = torch.cuda.get_device_properties(0)
     import triton
 
@@ -163,6 +171,10 @@ def main() -> None:
             "faster (on / off <= 0.25); zero hits <= 2% slower (on / off <= 1.02).",
             "",
         ]  # fmt: skip
+    if gptq_lines:
+        lines += [f"(f) GPTQ, random weights with {args.gptq}'s config, RTN 4-bit group 128, against bf16:", "", *gptq_lines]
+    else:
+        lines += ["(f) GPTQ: not run (`--gptq qwen3-8b` runs it).", ""]
     text = "\n".join(lines)
     print(text, flush=True)
     Path(args.out).write_text(text)

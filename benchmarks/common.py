@@ -45,7 +45,7 @@ def get_checkpoint(model: str | None, preset: str, device: str) -> str:
         return model
     if preset == "small":
         return cached_random_checkpoint("small", "tiny", **SMALL)
-    dtype = "bfloat16" if preset == "qwen3-0.6b" else "float32"
+    dtype = "bfloat16" if preset.startswith("qwen3-") else "float32"
     init_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
     return cached_random_checkpoint(preset, preset, dtype=dtype, device=init_device)
 

@@ -17,11 +17,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 for qwen3-0.6b, float32 for tiny)")
+    ap.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 for the qwen3-* presets, float32 for tiny)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="where to initialise the weights (cuda is faster for big presets)")
     args = ap.parse_args()
-    dtype = args.dtype or ("bfloat16" if args.preset == "qwen3-0.6b" else "float32")
+    dtype = args.dtype or ("bfloat16" if args.preset.startswith("qwen3-") else "float32")
     path = make_random_checkpoint(args.out, preset=args.preset, seed=args.seed, dtype=dtype, device=args.device)
     print(f"wrote {args.preset} checkpoint ({dtype}) to {path}")
 

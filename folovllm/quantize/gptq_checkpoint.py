@@ -124,6 +124,13 @@ def quantize_model(
     from tqdm import tqdm
 
     layers = model.model.layers
+    for group in SEQUENTIAL_GROUPS:  # the loader's rules, checked before the slow part
+        for name in group:
+            linear = layers[0].get_submodule(name)
+            if group_size != -1 and linear.in_features % group_size:
+                raise ValueError(f"group_size {group_size} does not divide {name}'s input size {linear.in_features}")
+            if linear.in_features % (32 // bits) or linear.out_features % (32 // bits):
+                raise ValueError(f"{bits}-bit packing needs {name}'s sizes divisible by {32 // bits}, got {tuple(linear.weight.shape)}")
     device = next(model.parameters()).device
     inputs = None
     if not rtn:

@@ -30,6 +30,12 @@ QWEN3_0_6B = dict(
     eos_token_id=151645,
 )
 
+# Bigger shapes, for benchmarks where weight reads dominate (GPTQ): Qwen3-4B's and Qwen3-8B's configs.
+QWEN3_4B = {**QWEN3_0_6B, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
+QWEN3_8B = {**QWEN3_0_6B, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}  # fmt: skip
+
 TINY = dict(
     vocab_size=1024,
     hidden_size=64,
@@ -47,7 +53,7 @@ TINY = dict(
     initializer_range=0.25,
 )
 
-PRESETS = {"qwen3-0.6b": QWEN3_0_6B, "tiny": TINY}
+PRESETS = {"qwen3-0.6b": QWEN3_0_6B, "qwen3-4b": QWEN3_4B, "qwen3-8b": QWEN3_8B, "tiny": TINY}
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
