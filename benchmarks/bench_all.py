@@ -75,7 +75,7 @@ def main() -> None:
     mc = engine.config.model_config
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.executor.worker.model_runner.model.parameters())
     num_params = sum(p.numel() for p in engine.executor.worker.model_runner.model.parameters())
-    kv_per_token = 2 * mc.get_num_layers() * mc.get_num_kv_heads() * mc.get_head_dim() * 2
+    kv_per_token = 2 * mc.get_num_layers() * mc.get_total_num_kv_heads() * mc.get_head_dim() * 2
     vocab = mc.get_vocab_size()
 
     # (a) throughput

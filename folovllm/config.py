@@ -118,7 +118,7 @@ class ModelConfig:
     def get_num_layers(self) -> int:
         return self.hf_config.num_hidden_layers
 
-    def get_num_kv_heads(self) -> int:
+    def get_total_num_kv_heads(self) -> int:
         return getattr(self.hf_config, "num_key_value_heads", self.hf_config.num_attention_heads)
 
     def get_head_dim(self) -> int:
@@ -203,6 +203,55 @@ class SchedulerConfig:
             )
 
 
+DISTRIBUTED_EXECUTOR_BACKENDS = (None, "mp", "uni")
+
+
+@dataclass
+class ParallelConfig:
+    """How many devices share one model (tensor parallelism) and which executor runs them.
+
+    ``distributed_executor_backend``: "mp" (one process per extra rank, the
+    default when ``tensor_parallel_size > 1``) or "uni" (this process only,
+    the default for one rank). ``"mp"`` with one rank runs the multi-process
+    path with a process group of one, for measuring what it costs.
+    """
+
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise _bad("tensor_parallel_size", tp, "must be a positive integer")
+        if self.distributed_executor_backend not in DISTRIBUTED_EXECUTOR_BACKENDS:
+            raise _bad("distributed_executor_backend", self.distributed_executor_backend,
+                       f"must be one of {DISTRIBUTED_EXECUTOR_BACKENDS} (single node only)")  # fmt: skip
+        if self.distributed_executor_backend is None:
+            self.distributed_executor_backend = "mp" if tp > 1 else "uni"
+        if self.distributed_executor_backend == "uni" and tp > 1:
+            raise ValueError(f"distributed_executor_backend='uni' runs one rank only, but tensor_parallel_size={tp}; use 'mp'")
+
+    def check_model(self, model_config: ModelConfig, device: torch.device) -> None:
+        """The model's heads, MLP and device count must split over the ranks."""
+        tp, hf = self.tensor_parallel_size, model_config.hf_config
+        if tp == 1:
+            return
+        heads, kv_heads = hf.num_attention_heads, model_config.get_total_num_kv_heads()
+        if heads % tp:
+            raise ValueError(f"tensor_parallel_size={tp} must divide num_attention_heads={heads}")
+        if kv_heads % tp and tp % kv_heads:
+            raise ValueError(
+                f"tensor_parallel_size={tp} and num_key_value_heads={kv_heads}: one must divide the other "
+                "(kv heads are split over ranks, or replicated when there are fewer than ranks)"
+            )
+        if hf.intermediate_size % tp:
+            raise ValueError(f"tensor_parallel_size={tp} must divide intermediate_size={hf.intermediate_size}")
+        if model_config.quant_config is not None:
+            raise ValueError(f"tensor_parallel_size={tp} with quantization={model_config.quantization!r} is not supported yet")
+        if device.type == "cuda" and tp > torch.cuda.device_count():
+            raise ValueError(f"tensor_parallel_size={tp} needs {tp} GPUs, but {torch.cuda.device_count()} are visible")
+
+
 @dataclass
 class EngineConfig:
     """Everything the engine needs, composed; resolves device and dtype."""
@@ -212,8 +261,14 @@ class EngineConfig:
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: str = "auto"
     enforce_eager: bool = False
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         self.device_obj = resolve_device(self.device)
         self.dtype = self.model_config.get_torch_dtype(self.device_obj)
         self.scheduler_config.set_max_model_len(self.model_config.max_model_len)
+        self.parallel_config.check_model(self.model_config, self.device_obj)
+
+    def get_num_kv_heads(self) -> int:
+        """KV heads one rank holds: its share, or one replicated head when there are fewer heads than ranks."""
+        return max(1, self.model_config.get_total_num_kv_heads() // self.parallel_config.tensor_parallel_size)

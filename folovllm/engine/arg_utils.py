@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from folovllm.config import BLOCK_SIZES, DTYPE_CHOICES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from folovllm.config import BLOCK_SIZES, DTYPE_CHOICES, CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any):
@@ -50,6 +50,11 @@ class EngineArgs:
     enable_chunked_prefill: bool = _opt(True, "Split long prompts across steps so that decodes keep running.")
     async_scheduling: bool = _opt(False, "Schedule the next step while the current one runs on the GPU.")
     device: str = _opt("auto", "'auto' (CUDA when available, else the CPU), 'cuda', 'cuda:N' or 'cpu'.")
+    tensor_parallel_size: int = _opt(1, "Split every layer over this many devices (GPUs; processes on the CPU).")
+    distributed_executor_backend: Optional[str] = _opt(
+        None, "'mp' (one process per extra rank; the default with tensor_parallel_size > 1) or 'uni' (this process).",
+        choices=["mp", "uni"],
+    )
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
 
     @classmethod
@@ -115,7 +120,8 @@ class EngineArgs:
             enable_chunked_prefill=self.enable_chunked_prefill,
             async_scheduling=self.async_scheduling,
         )
-        return EngineConfig(model_config, cache_config, scheduler_config, self.device, self.enforce_eager)
+        parallel_config = ParallelConfig(self.tensor_parallel_size, self.distributed_executor_backend)
+        return EngineConfig(model_config, cache_config, scheduler_config, self.device, self.enforce_eager, parallel_config)
 
 
 def _unwrap_optional(hint: Any) -> Any:
@@ -126,10 +132,8 @@ def _unwrap_optional(hint: Any) -> Any:
 # vLLM options FoloVLLM lacks, with the one value that means what FoloVLLM does anyway.
 # Any other value is refused (a ValueError naming the option); options not listed are unknown (TypeError).
 VLLM_OPTIONS_AT_DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
-    "tensor_parallel_size": (1, "one GPU only"),
-    "pipeline_parallel_size": (1, "one GPU only"),
+    "pipeline_parallel_size": (1, "tensor parallelism only"),
     "data_parallel_size": (1, "one engine per process"),
-    "distributed_executor_backend": (None, "one GPU only"),
     "kv_cache_dtype": ("auto", "the KV cache has the model's dtype"),
     "load_format": ("auto", "safetensors or PyTorch checkpoints, found automatically"),
     "enable_lora": (False, "no LoRA adapters"),

@@ -1,7 +1,10 @@
 """The worker: one device, one model runner; sizes the KV cache.
 
 Named after vLLM's GPU worker; it runs on the CPU too (then the KV cache is
-sized from ``cpu_kv_cache_space_gib`` instead of free GPU memory).
+sized from ``cpu_kv_cache_space_gib`` instead of free GPU memory). With
+tensor parallelism there is one worker per rank, each in its own process
+(rank r on GPU r), all running the same steps; the ranks agree on the
+smallest number of KV blocks any of them can hold.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
+from folovllm.distributed.parallel_state import all_reduce_min, init_distributed_environment
 from folovllm.utils.common import cdiv, set_random_seed
 from folovllm.utils.device import get_gpu_memory_info
 from folovllm.model_runner_output import AsyncModelRunnerOutput
@@ -24,12 +28,20 @@ _GPU_HEADROOM_BYTES = 256 * 2**20
 
 
 class Worker:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, rank: int = 0, distributed_init_method: str | None = None) -> None:
+        """``distributed_init_method``: the tensor-parallel group's rendezvous (None: one rank, no group)."""
         self.config = config
+        self.rank = rank
         self.device = config.device_obj
+        if self.device.type == "cuda" and distributed_init_method is not None:
+            self.device = torch.device("cuda", rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        set_random_seed(config.model_config.seed)
+        if distributed_init_method is not None:
+            world_size = config.parallel_config.tensor_parallel_size
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            init_distributed_environment(world_size, rank, distributed_init_method, backend)
+        set_random_seed(config.model_config.seed)  # the same on every rank: they sample identically
         self.model_runner = ModelRunner(config, self.device)
 
     def load_model(self) -> None:
@@ -47,6 +59,7 @@ class Worker:
             # More blocks than max_num_seqs full-length sequences can never be used.
             useful = self.config.scheduler_config.max_num_seqs * cdiv(self.model_runner.max_model_len, cache.block_size)
             num_blocks = min(num_blocks, useful)
+        num_blocks = all_reduce_min(num_blocks, self.device)
         if num_blocks <= 0:
             raise ValueError(
                 "No memory left for the KV cache; raise gpu_memory_utilization (or cpu_kv_cache_space_gib) "

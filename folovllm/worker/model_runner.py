@@ -71,7 +71,7 @@ class ModelRunner:
         self.max_num_seqs = config.scheduler_config.max_num_seqs
         self.max_blocks_per_seq = cdiv(self.max_model_len, self.block_size)
         self.vocab_size = config.model_config.get_vocab_size()
-        self.num_kv_heads = config.model_config.get_num_kv_heads()
+        self.num_kv_heads = config.get_num_kv_heads()
         self.pin_memory = device.type == "cuda"
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         self.sampler = Sampler()
@@ -107,12 +107,12 @@ class ModelRunner:
     def get_kv_cache_bytes_per_block(self) -> int:
         mc = self.model_config
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        return 2 * mc.get_num_layers() * self.block_size * mc.get_num_kv_heads() * mc.get_head_dim() * elem
+        return 2 * mc.get_num_layers() * self.block_size * self.num_kv_heads * mc.get_head_dim() * elem
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """Allocate the one KV tensor and give each attention layer its slice."""
         mc = self.model_config
-        shape = (mc.get_num_layers(), 2, num_blocks, self.block_size, mc.get_num_kv_heads(), mc.get_head_dim())
+        shape = (mc.get_num_layers(), 2, num_blocks, self.block_size, self.num_kv_heads, mc.get_head_dim())
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._bind_kv_cache(list(self.kv_cache))
 

@@ -36,8 +36,13 @@ def test_basic(tiny_model, tmp_path):
 
 
 def test_generate_with_engine_args_on_the_command_line(tiny_model):
-    out = run(EXAMPLES / "generate.py", "--model", str(tiny_model), *ENGINE_FLAGS, "--max-tokens", "8", "--temperature", "0")
+    args = ["--model", str(tiny_model), *ENGINE_FLAGS, "--max-tokens", "8", "--temperature", "0"]
+    out = run(EXAMPLES / "generate.py", *args)
     assert out.count("Generated text:") == 4
+    # vLLM's flag for tensor parallelism: two processes (gloo on the CPU), the same greedy text
+    tp2 = run(EXAMPLES / "generate.py", *args, "--tensor-parallel-size", "2")
+    generated = lambda text: [line for line in text.splitlines() if "Generated text:" in line]  # noqa: E731
+    assert generated(tp2) == generated(out)
 
 
 def test_chat_single_and_batched(tiny_model, tmp_path):
@@ -68,6 +73,6 @@ def test_automatic_prefix_caching(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("script", ["generate.py", "chat.py", "llm_engine_example.py"])
 def test_unsupported_vllm_flags_are_refused_by_name(tiny_model, script):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--model", str(tiny_model), "--tensor-parallel-size", "2"],
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--model", str(tiny_model), "--pipeline-parallel-size", "2"],
                           capture_output=True, text=True, timeout=120, cwd=EXAMPLES)  # fmt: skip
-    assert proc.returncode == 2 and "--tensor-parallel-size" in proc.stderr
+    assert proc.returncode == 2 and "--pipeline-parallel-size" in proc.stderr

@@ -13,7 +13,7 @@ def test_model_config_reads_hf_config_and_infers_max_model_len(tiny_model):
     assert mc.hf_config.model_type == "qwen3"
     assert mc.max_model_len == mc.hf_config.max_position_embeddings == 512
     assert mc.tokenizer == str(tiny_model)
-    assert mc.get_num_kv_heads() == 2 and mc.get_head_dim() == 16 and mc.get_num_layers() == 2
+    assert mc.get_total_num_kv_heads() == 2 and mc.get_head_dim() == 16 and mc.get_num_layers() == 2
 
 
 def test_model_config_max_model_len_rules(tiny_model):

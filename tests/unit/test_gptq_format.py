@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from folovllm.model_executor.layers.linear import MergedReplicatedLinear, ReplicatedLinear
+from folovllm.model_executor.layers.linear import MergedColumnParallelLinear, ColumnParallelLinear
 from folovllm.model_executor.layers.quantization import get_quantization_config
 from folovllm.model_executor.layers.quantization.gptq import GPTQConfig
 from folovllm.model_executor.layers.quantization.gptq_packing import (
@@ -116,10 +116,10 @@ def test_quantization_option_against_the_checkpoint():
 def test_layer_shapes_must_fit_the_format():
     qc = GPTQConfig(4, 128, False, True)
     with pytest.raises(ValueError, match="group_size 128 does not divide the layer's input size 64"):
-        ReplicatedLinear(64, 32, quant_config=qc)
+        ColumnParallelLinear(64, 32, quant_config=qc)
     with pytest.raises(ValueError, match=r"output sizes divisible by 8, got \[16, 12\]"):
-        MergedReplicatedLinear(128, [16, 12], quant_config=qc)
-    layer = MergedReplicatedLinear(128, [16, 8, 8], quant_config=qc)
+        MergedColumnParallelLinear(128, [16, 12], quant_config=qc)
+    layer = MergedColumnParallelLinear(128, [16, 8, 8], quant_config=qc)
     shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
     assert shapes == {"qweight": (16, 32), "qzeros": (1, 4), "scales": (1, 32), "g_idx": (128,)}
 
@@ -128,7 +128,7 @@ def test_merged_layer_loads_gptq_shards_and_insists_on_one_g_idx():
     """q/k/v parts go to their columns of qweight, scales and (packed) qzeros; g_idx must agree."""
     g = torch.Generator().manual_seed(3)
     bits, k, sizes = 4, 64, [16, 8, 8]
-    layer = MergedReplicatedLinear(k, sizes, quant_config=GPTQConfig(bits, 32, True, False, "gptq_v2"))
+    layer = MergedColumnParallelLinear(k, sizes, quant_config=GPTQConfig(bits, 32, True, False, "gptq_v2"))
     g_idx = torch.randperm(k, generator=g).to(torch.int32) // 32
     parts, expected = [], []
     for shard_id, n in enumerate(sizes):

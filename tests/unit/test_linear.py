@@ -8,8 +8,8 @@ from torch import nn
 
 from folovllm.model_executor.layers.linear import (
     LinearMethodBase,
-    MergedReplicatedLinear,
-    ReplicatedLinear,
+    MergedColumnParallelLinear,
+    ColumnParallelLinear,
     set_weight_attrs,
 )
 
@@ -18,7 +18,7 @@ def test_merged_layer_loads_each_shard_into_its_rows():
     torch.manual_seed(0)
     q, k, v = torch.randn(8, 6), torch.randn(4, 6), torch.randn(4, 6)
     bq, bk, bv = torch.randn(8), torch.randn(4), torch.randn(4)
-    layer = MergedReplicatedLinear(6, [8, 4, 4], bias=True)
+    layer = MergedColumnParallelLinear(6, [8, 4, 4], bias=True)
     for shard_id, (w, b) in enumerate([(q, bq), (k, bk), (v, bv)]):
         layer.weight.weight_loader(layer.weight, w, shard_id)
         layer.bias.weight_loader(layer.bias, b, shard_id)
@@ -27,13 +27,13 @@ def test_merged_layer_loads_each_shard_into_its_rows():
 
 
 def test_plain_layer_loads_whole_and_rejects_a_wrong_shape():
-    layer = ReplicatedLinear(6, 5)
+    layer = ColumnParallelLinear(6, 5)
     w = torch.randn(5, 6)
     layer.weight.weight_loader(layer.weight, w)
     assert torch.equal(layer.weight, w) and layer.bias is None
     with pytest.raises(ValueError, match=r"expected shape \(5, 6\), checkpoint tensor has \(6, 5\)"):
         layer.weight.weight_loader(layer.weight, w.T)
-    merged = MergedReplicatedLinear(6, [4, 4])
+    merged = MergedColumnParallelLinear(6, [4, 4])
     with pytest.raises(ValueError, match=r"expected shape \(4, 6\) \(shard 1\)"):
         merged.weight.weight_loader(merged.weight, torch.randn(3, 6), 1)
 
@@ -86,7 +86,7 @@ def test_a_quantized_method_loads_merged_shards_through_the_same_loader():
     sizes = [8, 4, 12]
     parts = [torch.randn(n, 16) for n in sizes]
     perm = torch.randperm(16)
-    layer = MergedReplicatedLinear(16, sizes, quant_config=PackedInt8Config())
+    layer = MergedColumnParallelLinear(16, sizes, quant_config=PackedInt8Config())
     assert {name for name, _ in layer.named_parameters()} == {"packed", "scales", "perm"}
     for shard_id, w in enumerate(parts):
         packed, scales = quantize(w)

@@ -18,9 +18,9 @@ from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.attention import Attention
 from folovllm.model_executor.layers.dispatch import use_fused_kernels
 from folovllm.model_executor.layers.layernorm import RMSNorm
-from folovllm.model_executor.layers.linear import MergedReplicatedLinear, ReplicatedLinear
+from folovllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding, get_rope
-from folovllm.model_executor.layers.vocab_embedding import VocabEmbedding
+from folovllm.model_executor.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 
 
 class Qwen3Attention(nn.Module):
@@ -28,15 +28,18 @@ class Qwen3Attention(nn.Module):
         self, config, rotary_emb: RotaryEmbedding, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool, quant_config
     ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = get_head_dim(config)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, config.num_attention_heads, config.num_key_value_heads,
+            bias=qkv_bias, quant_config=quant_config,
+        )  # fmt: skip
+        # This rank's heads (all of them without tensor parallelism).
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedReplicatedLinear(
-            config.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=qkv_bias, quant_config=quant_config
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=False, quant_config=quant_config
         )
-        self.o_proj = ReplicatedLinear(self.q_size, config.hidden_size, bias=False, quant_config=quant_config)
         self.rotary_emb = rotary_emb  # one cos/sin table, shared by every layer
         self.attn = Attention(self.head_dim**-0.5, backend)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
@@ -68,10 +71,10 @@ class Qwen3Attention(nn.Module):
 class Qwen3MLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, quant_config) -> None:
         super().__init__()
-        self.gate_up_proj = MergedReplicatedLinear(
+        self.gate_up_proj = MergedColumnParallelLinear(
             hidden_size, [intermediate_size, intermediate_size], bias=False, quant_config=quant_config
         )
-        self.down_proj = ReplicatedLinear(intermediate_size, hidden_size, bias=False, quant_config=quant_config)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, quant_config=quant_config)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +112,7 @@ class Qwen3DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     def __init__(self, config, backend: AttentionBackend, qk_norm: bool, qkv_bias: bool, quant_config) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(get_head_dim(config), config.max_position_embeddings, config)
         self.layers = nn.ModuleList(
             Qwen3DecoderLayer(config, rotary_emb, backend, qk_norm, qkv_bias, quant_config)
@@ -149,7 +152,7 @@ class Qwen3ForCausalLM(nn.Module):
             self.lm_head = self.model.embed_tokens
             self.skip_prefixes = ("lm_head.",)  # a saved copy of the tied weight
         else:
-            self.lm_head = VocabEmbedding(config.vocab_size, config.hidden_size)
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
             self.skip_prefixes = ()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
@@ -157,8 +160,8 @@ class Qwen3ForCausalLM(nn.Module):
         return self.model(input_ids, positions, attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits for the (already selected) rows of ``hidden``."""
-        return torch.nn.functional.linear(hidden, self.lm_head.weight)
+        """Vocabulary logits for the (already selected) rows of ``hidden`` (the whole vocabulary on every rank)."""
+        return self.lm_head.compute_logits(hidden)
 
 
 class Qwen2ForCausalLM(Qwen3ForCausalLM):
