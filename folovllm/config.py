@@ -203,7 +203,7 @@ class SchedulerConfig:
             )
 
 
-DISTRIBUTED_EXECUTOR_BACKENDS = (None, "mp", "uni")
+DISTRIBUTED_EXECUTOR_BACKENDS = (None, "mp", "uni", "external_launcher")
 
 
 @dataclass
@@ -211,9 +211,9 @@ class ParallelConfig:
     """How many devices share one model (tensor parallelism) and which executor runs them.
 
     ``distributed_executor_backend``: "mp" (one process per extra rank, the
-    default when ``tensor_parallel_size > 1``) or "uni" (this process only,
-    the default for one rank). ``"mp"`` with one rank runs the multi-process
-    path with a process group of one, for measuring what it costs.
+    default when ``tensor_parallel_size > 1``), "uni" (this process only,
+    the default for one rank) or "external_launcher" (``torchrun`` started
+    one process per rank, each running the whole engine on the same inputs).
     """
 
     tensor_parallel_size: int = 1
@@ -225,7 +225,7 @@ class ParallelConfig:
             raise _bad("tensor_parallel_size", tp, "must be a positive integer")
         if self.distributed_executor_backend not in DISTRIBUTED_EXECUTOR_BACKENDS:
             raise _bad("distributed_executor_backend", self.distributed_executor_backend,
-                       f"must be one of {DISTRIBUTED_EXECUTOR_BACKENDS} (single node only)")  # fmt: skip
+                       f"must be one of {DISTRIBUTED_EXECUTOR_BACKENDS}")  # fmt: skip
         if self.distributed_executor_backend is None:
             self.distributed_executor_backend = "mp" if tp > 1 else "uni"
         if self.distributed_executor_backend == "uni" and tp > 1:

@@ -23,12 +23,18 @@ _world_size = 1
 _rank = 0
 
 
-def init_distributed_environment(world_size: int, rank: int, init_method: str, backend: str) -> None:
-    global _world_size, _rank
+def ensure_no_model_parallel_group() -> None:
+    """Refuse to build a second engine while a tensor-parallel one lives in this process:
+    its layers would be built for that engine's ranks (the group is process-wide)."""
     if _world_size != 1 or dist.is_initialized():
         raise RuntimeError(
             "a tensor-parallel engine is already running in this process; delete it (del llm) before creating another"
         )
+
+
+def init_distributed_environment(world_size: int, rank: int, init_method: str, backend: str) -> None:
+    global _world_size, _rank
+    ensure_no_model_parallel_group()
     timeout = datetime.timedelta(seconds=float(os.environ.get("FOLOVLLM_DIST_TIMEOUT_S", "300")))
     dist.init_process_group(backend, init_method=init_method, world_size=world_size, rank=rank, timeout=timeout)
     _world_size, _rank = world_size, rank

@@ -52,8 +52,9 @@ class EngineArgs:
     device: str = _opt("auto", "'auto' (CUDA when available, else the CPU), 'cuda', 'cuda:N' or 'cpu'.")
     tensor_parallel_size: int = _opt(1, "Split every layer over this many devices (GPUs; processes on the CPU).")
     distributed_executor_backend: Optional[str] = _opt(
-        None, "'mp' (one process per extra rank; the default with tensor_parallel_size > 1) or 'uni' (this process).",
-        choices=["mp", "uni"],
+        None, "'mp' (one process per extra rank; the default with tensor_parallel_size > 1), 'uni' (this process), "
+        "'external_launcher' (one rank per process started by torchrun).",
+        choices=["mp", "uni", "external_launcher"],
     )
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
 

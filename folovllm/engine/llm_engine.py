@@ -36,7 +36,7 @@ from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.output_processor import OutputProcessor
 from folovllm.engine.processor import Processor, PromptType, pair_prompts_with_params
 from folovllm.executor.multiproc_executor import MultiprocExecutor
-from folovllm.executor.uniproc_executor import UniProcExecutor
+from folovllm.executor.uniproc_executor import ExecutorWithExternalLauncher, UniProcExecutor
 from folovllm.model_loader import ModelLoadError, get_eos_token_ids, load_tokenizer
 from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.outputs import RequestOutput
@@ -60,8 +60,8 @@ class LLMEngine:
                     f"vocab_size={mc.get_vocab_size()}: it is not this model's tokenizer"
                 )
         self.eos_token_ids = get_eos_token_ids(mc.model, self.tokenizer, mc.revision)
-        mp = config.parallel_config.distributed_executor_backend == "mp"
-        self.executor = MultiprocExecutor(config) if mp else UniProcExecutor(config)
+        executor_class = {"mp": MultiprocExecutor, "uni": UniProcExecutor, "external_launcher": ExecutorWithExternalLauncher}
+        self.executor = executor_class[config.parallel_config.distributed_executor_backend](config)
 
         block_size = config.cache_config.block_size
         num_blocks = self.executor.num_kv_blocks

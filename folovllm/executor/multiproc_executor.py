@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
-from folovllm.distributed.parallel_state import destroy_distributed_environment
+from folovllm.distributed.parallel_state import destroy_distributed_environment, ensure_no_model_parallel_group
 from folovllm.executor.uniproc_executor import start_worker
 from folovllm.model_runner_output import AsyncModelRunnerOutput
 from folovllm.worker.gpu_worker import Worker
@@ -96,6 +96,7 @@ class MultiprocExecutor:
         self.config = config
         self.world_size = config.parallel_config.tensor_parallel_size
         self.failure: str | None = None
+        ensure_no_model_parallel_group()
         init_method = f"tcp://127.0.0.1:{get_open_port()}"
         self.children = self._spawn_children()
         self._finalizer = weakref.finalize(self, _stop_children, self.children)
@@ -105,7 +106,7 @@ class MultiprocExecutor:
             self.worker = Worker(config, 0, init_method)
             self.num_kv_blocks = start_worker(self.worker)
         except BaseException as exc:
-            reason = self._dead_child_reason() or f"{type(exc).__name__}: {exc}"
+            reason = self._dead_child_reason(wait_s=2.0) or f"{type(exc).__name__}: {exc}"
             self._finalizer()
             raise RuntimeError(f"tensor-parallel start-up failed: {reason}") from exc
         logger.info("Tensor parallel: %d ranks (driver + %d worker processes)", self.world_size, len(self.children))
@@ -142,14 +143,19 @@ class MultiprocExecutor:
                 waiting -= 1
         return children
 
-    def _dead_child_reason(self) -> str | None:
-        for child in self.children:
-            if child.proc.poll() is not None:
-                return (
-                    f"tensor-parallel worker rank {child.rank} (pid {child.proc.pid}) exited with code "
-                    f"{child.proc.returncode}: {child.error_message()}"
-                )
-        return None
+    def _dead_child_reason(self, wait_s: float = 0.0) -> str | None:
+        """Which child has exited and why; after a failed collective, give a dying child ``wait_s`` to be reaped."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for child in self.children:
+                if child.proc.poll() is not None:
+                    return (
+                        f"tensor-parallel worker rank {child.rank} (pid {child.proc.pid}) exited with code "
+                        f"{child.proc.returncode}: {child.error_message()}"
+                    )
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
     def _fail(self, reason: str) -> RuntimeError:
         """Stop every child; this executor refuses all later steps with ``reason``."""
@@ -168,12 +174,13 @@ class MultiprocExecutor:
             for child in self.children:
                 child.conn.send_bytes(payload)
         except OSError as exc:
-            raise self._fail(self._dead_child_reason() or f"lost a tensor-parallel worker ({exc})") from exc
+            raise self._fail(self._dead_child_reason(wait_s=2.0) or f"lost a tensor-parallel worker ({exc})") from exc
         try:
             return self.worker.execute_model(scheduler_output)
         except BaseException as exc:
             # The other ranks may be waiting in a collective this rank never reached: stop them all.
-            raise self._fail(self._dead_child_reason() or f"the driver's step failed ({type(exc).__name__}: {exc})") from exc
+            reason = self._dead_child_reason(wait_s=2.0)
+            raise self._fail(reason or f"the driver's step failed ({type(exc).__name__}: {exc})") from exc
 
     def shutdown(self) -> None:
         self._finalizer()

@@ -28,13 +28,16 @@ _GPU_HEADROOM_BYTES = 256 * 2**20
 
 
 class Worker:
-    def __init__(self, config: EngineConfig, rank: int = 0, distributed_init_method: str | None = None) -> None:
-        """``distributed_init_method``: the tensor-parallel group's rendezvous (None: one rank, no group)."""
+    def __init__(
+        self, config: EngineConfig, rank: int = 0, distributed_init_method: str | None = None, local_rank: int | None = None
+    ) -> None:
+        """``distributed_init_method``: the tensor-parallel group's rendezvous (None: one rank, no group);
+        ``local_rank``: the GPU index on this node (default: ``rank``)."""
         self.config = config
         self.rank = rank
         self.device = config.device_obj
         if self.device.type == "cuda" and distributed_init_method is not None:
-            self.device = torch.device("cuda", rank)
+            self.device = torch.device("cuda", rank if local_rank is None else local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if distributed_init_method is not None:

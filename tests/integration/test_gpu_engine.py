@@ -122,3 +122,35 @@ def test_gpu_gptq_kernel_greedy_matches_hf_on_the_dequantized_weights(tiny_model
     bf16 = LLM(str(gptq_dir), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3)
     out = bf16.generate({"prompt_token_ids": PROMPTS[1]}, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 16
+
+
+def test_gpu_mp_executor_with_one_rank_matches_uniproc(tiny_model):
+    """The multi-process executor's path on one GPU: an NCCL group of one, CUDA graphs captured as usual."""
+    from folovllm import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": p} for p in ([5, 17, 99, 3], list(range(40, 90)))]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    results = []
+    for backend in ("uni", "mp"):
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", distributed_executor_backend=backend, gpu_memory_utilization=0.3)
+        results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+        if backend == "mp":
+            llm.llm_engine.executor.shutdown()
+        del llm
+    assert results[0] == results[1]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_gpu_tp2_matches_tp1_with_graphs(tiny_model):
+    from folovllm import LLM, SamplingParams
+
+    prompts = [{"prompt_token_ids": p} for p in ([5, 17, 99, 3], list(range(40, 90)), [7] * 21)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    results = []
+    for tp in (1, 2):
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", tensor_parallel_size=tp, gpu_memory_utilization=0.3)
+        results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+        if tp == 2:
+            llm.llm_engine.executor.shutdown()
+        del llm
+    assert results[0] == results[1]

@@ -93,3 +93,32 @@ def test_engine_config_syncs_max_model_len_and_resolves_device(tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             EngineConfig(ModelConfig(model=str(tiny_model)), device="cuda")
+
+
+def test_parallel_config_checks_what_must_split_over_ranks():
+    from types import SimpleNamespace
+
+    from folovllm.config import ParallelConfig
+
+    def model(heads=8, kv=4, intermediate=64, quant=None):
+        hf = SimpleNamespace(num_attention_heads=heads, intermediate_size=intermediate)
+        return SimpleNamespace(hf_config=hf, get_total_num_kv_heads=lambda: kv, quant_config=quant, quantization="gptq")
+
+    cpu = torch.device("cpu")
+    assert ParallelConfig(2).distributed_executor_backend == "mp" and ParallelConfig().distributed_executor_backend == "uni"
+    ParallelConfig(4).check_model(model(kv=2), cpu)  # fewer kv heads than ranks: replicated
+    ParallelConfig(2).check_model(model(kv=4), cpu)
+    for tp, kwargs, match in [
+        (3, {}, "tensor_parallel_size=3 must divide num_attention_heads=8"),
+        (4, {"kv": 6}, "num_key_value_heads=6: one must divide the other"),
+        (4, {"intermediate": 66}, "must divide intermediate_size=66"),
+        (2, {"quant": object()}, "with quantization='gptq' is not supported yet"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ParallelConfig(tp).check_model(model(**kwargs), cpu)
+    with pytest.raises(ValueError, match="tensor_parallel_size must be a positive integer, got 0"):
+        ParallelConfig(0)
+    with pytest.raises(ValueError, match="distributed_executor_backend must be one of"):
+        ParallelConfig(2, "ray")
+    with pytest.raises(ValueError, match="'uni' runs one rank only"):
+        ParallelConfig(2, "uni")
