@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import get_checkpoint, measure_copy_bandwidth, median_and_spread, sync
+from benchmarks.common import cuda_time, get_checkpoint, measure_copy_bandwidth, sync
 from folovllm import LLM, SamplingParams
 
 PROMPT_LEN, OUTPUT_LEN = 128, 256
@@ -38,13 +38,13 @@ PROMPT_LEN, OUTPUT_LEN = 128, 256
 
 def gptq_checkpoint(float_dir: str, device: str, group_size: int) -> str:
     """The RTN 4-bit copy of ``float_dir``, built once beside it."""
-    from folovllm.quantize.gptq_checkpoint import quantize_checkpoint
+    from folovllm.quantize.gptq_checkpoint import GPTQRecipe, quantize_checkpoint
 
     out = Path(f"{float_dir}-gptq4-g{group_size}-rtn")
     if not (out / "config.json").is_file():
         print(f"[bench_gptq] quantizing {float_dir} -> {out} (RTN, 4-bit, group {group_size})", flush=True)
-        quantize_checkpoint(float_dir, str(out), bits=4, group_size=group_size, rtn=True, device=device,
-                            dtype=torch.bfloat16 if device == "cuda" else torch.float32)  # fmt: skip
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        quantize_checkpoint(float_dir, str(out), GPTQRecipe(bits=4, group_size=group_size, rtn=True), device=device, dtype=dtype)
     return str(out)
 
 
@@ -97,18 +97,6 @@ def linear_shapes(hf_config) -> dict[str, tuple[int, int]]:
     return {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
 
 
-def cuda_time(fn, iters: int = 200) -> float:
-    for _ in range(10):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
-
-
 def measure_kernel(shapes: dict[str, tuple[int, int]], group_size: int, copy_bw: float) -> list[tuple[str, float, float, float]]:
     """(layer, kernel seconds at M=1, achieved bytes/s on the packed tensors, bf16 F.linear seconds)."""
     from folovllm.model_executor.layers.quantization.triton_gptq_gemm import gptq_gemm
@@ -119,10 +107,10 @@ def measure_kernel(shapes: dict[str, tuple[int, int]], group_size: int, copy_bw:
         qzeros = torch.randint(-(2**31), 2**31 - 1, (k // group_size, n // 8), dtype=torch.int32, device="cuda")
         scales = torch.rand(k // group_size, n, device="cuda").half() * 0.01
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        secs = cuda_time(lambda: gptq_gemm(x, qweight, qzeros, scales, 4, group_size, 1))
+        secs = cuda_time(lambda: gptq_gemm(x, qweight, qzeros, scales, 4, group_size, 1), iters=200, warmup=10)
         moved = sum(t.numel() * t.element_size() for t in (qweight, qzeros, scales, x)) + n * 2
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        bf16_secs = cuda_time(lambda: torch.nn.functional.linear(x, w))
+        bf16_secs = cuda_time(lambda: torch.nn.functional.linear(x, w), iters=200, warmup=10)
         rows.append((name, secs, moved / secs, bf16_secs))
     return rows
 

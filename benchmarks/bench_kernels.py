@@ -12,22 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
 from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention  # noqa: E402
-
-
-def bench(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters / 1e3
 
 
 def main() -> None:
@@ -44,7 +32,7 @@ def main() -> None:
         q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
         sms = torch.cuda.get_device_properties(0).multi_processor_count
         s = splits or max(1, min(-(-2 * sms // (batch * kv_heads)), -(-ctx // 256), 64))
-        t = bench(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
+        t = cuda_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
         nbytes = 2 * batch * ctx * kv_heads * head_dim * 2
         print(f"decode  B={batch:4d} ctx={ctx:5d} splits={s:3d}: {t * 1e6:8.1f} us, {nbytes / t / 1e12:.2f} TB/s "
               f"({nbytes / t / bw:.0%} of copy bandwidth)")  # fmt: skip
@@ -56,7 +44,7 @@ def main() -> None:
         seq_lens = torch.full((batch,), qlen, dtype=torch.int32, device=dev)
         qsl = torch.arange(0, (batch + 1) * qlen, qlen, dtype=torch.int32, device=dev)
         q = torch.randn(batch * qlen, heads, head_dim, dtype=dtype, device=dev)
-        t = bench(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, qlen, head_dim**-0.5))
+        t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, qlen, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
 

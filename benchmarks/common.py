@@ -106,3 +106,17 @@ def measure_copy_bandwidth(device: str, nbytes: int = 1 << 30, iters: int = 10) 
         dst.copy_(src)
     sync(device)
     return 2 * src.numel() * src.element_size() * iters / (time.perf_counter() - t0)
+
+
+def cuda_time(fn, iters: int = 20, warmup: int = 3) -> float:
+    """Seconds per call of ``fn`` on the GPU (CUDA events), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters / 1e3

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from folovllm.quantize.gptq_checkpoint import quantize_checkpoint
+from folovllm.quantize.gptq_checkpoint import GPTQRecipe, quantize_checkpoint
 
 
 def main() -> None:
@@ -32,11 +32,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype the model runs in while calibrating")
     args = ap.parse_args()
     start = time.perf_counter()
-    out = quantize_checkpoint(
-        args.model, args.out, bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=not args.asym,
-        rtn=args.rtn, num_samples=args.num_samples, seq_len=args.seq_len, damp_percent=args.damp_percent,
-        device=args.device, dtype=getattr(torch, args.dtype),
+    recipe = GPTQRecipe(
+        bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=not args.asym, rtn=args.rtn,
+        num_samples=args.num_samples, seq_len=args.seq_len, damp_percent=args.damp_percent,
     )  # fmt: skip
+    out = quantize_checkpoint(args.model, args.out, recipe, device=args.device, dtype=getattr(torch, args.dtype))
     print(f"wrote a {args.bits}-bit GPTQ checkpoint to {out} in {time.perf_counter() - start:.1f} s")
 
 

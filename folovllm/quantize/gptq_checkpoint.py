@@ -5,7 +5,7 @@ the first layer once; each layer then sees the outputs of the layers before
 it *after* they were quantized, so the error they introduced is part of what
 the next layer compensates for. Within a layer the linears go in the order
 they are computed (q/k/v, o, gate/up, down: AutoGPTQ's ``true_sequential``),
-re-running the layer between them for the same reason. ``rtn=True`` skips
+re-running the layer between them for the same reason. ``GPTQRecipe(rtn=True)`` skips
 calibration and rounds to nearest.
 
 The output is what AutoGPTQ writes (checkpoint_format "gptq", zero points
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,24 @@ from torch import nn
 
 from folovllm.model_executor.layers.quantization.gptq_packing import pack_cols, pack_rows
 from folovllm.quantize.gptq_algorithm import GPTQ, QuantizedWeight, rtn_quantize
+
+@dataclass(frozen=True)
+class GPTQRecipe:
+    """How to quantize: the format (bits, group_size, desc_act, sym) and the calibration."""
+
+    bits: int = 4
+    group_size: int = 128
+    desc_act: bool = False
+    sym: bool = True
+    rtn: bool = False  # round to nearest: no calibration at all
+    num_samples: int = 128
+    seq_len: int = 512
+    damp_percent: float = 0.01
+
+    @property
+    def checkpoint_format(self) -> str:
+        return "gptq" if self.sym else "gptq_v2"  # v1 cannot store a zero point of 0
+
 
 # The linears of a decoder layer in the order they run; each group shares its input.
 SEQUENTIAL_GROUPS = (
@@ -85,7 +104,7 @@ def _run_layer(layer: nn.Module, inputs: list[tuple[tuple, dict]]) -> list[torch
     return outs
 
 
-def _quantize_layer_gptq(layer: nn.Module, inputs, bits, group_size, sym, desc_act, damp_percent) -> dict[str, QuantizedWeight]:
+def _quantize_layer_gptq(layer: nn.Module, inputs, recipe: GPTQRecipe) -> dict[str, QuantizedWeight]:
     linears = dict(layer.named_modules())
     result = {}
     for group in SEQUENTIAL_GROUPS:
@@ -101,28 +120,19 @@ def _quantize_layer_gptq(layer: nn.Module, inputs, bits, group_size, sym, desc_a
                 h.remove()
         for name in group:
             linear = linears[name]
-            q = gptqs[name].quantize(linear.weight.data, bits, group_size, sym, desc_act, damp_percent)
+            q = gptqs[name].quantize(
+                linear.weight.data, recipe.bits, recipe.group_size, recipe.sym, recipe.desc_act, recipe.damp_percent
+            )
             linear.weight.data = q.dequantize().to(linear.weight)  # later groups and layers see the quantized layer
             result[name] = q
     return result
 
 
-def quantize_model(
-    model,
-    tokenizer,
-    bits: int = 4,
-    group_size: int = 128,
-    desc_act: bool = False,
-    sym: bool = True,
-    rtn: bool = False,
-    num_samples: int = 128,
-    seq_len: int = 512,
-    damp_percent: float = 0.01,
-    progress: bool = True,
-) -> dict[str, QuantizedWeight]:
+def quantize_model(model, tokenizer, recipe: GPTQRecipe, progress: bool = True) -> dict[str, QuantizedWeight]:
     """Quantize every decoder linear of an HF causal LM in place; returns ``{module name: QuantizedWeight}``."""
     from tqdm import tqdm
 
+    bits, group_size = recipe.bits, recipe.group_size
     layers = model.model.layers
     for group in SEQUENTIAL_GROUPS:  # the loader's rules, checked before the slow part
         for name in group:
@@ -133,21 +143,21 @@ def quantize_model(
                 raise ValueError(f"{bits}-bit packing needs {name}'s sizes divisible by {32 // bits}, got {tuple(linear.weight.shape)}")
     device = next(model.parameters()).device
     inputs = None
-    if not rtn:
-        inputs = _first_layer_inputs(model, calibration_samples(tokenizer, num_samples, seq_len), device)
+    if not recipe.rtn:
+        inputs = _first_layer_inputs(model, calibration_samples(tokenizer, recipe.num_samples, recipe.seq_len), device)
     quantized = {}
     with torch.no_grad():
-        for i in tqdm(range(len(layers)), desc="GPTQ layers" if not rtn else "RTN layers", disable=not progress):
+        for i in tqdm(range(len(layers)), desc="RTN layers" if recipe.rtn else "GPTQ layers", disable=not progress):
             layer = layers[i]
-            if rtn:
+            if recipe.rtn:
                 per_layer = {}
                 for group in SEQUENTIAL_GROUPS:
                     for name in group:
                         linear = layer.get_submodule(name)
-                        per_layer[name] = rtn_quantize(linear.weight.data, bits, group_size, sym)
+                        per_layer[name] = rtn_quantize(linear.weight.data, bits, group_size, recipe.sym)
                         linear.weight.data = per_layer[name].dequantize().to(linear.weight)
             else:
-                per_layer = _quantize_layer_gptq(layer, inputs, bits, group_size, sym, desc_act, damp_percent)
+                per_layer = _quantize_layer_gptq(layer, inputs, recipe)
                 hidden = _run_layer(layer, inputs)
                 inputs = [((h,) + args[1:], kwargs) for h, (args, kwargs) in zip(hidden, inputs)]
             quantized.update({f"model.layers.{i}.{name}": q for name, q in per_layer.items()})
@@ -168,14 +178,7 @@ def gptq_tensors(q: QuantizedWeight, bits: int, checkpoint_format: str) -> dict[
 def quantize_checkpoint(
     model_dir: str,
     out_dir: str,
-    bits: int = 4,
-    group_size: int = 128,
-    desc_act: bool = False,
-    sym: bool = True,
-    rtn: bool = False,
-    num_samples: int = 128,
-    seq_len: int = 512,
-    damp_percent: float = 0.01,
+    recipe: GPTQRecipe = GPTQRecipe(),
     device: str = "cpu",
     dtype: Optional[torch.dtype] = None,
     progress: bool = True,
@@ -186,17 +189,15 @@ def quantize_checkpoint(
 
     from folovllm.model_executor.layers.quantization.gptq import GPTQConfig
 
-    GPTQConfig(bits, group_size, desc_act, sym)  # refuse bad settings before the slow part
+    GPTQConfig(recipe.bits, recipe.group_size, recipe.desc_act, recipe.sym)  # refuse bad settings before the slow part
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or torch.float32).to(device).eval()
-    quantized = quantize_model(model, tokenizer, bits, group_size, desc_act, sym, rtn, num_samples, seq_len, damp_percent, progress)
-
-    checkpoint_format = "gptq" if sym else "gptq_v2"
+    quantized = quantize_model(model, tokenizer, recipe, progress)
     tensors = {}
     for name, tensor in model.state_dict().items():
         module = name.rpartition(".")[0]
         if module in quantized and name.endswith(".weight"):
-            for suffix, packed in gptq_tensors(quantized[module], bits, checkpoint_format).items():
+            for suffix, packed in gptq_tensors(quantized[module], recipe.bits, recipe.checkpoint_format).items():
                 tensors[f"{module}.{suffix}"] = packed.contiguous()
         elif not (name == "lm_head.weight" and model.config.tie_word_embeddings):
             tensors[name] = tensor.detach().cpu().contiguous()
@@ -207,16 +208,16 @@ def quantize_checkpoint(
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"] = {
         "quant_method": "gptq",
-        "bits": bits,
-        "group_size": group_size,
-        "desc_act": desc_act,
-        "sym": sym,
-        "checkpoint_format": checkpoint_format,
-        "damp_percent": damp_percent,
+        "bits": recipe.bits,
+        "group_size": recipe.group_size,
+        "desc_act": recipe.desc_act,
+        "sym": recipe.sym,
+        "checkpoint_format": recipe.checkpoint_format,
+        "damp_percent": recipe.damp_percent,
         "true_sequential": True,
         "static_groups": False,
         "lm_head": False,
-        "quantizer": "folovllm-rtn" if rtn else "folovllm-gptq",
+        "quantizer": "folovllm-rtn" if recipe.rtn else "folovllm-gptq",
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(str(out))

@@ -20,7 +20,7 @@ from folovllm import LLM, SamplingParams
 from folovllm.model_executor.layers.quantization.gptq import ZERO_OFFSETS
 from folovllm.model_executor.layers.quantization.gptq_packing import dequantize
 from folovllm.model_loader import ModelLoadError
-from folovllm.quantize.gptq_checkpoint import quantize_checkpoint
+from folovllm.quantize.gptq_checkpoint import GPTQRecipe, quantize_checkpoint
 from tests.integration.hf_reference import hf_greedy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,8 @@ def gptq_models(tiny_model_factory, tmp_path_factory):
             shape = kwargs.pop("shape", None)
             float_dir = tiny_model_factory(**SHAPES[shape]) if shape else tiny_model_factory()
             root = tmp_path_factory.mktemp(f"gptq_{case}")
-            gptq_dir = quantize_checkpoint(str(float_dir), str(root / "gptq"), num_samples=16, seq_len=64, progress=False, **kwargs)
+            recipe = GPTQRecipe(num_samples=16, seq_len=64, **kwargs)
+            gptq_dir = quantize_checkpoint(str(float_dir), str(root / "gptq"), recipe, progress=False)
             built[case] = gptq_dir, dequantized_float_checkpoint(gptq_dir, root / "dequantized")
         return built[case]
 

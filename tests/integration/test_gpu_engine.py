@@ -111,10 +111,11 @@ def test_gpu_prompt_logprobs_match_hf(tiny_model):
 def test_gpu_gptq_kernel_greedy_matches_hf_on_the_dequantized_weights(tiny_model_factory, tmp_path, case, enforce_eager):
     """The Triton GPTQ GEMM (split-K at decode, reordered rows for act order) inside the engine, graphs on and off."""
     from folovllm import LLM, SamplingParams
-    from folovllm.quantize.gptq_checkpoint import quantize_checkpoint
+    from folovllm.quantize.gptq_checkpoint import GPTQRecipe, quantize_checkpoint
     from tests.integration.test_gptq import CASES, PROMPTS, dequantized_float_checkpoint
 
-    gptq_dir = quantize_checkpoint(str(tiny_model_factory()), str(tmp_path / "gptq"), num_samples=16, seq_len=64, progress=False, **CASES[case])
+    recipe = GPTQRecipe(num_samples=16, seq_len=64, **CASES[case])
+    gptq_dir = quantize_checkpoint(str(tiny_model_factory()), str(tmp_path / "gptq"), recipe, progress=False)
     float_dir = dequantized_float_checkpoint(gptq_dir, tmp_path / "float")
     llm = LLM(str(gptq_dir), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, gpu_memory_utilization=0.3)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
