@@ -246,8 +246,6 @@ class ParallelConfig:
             )
         if hf.intermediate_size % tp:
             raise ValueError(f"tensor_parallel_size={tp} must divide intermediate_size={hf.intermediate_size}")
-        if model_config.quant_config is not None:
-            raise ValueError(f"tensor_parallel_size={tp} with quantization={model_config.quantization!r} is not supported yet")
         if device.type == "cuda" and tp > torch.cuda.device_count():
             raise ValueError(f"tensor_parallel_size={tp} needs {tp} GPUs, but {torch.cuda.device_count()} are visible")
 

@@ -160,3 +160,18 @@ def test_torchrun_external_launcher_ranks_agree_with_one_rank(tiny_model, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = hf_greedy(tiny_model, PROMPTS, 8)
     assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [expected, expected]
+
+
+@pytest.mark.parametrize("case", ["4bit_g32", "4bit_g32_act_order", "8bit_per_channel_asym"])
+def test_tp2_runs_gptq_checkpoints_like_one_rank(tiny_model, tmp_path, case):
+    """Row-parallel GPTQ layers: groups split with the rows, or (act order, per-channel) kept whole."""
+    from folovllm.quantize.gptq_checkpoint import GPTQRecipe, quantize_checkpoint
+    from tests.integration.test_gptq import CASES
+
+    gptq_dir = quantize_checkpoint(str(tiny_model), str(tmp_path / "gptq"), GPTQRecipe(num_samples=8, seq_len=64, **CASES[case]), progress=False)
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=1)
+    ref_llm = LLM(str(gptq_dir), device="cpu")
+    ref = _run(ref_llm, params)
+    del ref_llm
+    with _closing(LLM(str(gptq_dir), device="cpu", tensor_parallel_size=2)) as llm:
+        _assert_same(_run(llm, params), ref)

@@ -100,9 +100,9 @@ def test_parallel_config_checks_what_must_split_over_ranks():
 
     from folovllm.config import ParallelConfig
 
-    def model(heads=8, kv=4, intermediate=64, quant=None):
+    def model(heads=8, kv=4, intermediate=64):
         hf = SimpleNamespace(num_attention_heads=heads, intermediate_size=intermediate)
-        return SimpleNamespace(hf_config=hf, get_total_num_kv_heads=lambda: kv, quant_config=quant, quantization="gptq")
+        return SimpleNamespace(hf_config=hf, get_total_num_kv_heads=lambda: kv)
 
     cpu = torch.device("cpu")
     assert ParallelConfig(2).distributed_executor_backend == "mp" and ParallelConfig().distributed_executor_backend == "uni"
@@ -112,7 +112,6 @@ def test_parallel_config_checks_what_must_split_over_ranks():
         (3, {}, "tensor_parallel_size=3 must divide num_attention_heads=8"),
         (4, {"kv": 6}, "num_key_value_heads=6: one must divide the other"),
         (4, {"intermediate": 66}, "must divide intermediate_size=66"),
-        (2, {"quant": object()}, "with quantization='gptq' is not supported yet"),
     ]:
         with pytest.raises(ValueError, match=match):
             ParallelConfig(tp).check_model(model(**kwargs), cpu)

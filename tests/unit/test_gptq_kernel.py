@@ -78,5 +78,45 @@ def test_v2_zero_points_need_no_offset():
     torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gptq_gemm_looks_up_each_rows_group_when_groups_are_uneven(bits):
+    """A row-parallel shard of an act-order layer: any row in any of the layer's groups, unequal counts."""
+    k, n, num_groups = 128, 72, 6
+    g = torch.Generator().manual_seed(bits)
+    qweight, _, _, _, _ = random_gptq_layer(k, n, bits, 32, False, True, seed=bits)
+    zeros = torch.randint(1, 2**bits, (num_groups, n), generator=g, dtype=torch.int32)
+    qzeros = pack_cols(zeros - 1, bits)
+    scales = (torch.rand(num_groups, n, generator=g) * 0.02 + 0.001).half()
+    g_idx = torch.randint(0, num_groups, (k,), generator=g, dtype=torch.int32)
+    for m in (1, 70):
+        x = torch.randn(m, k, generator=g)
+        expected = gptq_matmul_reference(x, qweight, qzeros, scales, g_idx, bits, zero_offset=1)
+        out = gptq_gemm(x.to(DEVICE), qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), bits, 32, 1, g_idx.to(DEVICE))
+        torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_block_k_divides_the_group():
     assert [kernel_block_k(g) for g in (32, 64, 128, 256, 4096, 96, 8)] == [32, 64, 128, 128, 128, 32, None]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "act_order", "uneven"])
+def test_the_linear_method_picks_a_kernel_path_that_matches_the_reference(monkeypatch, layout):
+    """What process_weights_after_loading does on a GPU, run here through the interpreter."""
+    from folovllm.model_executor.layers import linear
+    from folovllm.model_executor.layers.quantization import gptq
+
+    monkeypatch.setattr(gptq, "use_fused_kernels", lambda t: True)
+    k, n, bits = 128, 64, 4
+    qweight, qzeros, scales, g_idx, _ = random_gptq_layer(k, n, bits, 32, layout != "contiguous", True, seed=11)
+    if layout == "uneven":
+        g_idx = torch.randint(0, 4, (k,), generator=torch.Generator().manual_seed(3), dtype=torch.int32)
+    layer = linear.ColumnParallelLinear(k, n, quant_config=gptq.GPTQConfig(bits, 32, layout != "contiguous", True))
+    for name, tensor in {"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx}.items():
+        param = getattr(layer, name)
+        param.weight_loader(param, tensor)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(4))
+    expected = gptq_matmul_reference(x, qweight, qzeros, scales, g_idx, bits, zero_offset=1)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert layer.use_kernel
+    assert (layer.input_perm is not None, layer.kernel_g_idx is not None) == (layout == "act_order", layout == "uneven")
+    torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)

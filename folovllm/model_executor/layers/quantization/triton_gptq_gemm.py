@@ -12,7 +12,10 @@ so each tile reads one row of scales and one row of packed zeros. With
 ``desc_act`` the groups are not contiguous in the checkpoint's row order;
 ``reorder_for_kernel`` sorts the rows by group once at load time and the
 activations are permuted to match (one gather per layer per step), as the
-exllama and Marlin kernels do.
+exllama and Marlin kernels do. When even sorted rows do not form equal groups
+(a row-parallel shard of an act-order layer), the kernel looks up each row's
+group in ``g_idx`` instead (``ROW_GROUPS``: a scale and zero per element,
+slower, any order).
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ _SPLIT_K_MAX_M = 64
 
 @triton.jit
 def _gptq_gemm_kernel(
-    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, ZERO_OFFSET: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROW_GROUPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     PACK: tl.constexpr = 32 // BITS
     MAXQ: tl.constexpr = (1 << BITS) - 1
@@ -52,11 +55,17 @@ def _gptq_gemm_kernel(
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
         packed = tl.load(qweight_ptr + (offs_k[:, None] // PACK) * N + offs_n[None, :], mask=n_mask[None, :], other=0)
         codes = (packed >> ((offs_k[:, None] % PACK) * BITS)) & MAXQ
-        group = k0 // GROUP_SIZE
-        scales = tl.load(scales_ptr + group * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        packed_zeros = tl.load(qzeros_ptr + group * (N // PACK) + offs_n // PACK, mask=n_mask, other=0)
-        zeros = ((packed_zeros >> zero_shift) & MAXQ) + ZERO_OFFSET
-        w = ((codes - zeros[None, :]).to(tl.float32) * scales[None, :]).to(x.dtype)
+        if ROW_GROUPS:  # [BLOCK_K, BLOCK_N] scales and zeros, one group per row
+            groups = tl.load(g_idx_ptr + offs_k)[:, None]
+            scales = tl.load(scales_ptr + groups * N + offs_n[None, :], mask=n_mask[None, :], other=0.0).to(tl.float32)
+            packed_zeros = tl.load(qzeros_ptr + groups * (N // PACK) + offs_n[None, :] // PACK, mask=n_mask[None, :], other=0)
+            zeros = ((packed_zeros >> zero_shift[None, :]) & MAXQ) + ZERO_OFFSET
+        else:  # one group for the whole tile: a row of scales and zeros
+            group = k0 // GROUP_SIZE
+            scales = tl.load(scales_ptr + group * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            packed_zeros = tl.load(qzeros_ptr + group * (N // PACK) + offs_n // PACK, mask=n_mask, other=0)
+            zeros = (((packed_zeros >> zero_shift) & MAXQ) + ZERO_OFFSET)[None, :]
+        w = ((codes - zeros).to(tl.float32) * scales).to(x.dtype)
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)
     out = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
     tl.store(out, acc, mask=m_mask[:, None] & n_mask[None, :])
@@ -99,15 +108,17 @@ def gptq_gemm(
     bits: int,
     group_size: int,
     zero_offset: int,
+    g_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``x [M, K] @ W [K, N]`` where W's rows are stored in contiguous groups of ``group_size``.
+    """``x [M, K] @ W [K, N]`` where W's rows are stored in contiguous groups of ``group_size``,
+    or, with ``g_idx``, row k belongs to group ``g_idx[k]`` (any order; ``group_size`` unused).
 
-    ``x`` must already be permuted to the kernel's row order (see ``reorder_for_kernel``).
+    Without ``g_idx``, ``x`` must already be permuted to the kernel's row order (see ``reorder_for_kernel``).
     """
     m, k = x.shape
     n = qweight.shape[1]
     x = x.contiguous()
-    block_k = kernel_block_k(group_size)
+    block_k = kernel_block_k(k if g_idx is not None else group_size)
     if m <= _SPLIT_K_MAX_M:
         block_m, block_n, num_warps = max(16, triton.next_power_of_2(m)), 64, 4
     else:
@@ -116,9 +127,9 @@ def gptq_gemm(
     split = _split_k(grid_mn[0] * grid_mn[1], k, block_k, x.device) if m <= _SPLIT_K_MAX_M else 1
     out = torch.empty((split, m, n), dtype=torch.float32 if split > 1 else x.dtype, device=x.device)
     _gptq_gemm_kernel[(*grid_mn, split)](
-        x, qweight, qzeros, scales, out, m, n, k, x.stride(0), k // split,
+        x, qweight, qzeros, scales, g_idx if g_idx is not None else qzeros, out, m, n, k, x.stride(0), k // split,
         GROUP_SIZE=group_size, BITS=bits, ZERO_OFFSET=zero_offset,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", ROW_GROUPS=g_idx is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
     return out[0] if split == 1 else out.sum(dim=0).to(x.dtype)
