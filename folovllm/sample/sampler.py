@@ -56,12 +56,22 @@ def gather_logprobs(logprobs: torch.Tensor, num_logprobs: int, token_ids: torch.
 
 
 class Sampler(nn.Module):
+    """``seed``: rows without a seed of their own draw from the sampler's generators, seeded once,
+    so their draws depend on nothing outside the engine (a user's script may use torch's global
+    generator; tensor-parallel ranks must draw the same numbers). None: torch's global generator."""
+
+    def __init__(self, seed: Optional[int] = None, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        # The fused kernel's seed is drawn on the host, so that no device sync is needed.
+        self.host_generator = None if seed is None else torch.Generator().manual_seed(seed)
+
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logprobs = logits.float().log_softmax(dim=-1) if md.max_num_logprobs is not None else None
         if _fused_sampling_applies(logits, md):
             from folovllm.sample.ops.triton_sample import gumbel_argmax
 
-            sampled = gumbel_argmax(logits, md.temperature)
+            sampled = gumbel_argmax(logits, md.temperature, self.host_generator)
             return self._output(sampled, raw_logprobs, md)
         logits = logits.float()
         for row, stop_ids in md.min_tokens_stop_ids.items():
@@ -86,13 +96,13 @@ class Sampler(nn.Module):
             return greedy
         logits = logits / md.temperature.unsqueeze(1)
         if md.min_p is None and md.top_k is None and md.top_p is None:
-            random = gumbel_sample(logits, md.generators)
+            random = gumbel_sample(logits, md.generators, self.generator)
         else:
             if md.min_p is not None:
                 logits = apply_min_p(logits, md.min_p)
             if md.top_k is not None or md.top_p is not None:
                 logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
-            random = random_sample(logits.softmax(dim=-1), md.generators)
+            random = random_sample(logits.softmax(dim=-1), md.generators, self.generator)
         if greedy is None:
             return random
         return torch.where(md.greedy_mask, greedy, random)
@@ -113,20 +123,26 @@ def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
     )
 
 
-def _exponential_noise(like: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+def _exponential_noise(
+    like: torch.Tensor, generators: dict[int, torch.Generator], default: Optional[torch.Generator] = None
+) -> torch.Tensor:
     q = torch.empty_like(like)
     if len(generators) != like.shape[0]:
-        q.exponential_()
+        q.exponential_(generator=default)
     for row, gen in generators.items():
         q[row].exponential_(generator=gen)
     return q
 
 
-def random_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    return probs.div_(_exponential_noise(probs, generators)).argmax(dim=-1)
+def random_sample(
+    probs: torch.Tensor, generators: dict[int, torch.Generator], default: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    return probs.div_(_exponential_noise(probs, generators, default)).argmax(dim=-1)
 
 
-def gumbel_sample(logits: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+def gumbel_sample(
+    logits: torch.Tensor, generators: dict[int, torch.Generator], default: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """The same race in log space: argmax(logits - log E) needs no softmax,
     since log p differs from the logits only by a per-row constant."""
-    return logits.sub_(_exponential_noise(logits, generators).log_()).argmax(dim=-1)
+    return logits.sub_(_exponential_noise(logits, generators, default).log_()).argmax(dim=-1)

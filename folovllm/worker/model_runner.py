@@ -74,7 +74,7 @@ class ModelRunner:
         self.num_kv_heads = config.get_num_kv_heads()
         self.pin_memory = device.type == "cuda"
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        self.sampler = Sampler()
+        self.sampler = Sampler(config.model_config.seed, device)
         self.input_batch = InputBatch(self.max_num_seqs, self.max_model_len, self.max_blocks_per_seq, device)
         # The last step's sampled ids (on the device) and each sampler's row in it:
         # with async scheduling they are the next step's inputs before the host sees them.

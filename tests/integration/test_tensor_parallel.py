@@ -175,3 +175,27 @@ def test_tp2_runs_gptq_checkpoints_like_one_rank(tiny_model, tmp_path, case):
     del ref_llm
     with _closing(LLM(str(gptq_dir), device="cpu", tensor_parallel_size=2)) as llm:
         _assert_same(_run(llm, params), ref)
+
+
+def test_tp2_async_random_sampling_ignores_the_users_global_rng(tiny_model):
+    """With async scheduling each rank feeds the next step its *own* sampled tokens, so the ranks
+    must draw the same numbers even if the user's script uses torch's global generator meanwhile."""
+    import torch
+
+    params = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)  # unseeded
+
+    def run(llm: LLM) -> list[list[int]]:
+        engine = llm.llm_engine
+        for i, prompt in enumerate(PROMPTS):
+            engine.add_request(f"r{i}", {"prompt_token_ids": prompt}, params)
+        done = {}
+        while engine.has_unfinished_requests():
+            torch.rand(5)  # the user's own randomness, between steps
+            done.update({o.request_id: o.outputs[0].token_ids for o in engine.step() if o.finished})
+        return [done[f"r{i}"] for i in range(len(PROMPTS))]
+
+    one = LLM(str(tiny_model), device="cpu", async_scheduling=True, seed=7)
+    expected = run(one)
+    del one
+    with _closing(LLM(str(tiny_model), device="cpu", async_scheduling=True, seed=7, tensor_parallel_size=2)) as llm:
+        assert run(llm) == expected

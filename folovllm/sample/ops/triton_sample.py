@@ -4,8 +4,8 @@ For rows with no top-k / top-p / min-p and no per-request generator, sampling
 is ``argmax(logits / T + Gumbel noise)``. The torch version needs ~6 passes
 over a [batch, vocab] float32 tensor (cast, divide, draw, log, subtract,
 argmax); this kernel reads the (bf16) logits once and draws its noise with
-Triton's counter-based RNG. The seed comes from torch's global generator, so
-``torch.manual_seed`` still makes runs repeatable.
+Triton's counter-based RNG. Its seed is drawn from a host generator (the
+engine's, seeded by its ``seed``; or torch's global one), so runs repeat.
 """
 
 from __future__ import annotations
@@ -38,11 +38,14 @@ def _gumbel_argmax_kernel(logits_ptr, temp_ptr, out_ptr, stride, seed, V: tl.con
     tl.store(out_ptr + row, idx.to(tl.int64))
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """One sample per row from softmax(logits / temperature); logits [B, V] with unit column stride."""
+def gumbel_argmax(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sample per row from softmax(logits / temperature); logits [B, V] with unit column stride.
+
+    ``generator`` (a CPU one; default: torch's global) draws the kernel's seed.
+    """
     num_rows, vocab = logits.shape
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
-    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # CPU draw: no device sync
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())  # CPU draw: no device sync
     _gumbel_argmax_kernel[(num_rows,)](
         logits, temperature, out, logits.stride(0), seed, V=vocab, BLOCK=min(2048, triton.next_power_of_2(vocab)), num_warps=8
     )
