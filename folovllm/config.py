@@ -27,6 +27,9 @@ DTYPE_CHOICES = {
     "float32": torch.float32,
 }
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+# kv_cache_dtype -> the cache tensor's dtype (None: the model's). FP8 is e4m3 with scale 1.0,
+# vLLM's default when a checkpoint ships no KV scales.
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 # vLLM's offline (LLM class) token budget on an H100-class GPU; see docs/dev/milestone_5.md.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
 
@@ -138,6 +141,7 @@ class CacheConfig:
 
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
+    cache_dtype: str = "auto"  # vLLM's kv_cache_dtype
     swap_space: float = 4.0
     enable_prefix_caching: bool = True
     num_gpu_blocks_override: Optional[int] = None
@@ -146,6 +150,8 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if self.block_size not in BLOCK_SIZES:
             raise _bad("block_size", self.block_size, f"must be one of {BLOCK_SIZES}")
+        if self.cache_dtype not in KV_CACHE_DTYPES:
+            raise _bad("kv_cache_dtype", self.cache_dtype, f"must be one of {sorted(KV_CACHE_DTYPES)}")
         if not isinstance(self.gpu_memory_utilization, (int, float)) or not (
             0.0 < self.gpu_memory_utilization <= 1.0
         ):
@@ -266,6 +272,9 @@ class EngineConfig:
         self.dtype = self.model_config.get_torch_dtype(self.device_obj)
         self.scheduler_config.set_max_model_len(self.model_config.max_model_len)
         self.parallel_config.check_model(self.model_config, self.device_obj)
+
+    def get_kv_cache_dtype(self) -> torch.dtype:
+        return KV_CACHE_DTYPES[self.cache_config.cache_dtype] or self.dtype
 
     def get_num_kv_heads(self) -> int:
         """KV heads one rank holds: its share, or one replicated head when there are fewer heads than ranks."""

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from folovllm.config import BLOCK_SIZES, DTYPE_CHOICES, CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from folovllm.config import BLOCK_SIZES, DTYPE_CHOICES, KV_CACHE_DTYPES, CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any):
@@ -40,6 +40,8 @@ class EngineArgs:
     quantization: Optional[str] = _opt(None, "Weight quantization: 'gptq', or None to follow the checkpoint's quantization_config.",
                                        choices=["gptq"])  # fmt: skip
     block_size: int = _opt(16, "Tokens per KV-cache block.", choices=list(BLOCK_SIZES))
+    kv_cache_dtype: str = _opt("auto", "KV-cache storage: 'auto' (the model's dtype) or 'fp8' / 'fp8_e4m3' (float8 e4m3, scale 1.0).",
+                               choices=sorted(KV_CACHE_DTYPES))  # fmt: skip
     gpu_memory_utilization: float = _opt(0.9, "Fraction of GPU memory the engine may use (weights, activations, KV cache).")
     swap_space: float = _opt(4.0, "CPU swap space per GPU in GiB (accepted for vLLM compatibility; like vLLM v1, unused).")
     enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of shared prompt prefixes (automatic prefix caching).")
@@ -109,6 +111,7 @@ class EngineArgs:
         )
         cache_config = CacheConfig(
             block_size=self.block_size,
+            cache_dtype=self.kv_cache_dtype,
             gpu_memory_utilization=self.gpu_memory_utilization,
             swap_space=self.swap_space,
             enable_prefix_caching=self.enable_prefix_caching,
@@ -135,7 +138,6 @@ def _unwrap_optional(hint: Any) -> Any:
 VLLM_OPTIONS_AT_DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
     "pipeline_parallel_size": (1, "tensor parallelism only"),
     "data_parallel_size": (1, "one engine per process"),
-    "kv_cache_dtype": ("auto", "the KV cache has the model's dtype"),
     "load_format": ("auto", "safetensors or PyTorch checkpoints, found automatically"),
     "enable_lora": (False, "no LoRA adapters"),
     "speculative_config": (None, "no speculative decoding"),

@@ -66,6 +66,7 @@ class ModelRunner:
         self.model_config = config.model_config
         self.device = device
         self.dtype = config.dtype
+        self.kv_cache_dtype = config.get_kv_cache_dtype()
         self.block_size = config.cache_config.block_size
         self.max_model_len = config.model_config.max_model_len
         self.max_num_seqs = config.scheduler_config.max_num_seqs
@@ -106,14 +107,14 @@ class ModelRunner:
 
     def get_kv_cache_bytes_per_block(self) -> int:
         mc = self.model_config
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = torch.tensor([], dtype=self.kv_cache_dtype).element_size()
         return 2 * mc.get_num_layers() * self.block_size * self.num_kv_heads * mc.get_head_dim() * elem
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """Allocate the one KV tensor and give each attention layer its slice."""
         mc = self.model_config
         shape = (mc.get_num_layers(), 2, num_blocks, self.block_size, self.num_kv_heads, mc.get_head_dim())
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
         self._bind_kv_cache(list(self.kv_cache))
 
     def _bind_kv_cache(self, per_layer: list[torch.Tensor | None]) -> None:

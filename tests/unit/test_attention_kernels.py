@@ -124,3 +124,54 @@ def test_kernels_half_precision_on_gpu(dtype):
         torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), scale, num_kv_splits=8,
     )  # fmt: skip
     torch.testing.assert_close(dec.float().cpu(), ref[last], atol=2e-2, rtol=2e-2)
+
+
+FP8 = torch.float8_e4m3fn
+
+
+def test_store_kv_cache_to_fp8_rounds_and_saturates_like_torch():
+    g = torch.Generator().manual_seed(5)
+    num_blocks, block_size, kvh, d, t = 6, 8, 2, 16, 13
+    k = torch.randn(t, kvh, d, generator=g) * 3
+    v = torch.randn(t, kvh, d, generator=g) * 3
+    k[0, 0, :4] = torch.tensor([1000.0, -1000.0, 448.0, 1e-3])  # beyond the format's range, at its edge, tiny
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:t]
+    slots[2] = -1
+    ref_k = torch.zeros(num_blocks, block_size, kvh, d, dtype=FP8)
+    ref_v = torch.zeros_like(ref_k)
+    store_kv_cache_ref(k, v, ref_k, ref_v, slots)
+    assert ref_k.view(-1, kvh, d)[slots[0], 0, :3].float().tolist() == [448.0, -448.0, 448.0]
+    dk, dv = torch.zeros_like(ref_k).to(DEVICE), torch.zeros_like(ref_v).to(DEVICE)
+    store_kv_cache(k.to(DEVICE), v.to(DEVICE), dk, dv, slots.to(DEVICE))
+    for got, ref in ((dk.cpu().float(), ref_k.float()), (dv.cpu().float(), ref_v.float())):
+        if DEVICE == "cuda":
+            assert torch.equal(got, ref)  # round to nearest even, saturating: the same as torch's cast
+        else:
+            # Triton's interpreter loses the carry when rounding up crosses a power of two
+            # (1.94 -> 1.0 instead of 2.0) and rounds subnormals (below 2**-6) its own way;
+            # every other value must match exactly.
+            differ = got != ref
+            carry = got * 2 == ref
+            subnormal = (ref.abs() < 2**-6) & ((got - ref).abs() <= 2**-8)
+            assert bool((carry | subnormal)[differ].all()) and differ.float().mean() < 0.05
+
+
+@pytest.mark.parametrize("num_kv_splits", [1, 4])
+def test_attention_kernels_read_an_fp8_cache_like_the_reference(num_kv_splits):
+    """Both kernels upcast FP8 K/V as the reference does; what remains is the kernels' own arithmetic."""
+    seq_lens, query_lens = [37, 5, 64], [6, 5, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=9)
+    k_cache, v_cache = k_cache.to(FP8), v_cache.to(FP8)
+    scale = 16**-0.5
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, scale)
+    out = paged_prefill_attention(
+        q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
+        torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), max(query_lens), scale, block_m=16, block_n=16,
+    )  # fmt: skip
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+    last = [qsl[i + 1] - 1 for i in range(len(seq_lens))]
+    dec = paged_decode_attention(
+        q[last].contiguous(), k_cache, v_cache, block_table, torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
+        scale, num_kv_splits=num_kv_splits,
+    )  # fmt: skip
+    torch.testing.assert_close(dec.cpu(), ref[last], atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)

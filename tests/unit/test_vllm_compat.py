@@ -70,8 +70,8 @@ def test_engine_from_engine_args_and_llm_from_a_namespace(tiny_model):
 def test_vllm_options_we_lack_are_refused_by_name(tiny_model):
     with pytest.raises(ValueError, match=r"pipeline_parallel_size=2 is not supported by FoloVLLM"):
         LLM(str(tiny_model), device="cpu", pipeline_parallel_size=2)
-    with pytest.raises(ValueError, match=r"kv_cache_dtype='fp8' is not supported by FoloVLLM"):
-        LLM(str(tiny_model), device="cpu", kv_cache_dtype="fp8")
+    with pytest.raises(ValueError, match=r"enable_lora=True is not supported by FoloVLLM"):
+        LLM(str(tiny_model), device="cpu", enable_lora=True)
     with pytest.raises(TypeError, match="'enable_sleep_mode'"):
         LLM(str(tiny_model), device="cpu", enable_sleep_mode=True)
     # At vLLM's default value they ask for nothing we lack.

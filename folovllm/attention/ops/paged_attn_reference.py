@@ -10,13 +10,19 @@ import torch
 
 
 def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Write the new tokens' K/V into their slots; slot -1 is skipped."""
+    """Write the new tokens' K/V into their slots (in the cache's dtype); slot -1 is skipped.
+
+    Readers upcast what they gather (``.float()``), so an FP8 cache is read the same way.
+    """
     valid = slot_mapping >= 0
     if not bool(valid.all()):
         k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
     num_kv_heads, head_dim = k_cache.shape[-2:]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+    for new, cache in ((k, k_cache), (v, v_cache)):
+        new = new.to(cache.dtype)  # to float8: rounds, and saturates at +-448
+        if cache.element_size() == 1:  # index_copy_ has no float8 kernel: copy the bytes
+            new, cache = new.view(torch.uint8), cache.view(torch.uint8)
+        cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, new)
 
 
 def gather_context(cache: torch.Tensor, block_ids: torch.Tensor, context_len: int) -> torch.Tensor:

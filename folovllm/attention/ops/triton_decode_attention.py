@@ -72,6 +72,7 @@ def _decode_stage1_kernel(
             k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
             stride_cb, stride_cs, stride_ch, PAGE_SIZE,
         )  # fmt: skip
+        k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
         qk = tl.dot(q, tl.trans(k)) * scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))

@@ -1,4 +1,8 @@
-"""Triton kernel: write the step's new K/V rows into their paged-cache slots."""
+"""Triton kernel: write the step's new K/V rows into their paged-cache slots.
+
+An FP8 cache (float8 e4m3, scale 1.0) stores each value rounded, saturated at
++-448 (the format's largest finite value), as ``torch``'s cast does.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ def _store_kv_cache_kernel(
     stride_v,
     ROW: tl.constexpr,  # num_kv_heads * head_dim
     BLOCK: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + t).to(tl.int64)
@@ -26,8 +31,11 @@ def _store_kv_cache_kernel(
     mask = offs < limit
     k = tl.load(k_ptr + t * stride_k + offs, mask=mask)
     v = tl.load(v_ptr + t * stride_v + offs, mask=mask)
-    tl.store(k_cache_ptr + slot * ROW + offs, k, mask=mask)
-    tl.store(v_cache_ptr + slot * ROW + offs, v, mask=mask)
+    if FP8:
+        k = tl.clamp(k.to(tl.float32), -448.0, 448.0)
+        v = tl.clamp(v.to(tl.float32), -448.0, 448.0)
+    tl.store(k_cache_ptr + slot * ROW + offs, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_cache_ptr + slot * ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def store_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -37,5 +45,6 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     row = num_kv_heads * head_dim
     _store_kv_cache_kernel[(num_tokens,)](
-        k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row)
+        k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row),
+        FP8=k_cache.dtype == torch.float8_e4m3fn,
     )

@@ -77,6 +77,7 @@ def _prefill_kernel(
             k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
             stride_cb, stride_cs, stride_ch, PAGE_SIZE,
         )  # fmt: skip
+        k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
         qk = tl.dot(q, tl.trans(k)) * scale
         allowed = valid[None, :] & (pos[None, :] <= q_pos[:, None])
         qk = tl.where(allowed, qk, float("-inf"))

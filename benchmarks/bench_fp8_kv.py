@@ -1,0 +1,94 @@
+"""FP8 KV cache against the model-dtype cache: throughput and greedy agreement, same run.
+
+nano-vllm's workload (random prompts, ignore_eos), greedy, once with
+``kv_cache_dtype="auto"`` and once with ``"fp8"``. Reports output tok/s of
+each (median of ``--runs``), the fraction of output tokens identical at the
+same position, how long outputs agree before the first difference, and the
+mean |Δ logprob| of the chosen token over the agreeing prefix. Random weights
+amplify the FP8 rounding (nothing in them is smooth), so agreement here is a
+lower bound for a trained model.
+
+GPU: python benchmarks/bench_fp8_kv.py               (Qwen3-0.6B shapes, bf16, 256 sequences)
+CPU: python benchmarks/bench_fp8_kv.py --scale cpu   (a 4-layer model, 32 sequences)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.common import get_checkpoint, median_and_spread, nano_vllm_workload, sync
+from folovllm import LLM, SamplingParams
+
+SCALES = {
+    "gpu": dict(preset="qwen3-0.6b", num_seqs=256, max_in=1024, max_out=1024),
+    "cpu": dict(preset="small", num_seqs=32, max_in=256, max_out=64),
+}
+
+
+def run(model: str, device: str, kv_cache_dtype: str, scale: dict, runs: int):
+    llm = LLM(model, device=device, kv_cache_dtype=kv_cache_dtype, max_model_len=scale["max_in"] + scale["max_out"] + 16,
+              async_scheduling=device == "cuda")  # fmt: skip
+    vocab = llm.llm_engine.config.model_config.get_vocab_size()
+    wl = nano_vllm_workload(scale["num_seqs"], 16, scale["max_in"], scale["max_out"], vocab)
+    prompts = [{"prompt_token_ids": p} for p in wl.prompts]
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=n, logprobs=0) for n in wl.output_lens]
+    llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up, untimed
+    secs, outs = [], None
+    for _ in range(runs):
+        llm.reset_prefix_cache()
+        sync(device)
+        t0 = time.perf_counter()
+        outs = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
+        sync(device)
+        secs.append(time.perf_counter() - t0)
+    del llm
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return sorted(secs), outs, wl.num_output_tokens
+
+
+def agreement(base, other) -> tuple[float, float, float]:
+    """(identical tokens / all, mean agreeing prefix length, mean |Δ logprob| over agreeing prefixes)."""
+    same = total = 0
+    prefixes, deltas = [], []
+    for a, b in zip(base, other):
+        total += len(a.token_ids)
+        same += sum(x == y for x, y in zip(a.token_ids, b.token_ids))
+        n = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y), len(a.token_ids))
+        prefixes.append(n)
+        deltas += [abs(a.logprobs[i][a.token_ids[i]].logprob - b.logprobs[i][b.token_ids[i]].logprob) for i in range(n)]
+    return same / total, statistics.mean(prefixes), statistics.mean(deltas) if deltas else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--scale", choices=sorted(SCALES), default=None, help="default: gpu when CUDA is available, else cpu")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scale = SCALES[args.scale or ("gpu" if device == "cuda" else "cpu")]
+    model = get_checkpoint(args.model, scale["preset"], device)
+    print(f"model {model} on {device}, torch {torch.__version__}, {scale['num_seqs']} sequences, median of {args.runs} runs")
+    base_secs, base, tokens = run(model, device, "auto", scale, args.runs)
+    fp8_secs, fp8, _ = run(model, device, "fp8", scale, args.runs)
+    same, prefix, delta = agreement(base, fp8)
+    mean_len = tokens / len(base)
+    print(f"auto: {tokens / base_secs[len(base_secs) // 2]:,.0f} output tok/s, {median_and_spread(base_secs)}")
+    print(f"fp8 : {tokens / fp8_secs[len(fp8_secs) // 2]:,.0f} output tok/s, {median_and_spread(fp8_secs)}")
+    print(f"identical tokens {same:.1%}; outputs agree for {prefix:.1f} of {mean_len:.1f} tokens on average; "
+          f"mean |dlogprob| over agreeing prefixes {delta:.4f}")
+
+
+if __name__ == "__main__":
+    main()
