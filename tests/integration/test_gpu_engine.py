@@ -157,15 +157,16 @@ def test_gpu_tp2_matches_tp1_with_graphs(tiny_model):
     assert results[0] == results[1]
 
 
-def test_gpu_fp8_kv_cache_with_graphs_matches_eager_and_keeps_first_tokens(tiny_model):
+def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model):
+    """The compiled store (clamp + convert) and the upcasting attention kernels, inside graphs and out."""
     from folovllm import LLM, SamplingParams
 
     prompts = [{"prompt_token_ids": p} for p in ([5, 17, 99, 3], list(range(40, 90)), [7] * 21)]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
-    results = {}
-    for name, options in {"auto": {}, "fp8_graphs": {"kv_cache_dtype": "fp8"}, "fp8_eager": {"kv_cache_dtype": "fp8", "enforce_eager": True}}.items():
-        llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", gpu_memory_utilization=0.3, **options)
-        results[name] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    results = []
+    for enforce_eager in (False, True):
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", kv_cache_dtype="fp8", enforce_eager=enforce_eager,
+                  gpu_memory_utilization=0.3)  # fmt: skip
+        results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
         del llm
-    assert results["fp8_graphs"] == results["fp8_eager"]
-    assert [r[0] for r in results["fp8_graphs"]] == [r[0] for r in results["auto"]]
+    assert results[0] == results[1] and all(len(r) == 16 for r in results[0])
