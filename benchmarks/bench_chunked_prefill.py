@@ -17,7 +17,6 @@ off so that no setting finds another's prompts. A full warm-up run comes first, 
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import get_checkpoint
+from benchmarks.common import parse_scaled_args
 from folovllm import LLMEngine, SamplingParams
 from folovllm.sampling_params import RequestOutputKind
 
@@ -103,13 +102,7 @@ def one_run(engine: LLMEngine, scale: dict, chunked: bool, budget: int, seed: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--scale", choices=sorted(SCALES), default=None, help="default: gpu when CUDA is available, else cpu")
-    args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    scale = SCALES[args.scale or ("gpu" if device == "cuda" else "cpu")]
-    model = get_checkpoint(args.model, scale["preset"], device)
+    args, device, scale, model = parse_scaled_args(SCALES, runs=None)
     max_model_len = scale["long_len"] + 256
     engine = LLMEngine.from_engine_args(
         model, device=device, max_model_len=max_model_len, enable_prefix_caching=False, skip_tokenizer_init=True,

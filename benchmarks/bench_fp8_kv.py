@@ -14,7 +14,6 @@ CPU: python benchmarks/bench_fp8_kv.py --scale cpu   (a 4-layer model, 32 sequen
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import sys
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import get_checkpoint, median_and_spread, nano_vllm_workload, sync
+from benchmarks.common import median_and_spread, nano_vllm_workload, parse_scaled_args, sync
 from folovllm import LLM, SamplingParams
 
 SCALES = {
@@ -71,14 +70,7 @@ def agreement(base, other) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--scale", choices=sorted(SCALES), default=None, help="default: gpu when CUDA is available, else cpu")
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    scale = SCALES[args.scale or ("gpu" if device == "cuda" else "cpu")]
-    model = get_checkpoint(args.model, scale["preset"], device)
+    args, device, scale, model = parse_scaled_args(SCALES)
     print(f"model {model} on {device}, torch {torch.__version__}, {scale['num_seqs']} sequences, median of {args.runs} runs")
     base_secs, base, tokens = run(model, device, "auto", scale, args.runs)
     fp8_secs, fp8, _ = run(model, device, "fp8", scale, args.runs)

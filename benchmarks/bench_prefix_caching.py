@@ -14,7 +14,6 @@ CPU: python benchmarks/bench_prefix_caching.py --scale cpu   (a few minutes)
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import sys
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import Workload, get_checkpoint, median_and_spread, nano_vllm_workload, sync
+from benchmarks.common import Workload, median_and_spread, nano_vllm_workload, parse_scaled_args, sync
 from folovllm import LLM, SamplingParams
 
 SCALES = {
@@ -96,14 +95,7 @@ def compare(model: str, device: str, scale: dict, runs: int, vocab: int) -> list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None, help="checkpoint dir or hub id (default: a random one for the scale)")
-    ap.add_argument("--scale", choices=sorted(SCALES), default=None, help="default: gpu when CUDA is available, else cpu")
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    scale = SCALES[args.scale or ("gpu" if device == "cuda" else "cpu")]
-    model = get_checkpoint(args.model, scale["preset"], device)
+    args, device, scale, model = parse_scaled_args(SCALES)
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(model).vocab_size

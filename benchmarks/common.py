@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -48,6 +50,22 @@ def get_checkpoint(model: str | None, preset: str, device: str) -> str:
     dtype = "bfloat16" if preset.startswith("qwen3-") else "float32"
     init_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
     return cached_random_checkpoint(preset, preset, dtype=dtype, device=init_device)
+
+
+def parse_scaled_args(scales: dict[str, dict], runs: Optional[int] = 3) -> tuple[argparse.Namespace, str, dict, str]:
+    """The command line of a benchmark with CPU and GPU scales: ``--model``, ``--scale`` (and ``--runs``).
+
+    Returns (args, device, the chosen scale, the checkpoint path).
+    """
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="checkpoint dir or hub id (default: a random one for the scale)")
+    ap.add_argument("--scale", choices=sorted(scales), default=None, help="default: gpu when CUDA is available, else cpu")
+    if runs is not None:
+        ap.add_argument("--runs", type=int, default=runs)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scale = scales[args.scale or ("gpu" if device == "cuda" else "cpu")]
+    return args, device, scale, get_checkpoint(args.model, scale["preset"], device)
 
 
 def median_and_spread(secs: list[float]) -> str:

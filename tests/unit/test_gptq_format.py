@@ -130,7 +130,7 @@ def test_merged_layer_loads_gptq_shards_and_insists_on_one_g_idx():
     bits, k, sizes = 4, 64, [16, 8, 8]
     layer = MergedColumnParallelLinear(k, sizes, quant_config=GPTQConfig(bits, 32, True, False, "gptq_v2"))
     g_idx = torch.randperm(k, generator=g).to(torch.int32) // 32
-    parts, expected = [], []
+    expected = []
     for shard_id, n in enumerate(sizes):
         codes = torch.randint(0, 16, (k, n), generator=g, dtype=torch.int32)
         zeros = torch.randint(0, 16, (2, n), generator=g, dtype=torch.int32)
