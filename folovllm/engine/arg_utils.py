@@ -37,8 +37,8 @@ class EngineArgs:
     revision: Optional[str] = _opt(None, "Hub revision (branch, tag or commit) of the model.")
     max_logprobs: int = _opt(20, "Most logprobs or prompt_logprobs a request may ask for.")
     skip_tokenizer_init: bool = _opt(False, "Load no tokenizer: prompts must be token ids and outputs carry no text.")
-    quantization: Optional[str] = _opt(None, "Weight quantization: 'gptq', or None to follow the checkpoint's quantization_config.",
-                                       choices=["gptq"])  # fmt: skip
+    quantization: Optional[str] = _opt(None, "Weight quantization: 'gptq' ('gptq_marlin' is taken as 'gptq'), or None to "
+                                       "follow the checkpoint's quantization_config.", choices=["gptq", "gptq_marlin"])  # fmt: skip
     block_size: int = _opt(16, "Tokens per KV-cache block.", choices=list(BLOCK_SIZES))
     kv_cache_dtype: str = _opt("auto", "KV-cache storage: 'auto' (the model's dtype) or 'fp8' / 'fp8_e4m3' (float8 e4m3, scale 1.0).",
                                choices=sorted(KV_CACHE_DTYPES))  # fmt: skip

@@ -117,7 +117,7 @@ def test_quantize_config_json_beside_the_config_is_read(gptq_models, tmp_path):
 def test_clear_errors_for_options_and_damaged_checkpoints(gptq_models, tiny_model, tmp_path):
     with pytest.raises(ValueError, match="has no quantization_config"):
         LLM(str(tiny_model), device="cpu", quantization="gptq")
-    with pytest.raises(ValueError, match=r"quantization must be one of \['gptq'\]"):
+    with pytest.raises(ValueError, match=r"quantization must be one of \['gptq', 'gptq_marlin'\]"):
         LLM(str(tiny_model), device="cpu", quantization="awq")
     gptq_dir, _ = gptq_models("4bit_g32")
     from safetensors.torch import load_file, save_file

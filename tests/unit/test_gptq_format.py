@@ -105,7 +105,8 @@ def test_quantization_option_against_the_checkpoint():
     assert get_quantization_config(None, None, "m") is None
     with pytest.raises(ValueError, match=r"quantization='gptq' but 'm' has no quantization_config"):
         get_quantization_config("gptq", None, "m")
-    with pytest.raises(ValueError, match=r"quantization must be one of \['gptq'\].*got 'awq'"):
+    assert get_quantization_config("gptq_marlin", ckpt, "m").weight_bits == 4  # vLLM's kernel name, our kernel
+    with pytest.raises(ValueError, match=r"quantization must be one of \['gptq', 'gptq_marlin'\].*got 'awq'"):
         get_quantization_config("awq", ckpt, "m")
     with pytest.raises(ValueError, match=r"quantization='gptq' does not match .*quant_method='awq'"):
         get_quantization_config("gptq", {"quant_method": "awq", "bits": 4}, "m")

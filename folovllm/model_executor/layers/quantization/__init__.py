@@ -7,6 +7,8 @@ from typing import Any, Optional
 from folovllm.model_executor.layers.quantization.gptq import GPTQConfig
 
 QUANTIZATION_METHODS = {"gptq": GPTQConfig}
+# vLLM's names for its other kernels over the same checkpoints; ours is one kernel.
+QUANTIZATION_ALIASES = {"gptq_marlin": "gptq"}
 
 
 def get_quantization_config(
@@ -17,10 +19,10 @@ def get_quantization_config(
     ``quantization`` is the user's option (None: follow the checkpoint);
     ``checkpoint_config`` is the checkpoint's ``quantization_config``.
     """
-    if quantization is not None and quantization not in QUANTIZATION_METHODS:
-        raise ValueError(
-            f"quantization must be one of {sorted(QUANTIZATION_METHODS)} (or None to follow the checkpoint), got {quantization!r}"
-        )
+    if quantization is not None and quantization not in QUANTIZATION_METHODS and quantization not in QUANTIZATION_ALIASES:
+        accepted = sorted(QUANTIZATION_METHODS) + sorted(QUANTIZATION_ALIASES)
+        raise ValueError(f"quantization must be one of {accepted} (or None to follow the checkpoint), got {quantization!r}")
+    quantization = QUANTIZATION_ALIASES.get(quantization, quantization)
     if checkpoint_config is None:
         if quantization is not None:
             raise ValueError(
