@@ -199,3 +199,30 @@ def test_tp2_async_random_sampling_ignores_the_users_global_rng(tiny_model):
     del one
     with _closing(LLM(str(tiny_model), device="cpu", async_scheduling=True, seed=7, tensor_parallel_size=2)) as llm:
         assert run(llm) == expected
+
+
+def test_workers_exit_when_the_driver_is_killed(tiny_model, tmp_path):
+    """No orphans: a child waiting for its next step sees the driver's socket close and exits."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import time\n"
+        "from folovllm import LLM\n"
+        f"llm = LLM({str(tiny_model)!r}, device='cpu', tensor_parallel_size=2)\n"
+        "print('PIDS', *llm.llm_engine.executor.worker_pids, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = next(line for line in driver.stdout if line.startswith("PIDS"))
+        (pid,) = [int(p) for p in line.split()[1:]]
+        assert _alive(pid)
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
