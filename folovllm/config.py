@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import torch
 
+from folovllm.model_executor.layers.quantization import get_quantization_config
+from folovllm.model_loader import get_head_dim, get_hf_config, read_quantization_config
 from folovllm.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -32,11 +34,6 @@ BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 # vLLM's offline (LLM class) token budget on an H100-class GPU; see docs/dev/milestone_5.md.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
-
-
-def get_head_dim(hf_config) -> int:
-    """An HF config's head_dim, which most configs derive from hidden_size when they omit it."""
-    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
 
 
 def _bad(field_name: str, value: Any, why: str) -> ValueError:
@@ -70,9 +67,6 @@ class ModelConfig:
     quant_config: Any = field(init=False, repr=False)  # e.g. GPTQConfig, or None for float weights
 
     def __post_init__(self) -> None:
-        from folovllm.model_executor.layers.quantization import get_quantization_config
-        from folovllm.model_loader import get_hf_config, read_quantization_config
-
         if not isinstance(self.model, str) or not self.model:
             raise _bad("model", self.model, "must be a non-empty path or hub id")
         if self.tokenizer is None:

@@ -43,6 +43,11 @@ def resolve_model_path(model: str, revision: Optional[str] = None) -> Path:
         ) from None
 
 
+def get_head_dim(hf_config) -> int:
+    """An HF config's head_dim, which most configs derive from hidden_size when they omit it."""
+    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+
+
 def get_hf_config(model: str, revision: Optional[str] = None, trust_remote_code: bool = False):
     from transformers import AutoConfig
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
-from folovllm.config import get_head_dim
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.attention import Attention
 from folovllm.model_executor.layers.dispatch import use_fused_kernels
@@ -21,6 +20,7 @@ from folovllm.model_executor.layers.layernorm import RMSNorm
 from folovllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding, get_rope
 from folovllm.model_executor.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
+from folovllm.model_loader import get_head_dim
 
 
 class Qwen3Attention(nn.Module):
