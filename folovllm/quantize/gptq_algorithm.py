@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from folovllm.model_executor.layers.quantization.gptq_packing import dequantize_codes
+
 
 @dataclass
 class QuantizedWeight:
@@ -29,8 +31,7 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight ``[out, in]`` these stand for."""
-        groups = self.g_idx.long()
-        return ((self.codes - self.zeros[groups]).float() * self.scales[groups].float()).T.contiguous()
+        return dequantize_codes(self.codes, self.zeros, self.scales, self.g_idx).T.contiguous()
 
 
 def find_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +59,7 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> QuantizedWeight:
     """Round each weight to the nearest level of its group's grid; no calibration."""
     w = weight.float()
-    out_features, in_features = w.shape
+    in_features = w.shape[1]
     group_size = group_size if group_size != -1 else in_features
     codes, scales, zeros = [], [], []
     for start in range(0, in_features, group_size):
@@ -103,7 +104,7 @@ class GPTQ:
         block_size: int = 128,
     ) -> QuantizedWeight:
         W = weight.float().clone()
-        out_features, in_features = W.shape
+        in_features = W.shape[1]
         group_size = group_size if group_size != -1 else in_features
         H = self.H.clone()
         dead = torch.diag(H) == 0  # inputs that were always 0: their weights never matter

@@ -56,14 +56,17 @@ def unpack_cols(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return unpack_rows(packed.T.contiguous(), bits).T.contiguous()
 
 
+def dequantize_codes(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
+    """Unpacked codes ``[in, out]`` and true zero points ``[groups, out]`` -> the float32 weight ``[in, out]``."""
+    groups = g_idx.long()
+    return (codes - zeros[groups]).float() * scales[groups].float()
+
+
 def dequantize(
     qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor, bits: int, zero_offset: int
 ) -> torch.Tensor:
     """The float32 weight ``[in, out]`` that the packed tensors stand for."""
-    codes = unpack_rows(qweight, bits)
-    zeros = unpack_cols(qzeros, bits) + zero_offset
-    groups = g_idx.long()
-    return (codes - zeros[groups]).float() * scales[groups].float()
+    return dequantize_codes(unpack_rows(qweight, bits), unpack_cols(qzeros, bits) + zero_offset, scales, g_idx)
 
 
 def gptq_matmul_reference(
