@@ -1,9 +1,9 @@
 """This process's place in the tensor-parallel group, and the two collectives the layers need.
 
 One process per rank; each holds ``1 / world_size`` of every sharded layer.
-Until ``init_distributed_environment`` runs (always, for one rank) the world
-is this process alone: rank 0 of 1, and the collectives return their input
-untouched, so single-device code pays nothing for them.
+Until ``init_distributed_environment`` runs (the one-rank executor never
+calls it) the world is this process alone: rank 0 of 1, and the collectives
+return their input untouched, so single-device code pays nothing for them.
 
 The group is torch.distributed's default group: gloo on the CPU, NCCL on
 GPUs. Rendezvous is ``init_method`` (``tcp://host:port``, chosen by the
