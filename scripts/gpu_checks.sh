@@ -10,6 +10,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 stages=${*:-tests bench fp8}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
 run() {  # name, time limit in seconds, command...
     local name=$1 limit=$2; shift 2
     echo "=== $name (limit ${limit}s): $*"
@@ -19,17 +20,17 @@ run() {  # name, time limit in seconds, command...
     tail -n 25 "$OUT/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
-python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" >>"$OUT/gpu.txt" 2>&1
+$PY -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" >>"$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 for stage in $stages; do
     case $stage in
-        tests) run tests 420 python -m pytest -q -x -p no:cacheprovider tests/integration/test_gpu_engine.py \
+        tests) run tests 420 $PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu_engine.py \
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
                    tests/unit/test_sampler.py ;;
-        bench) run bench 420 python benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md "$OUT/" ;;
-        fp8) run fp8 300 python benchmarks/bench_fp8_kv.py --runs 2 ;;
-        gptq) run gptq 540 python benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
-        chunked) run chunked 300 python benchmarks/bench_chunked_prefill.py ;;
+        bench) run bench 420 $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md "$OUT/" ;;
+        fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
+        gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
+        chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;
         *) echo "unknown stage $stage" ;;
     esac
 done

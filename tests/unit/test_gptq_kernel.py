@@ -110,7 +110,8 @@ def test_the_linear_method_picks_a_kernel_path_that_matches_the_reference(monkey
     qweight, qzeros, scales, g_idx, _ = random_gptq_layer(k, n, bits, 32, layout != "contiguous", True, seed=11)
     if layout == "uneven":
         g_idx = torch.randint(0, 4, (k,), generator=torch.Generator().manual_seed(3), dtype=torch.int32)
-    layer = linear.ColumnParallelLinear(k, n, quant_config=gptq.GPTQConfig(bits, 32, layout != "contiguous", True))
+    with torch.device(DEVICE):
+        layer = linear.ColumnParallelLinear(k, n, quant_config=gptq.GPTQConfig(bits, 32, layout != "contiguous", True))
     for name, tensor in {"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx}.items():
         param = getattr(layer, name)
         param.weight_loader(param, tensor)
@@ -119,4 +120,4 @@ def test_the_linear_method_picks_a_kernel_path_that_matches_the_reference(monkey
     layer.quant_method.process_weights_after_loading(layer)
     assert layer.use_kernel
     assert (layer.input_perm is not None, layer.kernel_g_idx is not None) == (layout == "act_order", layout == "uneven")
-    torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer(x.to(DEVICE)).cpu(), expected, atol=1e-4, rtol=1e-4)
