@@ -25,8 +25,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from folovllm.model_executor.layers.quantization.gptq import ZERO_OFFSETS, GPTQConfig
 from folovllm.model_executor.layers.quantization.gptq_packing import pack_cols, pack_rows
 from folovllm.quantize.gptq_algorithm import GPTQ, QuantizedWeight, rtn_quantize
+
 
 @dataclass(frozen=True)
 class GPTQRecipe:
@@ -44,6 +46,10 @@ class GPTQRecipe:
     @property
     def checkpoint_format(self) -> str:
         return "gptq" if self.sym else "gptq_v2"  # v1 cannot store a zero point of 0
+
+    def quant_config(self) -> GPTQConfig:
+        """The loader's view of the checkpoint this recipe writes (refuses bad settings)."""
+        return GPTQConfig(self.bits, self.group_size, self.desc_act, self.sym, self.checkpoint_format)
 
 
 # The linears of a decoder layer in the order they run; each group shares its input.
@@ -134,13 +140,14 @@ def quantize_model(model, tokenizer, recipe: GPTQRecipe, progress: bool = True) 
 
     bits, group_size = recipe.bits, recipe.group_size
     layers = model.model.layers
+    quant_config = recipe.quant_config()
     for group in SEQUENTIAL_GROUPS:  # the loader's rules, checked before the slow part
         for name in group:
             linear = layers[0].get_submodule(name)
-            if group_size != -1 and linear.in_features % group_size:
-                raise ValueError(f"group_size {group_size} does not divide {name}'s input size {linear.in_features}")
-            if linear.in_features % (32 // bits) or linear.out_features % (32 // bits):
-                raise ValueError(f"{bits}-bit packing needs {name}'s sizes divisible by {32 // bits}, got {tuple(linear.weight.shape)}")
+            try:
+                quant_config.check_layer_shape(linear.in_features, [linear.out_features], linear.in_features)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
     device = next(model.parameters()).device
     inputs = None
     if not recipe.rtn:
@@ -166,7 +173,7 @@ def quantize_model(model, tokenizer, recipe: GPTQRecipe, progress: bool = True) 
 
 def gptq_tensors(q: QuantizedWeight, bits: int, checkpoint_format: str) -> dict[str, torch.Tensor]:
     """A layer's ``qweight`` / ``qzeros`` / ``scales`` / ``g_idx`` as the checkpoint stores them."""
-    zeros = q.zeros - (1 if checkpoint_format == "gptq" else 0)
+    zeros = q.zeros - ZERO_OFFSETS[checkpoint_format]
     return {
         "qweight": pack_rows(q.codes, bits),
         "qzeros": pack_cols(zeros & (2**bits - 1), bits),
@@ -187,9 +194,7 @@ def quantize_checkpoint(
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from folovllm.model_executor.layers.quantization.gptq import GPTQConfig
-
-    GPTQConfig(recipe.bits, recipe.group_size, recipe.desc_act, recipe.sym)  # refuse bad settings before the slow part
+    recipe.quant_config()  # refuse bad settings before loading anything
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or torch.float32).to(device).eval()
     quantized = quantize_model(model, tokenizer, recipe, progress)

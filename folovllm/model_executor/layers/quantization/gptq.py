@@ -68,6 +68,18 @@ class GPTQConfig:
     def zero_offset(self) -> int:
         return ZERO_OFFSETS[self.checkpoint_format]
 
+    def check_layer_shape(self, input_size: int, output_sizes: list[int], grouped_rows: int, where: str = "") -> None:
+        """A layer this format can store: ``group_size`` divides the rows its groups cover, and the
+        packed dims divide by the pack factor (``ValueError`` naming the sizes otherwise)."""
+        if self.group_size != -1 and grouped_rows % self.group_size:
+            raise ValueError(f"GPTQ group_size {self.group_size} does not divide the layer's input size{where} {grouped_rows}")
+        if input_size % self.pack_factor:
+            raise ValueError(f"a {self.weight_bits}-bit GPTQ layer needs an input size divisible by {self.pack_factor}, got {input_size}")
+        if any(size % self.pack_factor for size in output_sizes):
+            raise ValueError(
+                f"a {self.weight_bits}-bit GPTQ layer needs output sizes divisible by {self.pack_factor}, got {output_sizes}"
+            )
+
     def get_quant_method(self, layer: nn.Module) -> "GPTQLinearMethod":
         return GPTQLinearMethod(self)
 
@@ -86,16 +98,7 @@ class GPTQLinearMethod(LinearMethodBase):
         per_channel = qc.group_size == -1
         split_groups = sharded and not per_channel and not qc.desc_act
         grouped_rows = input_size if split_groups or not sharded else input_size * layer.tp_size
-        if not per_channel and grouped_rows % qc.group_size:
-            where = " per rank" if split_groups else ""
-            raise ValueError(f"GPTQ group_size {qc.group_size} does not divide the layer's input size{where} {grouped_rows}")
-        if input_size % qc.pack_factor:
-            raise ValueError(f"a {qc.weight_bits}-bit GPTQ layer needs an input size divisible by {qc.pack_factor}, got {input_size}")
-        for size in output_sizes:
-            if size % qc.pack_factor:
-                raise ValueError(
-                    f"a {qc.weight_bits}-bit GPTQ layer needs output sizes divisible by {qc.pack_factor}, got {output_sizes}"
-                )
+        qc.check_layer_shape(input_size, output_sizes, grouped_rows, " per rank" if split_groups else "")
         output_size = sum(output_sizes)
         num_groups = 1 if per_channel else grouped_rows // qc.group_size
         group_attrs = {"input_dim": 0} if split_groups else {}
