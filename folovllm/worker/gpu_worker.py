@@ -92,6 +92,7 @@ class Worker:
         self.model_runner.initialize_kv_cache(num_blocks)
 
     def compile_or_warm_up_model(self) -> None:
+        self.model_runner.warm_up()
         self.model_runner.capture_model()
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:

@@ -143,23 +143,44 @@ class ModelRunner:
         num_seqs = self.max_num_seqs
         num_tokens = min(self.config.scheduler_config.max_num_batched_tokens, num_seqs * self.max_model_len)
         lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
+        self.initialize_kv_cache(sum(cdiv(n, self.block_size) for n in lens))
+        self._dummy_run(lens, SamplingParams(temperature=1.0, top_p=0.9, top_k=50))  # the sampler's hungriest path
+        cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
+        self.kv_cache = None
+        self._bind_kv_cache([None] * self.model_config.get_num_layers())
+        return cache_bytes
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run, before the first request, every kernel variant a step can reach outside the decode graphs.
+
+        The profile run compiled the big-batch paths; these short steps add the
+        small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
+        greedy, plain temperature (the fused Gumbel kernel on a GPU) and
+        top-k/top-p. Triton would otherwise compile them inside a user's
+        request. The dummy K/V land in blocks no request owns yet, and the
+        sampler's generators are put back, so seeded runs do not change.
+        """
+        generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
+        states = [g.get_state() for g in generators]
+        for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0), SamplingParams(top_k=8, top_p=0.9)):
+            self._dummy_run([min(8, self.max_model_len)], params)
+        for gen, state in zip(generators, states):
+            gen.set_state(state)
+
+    def _dummy_run(self, lens: list[int], params: SamplingParams) -> None:
+        """One prefill step of dummy sequences (token 0) of ``lens`` tokens, in blocks 0, 1, ...; then forgets them."""
         num_blocks = [cdiv(n, self.block_size) for n in lens]
-        self.initialize_kv_cache(sum(num_blocks))
-        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)  # the sampler's most memory-hungry path
         first_block = np.cumsum([0] + num_blocks)
         new_reqs = [
             NewRequestData(-1 - i, [0] * n, params, list(range(first_block[i], first_block[i + 1])), 0)
             for i, n in enumerate(lens)
         ]
         ids = [r.req_id for r in new_reqs]
-        self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, lens)), num_tokens)).get()
+        self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, lens)), sum(lens))).get()
         for req_id in ids:
             self.input_batch.remove_request(req_id)
         self.prev_sampled, self.prev_sampled_rows = None, {}
-        cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
-        self.kv_cache = None
-        self._bind_kv_cache([None] * self.model_config.get_num_layers())
-        return cache_bytes
 
     # -- one step ----------------------------------------------------------------
     def _num_kv_splits(self, num_seqs: int, max_seq_len: int) -> int:

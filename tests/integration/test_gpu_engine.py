@@ -170,3 +170,25 @@ def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model):
         results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
         del llm
     assert results[0] == results[1] and all(len(r) == 16 for r in results[0])
+
+
+def test_gpu_no_triton_kernel_compiles_after_start_up(tiny_model):
+    """The start-up warm-up and graph capture compile every variant; requests of any shape compile none."""
+    from folovllm import LLM, SamplingParams
+    from folovllm.utils.triton_variants import compiled_kernel_variants
+
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3)
+    before = compiled_kernel_variants()
+    assert any(before.values()), before  # the counter sees the compiled kernels at all
+    lengths = [1, 7, 16, 33, 64, 130, 257, 300]  # block-table widths 1, 1, 1, 3, 4, 9, 17, 19
+    prompts = [{"prompt_token_ids": [(7 * i + j) % 200 for j in range(n)]} for i, n in enumerate(lengths)]
+    for params in (
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
+        SamplingParams(temperature=0.8, max_tokens=20, ignore_eos=True),  # the fused sampler, many seeds
+        SamplingParams(temperature=0.8, top_k=5, top_p=0.9, max_tokens=5, ignore_eos=True, logprobs=2),
+    ):
+        llm.generate(prompts, params, use_tqdm=False)
+        llm.generate(prompts[:1], params, use_tqdm=False)
+    llm.generate(prompts[-1:], SamplingParams(max_tokens=3, prompt_logprobs=1), use_tqdm=False)
+    after = compiled_kernel_variants()
+    assert {k: (before.get(k, 0), v) for k, v in after.items() if v != before.get(k, 0)} == {}

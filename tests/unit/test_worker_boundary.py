@@ -188,3 +188,18 @@ def test_profile_run_allocates_what_the_worker_subtracts_with_one_seat(tiny_mode
     cache_bytes = runner.profile_run()
     assert cache_bytes == 7 * runner.get_kv_cache_bytes_per_block()  # 100 tokens -> 7 blocks of 16, not 4096 / 16
     assert runner.kv_cache is None and not runner.input_batch.requests
+
+
+def test_warm_up_leaves_no_request_behind_and_does_not_shift_seeded_sampling(tiny_model):
+    """The start-up warm-up samples (to compile each sampler path); the engine's random streams must not notice."""
+    prompts = [{"prompt_token_ids": list(range(10, 10 + n))} for n in (3, 17)]
+    params = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+    outputs = []
+    for extra_warm_ups in (0, 2):
+        llm = LLM(str(tiny_model), device="cpu", seed=3)
+        runner = llm.llm_engine.executor.worker.model_runner
+        for _ in range(extra_warm_ups):
+            runner.warm_up()
+        assert not runner.input_batch.requests and runner.prev_sampled is None
+        outputs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
+    assert outputs[0] == outputs[1]

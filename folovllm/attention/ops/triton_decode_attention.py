@@ -17,7 +17,7 @@ import triton.language as tl
 from folovllm.attention.ops.triton_paged_kv import load_kv_tile
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])  # the block table's width changes per eager step
 def _decode_stage1_kernel(
     q_ptr,
     k_cache_ptr,

@@ -17,7 +17,9 @@ import triton.language as tl
 from folovllm.attention.ops.triton_paged_kv import load_kv_tile
 
 
-@triton.jit
+# The block table's width (stride_bt) changes from step to step; specialising on it would compile
+# new variants while requests run.
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(
     q_ptr,
     k_cache_ptr,

@@ -15,7 +15,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# A fresh random seed each step: left unspecialised, or one seed in 16 (divisible by 16) would
+# compile a second variant in the middle of a run.
+@triton.jit(do_not_specialize=["seed"])
 def _gumbel_argmax_kernel(logits_ptr, temp_ptr, out_ptr, stride, seed, V: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     inv_t = 1.0 / tl.load(temp_ptr + row)

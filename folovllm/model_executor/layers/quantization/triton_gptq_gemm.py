@@ -32,7 +32,7 @@ from folovllm.model_executor.layers.quantization.gptq_packing import pack_rows, 
 _SPLIT_K_MAX_M = 64
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "k_per_split"])  # per-step sizes: one compiled variant for all
 def _gptq_gemm_kernel(
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
     GROUP_SIZE: tl.constexpr, BITS: tl.constexpr, ZERO_OFFSET: tl.constexpr, DOT_PRECISION: tl.constexpr,

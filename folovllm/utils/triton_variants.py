@@ -1,0 +1,25 @@
+"""How many variants of each FoloVLLM Triton kernel have been compiled in this process.
+
+A diagnostic for the start-up warm-up: a kernel whose count grows while
+requests run compiled inside a user's request (hundreds of milliseconds).
+Under ``TRITON_INTERPRET=1`` nothing compiles and every count is 0.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def compiled_kernel_variants() -> dict[str, int]:
+    """``{"module.kernel": number of compiled variants}`` for every kernel in an imported folovllm module."""
+    from triton.runtime.jit import JITFunction
+
+    counts = {}
+    for mod_name, module in list(sys.modules.items()):
+        if not mod_name.startswith("folovllm.") or module is None:
+            continue
+        for name, obj in list(vars(module).items()):
+            if isinstance(obj, JITFunction) and obj.__module__ == mod_name:  # not an imported helper
+                # device_caches: device -> (kernel cache, ...); the layout of the rest varies by version
+                counts[f"{mod_name}.{name}"] = sum(len(entry[0]) for entry in obj.device_caches.values())
+    return counts
