@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
-from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention  # noqa: E402
+from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,8 @@ def main() -> None:
         seq_lens = torch.full((batch,), qlen, dtype=torch.int32, device=dev)
         qsl = torch.arange(0, (batch + 1) * qlen, qlen, dtype=torch.int32, device=dev)
         q = torch.randn(batch * qlen, heads, head_dim, dtype=dtype, device=dev)
-        t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, qlen, head_dim**-0.5))
+        tiles = torch.from_numpy(prefill_tiles([qlen] * batch, prefill_block_sizes(head_dim)[0])).to(dev)
+        t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
 

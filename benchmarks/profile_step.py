@@ -50,8 +50,8 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
         t2 = time.perf_counter()
         meta = inputs.attn_metadata
         with torch.inference_mode():
-            if runner.graph_runner is not None and runner.graph_runner.can_run(meta.num_seqs):
-                hidden = runner.graph_runner.run(inputs.input_ids, inputs.positions, meta.slot_mapping, meta.seq_lens, meta.block_table)
+            if runner.graph_runner is not None and runner.graph_runner.can_run(inputs.input_ids.shape[0], meta):
+                hidden = runner.graph_runner.run(inputs.input_ids, inputs.positions, meta)
             else:
                 hidden = runner.model(inputs.input_ids, inputs.positions, meta)
             sync()

@@ -82,6 +82,7 @@ class ModelRunner:
         self.prev_sampled: torch.Tensor | None = None
         self.prev_sampled_rows: dict[int, int] = {}
         self.model = None
+        self.attn_backend = get_attn_backend(device)
         self.kv_cache: torch.Tensor | None = None
         self.graph_runner: CUDAGraphRunner | None = None
 
@@ -89,7 +90,7 @@ class ModelRunner:
     def load_model(self) -> None:
         hf_config = self.model_config.hf_config
         model_cls = get_model_class(hf_config)
-        backend = get_attn_backend(self.device)
+        backend = self.attn_backend
         old_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
@@ -126,11 +127,14 @@ class ModelRunner:
     def capture_model(self) -> None:
         if self.device.type != "cuda" or self.config.enforce_eager:
             return
+        sc = self.config.scheduler_config
         self.graph_runner = CUDAGraphRunner(
-            self.model, self.max_num_seqs, self.max_blocks_per_seq, self.max_model_len, self.device, self._num_kv_splits,
+            self.model, self.attn_backend, self.max_num_seqs, sc.max_num_batched_tokens, self.max_blocks_per_seq,
+            self.max_model_len, self.model_config.get_head_dim(), self.device, self._num_kv_splits,
         )  # fmt: skip
         self.graph_runner.capture()
-        logger.info("Captured CUDA graphs for decode batch sizes %s", self.graph_runner.capture_sizes)
+        logger.info("Captured CUDA graphs: decode batch sizes %s, mixed-step token counts %s",
+                    self.graph_runner.decode_sizes, self.graph_runner.mixed_sizes)  # fmt: skip
 
     @torch.inference_mode()
     def profile_run(self) -> int:
@@ -194,18 +198,21 @@ class ModelRunner:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
-    def _make_metadata(self, qsl, seq_lens, block_table: np.ndarray, slots: np.ndarray, max_query_len: int) -> AttentionMetadata:
-        max_seq_len = max(seq_lens)
+    def _make_metadata(self, qsl: np.ndarray, seq_lens: np.ndarray, block_table: np.ndarray, slots: np.ndarray) -> AttentionMetadata:
+        query_lens = np.diff(qsl)
+        max_query_len, max_seq_len = int(query_lens.max()), int(seq_lens.max())
+        tiles = self.attn_backend.make_prefill_tiles(query_lens, self.model_config.get_head_dim()) if max_query_len > 1 else None
         return AttentionMetadata(
             max_query_len=max_query_len,
             max_seq_len=max_seq_len,
-            query_start_loc=self._to_device(np.asarray(qsl, dtype=np.int32)),
-            seq_lens=self._to_device(np.asarray(seq_lens, dtype=np.int32)),
+            query_start_loc=self._to_device(qsl.astype(np.int32)),
+            seq_lens=self._to_device(seq_lens.astype(np.int32)),
             block_table=self._to_device(block_table),
-            slot_mapping=self._to_device(np.asarray(slots, dtype=np.int64)),
-            query_start_loc_cpu=list(qsl),
-            seq_lens_cpu=list(seq_lens),
+            slot_mapping=self._to_device(slots),
+            query_start_loc_cpu=qsl.tolist(),
+            seq_lens_cpu=seq_lens.tolist(),
             num_kv_splits=self._num_kv_splits(len(seq_lens), max_seq_len),
+            prefill_tiles=None if tiles is None else self._to_device(tiles),
         )
 
     def _update_states(self, so: SchedulerOutput) -> None:
@@ -239,8 +246,7 @@ class ModelRunner:
         sampling = ends >= batch.num_tokens[rows]
         block_table = batch.block_table.gather(rows)
         slots = slot_mapping(block_table, batch_index, positions, self.block_size)
-        max_query_len = int(counts.max())
-        meta = self._make_metadata(qsl.tolist(), ends.tolist(), block_table, slots, max_query_len)
+        meta = self._make_metadata(qsl, ends, block_table, slots)
         input_ids_dev = self._to_device(input_ids)
         if len(pending):
             src = [self.prev_sampled_rows[states[i].req_id] for i in batch_index[pending].tolist()]
@@ -258,7 +264,7 @@ class ModelRunner:
             attn_metadata=meta,
             logits_indices=self._to_device(qsl[1:][sampling] - 1),
             sample_states=[s for s, flag in zip(states, sampling.tolist()) if flag],
-            is_decode_only=max_query_len == 1,
+            is_decode_only=meta.max_query_len == 1,
             prompt_logprob_rows=prompt_logprob_rows,
         )
 
@@ -288,8 +294,8 @@ class ModelRunner:
             return AsyncGPUModelRunnerOutput([], None, self.device)
         inputs = self._prepare_inputs(so)
         meta = inputs.attn_metadata
-        if inputs.is_decode_only and self.graph_runner is not None and self.graph_runner.can_run(meta.num_seqs):
-            hidden = self.graph_runner.run(inputs.input_ids, inputs.positions, meta.slot_mapping, meta.seq_lens, meta.block_table)
+        if self.graph_runner is not None and self.graph_runner.can_run(inputs.input_ids.shape[0], meta):
+            hidden = self.graph_runner.run(inputs.input_ids, inputs.positions, meta)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, meta)
         prompt_logprobs = self._compute_prompt_logprobs(hidden, inputs.prompt_logprob_rows) if inputs.prompt_logprob_rows else None

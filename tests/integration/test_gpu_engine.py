@@ -72,6 +72,7 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
     with caplog.at_level(logging.INFO, logger="folovllm"):
         llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, gpu_memory_utilization=0.3)
     assert any("decode batch sizes [1, 2, 4, 8]" in r.getMessage() for r in caplog.records)
+    assert any("mixed-step token counts [16, 32, 64," in r.getMessage() for r in caplog.records)  # prompts replay graphs too
     prompts = [list(range(10 + 7 * i, 20 + 9 * i)) for i in range(num_prompts)]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     ref = hf_greedy(tiny_model, prompts, 20, device="cuda")

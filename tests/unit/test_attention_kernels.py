@@ -14,9 +14,17 @@ triton = pytest.importorskip("triton")
 from folovllm.attention.ops.paged_attn_reference import paged_attention_ref, store_kv_cache_ref  # noqa: E402
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
 from folovllm.attention.ops.triton_kv_store import store_kv_cache  # noqa: E402
-from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention  # noqa: E402
+from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _tiles(query_lens, block_m, pad_to=None):
+    """The prefill work list on the device, optionally padded with (-1, -1) rows as a CUDA graph's buffer is."""
+    tiles = torch.from_numpy(prefill_tiles(query_lens, block_m))
+    if pad_to is not None:
+        tiles = torch.cat([tiles, torch.full((pad_to - len(tiles), 2), -1, dtype=torch.int32)])
+    return tiles.to(DEVICE)
 
 
 def _random_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, block_size, seed, dtype=torch.float32):
@@ -101,9 +109,38 @@ def test_prefill_attention_matches_reference(block_size, num_heads, num_kv_heads
     out = paged_prefill_attention(
         q, k_cache, v_cache, block_table,
         torch.tensor(qsl, dtype=torch.int32, device=DEVICE), torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
-        max(query_lens), scale, block_m=16, block_n=16,
+        _tiles(query_lens, 16), scale, block_m=16, block_n=16,
     )  # fmt: skip
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+
+
+def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
+    import itertools
+
+    from folovllm.attention.ops.triton_prefill_attention import max_prefill_tiles
+
+    for lens in ([1], [64], [65], [17, 11, 1, 0, 9], [1] * 7, [130, 1, 1, 63]):
+        tiles = prefill_tiles(lens, 16)
+        rows = [(s, t * 16 + i) for s, t in tiles.tolist() for i in range(16) if t * 16 + i < lens[s]]
+        assert rows == [(s, i) for s, n in enumerate(lens) for i in range(n)]  # all rows, once, in order
+        assert len(tiles) <= max_prefill_tiles(sum(lens), len(lens), 16)
+    # the bound is tight: one token per sequence, or full tiles plus one short tail each
+    assert max(len(prefill_tiles(c, 16)) for c in itertools.product(range(0, 40), repeat=2) if sum(c) == 40) == 40 // 16 + 2
+
+
+def test_prefill_attention_padding_tiles_do_nothing():
+    """A CUDA graph launches the bound's worth of tiles; the (-1, -1) rows must leave every output row alone."""
+    seq_lens, query_lens = [20, 9], [20, 3]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=11)
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.25)
+    out = torch.full_like(q, 7.0)
+    args = (torch.tensor(qsl, dtype=torch.int32, device=DEVICE), torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE))
+    paged_prefill_attention(q, k_cache, v_cache, block_table, *args, _tiles(query_lens, 16, pad_to=9), 0.25, out=out, block_m=16, block_n=16)
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+    untouched = torch.full_like(q, 7.0)
+    empty = torch.full((4, 2), -1, dtype=torch.int32, device=DEVICE)
+    paged_prefill_attention(q, k_cache, v_cache, block_table, *args, empty, 0.25, out=untouched, block_m=16, block_n=16)
+    assert bool((untouched == 7.0).all())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -115,7 +152,7 @@ def test_kernels_half_precision_on_gpu(dtype):
     ref = paged_attention_ref(q.float().cpu(), k_cache.float().cpu(), v_cache.float().cpu(), block_table.cpu(), qsl, seq_lens, scale)
     out = paged_prefill_attention(
         q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
-        torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), max(seq_lens), scale,
+        torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), _tiles(seq_lens, prefill_block_sizes(128)[0]), scale,
     )  # fmt: skip
     torch.testing.assert_close(out.float().cpu(), ref, atol=2e-2, rtol=2e-2)
     last = [qsl[i + 1] - 1 for i in range(len(seq_lens))]
@@ -166,7 +203,7 @@ def test_attention_kernels_read_an_fp8_cache_like_the_reference(num_kv_splits):
     ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, scale)
     out = paged_prefill_attention(
         q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
-        torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), max(query_lens), scale, block_m=16, block_n=16,
+        torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), _tiles(query_lens, 16), scale, block_m=16, block_n=16,
     )  # fmt: skip
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
     last = [qsl[i + 1] - 1 for i in range(len(seq_lens))]

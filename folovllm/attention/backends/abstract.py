@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -28,6 +29,8 @@ class AttentionMetadata:
     seq_lens_cpu: list[int]
     # Split-K factor of the decode kernel; fixed per CUDA-graph batch size.
     num_kv_splits: int = 1
+    # The prefill kernel's work list (see AttentionBackend.make_prefill_tiles); None when unused.
+    prefill_tiles: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -36,6 +39,14 @@ class AttentionMetadata:
 
 class AttentionBackend(ABC):
     name: str
+
+    def make_prefill_tiles(self, query_lens: np.ndarray, head_dim: int) -> np.ndarray | None:
+        """The host-built work list a prefill step passes in ``prefill_tiles``, or None (the default) if unused."""
+        return None
+
+    def max_prefill_tiles(self, num_tokens: int, max_num_seqs: int, head_dim: int) -> int:
+        """The most rows ``make_prefill_tiles`` can return for a batch of ``num_tokens``: a CUDA graph's buffer."""
+        return 0
 
     @abstractmethod
     def forward(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
 from folovllm.attention.ops.triton_kv_store import store_kv_cache
-from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention
+from folovllm.attention.ops.triton_prefill_attention import max_prefill_tiles, paged_prefill_attention, prefill_block_sizes, prefill_tiles
 
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+
+    def make_prefill_tiles(self, query_lens: np.ndarray, head_dim: int) -> np.ndarray:
+        return prefill_tiles(query_lens, prefill_block_sizes(head_dim)[0])
+
+    def max_prefill_tiles(self, num_tokens: int, max_num_seqs: int, head_dim: int) -> int:
+        return max_prefill_tiles(num_tokens, max_num_seqs, prefill_block_sizes(head_dim)[0])
 
     def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
         store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
@@ -22,5 +29,5 @@ class TritonAttentionBackend(AttentionBackend):
             )  # fmt: skip
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
-            attn_metadata.seq_lens, attn_metadata.max_query_len, scale,
+            attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale,
         )  # fmt: skip

@@ -1,15 +1,21 @@
 """Triton paged prefill attention (flash attention over a varlen, paged context).
 
-Grid: (query tile, sequence, query head). A program holds BLOCK_M query rows
-of one sequence and streams that sequence's keys/values out of the paged cache
-in BLOCK_N tiles, keeping a running max and sum (online softmax), so the
-score matrix never exists in memory. Because it reads the context from the
-cache, the same kernel serves fresh prompts, later chunks of a chunked
-prefill, and mixed batches that also hold decode tokens.
+Grid: (work tile, query head). The host lists the step's work as tiles, one
+per BLOCK_M query rows of one sequence (``prefill_tiles``); a program takes a
+tile and streams that sequence's keys/values out of the paged cache in BLOCK_N
+tiles, keeping a running max and sum (online softmax), so the score matrix
+never exists in memory. Because it reads the context from the cache, the same
+kernel serves fresh prompts, later chunks of a chunked prefill, and mixed
+batches that also hold decode tokens.
+
+The tile list is what lets a CUDA graph hold this kernel: the grid depends
+only on how many tiles a batch of T tokens can need (``max_prefill_tiles``),
+not on its sequences' lengths; rows (-1, -1) pad the list and do nothing.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +27,7 @@ from folovllm.attention.ops.triton_paged_kv import load_kv_tile
 # new variants while requests run.
 @triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(
+    tiles_ptr,  # int32 [num_tiles, 2]: (sequence, query tile); sequence -1 = nothing to do
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
@@ -44,13 +51,16 @@ def _prefill_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    m_block = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    tile = tl.program_id(0)
+    h = tl.program_id(1)
     kvh = h // GROUP
+    b = tl.load(tiles_ptr + 2 * tile)
+    live = b >= 0
+    b = tl.maximum(b, 0)  # a padding tile reads sequence 0's bounds, as tile 0 with no rows
+    m_block = tl.maximum(tl.load(tiles_ptr + 2 * tile + 1), 0)
 
     q_start = tl.load(query_start_loc_ptr + b)
-    query_len = tl.load(query_start_loc_ptr + b + 1) - q_start
+    query_len = tl.where(live, tl.load(query_start_loc_ptr + b + 1) - q_start, 0)  # a padding tile: no rows
     seq_len = tl.load(seq_lens_ptr + b)
     context_before = seq_len - query_len  # tokens cached before this step
 
@@ -100,6 +110,25 @@ def _prefill_kernel(
     )
 
 
+def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for a head size: smaller tiles for big heads, to fit the registers."""
+    return (64, 64) if head_dim <= 128 else (32, 32)
+
+
+def prefill_tiles(query_lens, block_m: int) -> np.ndarray:
+    """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), in batch order."""
+    query_lens = np.asarray(query_lens, dtype=np.int64)
+    per_seq = -(-query_lens // block_m)
+    seqs = np.repeat(np.arange(len(query_lens)), per_seq)
+    first = np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
+    return np.stack([seqs, np.arange(len(seqs)) - first], axis=1).astype(np.int32)
+
+
+def max_prefill_tiles(num_tokens: int, max_num_seqs: int, block_m: int) -> int:
+    """The most tiles any batch of ``num_tokens`` tokens over at most ``max_num_seqs`` sequences needs."""
+    return num_tokens // block_m + min(max_num_seqs, num_tokens)
+
+
 def paged_prefill_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -107,27 +136,29 @@ def paged_prefill_attention(
     block_table: torch.Tensor,
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
-    max_query_len: int,
+    tiles: torch.Tensor,
     scale: float,
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
-    """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache)."""
+    """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache).
+
+    ``tiles``: ``prefill_tiles(query_lens, block_m)`` on the device, possibly
+    padded with (-1, -1) rows; ``block_m`` must be the one it was built with
+    (default: ``prefill_block_sizes(head_dim)``).
+    """
     num_tokens, num_heads, head_dim = q.shape
-    num_seqs = seq_lens.shape[0]
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
     if out is None:
         out = torch.empty_like(q)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block_m = block_m or (64 if head_dim <= 128 else 32)
-    block_n = block_n or (64 if head_dim <= 128 else 32)
-    grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
-    _prefill_kernel[grid](
-        q, k_cache, v_cache, block_table, query_start_loc, seq_lens, out, scale,
+    default_m, default_n = prefill_block_sizes(head_dim)
+    _prefill_kernel[(tiles.shape[0], num_heads)](
+        tiles, q, k_cache, v_cache, block_table, query_start_loc, seq_lens, out, scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, num_warps=4, num_stages=2,
     )  # fmt: skip
     return out

@@ -1,0 +1,92 @@
+"""The CUDA-graph runner's bookkeeping, on the CPU.
+
+A real CUDA graph replays the kernels it recorded: it reads whatever its
+device buffers hold at replay, while every Python-side value (shapes, the
+metadata object, a step's longest query) stays what it was at capture. The
+stand-in below models exactly that: "replay" calls the captured forward again,
+with the captured closure, and writes into the captured output tensor. With
+the Triton attention backend running in the interpreter, this checks on CI
+that the runner fills and pads its buffers right and that nothing in the
+captured forward depends on host values of the step being replayed; the
+capture itself (and what CUDA forbids during it) is checked by the GPU tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.integration.hf_reference import hf_greedy
+
+pytest.importorskip("triton")
+
+
+class _ReplayedForward:
+    def __init__(self, forward) -> None:
+        self.forward = forward
+        self.out = forward()
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.out.copy_(self.forward())
+        self.replays += 1
+
+
+def _fake_capture(forward, pool):
+    graph = _ReplayedForward(forward)
+    return graph, graph.out, pool
+
+
+@pytest.fixture
+def graphed_llm(tiny_model, monkeypatch):
+    """An engine on the CPU with Triton attention and the graph runner switched on through the stand-in."""
+    from folovllm import LLM
+    from folovllm.attention.backends.triton_backend import TritonAttentionBackend
+    from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
+
+    monkeypatch.setattr("folovllm.worker.model_runner.get_attn_backend", lambda device: TritonAttentionBackend())
+    monkeypatch.setattr(CUDAGraphRunner, "_capture_graph", staticmethod(_fake_capture))
+
+    def build(**kwargs):
+        llm = LLM(str(tiny_model), device="cpu", dtype="float32", **kwargs)
+        runner = llm.llm_engine.executor.worker.model_runner
+        runner.num_sms = 8  # so that small decode batches split their context, as on a GPU
+        sc = llm.llm_engine.config.scheduler_config
+        runner.graph_runner = CUDAGraphRunner(
+            runner.model, runner.attn_backend, runner.max_num_seqs, sc.max_num_batched_tokens, runner.max_blocks_per_seq,
+            runner.max_model_len, runner.model_config.get_head_dim(), runner.device, runner._num_kv_splits,
+        )  # fmt: skip
+        runner.graph_runner.capture()
+        return llm, runner.graph_runner
+
+    return build
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_graph_replays_of_mixed_and_decode_steps_match_hf(graphed_llm, tiny_model, async_scheduling):
+    from folovllm import SamplingParams
+
+    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160, async_scheduling=async_scheduling)
+    assert graphs.capture_sizes == {"decode": [1, 2, 4], "mixed": [16, 32, 64]}
+    # Five prompts for four seats and a 64-token budget: chunks, decodes mixed in, padded sizes, a queue.
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 12)
+    replays = {key: g.replays for key, g in graphs.graphs.items() if g.replays}
+    assert {kind for kind, _ in replays} == {"decode", "mixed"}, replays
+    assert any(size not in (64,) for kind, size in replays if kind == "mixed"), replays  # some steps were padded
+
+
+def test_a_step_beyond_the_largest_mixed_graph_runs_eagerly(graphed_llm, tiny_model):
+    from folovllm import SamplingParams
+
+    llm, graphs = graphed_llm(max_num_seqs=2, max_num_batched_tokens=200, max_model_len=256)
+    assert graphs.mixed_sizes == [16, 32, 64, 128, 200]
+    big = list(range(5, 205))  # one 200-token step: the 200 graph; then decodes
+    outs = llm.generate([{"prompt_token_ids": big}], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert outs[0].outputs[0].token_ids == hf_greedy(tiny_model, [big], 4)[0]
+    assert graphs.graphs[("mixed", 200)].replays == 1
+    graphs.mixed_sizes = graphs.mixed_sizes[:-1]  # now 200 tokens exceed the largest graph
+    outs = llm.generate([{"prompt_token_ids": big[::-1]}], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert outs[0].outputs[0].token_ids == hf_greedy(tiny_model, [big[::-1]], 4)[0]
+    assert graphs.graphs[("mixed", 200)].replays == 1
