@@ -14,7 +14,6 @@ capture itself (and what CUDA forbids during it) is checked by the GPU tests.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.integration.hf_reference import hf_greedy
 
