@@ -1,0 +1,26 @@
+"""The benchmark suite runs end to end (``--smoke``: a tiny model on the CPU), so GPU time is not spent on script errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_path):
+    out = tmp_path / "docs" / "benchmarks.md"
+    out.parent.mkdir()
+    out.write_text("# Benchmarks\n\n<!-- bench_all.py: begin -->\nold figures\n<!-- bench_all.py: end -->\n\n## History\n\nkept\n")
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n") and text.endswith("## History\n\nkept\n") and "old figures" not in text
+    for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "first request after start-up",
+                "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype"):  # fmt: skip
+        assert row in text, row
+    assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
