@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import random
 import re
@@ -148,7 +149,7 @@ def main() -> None:
     tput_secs = []
     for _ in range(args.runs):
         llm.reset_prefix_cache()  # every run computes its prompts
-        tput_secs.append(timed(device, lambda: llm.generate(prompts, params, use_tqdm=False)))
+        tput_secs.append(timed(device, functools.partial(llm.generate, prompts, params, use_tqdm=False)))
     tput_runs = [wl.num_output_tokens / s for s in tput_secs]
     decode_steps = max(wl.output_lens)
     kv_read = kv_per_token * sum(len(p) * n + n * (n - 1) // 2 for p, n in zip(wl.prompts, wl.output_lens))
