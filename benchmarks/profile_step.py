@@ -1,8 +1,12 @@
-"""Where does a step's time go? Two views of the throughput workload.
+"""Where does a step's time go? Views of prefill, decode and the throughput workload.
 
-    python benchmarks/profile_step.py breakdown   # wall time per phase of steady decode steps (GPU synced)
-    python benchmarks/profile_step.py cprofile    # host-side cProfile of the whole run
-    python benchmarks/profile_step.py kernels     # torch.profiler kernel table of steady decode steps (GPU)
+    python benchmarks/profile_step.py breakdown     # wall time per phase of steady decode steps (GPU synced)
+    python benchmarks/profile_step.py cprofile      # host-side cProfile of the whole run
+    python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
+    python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off
+    python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held
+
+breakdown, prefill and tail also run on the CPU (a small model), to check the script.
 """
 
 import cProfile
@@ -16,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmarks.bench_throughput as bench  # noqa: E402
-from benchmarks.common import get_checkpoint  # noqa: E402
+from benchmarks.common import get_checkpoint, nano_vllm_workload  # noqa: E402
 
 
 def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
@@ -95,13 +99,100 @@ def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) ->
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
 
 
+def prefill(runs: int = 5) -> None:
+    """Is a prefill bound by the host or the GPU? Wall time of a 1-token request against the GPU kernel time inside it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from folovllm import LLM, SamplingParams
+
+    cuda = torch.cuda.is_available()
+    lengths = (128, 1024, 4096) if cuda else (64, 512, 2048)
+    model = get_checkpoint(None, "qwen3-0.6b" if cuda else "small", "cuda" if cuda else "cpu")
+    llm = LLM(model, max_model_len=max(lengths) + 16, device="cuda" if cuda else "cpu")
+    runner = llm.llm_engine.executor.worker.model_runner
+    vocab = llm.llm_engine.config.model_config.get_vocab_size()
+    params = SamplingParams(max_tokens=1, ignore_eos=True)
+    graphs = runner.graph_runner
+    modes = [("graphs", graphs.mixed_sizes if graphs else []), ("eager", [])]
+    print(f"{'tokens':>6} {'mode':>6} {'wall ms':>8} {'GPU kernels ms':>15} {'kernels':>8}")
+    for n in lengths:
+        for i, (mode, sizes) in enumerate(modes):
+            if graphs is None and i == 0:
+                continue
+            if graphs is not None:
+                graphs.mixed_sizes = sizes
+            walls = []
+            for r in range(runs + 1):  # the first run warms up
+                prompt = [{"prompt_token_ids": [(31 * r + 7 * j + n) % vocab for j in range(n)]}]
+                t0 = time.perf_counter()
+                llm.generate(prompt, params, use_tqdm=False)
+                if cuda:
+                    torch.cuda.synchronize()
+                walls.append(time.perf_counter() - t0)
+            gpu_ms, kernels = float("nan"), 0
+            if cuda:
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    llm.generate([{"prompt_token_ids": [(5 * j + n) % vocab for j in range(n)]}], params, use_tqdm=False)
+                    torch.cuda.synchronize()
+                events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+                gpu_ms, kernels = sum(e.time_range.elapsed_us() for e in events) / 1e3, len(events)
+            print(f"{n:>6} {mode:>6} {sorted(walls[1:])[runs // 2] * 1e3:>8.2f} {gpu_ms:>15.2f} {kernels:>8}")
+    if graphs is not None:
+        graphs.mixed_sizes = modes[0][1]
+
+
+def tail() -> None:
+    """The throughput workload step by step: how much of its time goes to which kind of step."""
+    from folovllm import LLM, SamplingParams
+
+    cuda = torch.cuda.is_available()
+    num_seqs, max_len = (256, 1024) if cuda else (32, 128)
+    model = get_checkpoint(None, "qwen3-0.6b" if cuda else "small", "cuda" if cuda else "cpu")
+    llm = LLM(model, max_model_len=2 * max_len + 64, async_scheduling=cuda, device="cuda" if cuda else "cpu")
+    engine = llm.llm_engine
+    vocab = engine.config.model_config.get_vocab_size()
+    wl = nano_vllm_workload(num_seqs, 100 if cuda else 16, max_len, max_len, vocab)
+    for i, (p, n) in enumerate(zip(wl.prompts, wl.output_lens)):
+        engine.add_request(str(i), p, SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n))
+    launch = engine._launch
+    steps = []  # (has prompt tokens, sequences, seconds since the previous launch)
+    last = [time.perf_counter()]
+
+    def timed_launch():
+        so, handle = launch()
+        now = time.perf_counter()
+        prompts = bool(so.scheduled_new_reqs) or any(n > 1 for n in so.num_scheduled_tokens.values())
+        steps.append((prompts, len(so.num_scheduled_tokens), now - last[0]))
+        last[0] = now
+        return so, handle
+
+    engine._launch = timed_launch
+    t0 = time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+    total = time.perf_counter() - t0
+    groups = {"with prompt tokens": lambda p, b: p, "decode, 129+ seqs": lambda p, b: not p and b > 128,
+              "decode, 33-128 seqs": lambda p, b: not p and 32 < b <= 128, "decode, 9-32 seqs": lambda p, b: not p and 8 < b <= 32,
+              "decode, 1-8 seqs": lambda p, b: not p and b <= 8}  # fmt: skip
+    print(f"{num_seqs} sequences, {wl.num_output_tokens:,} output tokens in {total:.2f} s ({wl.num_output_tokens / total:,.0f} tok/s), {len(steps)} steps")
+    for name, match in groups.items():
+        chosen = [(b, dt) for p, b, dt in steps if match(p, b)]
+        secs = sum(dt for _, dt in chosen)
+        print(f"  {name:20s} {len(chosen):5d} steps {secs:7.3f} s ({secs / total:4.0%}), {sum(b for b, _ in chosen):8,d} sequence-steps")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "breakdown"
-    sys.argv = [sys.argv[0]] + sys.argv[2:]
+    extra = sys.argv[2:]
+    sys.argv = [sys.argv[0]]
     if mode == "breakdown":
         breakdown()
     elif mode == "kernels":
-        kernel_table()
+        kernel_table(*(int(a) for a in extra[:1]))
+    elif mode == "prefill":
+        prefill()
+    elif mode == "tail":
+        tail()
     else:
         prof = cProfile.Profile()
         prof.runcall(bench.main)
