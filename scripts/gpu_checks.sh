@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [bench] [fp8] [gptq] [chunked]     (default: tests bench)
+#   bash scripts/gpu_checks.sh [tests] [bench] [profile] [fp8] [gptq] [chunked]     (default: tests bench)
 #
 # Each stage has its own time limit and writes its output to $OUT (default: ./gpu_out), so a
 # stage that runs long costs only itself. `bench` rewrites its part of docs/benchmarks.md and
@@ -30,6 +30,9 @@ for stage in $stages; do
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
                    tests/unit/test_sampler.py ;;
         bench) run bench 540 $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md docs/roofline.png "$OUT/" ;;
+        profile) run profile_prefill 200 $PY benchmarks/profile_step.py prefill
+                 run profile_tail 200 $PY benchmarks/profile_step.py tail
+                 run profile_decode1 150 $PY benchmarks/profile_step.py kernels 1 ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;
