@@ -10,7 +10,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope, silu_and_mul  # noqa: E402
+from folovllm.attention.ops.paged_attn_reference import store_kv_cache_ref  # noqa: E402
+from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
 from folovllm.model_executor.layers.layernorm import RMSNorm  # noqa: E402
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding  # noqa: E402
 
@@ -43,24 +44,56 @@ def test_fused_add_rms_norm_matches_torch(hidden, with_residual):
 
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 16), (2, 1, 48), (16, 8, 128)])
 @pytest.mark.parametrize("with_norm", [True, False])
-def test_fused_qk_norm_rope_matches_torch(num_heads, num_kv_heads, head_dim, with_norm):
+def test_fused_qk_norm_rope_store_matches_torch(num_heads, num_kv_heads, head_dim, with_norm):
+    """q comes back normed and rotated; k (normed, rotated) and v land in their cache slots; slot -1 writes nothing."""
     g = torch.Generator().manual_seed(head_dim)
-    num_tokens = 5
+    num_tokens, num_blocks, block_size = 5, 4, 4
     qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, generator=g)
-    q = qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
-    k = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
+    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    q, k, v = (x.view(num_tokens, -1, head_dim) for x in (q, k, v))
     positions = torch.tensor([0, 3, 17, 5, 63])
+    slots = torch.tensor([6, -1, 0, 15, 9])
     rope = RotaryEmbedding(head_dim, 64, 10000.0)
     q_norm, k_norm = _torch_rmsnorm(head_dim, 1), _torch_rmsnorm(head_dim, 2)
     eq, ek = (q_norm(q), k_norm(k)) if with_norm else (q, k)
     eq, ek = rope(positions, eq, ek)
-    dq, dk = fused_qk_norm_rope(
-        q.to(DEVICE), k.to(DEVICE),
+    ref_k = torch.full((num_blocks, block_size, num_kv_heads, head_dim), 9.0)
+    ref_v = ref_k.clone()
+    store_kv_cache_ref(ek, v, ref_k, ref_v, slots)
+    k_cache, v_cache = torch.full_like(ref_k, 9.0).to(DEVICE), torch.full_like(ref_v, 9.0).to(DEVICE)
+    dq = fused_qk_norm_rope_store(
+        q.to(DEVICE), k.to(DEVICE), v.to(DEVICE),
         q_norm.weight.data.to(DEVICE) if with_norm else None, k_norm.weight.data.to(DEVICE) if with_norm else None,
-        rope.cos_cache.to(DEVICE), rope.sin_cache.to(DEVICE), positions.to(DEVICE), 1e-6,
+        rope.cos_cache.to(DEVICE), rope.sin_cache.to(DEVICE), positions.to(DEVICE), 1e-6, k_cache, v_cache, slots.to(DEVICE),
     )  # fmt: skip
     torch.testing.assert_close(dq.cpu(), eq, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(dk.cpu(), ek, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k_cache.cpu(), ref_k, atol=1e-5, rtol=1e-5)
+    assert torch.equal(v_cache.cpu(), ref_v)
+
+
+def test_fused_qk_norm_rope_store_into_an_fp8_cache_saturates_like_the_kv_store_kernel():
+    from folovllm.attention.ops.triton_kv_store import store_kv_cache
+
+    g = torch.Generator().manual_seed(3)
+    num_tokens, heads, kv_heads, d = 6, 4, 2, 16
+    q = torch.randn(num_tokens, heads, d, generator=g)
+    k = torch.randn(num_tokens, kv_heads, d, generator=g) * 200  # normed away below; v keeps its range
+    v = torch.randn(num_tokens, kv_heads, d, generator=g) * 300  # some beyond +-448
+    positions, slots = torch.arange(num_tokens), torch.tensor([3, 0, -1, 7, 5, 2])
+    rope = RotaryEmbedding(d, 16, 10000.0)
+    weights = [(torch.rand(d, generator=g) * 600).to(DEVICE) for _ in range(2)]  # pushes normed k past 448 too
+    caches = [torch.zeros(2, 4, kv_heads, d, dtype=torch.float8_e4m3fn, device=DEVICE) for _ in range(4)]
+    fused_qk_norm_rope_store(
+        q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), *weights, rope.cos_cache.to(DEVICE), rope.sin_cache.to(DEVICE),
+        positions.to(DEVICE), 1e-6, caches[0], caches[1], slots.to(DEVICE),
+    )  # fmt: skip
+    norm_k = RMSNorm(d, 1e-6)
+    norm_k.weight.data = weights[1].cpu()
+    _, roped_k = rope(positions, q, norm_k(k))
+    store_kv_cache(roped_k.to(DEVICE), v.to(DEVICE), caches[2], caches[3], slots.to(DEVICE))
+    assert caches[1].float().abs().max() == 448.0 and caches[0].float().abs().max() == 448.0
+    assert torch.equal(caches[1].float(), caches[3].float())  # v: the same bytes as the KV-store kernel
+    torch.testing.assert_close(caches[0].float(), caches[2].float(), rtol=0.13, atol=2**-6)  # k: within an FP8 step
 
 
 @pytest.mark.parametrize("n", [16, 100, 3072])

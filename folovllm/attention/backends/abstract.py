@@ -52,14 +52,17 @@ class AttentionBackend(ABC):
     def forward(
         self,
         q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         attn_metadata: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
         """Write k/v into the cache, then attend. q: [T, H, D] -> [T, H, D].
+
+        k = v = None when the caller has already written this step's K/V
+        (the GPU path's fused norm + RoPE kernel does, saving a launch per layer).
 
         k_cache / v_cache: [num_blocks, block_size, num_kv_heads, head_dim].
         """

@@ -16,7 +16,8 @@ class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
     def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        store_kv_cache_ref(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        if k is not None:
+            store_kv_cache_ref(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
         if attn_metadata.max_query_len == 1:
             return paged_decode_attention_ref(
                 q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale

@@ -21,7 +21,8 @@ class TritonAttentionBackend(AttentionBackend):
         return max_prefill_tiles(num_tokens, max_num_seqs, prefill_block_sizes(head_dim)[0])
 
     def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        if k is not None:
+            store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
         if attn_metadata.max_query_len == 1:
             return paged_decode_attention(
                 q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,

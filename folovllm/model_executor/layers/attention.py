@@ -20,7 +20,9 @@ class Attention(nn.Module):
         self.backend = backend
         self.kv_cache: torch.Tensor | None = None  # [2, num_blocks, block_size, num_kv_heads, head_dim]
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """q: [T, H, D], k/v: [T, KVH, D] -> [T, H, D]."""
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, attn_metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """q: [T, H, D], k/v: [T, KVH, D] -> [T, H, D]. k = v = None: the caller has written them into the cache."""
         assert self.kv_cache is not None, "KV cache not bound; call ModelRunner.initialize_kv_cache first"
         return self.backend.forward(q, k, v, self.kv_cache[0], self.kv_cache[1], attn_metadata, self.scale)

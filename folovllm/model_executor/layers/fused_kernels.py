@@ -1,12 +1,14 @@
 """Triton kernels that fuse the decoder's small element-wise ops.
 
 Unfused, one decoder layer launches ~60 tiny kernels (casts, pow, mean,
-rsqrt, gathers of cos/sin, rotate-half, ...); at decode batch sizes each is
-far shorter than its launch cost, even inside a CUDA graph. These three
-kernels bring that to three launches:
+rsqrt, gathers of cos/sin, rotate-half, the KV-cache write, ...); at decode
+batch sizes each is far shorter than its launch cost, even inside a CUDA
+graph. These three kernels bring that to three launches:
 
 * ``fused_add_rms_norm``: residual add + RMSNorm (one read, two writes);
-* ``fused_qk_norm_rope``: Qwen3's per-head RMSNorm of q and k + RoPE;
+* ``fused_qk_norm_rope_store``: Qwen3's per-head RMSNorm of q and k + RoPE,
+  and the write of this step's k and v into their paged-cache slots (what
+  ``triton_kv_store`` does on its own for other callers);
 * ``silu_and_mul``: the MLP gate.
 
 They follow the rounding of the plain-torch layers (statistics in float32,
@@ -54,25 +56,27 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: t
 
 
 @triton.jit
-def _qk_norm_rope_kernel(
-    q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, q_out_ptr, k_out_ptr,
-    stride_qt, stride_kt, eps,
+def _qk_norm_rope_store_kernel(
+    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
+    stride_qt, stride_kt, stride_vt, eps,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr,
+    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr, FP8: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0)
-    h = tl.program_id(1)  # 0..NUM_Q_HEADS-1 are q heads, the rest k heads
+    h = tl.program_id(1)  # 0..NUM_Q_HEADS-1 are q heads, the rest kv heads
     half = HEAD_DIM // 2
     offs = tl.arange(0, HALF_BLOCK)
     mask = offs < half
     is_q = h < NUM_Q_HEADS
+    kvh = h - NUM_Q_HEADS
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    cache_row = slot * (NUM_KV_HEADS * HEAD_DIM) + kvh * HEAD_DIM
+    # (Both branches must give each name the same type: the q and k pointers share the model dtype.)
     if is_q:
         src = q_ptr + t * stride_qt + h * HEAD_DIM
-        dst = q_out_ptr + (t * NUM_Q_HEADS + h) * HEAD_DIM
         w_ptr = qw_ptr
     else:
-        src = k_ptr + t * stride_kt + (h - NUM_Q_HEADS) * HEAD_DIM
-        dst = k_out_ptr + (t * NUM_KV_HEADS + h - NUM_Q_HEADS) * HEAD_DIM
+        src = k_ptr + t * stride_kt + kvh * HEAD_DIM
         w_ptr = kw_ptr
     x1 = tl.load(src + offs, mask=mask, other=0.0)
     x2 = tl.load(src + half + offs, mask=mask, other=0.0)
@@ -85,29 +89,51 @@ def _qk_norm_rope_kernel(
     pos = tl.load(pos_ptr + t)
     cos = tl.load(cos_ptr + pos * HEAD_DIM + offs, mask=mask, other=0.0)
     sin = tl.load(sin_ptr + pos * HEAD_DIM + offs, mask=mask, other=0.0)
-    y1 = x1.to(tl.float32) * cos - x2.to(tl.float32) * sin
-    y2 = x2.to(tl.float32) * cos + x1.to(tl.float32) * sin
-    tl.store(dst + offs, y1.to(x1.dtype), mask=mask)
-    tl.store(dst + half + offs, y2.to(x1.dtype), mask=mask)
+    y1 = (x1.to(tl.float32) * cos - x2.to(tl.float32) * sin).to(x1.dtype)  # rounded to the model dtype, as unfused
+    y2 = (x2.to(tl.float32) * cos + x1.to(tl.float32) * sin).to(x1.dtype)
+    if is_q:
+        dst = q_out_ptr + (t * NUM_Q_HEADS + h) * HEAD_DIM
+        tl.store(dst + offs, y1, mask=mask)
+        tl.store(dst + half + offs, y2, mask=mask)
+    else:
+        store = offs < tl.where(slot >= 0, half, 0)  # slot -1: a padding token, nothing to cache
+        v1 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + offs, mask=store)
+        v2 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + half + offs, mask=store)
+        if FP8:  # saturate at +-448 as the KV-store kernel does
+            y1 = tl.clamp(y1.to(tl.float32), -448.0, 448.0)
+            y2 = tl.clamp(y2.to(tl.float32), -448.0, 448.0)
+            v1 = tl.clamp(v1.to(tl.float32), -448.0, 448.0)
+            v2 = tl.clamp(v2.to(tl.float32), -448.0, 448.0)
+        cache_ty = k_cache_ptr.dtype.element_ty
+        tl.store(k_cache_ptr + cache_row + offs, y1.to(cache_ty), mask=store)
+        tl.store(k_cache_ptr + cache_row + half + offs, y2.to(cache_ty), mask=store)
+        tl.store(v_cache_ptr + cache_row + offs, v1.to(cache_ty), mask=store)
+        tl.store(v_cache_ptr + cache_row + half + offs, v2.to(cache_ty), mask=store)
 
 
-def fused_qk_norm_rope(
-    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
+def fused_qk_norm_rope_store(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
     cos_cache: torch.Tensor, sin_cache: torch.Tensor, positions: torch.Tensor, eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """q [T, H, D], k [T, KVH, D] (rows may be strided) -> new contiguous q, k."""
+    k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """q [T, H, D], k and v [T, KVH, D] (rows may be strided; heads contiguous) -> the new contiguous q.
+
+    k (normed and rotated) and v go straight into the paged caches
+    ``[num_blocks, block_size, KVH, D]`` at ``slot_mapping`` (-1: skipped).
+    """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
+    assert k.stride(1) == v.stride(1) == head_dim and k_cache.is_contiguous() and v_cache.is_contiguous()
     q_out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(num_tokens, num_kv_heads, head_dim, dtype=k.dtype, device=k.device)
     has_norm = q_weight is not None
-    _qk_norm_rope_kernel[(num_tokens, num_heads + num_kv_heads)](
-        q, k, q_weight if has_norm else q, k_weight if has_norm else k, cos_cache, sin_cache, positions,
-        q_out, k_out, q.stride(0), k.stride(0), eps,
+    _qk_norm_rope_store_kernel[(num_tokens, num_heads + num_kv_heads)](
+        q, k, v, q_weight if has_norm else q, k_weight if has_norm else k, cos_cache, sin_cache, positions, slot_mapping,
+        q_out, k_cache, v_cache, q.stride(0), k.stride(0), v.stride(0), eps,
         NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, num_warps=1,
+        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, FP8=k_cache.dtype == torch.float8_e4m3fn,
+        num_warps=1,
     )  # fmt: skip
-    return q_out, k_out
+    return q_out
 
 
 @triton.jit

@@ -53,18 +53,19 @@ class Qwen3Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if use_fused_kernels(q):
-            from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope
+            from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope_store
 
-            rope = self.rotary_emb
-            q, k = fused_qk_norm_rope(
-                q, k, self.q_norm.weight if self.q_norm else None, self.k_norm.weight if self.k_norm else None,
-                rope.cos_cache, rope.sin_cache, positions, self.eps,
+            rope, cache = self.rotary_emb, self.attn.kv_cache
+            q = fused_qk_norm_rope_store(
+                q, k, v, self.q_norm.weight if self.q_norm else None, self.k_norm.weight if self.k_norm else None,
+                rope.cos_cache, rope.sin_cache, positions, self.eps, cache[0], cache[1], attn_metadata.slot_mapping,
             )  # fmt: skip
+            out = self.attn(q, None, None, attn_metadata)  # this step's k and v are in the cache already
         else:
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = self.rotary_emb(positions, q, k)
-        out = self.attn(q, k, v, attn_metadata)
+            out = self.attn(q, k, v, attn_metadata)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
