@@ -35,6 +35,7 @@ from folovllm.attention.backends.abstract import AttentionMetadata
 _DECODE_LADDER = [1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512]
 # Beyond ~4096 tokens a prefill's GPU time exceeds its launch time: eager costs nothing more.
 _MIXED_LADDER = [16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
+MAX_MIXED_GRAPH_TOKENS = _MIXED_LADDER[-1]
 
 
 def _ladder(steps: list[int], largest: int) -> list[int]:
@@ -51,8 +52,8 @@ class CUDAGraphRunner:
         self.num_kv_splits_fn = num_kv_splits_fn
         self.decode_sizes = _ladder(_DECODE_LADDER, max_num_seqs)
         # A backend without a prefill work list (the plain-torch one) reads host lists: no mixed graphs.
-        max_tiles = attn_backend.max_prefill_tiles(min(max_num_batched_tokens, _MIXED_LADDER[-1]), max_num_seqs, head_dim)
-        self.mixed_sizes = _ladder(_MIXED_LADDER, min(max_num_batched_tokens, _MIXED_LADDER[-1])) if max_tiles else []
+        max_tiles = attn_backend.max_prefill_tiles(min(max_num_batched_tokens, MAX_MIXED_GRAPH_TOKENS), max_num_seqs, head_dim)
+        self.mixed_sizes = _ladder(_MIXED_LADDER, min(max_num_batched_tokens, MAX_MIXED_GRAPH_TOKENS)) if max_tiles else []
         self.tiles_for = {t: attn_backend.max_prefill_tiles(t, max_num_seqs, head_dim) for t in self.mixed_sizes}
         n = max(self.decode_sizes[-1], *self.mixed_sizes) if self.mixed_sizes else self.decode_sizes[-1]
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)

@@ -19,6 +19,7 @@ from folovllm.distributed.parallel_state import all_reduce_min, init_distributed
 from folovllm.utils.common import cdiv, set_random_seed
 from folovllm.utils.device import get_gpu_memory_info
 from folovllm.model_runner_output import AsyncModelRunnerOutput
+from folovllm.worker.cuda_graph_runner import MAX_MIXED_GRAPH_TOKENS
 from folovllm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -81,12 +82,29 @@ class Worker:
         peak = torch.cuda.max_memory_allocated(self.device)
         activations = max(0, peak - weights - profile_cache)
         torch.cuda.empty_cache()
-        budget = total * self.config.cache_config.gpu_memory_utilization - non_torch - weights - activations - _GPU_HEADROOM_BYTES
+        graphs = self._cuda_graph_pool_estimate(activations)
+        budget = (
+            total * self.config.cache_config.gpu_memory_utilization
+            - non_torch - weights - activations - graphs - _GPU_HEADROOM_BYTES
+        )  # fmt: skip
         logger.info(
-            "GPU memory: total %.2f GiB, weights %.2f GiB, peak activations %.2f GiB, KV budget %.2f GiB",
-            total / 2**30, weights / 2**30, activations / 2**30, budget / 2**30,
+            "GPU memory: total %.2f GiB, weights %.2f GiB, peak activations %.2f GiB, CUDA graphs ~%.2f GiB, KV budget %.2f GiB",
+            total / 2**30, weights / 2**30, activations / 2**30, graphs / 2**30, budget / 2**30,
         )  # fmt: skip
         return int(budget // per_block)
+
+    def _cuda_graph_pool_estimate(self, activations: int) -> int:
+        """Memory the graphs' private pool will hold on to: the largest mixed-step graph's activations.
+
+        The pool is not shared with eager steps, which may still reach the
+        profiled peak, so it comes on top. Activations grow with the tokens of
+        a step: scale the profiled peak down to the largest graph's tokens.
+        """
+        if self.config.enforce_eager:
+            return 0
+        sc = self.config.scheduler_config
+        profiled_tokens = min(sc.max_num_batched_tokens, sc.max_num_seqs * self.model_runner.max_model_len)  # as profile_run
+        return int(activations * min(1.0, MAX_MIXED_GRAPH_TOKENS / profiled_tokens))
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.model_runner.initialize_kv_cache(num_blocks)
