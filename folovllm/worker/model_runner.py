@@ -156,7 +156,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Run, before the first request, every kernel variant a step can reach outside the decode graphs.
+        """Run, before the first request, every kernel variant a step can reach outside the CUDA graphs.
 
         The profile run compiled the big-batch paths; these short steps add the
         small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
