@@ -1,4 +1,6 @@
-"""Attention kernels alone, on a GPU: achieved bandwidth (decode) and FLOP rate (prefill).
+"""Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
+a mixed batch through the prefill kernel's work list, and the fused sampler with and without
+vocabulary splits.
 
     python benchmarks/bench_kernels.py
 """
@@ -48,6 +50,40 @@ def main() -> None:
         t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
+    mixed_batch(heads, kv_heads, head_dim, block_size, dtype)
+    sampler()
+
+
+def mixed_batch(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
+    """One 1024-token prompt beside 255 decodes at context 600: the work list launches 16 + 255 tiles,
+    where a (longest query x sequences) grid would launch 16 x 256."""
+    dev = "cuda"
+    query_lens, seq_lens = [1024] + [1] * 255, [1024] + [600] * 255
+    blocks = [-(-n // block_size) for n in seq_lens]
+    k_cache = torch.randn(sum(blocks), block_size, kv_heads, head_dim, dtype=dtype, device=dev)
+    v_cache = torch.randn_like(k_cache)
+    block_table = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=dev)
+    start = 0
+    for i, nb in enumerate(blocks):
+        block_table[i, :nb] = torch.arange(start, start + nb, dtype=torch.int32, device=dev)
+        start += nb
+    qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+    q = torch.randn(sum(query_lens), heads, head_dim, dtype=dtype, device=dev)
+    tiles = torch.from_numpy(prefill_tiles(query_lens, prefill_block_sizes(head_dim)[0])).to(dev)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
+    t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, tiles, head_dim**-0.5))
+    print(f"mixed   1 x 1024 prompt + 255 decodes (ctx 600), {len(tiles)} tiles: {t * 1e6:8.1f} us")
+
+
+def sampler(vocab: int = 151_936) -> None:
+    from folovllm.sample.ops.triton_sample import gumbel_argmax
+
+    for batch in (1, 8, 64, 256):
+        logits = torch.randn(batch, vocab, dtype=torch.bfloat16, device="cuda")
+        temperature = torch.full((batch,), 0.6, device="cuda")
+        one = cuda_time(lambda: gumbel_argmax(logits, temperature, splits=1))
+        auto = cuda_time(lambda: gumbel_argmax(logits, temperature))
+        print(f"sampler B={batch:4d} vocab={vocab}: one program per row {one * 1e6:7.1f} us, split {auto * 1e6:7.1f} us")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ for stage in $stages; do
         bench) run bench 540 $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md docs/roofline.png "$OUT/" ;;
         profile) run profile_prefill 200 $PY benchmarks/profile_step.py prefill
                  run profile_tail 200 $PY benchmarks/profile_step.py tail
-                 run profile_decode1 150 $PY benchmarks/profile_step.py kernels 1 ;;
+                 run profile_decode1 150 $PY benchmarks/profile_step.py kernels 1
+                 run kernels 120 $PY benchmarks/bench_kernels.py ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;
