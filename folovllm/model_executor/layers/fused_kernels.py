@@ -96,17 +96,19 @@ def _qk_norm_rope_store_kernel(
         tl.store(dst + offs, y1, mask=mask)
         tl.store(dst + half + offs, y2, mask=mask)
     else:
+        # New names only: a runtime branch may not change the type of a name from before it (y1, y2).
         store = offs < tl.where(slot >= 0, half, 0)  # slot -1: a padding token, nothing to cache
+        k1, k2 = y1, y2
         v1 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + offs, mask=store)
         v2 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + half + offs, mask=store)
         if FP8:  # saturate at +-448 as the KV-store kernel does
-            y1 = tl.clamp(y1.to(tl.float32), -448.0, 448.0)
-            y2 = tl.clamp(y2.to(tl.float32), -448.0, 448.0)
+            k1 = tl.clamp(k1.to(tl.float32), -448.0, 448.0)
+            k2 = tl.clamp(k2.to(tl.float32), -448.0, 448.0)
             v1 = tl.clamp(v1.to(tl.float32), -448.0, 448.0)
             v2 = tl.clamp(v2.to(tl.float32), -448.0, 448.0)
         cache_ty = k_cache_ptr.dtype.element_ty
-        tl.store(k_cache_ptr + cache_row + offs, y1.to(cache_ty), mask=store)
-        tl.store(k_cache_ptr + cache_row + half + offs, y2.to(cache_ty), mask=store)
+        tl.store(k_cache_ptr + cache_row + offs, k1.to(cache_ty), mask=store)
+        tl.store(k_cache_ptr + cache_row + half + offs, k2.to(cache_ty), mask=store)
         tl.store(v_cache_ptr + cache_row + offs, v1.to(cache_ty), mask=store)
         tl.store(v_cache_ptr + cache_row + half + offs, v2.to(cache_ty), mask=store)
 

@@ -1,0 +1,154 @@
+"""Compile every FoloVLLM Triton kernel for a GPU that is not here (default: an H100, sm_90).
+
+Triton's interpreter (TRITON_INTERPRET=1, how CI runs the kernels) executes them as numpy: it
+checks their arithmetic but not Triton's own rules. A kernel can pass every interpreter test and
+still fail to compile, e.g. when a branch that depends on a runtime value gives a name another
+type. This script calls each kernel's Python wrapper on CPU tensors, the way the engine calls it,
+with a stand-in driver that reports the target GPU and a launch that stops once the kernel is
+compiled (Triton's warm-up mode). It covers the variants the engine uses: bf16, fp16 and float32
+models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, every GPTQ
+path. Exit status 1 lists what failed.
+
+    python scripts/check_triton_compile.py [--arch 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # must be gone before any kernel module is imported
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+BF16, FP16, FP32, FP8 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn
+
+
+class _TargetOnlyDriver:
+    """What JITFunction.run asks of a driver before it compiles; nothing here can launch."""
+
+    def __init__(self, arch: int) -> None:
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+
+def _compile_only(run):
+    def wrapped(self, *args, grid, warmup, **kwargs):
+        return run(self, *args, grid=grid, warmup=True, **kwargs)
+
+    return wrapped
+
+
+def _attention_cases():
+    from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
+    from folovllm.attention.ops.triton_kv_store import store_kv_cache
+    from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles
+
+    def batch(dtype, cache_dtype, heads, kv_heads, head_dim, block=16):
+        seq_lens, query_lens = [40, 9], [17, 1]
+        k_cache = torch.zeros(8, block, kv_heads, head_dim, dtype=cache_dtype)
+        q = torch.zeros(sum(query_lens), heads, head_dim, dtype=dtype)
+        table = torch.zeros(2, 3, dtype=torch.int32)
+        qsl = torch.tensor([0, 17, 18], dtype=torch.int32)
+        lens = torch.tensor(seq_lens, dtype=torch.int32)
+        tiles = torch.from_numpy(prefill_tiles(query_lens, prefill_block_sizes(head_dim)[0]))
+        return q, k_cache, table, qsl, lens, tiles
+
+    for dtype, cache_dtype, heads, kv_heads, head_dim in [
+        (BF16, BF16, 16, 8, 128), (BF16, FP8, 16, 8, 128), (FP16, FP16, 16, 8, 128),
+        (FP32, FP32, 2, 1, 48), (BF16, BF16, 8, 2, 256),
+    ]:  # fmt: skip
+        name = f"{dtype} q, {cache_dtype} cache, {heads}/{kv_heads} heads of {head_dim}"
+        q, cache, table, qsl, lens, tiles = batch(dtype, cache_dtype, heads, kv_heads, head_dim)
+        yield f"prefill attention ({name})", lambda: paged_prefill_attention(q, cache, cache, table, qsl, lens, tiles, 0.1)
+        for splits in (1, 4):
+            yield (f"decode attention, {splits} split(s) ({name})",
+                   lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s))  # fmt: skip
+        kv = torch.zeros(3, kv_heads, head_dim, dtype=dtype)
+        yield f"KV store ({name})", lambda: store_kv_cache(kv, kv, cache, cache, torch.tensor([0, -1, 5]))
+
+
+def _fused_cases():
+    from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul
+
+    for dtype in (BF16, FP16, FP32):
+        x, w = torch.zeros(5, 1024, dtype=dtype), torch.ones(1024, dtype=dtype)
+        yield f"add + RMSNorm ({dtype})", lambda: fused_add_rms_norm(x, x, w, 1e-6)
+        yield f"RMSNorm ({dtype})", lambda: fused_add_rms_norm(x, None, w, 1e-6)
+        yield f"SiLU and mul ({dtype})", lambda: silu_and_mul(torch.zeros(5, 6144, dtype=dtype))
+        for cache_dtype in ((dtype, FP8) if dtype == BF16 else (dtype,)):
+            for norm in (True, False):
+                qkv = torch.zeros(5, 32 * 128, dtype=dtype)
+                q, k, v = (t.view(5, -1, 128) for t in qkv.split([16 * 128, 8 * 128, 8 * 128], dim=-1))
+                cache = torch.zeros(4, 16, 8, 128, dtype=cache_dtype)
+                nw = torch.ones(128, dtype=dtype) if norm else None
+                cos = torch.zeros(64, 128)
+                yield (f"q/k norm + RoPE + KV write ({dtype}, {cache_dtype} cache, norm={norm})",
+                       lambda: fused_qk_norm_rope_store(q, k, v, nw, nw, cos, cos, torch.zeros(5, dtype=torch.int64), 1e-6,
+                                                        cache, cache, torch.zeros(5, dtype=torch.int64)))  # fmt: skip
+
+
+def _sampler_cases():
+    from folovllm.sample.ops.triton_sample import gumbel_argmax
+
+    for dtype in (BF16, FP32):
+        logits = torch.zeros(3, 151_936, dtype=dtype)
+        yield f"Gumbel sampler, split ({dtype} logits)", lambda: gumbel_argmax(logits, torch.ones(3), splits=8)
+
+
+def _gptq_cases():
+    from folovllm.model_executor.layers.quantization.triton_gptq_gemm import gptq_gemm
+
+    k, n = 1024, 512
+    for bits in (4, 8):
+        # grouped, per-channel (one group of all K rows, as the linear method passes it), per-row group lookup
+        for group_size, row_groups in ((128, False), (k, False), (128, True)):
+            # split-K with BLOCK_M 16 and 64, the tiled GEMM; fp16 takes bf16's code path
+            for dtype, m in ((BF16, 1), (BF16, 33), (BF16, 100), (FP32, 1), (FP32, 100)):
+                qweight = torch.zeros(k * bits // 32, n, dtype=torch.int32)
+                qzeros = torch.zeros(k // group_size, n * bits // 32, dtype=torch.int32)
+                scales = torch.zeros(k // group_size, n, dtype=dtype)
+                g_idx = torch.zeros(k, dtype=torch.int32) if row_groups else None
+                x = torch.zeros(m, k, dtype=dtype)
+                yield (f"GPTQ GEMM ({bits}-bit, group {group_size}{', per-row groups' if row_groups else ''}, {dtype}, M={m})",
+                       lambda: gptq_gemm(x, qweight, qzeros, scales, bits, group_size, 1, g_idx))  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
+    args = ap.parse_args()
+    triton.runtime.driver.set_active(_TargetOnlyDriver(args.arch))
+    JITFunction.run = _compile_only(JITFunction.run)
+    failed, count, t0 = [], 0, time.perf_counter()
+    for cases in (_attention_cases, _fused_cases, _sampler_cases, _gptq_cases):
+        for name, call in cases():
+            count += 1
+            try:
+                call()
+            except Exception:
+                failed.append(name)
+                print(f"FAILED: {name}\n{traceback.format_exc(limit=3)}", flush=True)
+    print(f"sm_{args.arch}: {count - len(failed)} of {count} kernel calls compiled in {time.perf_counter() - t0:.0f} s "
+          f"(triton {triton.__version__})")  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
