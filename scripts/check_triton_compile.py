@@ -7,7 +7,9 @@ type. This script calls each kernel's Python wrapper on CPU tensors, the way the
 with a stand-in driver that reports the target GPU and a launch that stops once the kernel is
 compiled (Triton's warm-up mode). It covers the variants the engine uses: bf16, fp16 and float32
 models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, every GPTQ
-path. Exit status 1 lists what failed.
+path. It then checks that values which change from step to step (block-table width, the
+sampler's seed, the batch size) reuse one compiled variant instead of compiling new ones inside
+requests. Exit status 1 lists what failed.
 
     python scripts/check_triton_compile.py [--arch 90]
 """
@@ -130,6 +132,54 @@ def _gptq_cases():
                        lambda: gptq_gemm(x, qweight, qzeros, scales, bits, group_size, 1, g_idx))  # fmt: skip
 
 
+def _num_variants(kernels) -> int:
+    return sum(len(entry[0]) for kernel in kernels for entry in kernel.device_caches.values())
+
+
+def _drawing(accept) -> torch.Generator:
+    """A generator whose first draw, as ``gumbel_argmax`` makes it, satisfies ``accept``."""
+    for seed in range(10_000):
+        if accept(int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed)))):
+            return torch.Generator().manual_seed(seed)
+    raise AssertionError("no such seed")
+
+
+def _per_step_value_cases():
+    """Values that change from step to step (block-table width, seed, batch size) must not add variants:
+    a new variant compiles inside a user's request. Yields (name, kernels, calls that must share their variants)."""
+    from folovllm.attention.ops import triton_decode_attention as decode
+    from folovllm.attention.ops import triton_prefill_attention as prefill
+    from folovllm.model_executor.layers.quantization import triton_gptq_gemm as gptq
+    from folovllm.sample.ops import triton_sample as sample
+
+    cache = torch.zeros(80, 16, 8, 128, dtype=BF16)
+    q = torch.zeros(4, 16, 128, dtype=BF16)
+    lens = torch.tensor([3, 1], dtype=torch.int32)
+    qsl = torch.tensor([0, 3, 4], dtype=torch.int32)
+    tiles = torch.from_numpy(prefill.prefill_tiles([3, 1], 64))
+    widths = (1, 3, 16, 64)  # ==1, odd, and multiples of 16: three specialisations if the stride were specialised
+    yield "prefill attention, block-table widths 1..64", (prefill._prefill_kernel,), [
+        lambda w=w: prefill.paged_prefill_attention(q, cache, cache, torch.zeros(2, w, dtype=torch.int32), qsl, lens, tiles, 0.1)
+        for w in widths
+    ]
+    yield "decode attention, block-table widths 1..64", (decode._decode_stage1_kernel,), [
+        lambda w=w: decode.paged_decode_attention(q[:2], cache, cache, torch.zeros(2, w, dtype=torch.int32), lens, 0.1)
+        for w in widths
+    ]
+    logits = torch.zeros(64, 151_936, dtype=BF16)
+    calls = [
+        lambda b=b, splits=splits, seed=seed: sample.gumbel_argmax(logits[:b], torch.ones(b), _drawing(seed), splits=splits)
+        for b, splits in ((1, 1), (2, 3), (16, 16), (64, 64))
+        for seed in (lambda x: x % 16 != 0, lambda x: x % 16 == 0)  # the kernel's seed: both specialisations
+    ]
+    yield "Gumbel sampler, batch sizes 1..64, split counts 1..64, seeds", (sample._gumbel_argmax_kernel, sample._pick_best_split_kernel), calls
+    qweight, qzeros = torch.zeros(128, 512, dtype=torch.int32), torch.zeros(8, 64, dtype=torch.int32)
+    scales = torch.zeros(8, 512, dtype=BF16)
+    yield "GPTQ GEMM, M 1..16 (one BLOCK_M)", (gptq._gptq_gemm_kernel,), [
+        lambda m=m: gptq.gptq_gemm(torch.zeros(m, 1024, dtype=BF16), qweight, qzeros, scales, 4, 128, 1) for m in (1, 2, 5, 16)
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
@@ -147,6 +197,16 @@ def main() -> int:
                 print(f"FAILED: {name}\n{traceback.format_exc(limit=3)}", flush=True)
     print(f"sm_{args.arch}: {count - len(failed)} of {count} kernel calls compiled in {time.perf_counter() - t0:.0f} s "
           f"(triton {triton.__version__})")  # fmt: skip
+    for name, kernels, calls in _per_step_value_cases():
+        calls[0]()  # may compile this configuration; the other values must reuse it
+        before = _num_variants(kernels)
+        for call in calls[1:]:
+            call()
+        added = _num_variants(kernels) - before
+        print(f"{name}: {added} new variant(s) over {len(calls) - 1} more calls")
+        if added:
+            failed.append(name)
+            print(f"FAILED: {name}: a per-step value is specialised on", flush=True)
     return 1 if failed else 0
 
 
