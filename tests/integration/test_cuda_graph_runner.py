@@ -6,15 +6,20 @@ metadata object, a step's longest query) stays what it was at capture. The
 stand-in below models exactly that: "replay" calls the captured forward again,
 with the captured closure, and writes into the captured output tensor. With
 the Triton attention backend running in the interpreter, this checks on CI
-that the runner fills and pads its buffers right and that nothing in the
-captured forward depends on host values of the step being replayed; the
-capture itself (and what CUDA forbids during it) is checked by the GPU tests.
+that the runner fills and pads its buffers right, that nothing in the
+captured forward depends on host values of the step being replayed, and that
+FoloVLLM's code in it makes no host-device sync (which CUDA refuses during a
+capture). The capture itself is checked by the GPU tests.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from tests.integration.hf_reference import hf_greedy
 
@@ -24,10 +29,35 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-interpreter test; real graphs are tested on the GPU")
 
 
+# Ops that make the host wait for the device (or depend on device values): CUDA refuses them
+# while capturing, so none may run in a captured forward.
+_SYNCING_OPS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
+                "masked_select", "unique", "repeat_interleave", "cpu", "numpy"}  # fmt: skip
+_FOLOVLLM = str(Path(__file__).resolve().parents[2] / "folovllm")
+
+
+class _NoSyncInFolovllm(TorchFunctionMode):
+    """Records syncing ops called from FoloVLLM's own code (the interpreter's internals may sync)."""
+
+    def __init__(self, found: list[str]) -> None:
+        super().__init__()
+        self.found = found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in _SYNCING_OPS:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(_FOLOVLLM):
+                self.found.append(f"{name} at {Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
 class _ReplayedForward:
     def __init__(self, forward) -> None:
         self.forward = forward
-        self.out = forward()
+        self.syncs: list[str] = []
+        with _NoSyncInFolovllm(self.syncs):
+            self.out = forward()  # "capture"
         self.replays = 0
 
     def replay(self) -> None:
@@ -71,6 +101,7 @@ def test_graph_replays_of_mixed_and_decode_steps_match_hf(graphed_llm, tiny_mode
 
     llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160, async_scheduling=async_scheduling)
     assert graphs.capture_sizes == {"decode": [1, 2, 4], "mixed": [16, 32, 64]}
+    assert {key: g.syncs for key, g in graphs.graphs.items() if g.syncs} == {}  # CUDA would refuse these captures
     # Five prompts for four seats and a 64-token budget: chunks, decodes mixed in, padded sizes, a queue.
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
