@@ -11,7 +11,7 @@ path. It then checks that values which change from step to step (block-table wid
 sampler's seed, the batch size) reuse one compiled variant instead of compiling new ones inside
 requests. Exit status 1 lists what failed.
 
-    python scripts/check_triton_compile.py [--arch 90]
+    python scripts/check_triton_compile.py [--arch 90] [--resources]
 """
 
 from __future__ import annotations
@@ -50,11 +50,28 @@ class _TargetOnlyDriver:
         return self.target
 
 
-def _compile_only(run):
+def _compile_only(run, show_resources: bool):
     def wrapped(self, *args, grid, warmup, **kwargs):
-        return run(self, *args, grid=grid, warmup=True, **kwargs)
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        if show_resources:
+            print(f"    {self.__name__}: {_resource_usage(kernel.asm['cubin'])}")
+        return kernel
 
     return wrapped
+
+
+def _resource_usage(cubin: bytes) -> str:
+    """Registers per thread and local memory (spills) of a compiled kernel, by the cuobjdump in Triton's wheel."""
+    import subprocess
+    import tempfile
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    fields = next((line.split() for line in out.splitlines() if "REG:" in line), [])
+    return " ".join(x for x in fields if x.startswith(("REG:", "LOCAL:", "SHARED:"))) or "unknown"
 
 
 def _attention_cases():
@@ -183,12 +200,15 @@ def _per_step_value_cases():
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
+    ap.add_argument("--resources", action="store_true", help="print registers and spills (LOCAL) of each kernel")
     args = ap.parse_args()
     triton.runtime.driver.set_active(_TargetOnlyDriver(args.arch))
-    JITFunction.run = _compile_only(JITFunction.run)
+    JITFunction.run = _compile_only(JITFunction.run, args.resources)
     failed, count, t0 = [], 0, time.perf_counter()
     for cases in (_attention_cases, _fused_cases, _sampler_cases, _gptq_cases):
         for name, call in cases():
+            if args.resources:
+                print(name)
             count += 1
             try:
                 call()
