@@ -6,7 +6,8 @@
 # Each stage has its own time limit and writes its output to $OUT (default: ./gpu_out), so a
 # stage that runs long costs only itself. `bench` rewrites its part of docs/benchmarks.md and
 # docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer stand-alone run).
-# A device call may run 600 s at most: run `tests` and `bench` as two calls.
+# A device call may run 600 s at most and a session has ~15 minutes of device time in all:
+# run `tests`, then `bench`, then `profile` if time is left, each as its own call.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
