@@ -12,6 +12,14 @@ import triton.language as tl
 
 
 @triton.jit
+def to_cache_dtype(x, cache_ptr, FP8: tl.constexpr):
+    """``x`` as the cache stores it: an FP8 cache saturates at +-448 (e4m3's largest finite value) first."""
+    if FP8:
+        x = tl.clamp(x.to(tl.float32), -448.0, 448.0)
+    return x.to(cache_ptr.dtype.element_ty)
+
+
+@triton.jit
 def _store_kv_cache_kernel(
     k_ptr,
     v_ptr,
@@ -31,11 +39,8 @@ def _store_kv_cache_kernel(
     mask = offs < limit
     k = tl.load(k_ptr + t * stride_k + offs, mask=mask)
     v = tl.load(v_ptr + t * stride_v + offs, mask=mask)
-    if FP8:
-        k = tl.clamp(k.to(tl.float32), -448.0, 448.0)
-        v = tl.clamp(v.to(tl.float32), -448.0, 448.0)
-    tl.store(k_cache_ptr + slot * ROW + offs, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_cache_ptr + slot * ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(k_cache_ptr + slot * ROW + offs, to_cache_dtype(k, k_cache_ptr, FP8), mask=mask)
+    tl.store(v_cache_ptr + slot * ROW + offs, to_cache_dtype(v, v_cache_ptr, FP8), mask=mask)
 
 
 def store_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ graph. These three kernels bring that to three launches:
 * ``fused_add_rms_norm``: residual add + RMSNorm (one read, two writes);
 * ``fused_qk_norm_rope_store``: Qwen3's per-head RMSNorm of q and k + RoPE,
   and the write of this step's k and v into their paged-cache slots (what
-  ``triton_kv_store`` does on its own for other callers);
+  ``triton_kv_store`` does on its own for other callers, with its ``to_cache_dtype``);
 * ``silu_and_mul``: the MLP gate.
 
 They follow the rounding of the plain-torch layers (statistics in float32,
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from folovllm.attention.ops.triton_kv_store import to_cache_dtype
 
 
 @triton.jit
@@ -96,21 +98,14 @@ def _qk_norm_rope_store_kernel(
         tl.store(dst + offs, y1, mask=mask)
         tl.store(dst + half + offs, y2, mask=mask)
     else:
-        # New names only: a runtime branch may not change the type of a name from before it (y1, y2).
+        # (A runtime branch may not change the type of a name from before it: y1, y2 are only read here.)
         store = offs < tl.where(slot >= 0, half, 0)  # slot -1: a padding token, nothing to cache
-        k1, k2 = y1, y2
         v1 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + offs, mask=store)
         v2 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + half + offs, mask=store)
-        if FP8:  # saturate at +-448 as the KV-store kernel does
-            k1 = tl.clamp(k1.to(tl.float32), -448.0, 448.0)
-            k2 = tl.clamp(k2.to(tl.float32), -448.0, 448.0)
-            v1 = tl.clamp(v1.to(tl.float32), -448.0, 448.0)
-            v2 = tl.clamp(v2.to(tl.float32), -448.0, 448.0)
-        cache_ty = k_cache_ptr.dtype.element_ty
-        tl.store(k_cache_ptr + cache_row + offs, k1.to(cache_ty), mask=store)
-        tl.store(k_cache_ptr + cache_row + half + offs, k2.to(cache_ty), mask=store)
-        tl.store(v_cache_ptr + cache_row + offs, v1.to(cache_ty), mask=store)
-        tl.store(v_cache_ptr + cache_row + half + offs, v2.to(cache_ty), mask=store)
+        tl.store(k_cache_ptr + cache_row + offs, to_cache_dtype(y1, k_cache_ptr, FP8), mask=store)
+        tl.store(k_cache_ptr + cache_row + half + offs, to_cache_dtype(y2, k_cache_ptr, FP8), mask=store)
+        tl.store(v_cache_ptr + cache_row + offs, to_cache_dtype(v1, v_cache_ptr, FP8), mask=store)
+        tl.store(v_cache_ptr + cache_row + half + offs, to_cache_dtype(v2, v_cache_ptr, FP8), mask=store)
 
 
 def fused_qk_norm_rope_store(
