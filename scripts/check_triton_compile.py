@@ -31,6 +31,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from folovllm.utils.triton_variants import num_compiled_variants  # noqa: E402
+
 BF16, FP16, FP32, FP8 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn
 
 
@@ -149,10 +151,6 @@ def _gptq_cases():
                        lambda: gptq_gemm(x, qweight, qzeros, scales, bits, group_size, 1, g_idx))  # fmt: skip
 
 
-def _num_variants(kernels) -> int:
-    return sum(len(entry[0]) for kernel in kernels for entry in kernel.device_caches.values())
-
-
 def _drawing(accept) -> torch.Generator:
     """A generator whose first draw, as ``gumbel_argmax`` makes it, satisfies ``accept``."""
     for seed in range(10_000):
@@ -219,10 +217,10 @@ def main() -> int:
           f"(triton {triton.__version__})")  # fmt: skip
     for name, kernels, calls in _per_step_value_cases():
         calls[0]()  # may compile this configuration; the other values must reuse it
-        before = _num_variants(kernels)
+        before = sum(map(num_compiled_variants, kernels))
         for call in calls[1:]:
             call()
-        added = _num_variants(kernels) - before
+        added = sum(map(num_compiled_variants, kernels)) - before
         print(f"{name}: {added} new variant(s) over {len(calls) - 1} more calls")
         if added:
             failed.append(name)

@@ -10,6 +10,12 @@ from __future__ import annotations
 import sys
 
 
+def num_compiled_variants(kernel) -> int:
+    """Variants of one ``@triton.jit`` kernel compiled so far, on every device."""
+    # device_caches: device -> (kernel cache, ...); the layout of the rest varies by version
+    return sum(len(entry[0]) for entry in kernel.device_caches.values())
+
+
 def compiled_kernel_variants() -> dict[str, int]:
     """``{"module.kernel": number of compiled variants}`` for every kernel in an imported folovllm module."""
     from triton.runtime.jit import JITFunction
@@ -20,6 +26,5 @@ def compiled_kernel_variants() -> dict[str, int]:
             continue
         for name, obj in list(vars(module).items()):
             if isinstance(obj, JITFunction) and obj.__module__ == mod_name:  # not an imported helper
-                # device_caches: device -> (kernel cache, ...); the layout of the rest varies by version
-                counts[f"{mod_name}.{name}"] = sum(len(entry[0]) for entry in obj.device_caches.values())
+                counts[f"{mod_name}.{name}"] = num_compiled_variants(obj)
     return counts
