@@ -136,6 +136,10 @@ class ModelRunner:
         logger.info("Captured CUDA graphs: decode batch sizes %s, mixed-step token counts %s",
                     self.graph_runner.decode_sizes, self.graph_runner.mixed_sizes)  # fmt: skip
 
+    def profile_num_tokens(self) -> int:
+        """Tokens of the profile run's step: the budget, or fewer if the seats cannot hold that many."""
+        return min(self.config.scheduler_config.max_num_batched_tokens, self.max_num_seqs * self.max_model_len)
+
     @torch.inference_mode()
     def profile_run(self) -> int:
         """One step at the largest batch the scheduler can form: the most tokens, every seat sampling.
@@ -144,8 +148,7 @@ class ModelRunner:
         enough for the dummy batch. Returns that cache's size in bytes, so the
         worker can take it out of the peak memory it measures.
         """
-        num_seqs = self.max_num_seqs
-        num_tokens = min(self.config.scheduler_config.max_num_batched_tokens, num_seqs * self.max_model_len)
+        num_seqs, num_tokens = self.max_num_seqs, self.profile_num_tokens()
         lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
         self.initialize_kv_cache(sum(cdiv(n, self.block_size) for n in lens))
         self._dummy_run(lens, SamplingParams(temperature=1.0, top_p=0.9, top_k=50))  # the sampler's hungriest path
