@@ -51,11 +51,11 @@ class CUDAGraphRunner:
         self.max_model_len = max_model_len
         self.num_kv_splits_fn = num_kv_splits_fn
         self.decode_sizes = _ladder(_DECODE_LADDER, max_num_seqs)
+        mixed_sizes = _ladder(_MIXED_LADDER, min(max_num_batched_tokens, MAX_MIXED_GRAPH_TOKENS))
+        self.tiles_for = {t: attn_backend.max_prefill_tiles(t, max_num_seqs, head_dim) for t in mixed_sizes}
         # A backend without a prefill work list (the plain-torch one) reads host lists: no mixed graphs.
-        max_tiles = attn_backend.max_prefill_tiles(min(max_num_batched_tokens, MAX_MIXED_GRAPH_TOKENS), max_num_seqs, head_dim)
-        self.mixed_sizes = _ladder(_MIXED_LADDER, min(max_num_batched_tokens, MAX_MIXED_GRAPH_TOKENS)) if max_tiles else []
-        self.tiles_for = {t: attn_backend.max_prefill_tiles(t, max_num_seqs, head_dim) for t in self.mixed_sizes}
-        n = max(self.decode_sizes[-1], *self.mixed_sizes) if self.mixed_sizes else self.decode_sizes[-1]
+        self.mixed_sizes = mixed_sizes if self.tiles_for[mixed_sizes[-1]] else []
+        n = max(self.decode_sizes[-1], mixed_sizes[-1] if self.mixed_sizes else 0)
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
         self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
@@ -63,7 +63,7 @@ class CUDAGraphRunner:
         self.block_table = torch.zeros(max_num_seqs, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.decode_query_start_loc = torch.arange(max_num_seqs + 1, dtype=torch.int32, device=device)  # never written
         self.query_start_loc = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
-        self.prefill_tiles = torch.full((max(max_tiles, 1), 2), -1, dtype=torch.int32, device=device)
+        self.prefill_tiles = torch.full((max(self.tiles_for[mixed_sizes[-1]], 1), 2), -1, dtype=torch.int32, device=device)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
 
