@@ -102,15 +102,14 @@ class Worker:
         """
         if self.config.enforce_eager:
             return 0
-        sc = self.config.scheduler_config
-        profiled_tokens = min(sc.max_num_batched_tokens, sc.max_num_seqs * self.model_runner.max_model_len)  # as profile_run
-        return int(activations * min(1.0, MAX_MIXED_GRAPH_TOKENS / profiled_tokens))
+        return int(activations * min(1.0, MAX_MIXED_GRAPH_TOKENS / self.model_runner.profile_num_tokens()))
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.model_runner.initialize_kv_cache(num_blocks)
 
     def compile_or_warm_up_model(self) -> None:
-        self.model_runner.warm_up()
+        if self.device.type == "cuda":  # on the CPU nothing compiles: no Triton kernel runs there
+            self.model_runner.warm_up()
         self.model_runner.capture_model()
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
