@@ -46,7 +46,9 @@ from benchmarks.bench_gptq import compare as compare_gptq
 from benchmarks.bench_prefix_caching import SCALES as PREFIX_SCALES
 from benchmarks.bench_prefix_caching import compare as compare_prefix_caching
 from benchmarks.bench_roofline import BATCH_SIZES, markdown as roofline_markdown, model_bytes, plot as plot_roofline, sweep
-from benchmarks.common import get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, median_and_spread, nano_vllm_workload, sync
+from benchmarks.common import (
+    get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, median_and_spread, nano_vllm_workload, sync, timed,
+)  # fmt: skip
 from folovllm import LLM, SamplingParams
 from folovllm.utils.triton_variants import compiled_kernel_variants
 
@@ -71,14 +73,6 @@ def measure_matmul_flops(device: str, n: int, iters: int = 10) -> float:
         a @ b
     sync(device)
     return 2 * n**3 * iters / (time.perf_counter() - t0)
-
-
-def timed(device: str, fn) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def ttft(llm, device: str, prompt: list[int]) -> float:

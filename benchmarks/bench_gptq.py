@@ -20,17 +20,17 @@ CPU: python benchmarks/bench_gptq.py   (tiny preset, group 32: a smoke run of th
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import cuda_time, get_checkpoint, measure_copy_bandwidth, sync
+from benchmarks.common import cuda_time, get_checkpoint, measure_copy_bandwidth, timed, weight_bytes_per_step
 from folovllm import LLM, SamplingParams
 
 PROMPT_LEN, OUTPUT_LEN = 128, 256
@@ -46,15 +46,6 @@ def gptq_checkpoint(float_dir: str, device: str, group_size: int) -> str:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         quantize_checkpoint(float_dir, str(out), GPTQRecipe(bits=4, group_size=group_size, rtn=True), device=device, dtype=dtype)
     return str(out)
-
-
-def weight_bytes_per_step(model: torch.nn.Module) -> int:
-    """Bytes one decode step reads: every parameter, except an untied embedding (only its rows are read)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    embed = model.model.embed_tokens.weight
-    if model.lm_head is not model.model.embed_tokens:
-        total -= embed.numel() * embed.element_size()
-    return total
 
 
 def measure_engine(model: str, device: str, dtype: str, batch_sizes: list[int], runs: int) -> dict:
@@ -77,11 +68,7 @@ def measure_engine(model: str, device: str, dtype: str, batch_sizes: list[int], 
         secs = []
         for _ in range(runs):
             llm.reset_prefix_cache()  # the same prompts again would otherwise hit
-            sync(device)
-            t0 = time.perf_counter()
-            llm.generate(prompts[:n], params, use_tqdm=False)
-            sync(device)
-            secs.append(time.perf_counter() - t0)
+            secs.append(timed(device, functools.partial(llm.generate, prompts[:n], params, use_tqdm=False)))
         result[f"tput_{n}"] = sorted(n * OUTPUT_LEN / s for s in secs)
     del llm, engine
     gc.collect()

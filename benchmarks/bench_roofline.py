@@ -13,14 +13,14 @@ K/V reads (it flattens); the plot shows where the engine sits between.
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import sync
+from benchmarks.common import timed, weight_bytes_per_step
 
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -35,8 +35,7 @@ class RooflinePoint:
 def model_bytes(llm) -> tuple[int, int]:
     """(bytes of all weights, bytes of K/V per token of context) of a one-rank engine."""
     runner = llm.llm_engine.executor.worker.model_runner
-    weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-    return weight_bytes, runner.get_kv_cache_bytes_per_block() // runner.block_size
+    return weight_bytes_per_step(runner.model), runner.get_kv_cache_bytes_per_block() // runner.block_size
 
 
 def sweep(llm, device: str, batch_sizes: list[int], prompt_len: int, output_len: int, weight_bytes: int,
@@ -49,11 +48,7 @@ def sweep(llm, device: str, batch_sizes: list[int], prompt_len: int, output_len:
     for b in batch_sizes:
         prompts = [{"prompt_token_ids": [(97 * i + 13 * j + b) % vocab for j in range(prompt_len)]} for i in range(b)]
         llm.reset_prefix_cache()
-        sync(device)
-        t0 = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
-        sync(device)
-        secs = time.perf_counter() - t0
+        secs = timed(device, functools.partial(llm.generate, prompts, params, use_tqdm=False))
         context_reads = b * sum(prompt_len + i for i in range(output_len))  # tokens of K/V read over all steps
         floor_secs = (weight_bytes * output_len + kv_bytes_per_token * context_reads) / bandwidth
         points.append(RooflinePoint(b, b * output_len / secs, b * output_len / floor_secs))

@@ -9,15 +9,15 @@ CPU, in about a minute on a tiny checkpoint:
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import get_checkpoint, hf_generate_throughput, nano_vllm_workload, sync
+from benchmarks.common import get_checkpoint, hf_generate_throughput, nano_vllm_workload, timed
 from folovllm import LLM, SamplingParams
 
 SCALES = {
@@ -30,11 +30,7 @@ SCALES = {
 def run_folovllm(llm: LLM, workload, device: str) -> float:
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n) for n in workload.output_lens]
     prompts = [{"prompt_token_ids": p} for p in workload.prompts]
-    sync(device)
-    t0 = time.perf_counter()
-    llm.generate(prompts, params, use_tqdm=False)
-    sync(device)
-    return time.perf_counter() - t0
+    return timed(device, functools.partial(llm.generate, prompts, params, use_tqdm=False))
 
 
 def main() -> None:

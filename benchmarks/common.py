@@ -78,6 +78,24 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(device: str, fn) -> float:
+    """Wall seconds of ``fn()``, with the device idle before and drained after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes one decode step reads: every parameter, except an untied embedding (only its rows are read)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embed = model.model.embed_tokens.weight
+    if model.lm_head is not model.model.embed_tokens:
+        total -= embed.numel() * embed.element_size()
+    return total
+
+
 def hf_generate_throughput(model_path: str, workload: Workload, device: str, dtype: torch.dtype, batch_size: int) -> tuple[float, int]:
     """HF ``generate`` on the same workload: greedy, padded batches of ``batch_size``.
 
