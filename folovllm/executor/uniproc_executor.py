@@ -35,8 +35,11 @@ class UniProcExecutor:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         ensure_no_model_parallel_group()
-        self.worker = Worker(config)
+        self.worker = self._make_worker(config)
         self.num_kv_blocks = start_worker(self.worker)
+
+    def _make_worker(self, config: EngineConfig) -> Worker:
+        return Worker(config)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         return self.worker.execute_model(scheduler_output)
@@ -52,8 +55,7 @@ class ExecutorWithExternalLauncher(UniProcExecutor):
     MASTER_PORT, RANK, WORLD_SIZE), which also spans nodes.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
+    def _make_worker(self, config: EngineConfig) -> Worker:
         tp = config.parallel_config.tensor_parallel_size
         try:
             rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -61,8 +63,7 @@ class ExecutorWithExternalLauncher(UniProcExecutor):
             raise ValueError(f"distributed_executor_backend='external_launcher' needs torchrun's {exc.args[0]} variable") from None
         if world_size != tp:
             raise ValueError(f"torchrun started {world_size} processes but tensor_parallel_size={tp}")
-        ensure_no_model_parallel_group()
-        self.worker = Worker(config, rank, "env://", int(os.environ.get("LOCAL_RANK", rank)))
+        worker = Worker(config, rank, "env://", int(os.environ.get("LOCAL_RANK", rank)))
         # Leave the group when this executor goes (or at exit): a live gloo group aborts the interpreter's exit.
         self.shutdown = weakref.finalize(self, destroy_distributed_environment)
-        self.num_kv_blocks = start_worker(self.worker)
+        return worker
