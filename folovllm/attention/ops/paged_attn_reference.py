@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from folovllm.utils.common import cdiv
+
 
 def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Write the new tokens' K/V into their slots (in the cache's dtype); slot -1 is skipped.
@@ -28,7 +30,7 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, 
 def gather_context(cache: torch.Tensor, block_ids: torch.Tensor, context_len: int) -> torch.Tensor:
     """The first ``context_len`` tokens of one sequence: [context_len, KVH, D]."""
     block_size = cache.shape[1]
-    num_blocks = -(-context_len // block_size)
+    num_blocks = cdiv(context_len, block_size)
     return cache[block_ids[:num_blocks].long()].flatten(0, 1)[:context_len]
 
 

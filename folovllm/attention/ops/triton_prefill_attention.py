@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from folovllm.attention.ops.triton_paged_kv import load_kv_tile
+from folovllm.utils.common import cdiv
 
 
 # The block table's width (stride_bt) changes from step to step; specialising on it would compile
@@ -118,7 +119,7 @@ def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
 def prefill_tiles(query_lens, block_m: int) -> np.ndarray:
     """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), in batch order."""
     query_lens = np.asarray(query_lens, dtype=np.int64)
-    per_seq = -(-query_lens // block_m)
+    per_seq = cdiv(query_lens, block_m)
     seqs = np.repeat(np.arange(len(query_lens)), per_seq)
     first = np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
     return np.stack([seqs, np.arange(len(seqs)) - first], axis=1).astype(np.int32)

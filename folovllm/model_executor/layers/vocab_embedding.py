@@ -23,6 +23,7 @@ from folovllm.distributed import (
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
+from folovllm.utils.common import cdiv
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -30,7 +31,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.tp_size = get_tensor_model_parallel_world_size()
         self.num_embeddings = num_embeddings
-        rows = -(-num_embeddings // self.tp_size)
+        rows = cdiv(num_embeddings, self.tp_size)
         self.vocab_start = min(get_tensor_model_parallel_rank() * rows, num_embeddings)
         self.vocab_end = min(self.vocab_start + rows, num_embeddings)
         self.weight = nn.Parameter(torch.empty(rows, embedding_dim), requires_grad=False)
