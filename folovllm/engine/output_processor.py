@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string, make_decode
 from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
 from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from folovllm.request import Request, RequestStatus, Sequence
@@ -41,6 +41,8 @@ class OutputProcessor:
         self.request_states: dict[str, RequestState] = {}
         # Requests with prompt_logprobs, by the id of the sequence that computes them (sibling 0).
         self.prompt_logprob_states: dict[int, RequestState] = {}
+        # Each token's text on its own, for logprob entries: k + 1 lookups per sequence per step.
+        self.token_texts: dict[int, str] = {}
 
     def add_request(self, request: Request) -> None:
         state = RequestState(request, self.tokenizer)
@@ -132,7 +134,12 @@ class OutputProcessor:
         return entry
 
     def _decode_one(self, token_id: int) -> str | None:
-        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
+        if self.tokenizer is None:
+            return None
+        text = self.token_texts.get(token_id)
+        if text is None:
+            text = self.token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def _detokenize(self, seq: Sequence, state: RequestState) -> bool:
         """Add the new token's text; True when a stop string now ends the sequence."""
@@ -158,9 +165,12 @@ class OutputProcessor:
         params = seq.sampling_params
         if seq.status == RequestStatus.FINISHED_STOPPED and not params.include_stop_str_in_output:
             ids = ids[:-1]
-        return self.tokenizer.decode(
-            ids, skip_special_tokens=params.skip_special_tokens, spaces_between_special_tokens=params.spaces_between_special_tokens
+        decode = make_decode(
+            self.tokenizer,
+            skip_special_tokens=params.skip_special_tokens,
+            spaces_between_special_tokens=params.spaces_between_special_tokens,
         )
+        return decode(ids)
 
     def _make_output(self, state: RequestState, finished: bool) -> RequestOutput:
         request = state.request

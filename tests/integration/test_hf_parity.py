@@ -56,7 +56,7 @@ def test_topk_logprobs_match_hf_log_softmax(tiny_model):
         assert list(entry)[:5] == top.indices.tolist()
         for rank, (tid, val) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
             assert abs(entry[tid].logprob - val) < 1e-4
-            assert entry[tid].rank == rank and isinstance(entry[tid].decoded_token, str)
+            assert entry[tid].rank == rank and entry[tid].decoded_token == llm.get_tokenizer().decode([tid])
         assert entry[token].rank == 1  # greedy picks the top token
         total += entry[token].logprob
     assert comp.cumulative_logprob == pytest.approx(total, abs=1e-5)

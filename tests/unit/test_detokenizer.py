@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string, make_decode
+from folovllm.engine.output_processor import OutputProcessor
 from folovllm.model_loader import load_tokenizer
 
 
@@ -60,3 +61,42 @@ def test_decode_options_reach_the_tokenizer(tiny_model):
     detok = IncrementalDetokenizer(Recording(), [5], skip_special_tokens=False, spaces_between_special_tokens=False)
     detok.add_token(real.eos_token_id)
     assert seen and all(kw == dict(skip_special_tokens=False, spaces_between_special_tokens=False) for kw in seen)
+
+
+class CountingTokenizer:
+    """A real fast tokenizer that counts calls to its (slow-path) ``decode``."""
+
+    def __init__(self, tok, clean_up: bool) -> None:
+        self.tok, self.calls = tok, 0
+        self.backend_tokenizer = tok.backend_tokenizer
+        self.clean_up_tokenization_spaces = clean_up
+
+    def decode(self, ids, **kwargs):
+        self.calls += 1
+        return self.tok.decode(ids, **kwargs)
+
+
+def test_make_decode_calls_the_backend_and_equals_decode(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    rng = random.Random(1)
+    ids_lists = [tok.encode("naïve café 你好 🙂 x")] + [[rng.randrange(len(tok)) for _ in range(n)] for n in (1, 3, 9)]
+    ids_lists.append(tok.encode("a") + [tok.eos_token_id] + tok.encode(" b"))
+    for skip in (True, False):
+        counting = CountingTokenizer(tok, clean_up=False)
+        decode = make_decode(counting, skip_special_tokens=skip, spaces_between_special_tokens=True)
+        for ids in ids_lists:
+            assert decode(ids) == tok.decode(ids, skip_special_tokens=skip)
+        assert counting.calls == 0  # the transformers wrapper was skipped
+    # With clean-up on, the wrapper's pass matters: make_decode goes through tokenizer.decode.
+    counting = CountingTokenizer(tok, clean_up=True)
+    decode = make_decode(counting, skip_special_tokens=True, spaces_between_special_tokens=True)
+    assert decode(ids_lists[0]) == tok.decode(ids_lists[0], skip_special_tokens=True) and counting.calls == 1
+
+
+def test_logprob_token_texts_are_decoded_once(tiny_model):
+    tok = CountingTokenizer(load_tokenizer(str(tiny_model)), clean_up=False)
+    processor = OutputProcessor(tok)
+    token = tok.tok.encode(" café")[0]
+    first, again = processor._decode_one(token), processor._decode_one(token)
+    assert first == again == tok.tok.decode([token]) and tok.calls == 1
+    assert OutputProcessor(None)._decode_one(token) is None  # skip_tokenizer_init: no text
