@@ -1,12 +1,13 @@
 """Where does a step's time go? Views of prefill, decode and the throughput workload.
 
     python benchmarks/profile_step.py breakdown     # wall time per phase of steady decode steps (GPU synced)
+    python benchmarks/profile_step.py host [N]      # host work per decode step without the model: generate, streaming, logprobs
     python benchmarks/profile_step.py cprofile      # host-side cProfile of the whole run
     python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held
 
-breakdown, prefill and tail also run on the CPU (a small model), to check the script.
+breakdown, host, prefill and tail also run on the CPU (a small model); host measures only the CPU anyway.
 """
 
 import cProfile
@@ -23,21 +24,30 @@ import benchmarks.bench_throughput as bench  # noqa: E402
 from benchmarks.common import get_checkpoint, nano_vllm_workload  # noqa: E402
 
 
-def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
+def decoding_engine(num_seqs: int, prompt_len: int, **params):
+    """An engine whose ``num_seqs`` requests have all finished their prompts and are decoding."""
     from folovllm import LLM, SamplingParams
-    from folovllm.model_runner_output import ModelRunnerOutput
-    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = get_checkpoint(None, "qwen3-0.6b" if device == "cuda" else "tiny", device)
-    llm = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device)
-    engine = llm.llm_engine
-    runner = engine.executor.worker.model_runner
+    engine = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device).llm_engine
     vocab = engine.config.model_config.get_vocab_size()
     for i in range(num_seqs):
-        engine.add_request(str(i), [(i * 7 + j) % vocab for j in range(prompt_len)], SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True))
+        prompt = [(i * 7 + j) % vocab for j in range(prompt_len)]
+        engine.add_request(str(i), prompt, SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True, **params))
     while any(s.num_computed_tokens < len(s.prompt_token_ids) for s in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
+    return engine
+
+
+def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
+    from folovllm.model_runner_output import ModelRunnerOutput
+    from folovllm.sampling_params import RequestOutputKind
+    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = decoding_engine(num_seqs, prompt_len, output_kind=RequestOutputKind.FINAL_ONLY)  # as generate() sends them
+    runner = engine.executor.worker.model_runner
     phases = dict.fromkeys(["schedule", "prepare", "forward", "logits+sample", "update+outputs"], 0.0)
 
     def sync():
@@ -75,6 +85,56 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
     print(f"{num_seqs} sequences decoding at context ~{prompt_len}: {total / steps * 1e3:.2f} ms per step")
     for k, v in phases.items():
         print(f"  {k:15s} {v / steps * 1e3:7.3f} ms  ({v / total:.0%})")
+
+
+def host(num_seqs: int = 256, prompt_len: int = 100, steps: int = 50, runs: int = 5) -> None:
+    """Host work per decode step, by kind of request: what runs on the CPU around the model.
+
+    The scheduler, the worker's input preparation, the scheduler's update and
+    the output processor run as in ``engine.step()``; the model does not run:
+    each step's sampled tokens (and logprobs) are made up, so the figures hold
+    no GPU time. With async scheduling this work overlaps the GPU's step; it
+    becomes the bound when it is longer.
+    """
+    from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
+    from folovllm.sampling_params import RequestOutputKind
+
+    kinds = {
+        "generate() (final output only)": dict(output_kind=RequestOutputKind.FINAL_ONLY),
+        "streaming (cumulative text)": dict(output_kind=RequestOutputKind.CUMULATIVE),
+        "streaming + logprobs=5": dict(output_kind=RequestOutputKind.CUMULATIVE, logprobs=5),
+    }
+    print(f"{num_seqs} sequences decoding, host ms per step (median of {runs} runs of {steps} steps, fastest-slowest)")
+    for name, params in kinds.items():
+        engine = decoding_engine(num_seqs, prompt_len, **params)
+        runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
+        k = params.get("logprobs")
+
+        def step(i: int) -> None:
+            so = engine.scheduler.schedule()
+            runner._update_states(so)
+            inputs = runner._prepare_inputs(so)
+            tokens = [(31 * i + 7 * row) % vocab for row in range(len(inputs.sample_states))]
+            lps = None
+            if k is not None:
+                ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
+                lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(tokens))
+            output = ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens, lps)
+            updated = engine.scheduler.update_from_output(output)
+            engine.output_processor.process_new_tokens(updated, output)
+            engine.output_processor.make_request_outputs(updated)
+
+        for i in range(5):  # warm-up
+            step(i)
+        per_step = []
+        for r in range(runs):
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            per_step.append((time.perf_counter() - t0) / steps * 1e3)
+        per_step.sort()
+        print(f"  {name:32s} {per_step[runs // 2]:7.2f} ms  ({per_step[0]:.2f}-{per_step[-1]:.2f})")
+        engine.abort_request([str(i) for i in range(num_seqs)])
 
 
 def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) -> None:
@@ -187,6 +247,8 @@ if __name__ == "__main__":
     sys.argv = [sys.argv[0]]
     if mode == "breakdown":
         breakdown()
+    elif mode == "host":
+        host(*(int(a) for a in extra[:1]))
     elif mode == "kernels":
         kernel_table(*(int(a) for a in extra[:1]))
     elif mode == "prefill":

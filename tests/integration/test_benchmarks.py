@@ -24,3 +24,12 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
                 "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype"):  # fmt: skip
         assert row in text, row
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_step_host_runs_every_kind_of_request():
+    run = subprocess.run(
+        [sys.executable, "benchmarks/profile_step.py", "host", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for kind in ("generate()", "streaming (cumulative text)", "streaming + logprobs=5"):
+        assert kind in run.stdout, run.stdout
