@@ -24,13 +24,14 @@ import benchmarks.bench_throughput as bench  # noqa: E402
 from benchmarks.common import get_checkpoint, nano_vllm_workload  # noqa: E402
 
 
-def decoding_engine(num_seqs: int, prompt_len: int, **params):
+def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False, **params):
     """An engine whose ``num_seqs`` requests have all finished their prompts and are decoding."""
     from folovllm import LLM, SamplingParams
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = get_checkpoint(None, "qwen3-0.6b" if device == "cuda" else "tiny", device)
-    engine = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device).llm_engine
+    llm = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device, enforce_eager=enforce_eager)
+    engine = llm.llm_engine
     vocab = engine.config.model_config.get_vocab_size()
     for i in range(num_seqs):
         prompt = [(i * 7 + j) % vocab for j in range(prompt_len)]
@@ -106,7 +107,7 @@ def host(num_seqs: int = 256, prompt_len: int = 100, steps: int = 50, runs: int 
     }
     print(f"{num_seqs} sequences decoding, host ms per step (median of {runs} runs of {steps} steps, fastest-slowest)")
     for name, params in kinds.items():
-        engine = decoding_engine(num_seqs, prompt_len, **params)
+        engine = decoding_engine(num_seqs, prompt_len, enforce_eager=True, **params)  # no graphs: the model never runs
         runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
         k = params.get("logprobs")
 
