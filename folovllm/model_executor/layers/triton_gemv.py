@@ -33,8 +33,8 @@ MAX_ROWS = SMALL_BATCH_MAX_TOKENS  # the kernel's BLOCK_M
 @triton.jit(do_not_specialize=["M"])  # the step's token count: one variant serves 1..MAX_ROWS
 def _prologue_gemv_kernel(
     x_ptr, res_ptr, norm_w_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr,
-    M, stride_x, stride_r, stride_w, eps,
-    N: tl.constexpr, K: tl.constexpr, SILU_MUL: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    M, N, K, stride_x, stride_r, stride_w, eps,  # N, K plain ints: q/k/v and gate/up share one compiled variant
+    SILU_MUL: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -102,8 +102,8 @@ def _launch(x, residual, norm_weight, eps, weight, bias, silu_mul: bool, k: int)
     _prologue_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else weight,
         weight, bias if bias is not None else weight, out, res_out,
-        m, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
-        N=n, K=k, SILU_MUL=silu_mul, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        m, n, k, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
+        SILU_MUL=silu_mul, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
         BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=128,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # float32 models: no TF32 rounding
         num_warps=4,
