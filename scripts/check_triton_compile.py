@@ -8,8 +8,9 @@ with a stand-in driver that reports the target GPU and a launch that stops once 
 compiled (Triton's warm-up mode). It covers the variants the engine uses: bf16, fp16 and float32
 models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, the
 small-batch norm / gate + matmul kernels, every GPTQ path. It then checks that values which
-change from step to step (block-table width, the sampler's seed, the batch size) reuse one
-compiled variant instead of compiling new ones inside requests. Exit status 1 lists what failed.
+change from step to step (block-table width, split count, the sampler's seed, the batch size)
+reuse one compiled variant instead of compiling new ones inside requests. Exit status 1 lists
+what failed.
 
     python scripts/check_triton_compile.py [--arch 90] [--resources]
 """
@@ -196,6 +197,10 @@ def _per_step_value_cases():
     yield "decode attention, block-table widths 1..64", (decode._decode_stage1_kernel,), [
         lambda w=w: decode.paged_decode_attention(q[:2], cache, cache, torch.zeros(2, w, dtype=torch.int32), lens, 0.1)
         for w in widths
+    ]
+    table = torch.zeros(2, 3, dtype=torch.int32)
+    yield "decode attention, split counts 2..64", (decode._decode_stage1_kernel, decode._decode_stage2_kernel), [
+        lambda s=s: decode.paged_decode_attention(q[:2], cache, cache, table, lens, 0.1, num_kv_splits=s) for s in (2, 3, 16, 33, 64)
     ]
     logits = torch.zeros(64, 151_936, dtype=BF16)
     calls = [

@@ -86,6 +86,20 @@ def test_decode_attention_matches_reference(block_size, num_heads, num_kv_heads,
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
 
 
+def test_decode_attention_with_the_most_splits_matches_reference():
+    """MAX_KV_SPLITS pieces, most of them empty: stage 2 merges a runtime count within its fixed block."""
+    from folovllm.attention.backends.abstract import MAX_KV_SPLITS
+
+    seq_lens = [1, 70, 130]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, [1] * 3, 4, 2, 32, 16, seed=11)
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.2)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    out = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=MAX_KV_SPLITS)
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+    with pytest.raises(AssertionError):
+        paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=MAX_KV_SPLITS + 1)
+
+
 def test_decode_attention_padding_rows_are_finite():
     """Rows with seq_len 0 (CUDA-graph padding) must not produce NaN."""
     q, k_cache, v_cache, block_table, _ = _random_paged_batch([9, 9], [1, 1], 4, 2, 16, 8, seed=3)

@@ -2,10 +2,9 @@
 
 The interpreter tests check what the kernels compute; this checks what only the compiler
 checks (types across runtime branches, constexpr use, ...), and that block-table widths,
-seeds and token counts reuse one compiled variant (a new one would compile inside a request).
-It runs
-``scripts/check_triton_compile.py`` in a fresh interpreter, because this test session imported
-the kernels in interpreter mode.
+split counts, seeds and token counts reuse one compiled variant (a new one would compile
+inside a request). It runs ``scripts/check_triton_compile.py`` in a fresh interpreter,
+because this test session imported the kernels in interpreter mode.
 """
 
 from __future__ import annotations
@@ -27,4 +26,4 @@ def test_every_kernel_variant_the_engine_uses_compiles_for_sm90():
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " of " in run.stdout and "FAILED" not in run.stdout
-    assert run.stdout.count("0 new variant(s)") == 5, run.stdout[-2000:]  # widths x2, sampler, small-batch matmul, GPTQ
+    assert run.stdout.count("0 new variant(s)") == 6, run.stdout[-2000:]  # widths x2, splits, sampler, small-batch matmul, GPTQ

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+MAX_KV_SPLITS = 64  # the most pieces the decode kernel cuts one sequence's context into
+
 
 @dataclass
 class AttentionMetadata:
@@ -27,7 +29,7 @@ class AttentionMetadata:
     # Host copies (lists) for backends that loop over sequences.
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
-    # Split-K factor of the decode kernel; fixed per CUDA-graph batch size.
+    # Split-K factor of the decode kernel (1..MAX_KV_SPLITS); fixed per CUDA-graph batch size.
     num_kv_splits: int = 1
     # The prefill kernel's work list (see AttentionBackend.make_prefill_tiles); None when unused.
     prefill_tiles: torch.Tensor | None = None

@@ -5,7 +5,9 @@ the sequence's context, for all the query heads that share that kv head (GQA:
 K/V are read once per group, not once per query head). With more than one
 split, stage 1 leaves a partial output and its log-sum-exp per split, and
 stage 2 merges them. Splitting matters when there are few sequences: batch 1
-of a model with 8 kv heads would otherwise keep only 8 SMs busy.
+of a model with 8 kv heads would otherwise keep only 8 SMs busy. The split
+count is a plain argument, so two compiled variants (split or not) serve
+every batch size; stage 2 merges up to MAX_KV_SPLITS in one fixed block.
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_paged_kv import load_kv_tile
 
 
-@triton.jit(do_not_specialize=["stride_bt"])  # the block table's width changes per eager step
+# Per-step values, not specialised on (a variant compiled for one would recompile for another):
+# the block table's width (eager steps) and the split count (it follows the batch size).
+@triton.jit(do_not_specialize=["stride_bt", "num_splits"])
 def _decode_stage1_kernel(
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
     block_table_ptr,
     seq_lens_ptr,
-    out_ptr,  # [B, H, D] when NUM_SPLITS == 1, else partial out [B, H, NUM_SPLITS, D]
-    lse_ptr,  # [B, H, NUM_SPLITS] (unused when NUM_SPLITS == 1)
+    out_ptr,  # [B, H, D] when not SPLIT, else partial out [B, H, num_splits, D]
+    lse_ptr,  # [B, H, num_splits] (unused when not SPLIT)
     scale,
+    num_splits,
     stride_qt,
     stride_qh,
     stride_bt,
@@ -39,7 +45,7 @@ def _decode_stage1_kernel(
     BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT: tl.constexpr,
     NUM_HEADS: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -47,7 +53,7 @@ def _decode_stage1_kernel(
     split = tl.program_id(2)
 
     seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
 
@@ -85,36 +91,36 @@ def _decode_stage1_kernel(
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # empty split or padding row
     out = acc / l_safe[:, None]
     store_mask = g_mask[:, None] & d_mask[None, :]
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         o_ptrs = out_ptr + (b * NUM_HEADS + heads[:, None]) * HEAD_DIM + offs_d[None, :]
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
     else:
-        row = (b * NUM_HEADS + heads) * NUM_SPLITS + split
+        row = (b * NUM_HEADS + heads) * num_splits + split
         tl.store(out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=store_mask)
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
         tl.store(lse_ptr + row, lse, mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_stage2_kernel(
-    partial_ptr,  # [B, H, NUM_SPLITS, D] float32
-    lse_ptr,  # [B, H, NUM_SPLITS]
+    partial_ptr,  # [B, H, num_splits, D] float32
+    lse_ptr,  # [B, H, num_splits]
     out_ptr,  # [B, H, D]
+    num_splits,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # MAX_KV_SPLITS, so that one variant serves every split count
 ):
     bh = tl.program_id(0)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < NUM_SPLITS
-    lse = tl.load(lse_ptr + bh * NUM_SPLITS + offs_s, mask=s_mask, other=float("-inf"))
+    s_mask = offs_s < num_splits
+    lse = tl.load(lse_ptr + bh * num_splits + offs_s, mask=s_mask, other=float("-inf"))
     lse_max = tl.max(lse, 0)
     lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # all splits empty (padding row)
     w = tl.exp(lse - lse_max)
     parts = tl.load(
-        partial_ptr + (bh * NUM_SPLITS + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+        partial_ptr + (bh * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
         mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
         other=0.0,
     )
@@ -135,6 +141,7 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [B, H, D] (one token per sequence) -> [B, H, D]."""
+    assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
     group = num_heads // num_kv_heads
@@ -148,17 +155,16 @@ def paged_decode_attention(
     else:
         target, lse = out, out  # lse unused
     _decode_stage1_kernel[(num_seqs, num_kv_heads, num_kv_splits)](
-        q, k_cache, v_cache, block_table, seq_lens, target, lse, scale,
+        q, k_cache, v_cache, block_table, seq_lens, target, lse, scale, num_kv_splits,
         q.stride(0), q.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGE_SIZE=page_size, BLOCK_N=64 if page_size <= 64 else page_size,
-        NUM_SPLITS=num_kv_splits, NUM_HEADS=num_heads,
+        SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     if num_kv_splits > 1:
         _decode_stage2_kernel[(num_seqs * num_heads,)](
-            target, lse, out, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            NUM_SPLITS=num_kv_splits, BLOCK_S=triton.next_power_of_2(num_kv_splits),
+            target, lse, out, num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=MAX_KV_SPLITS,
         )  # fmt: skip
     return out
