@@ -31,11 +31,11 @@ for stage in $stages; do
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
                    tests/unit/test_sampler.py ;;
         bench) run bench 540 $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md docs/roofline.png "$OUT/" ;;
-        profile) run profile_prefill 150 $PY benchmarks/profile_step.py prefill
-                 run profile_tail 150 $PY benchmarks/profile_step.py tail
+        profile) run profile_prefill 130 $PY benchmarks/profile_step.py prefill
+                 run profile_tail 140 $PY benchmarks/profile_step.py tail
                  run profile_decode1 100 $PY benchmarks/profile_step.py kernels 1
                  run kernels 100 $PY benchmarks/bench_kernels.py
-                 run profile_host 60 $PY benchmarks/profile_step.py host ;;
+                 run profile_host 90 $PY benchmarks/profile_step.py host ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;
