@@ -31,7 +31,7 @@ def reference_norm(x, residual, norm_w, eps):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 5, MAX_ROWS])
-@pytest.mark.parametrize("n,k", [(48, 96), (200, 328), (16, 128)])  # N off the column block, K off the 128 tile
+@pytest.mark.parametrize("n,k", [(48, 96), (200, 600), (16, 128)])  # N off the column block, K off the 512 tile
 @pytest.mark.parametrize("with_residual", [True, False])
 def test_norm_linear_matches_norm_then_linear(dtype, m, n, k, with_residual):
     g = torch.Generator().manual_seed(m * 1000 + n + k)
@@ -47,7 +47,7 @@ def test_norm_linear_matches_norm_then_linear(dtype, m, n, k, with_residual):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 3, MAX_ROWS])
-@pytest.mark.parametrize("n,k", [(40, 96), (256, 200)])
+@pytest.mark.parametrize("n,k", [(40, 96), (256, 200), (16, 700)])  # 700: two K tiles of 512
 def test_silu_mul_linear_matches_gate_then_linear(dtype, m, n, k):
     g = torch.Generator().manual_seed(7 * m + n)
     make = lambda *shape: torch.randn(*shape, generator=g).to(dtype).to(DEVICE)  # noqa: E731
@@ -72,3 +72,16 @@ def test_strided_input_rows():
     w2 = torch.randn(16, 48, generator=g).to(DEVICE)
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(silu_mul_linear(gate_up, w2), F.linear(F.silu(gate) * up, w2), **TOL[torch.float32])
+
+
+def test_wide_layers_take_wider_column_blocks_and_shorter_k_tiles():
+    from folovllm.model_executor.layers.triton_gemv import _block_sizes
+
+    assert [_block_sizes(n) for n in (1024, 4096, 6144, 8192)] == [(16, 512), (32, 128), (32, 128), (64, 128)]
+    g = torch.Generator().manual_seed(5)
+    x, residual = torch.randn(3, 300, generator=g).to(DEVICE), torch.randn(3, 300, generator=g).to(DEVICE)
+    norm_w, w = 1 + 0.1 * torch.randn(300, generator=g).to(DEVICE), torch.randn(4096, 300, generator=g).to(DEVICE) / 17
+    out, res_out = norm_linear(x, residual, norm_w, 1e-6, w)  # 128 programs of 32 columns, K in 3 tiles
+    normed, h = reference_norm(x, residual, norm_w, 1e-6)
+    torch.testing.assert_close(out, F.linear(normed, w), **TOL[torch.float32])
+    torch.testing.assert_close(res_out, h, atol=0, rtol=0)

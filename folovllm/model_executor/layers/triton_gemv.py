@@ -84,12 +84,14 @@ def _prologue_gemv_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-def _block_n(n: int) -> int:
-    """The widest column block that still gives >= 128 programs (an H100 has 132 SMs), at least 16 (tl.dot's minimum)."""
+def _block_sizes(n: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K): the widest column block that still gives >= 128 programs (an H100 has
+    132 SMs), at least 16 (tl.dot's minimum). With 16-wide blocks (few columns, e.g. down's 1024)
+    fewer programs share the weight, so each loads longer K tiles to keep as many bytes in flight."""
     for block in (64, 32):
         if triton.cdiv(n, block) >= 128:
-            return block
-    return 16
+            return block, 128
+    return 16, 512
 
 
 def _launch(x, residual, norm_weight, eps, weight, bias, silu_mul: bool, k: int):
@@ -98,13 +100,13 @@ def _launch(x, residual, norm_weight, eps, weight, bias, silu_mul: bool, k: int)
     assert m <= MAX_ROWS and weight.shape[1] == k, (x.shape, weight.shape)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty(m, k, dtype=x.dtype, device=x.device) if residual is not None else out
-    block_n = _block_n(n)
+    block_n, block_k = _block_sizes(n)
     _prologue_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else weight,
         weight, bias if bias is not None else weight, out, res_out,
         m, n, k, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
         SILU_MUL=silu_mul, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=128,
+        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # float32 models: no TF32 rounding
         num_warps=4,
     )  # fmt: skip
