@@ -1,7 +1,8 @@
-"""Device selection and GPU memory queries."""
+"""Device selection and GPU queries (memory, SM count)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -35,3 +36,16 @@ def get_gpu_memory_info(device: torch.device | int | None = None) -> tuple[int, 
     if not torch.cuda.is_available():
         raise RuntimeError("get_gpu_memory_info needs a CUDA device")
     return torch.cuda.mem_get_info(device)
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 for the CPU), looked up once per device:
+    kernels size their grids with it on every step."""
+    if device.type != "cuda":
+        return 1
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count

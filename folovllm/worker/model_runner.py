@@ -30,6 +30,7 @@ from folovllm.model_loader import iterate_weights
 from folovllm.sample.sampler import LogprobsTensors, Sampler, gather_logprobs
 from folovllm.sampling_params import SamplingParams
 from folovllm.utils.common import cdiv
+from folovllm.utils.device import num_sms
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
 from folovllm.worker.input_batch import CachedRequestState, InputBatch
 from folovllm.worker.runner_output import AsyncGPUModelRunnerOutput
@@ -74,7 +75,7 @@ class ModelRunner:
         self.vocab_size = config.model_config.get_vocab_size()
         self.num_kv_heads = config.get_num_kv_heads()
         self.pin_memory = device.type == "cuda"
-        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        self.num_sms = num_sms(device)
         self.sampler = Sampler(config.model_config.seed, device)
         self.input_batch = InputBatch(self.max_num_seqs, self.max_model_len, self.max_blocks_per_seq, device)
         # The last step's sampled ids (on the device) and each sampler's row in it:

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.utils.device import num_sms
+
 
 # A fresh random seed each step: left unspecialised, or one seed in 16 (divisible by 16) would
 # compile a second variant in the middle of a run. The chunk length varies with the batch size.
@@ -87,8 +89,7 @@ def gumbel_argmax(
     block = min(2048, triton.next_power_of_2(vocab))
     assert splits is None or 1 <= splits <= MAX_SPLITS, splits
     if splits is None:
-        num_sms = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda else 1
-        splits = num_vocab_splits(num_rows, vocab, num_sms, block)
+        splits = num_vocab_splits(num_rows, vocab, num_sms(logits.device), block)
     chunk = triton.cdiv(triton.cdiv(vocab, splits), 64) * 64  # split starts stay aligned for vector loads
     best_val = torch.empty(num_rows, splits, dtype=torch.float32, device=logits.device)
     best_idx = torch.empty(num_rows, splits, dtype=torch.int32, device=logits.device)

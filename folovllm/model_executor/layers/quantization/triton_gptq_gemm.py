@@ -20,13 +20,12 @@ slower, any order).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from folovllm.model_executor.layers.quantization.gptq_packing import pack_rows, unpack_rows
+from folovllm.utils.device import num_sms
 
 # Decode batches up to this many rows take the split-K configuration.
 _SPLIT_K_MAX_M = 64
@@ -86,14 +85,9 @@ def reorder_for_kernel(qweight: torch.Tensor, g_idx: torch.Tensor, bits: int) ->
     return pack_rows(codes, bits), perm
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _split_k(num_tiles: int, k: int, block_k: int, device: torch.device) -> int:
     """Enough programs to cover the SMs twice, in a power of two that divides K into whole tiles."""
-    target = 2 * (_num_sms(device.index or 0) if device.type == "cuda" else 8)
+    target = 2 * (num_sms(device) if device.type == "cuda" else 8)  # 8: a stand-in, so CPU tests split too
     split = 1
     while split < 16 and num_tiles * split * 2 <= target and k % (split * 2 * block_k) == 0:
         split *= 2
