@@ -17,8 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
+from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
 from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
+from folovllm.utils.device import num_sms  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +35,7 @@ def main() -> None:
         block_table = torch.randperm(nb, device=dev, dtype=torch.int32).view(batch, -1)
         seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
         q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
-        sms = torch.cuda.get_device_properties(0).multi_processor_count
-        s = splits or max(1, min(-(-2 * sms // (batch * kv_heads)), -(-ctx // 256), 64))
+        s = splits or num_kv_splits(batch, kv_heads, ctx, num_sms(torch.device(dev, 0)))  # the engine's choice
         t = cuda_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
         nbytes = 2 * batch * ctx * kv_heads * head_dim * 2
         print(f"decode  B={batch:4d} ctx={ctx:5d} splits={s:3d}: {t * 1e6:8.1f} us, {nbytes / t / 1e12:.2f} TB/s "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from folovllm.attention.backends.abstract import MAX_KV_SPLITS, AttentionMetadata
+from folovllm.attention.backends.abstract import AttentionMetadata, num_kv_splits
 from folovllm.attention.selector import get_attn_backend
 from folovllm.config import EngineConfig
 from folovllm.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
@@ -193,9 +193,7 @@ class ModelRunner:
 
     # -- one step ----------------------------------------------------------------
     def _num_kv_splits(self, num_seqs: int, max_seq_len: int) -> int:
-        """Split long contexts so that at least ~2 programs per SM exist."""
-        programs = num_seqs * self.num_kv_heads
-        return max(1, min(cdiv(2 * self.num_sms, programs), cdiv(max_seq_len, 256), MAX_KV_SPLITS))
+        return num_kv_splits(num_seqs, self.num_kv_heads, max_seq_len, self.num_sms)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(array)

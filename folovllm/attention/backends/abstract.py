@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from folovllm.utils.common import cdiv
+
 MAX_KV_SPLITS = 64  # the most pieces the decode kernel cuts one sequence's context into
+
+
+def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
+    """The decode kernel's split-K factor: enough (sequence, kv head, split) programs for ~2 per SM,
+    no split shorter than 256 tokens, at most MAX_KV_SPLITS."""
+    return max(1, min(cdiv(2 * num_sms, num_seqs * num_kv_heads), cdiv(max_seq_len, 256), MAX_KV_SPLITS))
 
 
 @dataclass
