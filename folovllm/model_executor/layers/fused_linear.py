@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from folovllm.distributed import tensor_model_parallel_all_reduce
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.dispatch import SMALL_BATCH_MAX_TOKENS, use_fused_kernels
 from folovllm.model_executor.layers.layernorm import RMSNorm
@@ -42,6 +41,5 @@ def silu_mul_then_linear(act: SiluAndMul, linear: RowParallelLinear, gate_up: to
     if _fusable(gate_up, linear):
         from folovllm.model_executor.layers.triton_gemv import silu_mul_linear
 
-        out = silu_mul_linear(gate_up, linear.weight, linear.bias if linear.tp_rank == 0 else None)
-        return tensor_model_parallel_all_reduce(out)  # this rank's share of the inputs: a partial sum
+        return linear.sum_over_ranks(lambda bias: silu_mul_linear(gate_up, linear.weight, bias))
     return linear(act(gate_up))
