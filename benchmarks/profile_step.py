@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmarks.bench_throughput as bench  # noqa: E402
-from benchmarks.common import get_checkpoint, nano_vllm_workload  # noqa: E402
+from benchmarks.common import get_checkpoint, nano_vllm_workload, sync  # noqa: E402
 
 
 def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False, **params):
@@ -42,6 +42,13 @@ def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False,
     return engine
 
 
+def _process(engine, output) -> None:
+    """The engine's host work on a step's sampled tokens: the scheduler's update, then the outputs."""
+    updated = engine.scheduler.update_from_output(output)
+    engine.output_processor.process_new_tokens(updated, output)
+    engine.output_processor.make_request_outputs(updated)
+
+
 def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
     from folovllm.model_runner_output import ModelRunnerOutput
     from folovllm.sampling_params import RequestOutputKind
@@ -51,18 +58,13 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
     engine = decoding_engine(num_seqs, prompt_len, output_kind=RequestOutputKind.FINAL_ONLY)  # as generate() sends them
     runner = engine.executor.worker.model_runner
     phases = dict.fromkeys(["schedule", "prepare", "forward", "logits+sample", "update+outputs"], 0.0)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     for _ in range(steps):
         t0 = time.perf_counter()
         so = engine.scheduler.schedule()
         t1 = time.perf_counter()
         runner._update_states(so)
         inputs = runner._prepare_inputs(so)
-        sync()
+        sync(device)
         t2 = time.perf_counter()
         meta = inputs.attn_metadata
         with torch.inference_mode():
@@ -70,16 +72,13 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
                 hidden = runner.graph_runner.run(inputs.input_ids, inputs.positions, meta)
             else:
                 hidden = runner.model(inputs.input_ids, inputs.positions, meta)
-            sync()
+            sync(device)
             t3 = time.perf_counter()
             logits = runner.model.compute_logits(hidden[inputs.logits_indices])
             md = build_sampling_metadata(inputs.sample_states, runner.vocab_size, runner.device)
             tokens = runner.sampler(logits, md).sampled_token_ids.tolist()
         t4 = time.perf_counter()
-        model_output = ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens)
-        updated = engine.scheduler.update_from_output(model_output)
-        engine.output_processor.process_new_tokens(updated, model_output)
-        engine.output_processor.make_request_outputs(updated)
+        _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens))
         t5 = time.perf_counter()
         for k, dt in zip(phases, [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]):
             phases[k] += dt
@@ -121,10 +120,7 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
             if k is not None:
                 ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
                 lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(tokens))
-            output = ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens, lps)
-            updated = engine.scheduler.update_from_output(output)
-            engine.output_processor.process_new_tokens(updated, output)
-            engine.output_processor.make_request_outputs(updated)
+            _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens, lps))
 
         def report(label: str) -> None:
             per_step = []
