@@ -11,6 +11,7 @@ breakdown, host, prefill and tail also run on the CPU (a small model); host meas
 """
 
 import cProfile
+import functools
 import gc
 import pstats
 import sys
@@ -22,16 +23,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmarks.bench_throughput as bench  # noqa: E402
-from benchmarks.common import get_checkpoint, nano_vllm_workload, sync  # noqa: E402
+from benchmarks.common import get_checkpoint, nano_vllm_workload, sync, timed  # noqa: E402
 
 
-def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False, **params):
+def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False, async_scheduling: bool = False, **params):
     """An engine whose ``num_seqs`` requests have all finished their prompts and are decoding."""
     from folovllm import LLM, SamplingParams
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = get_checkpoint(None, "qwen3-0.6b" if device == "cuda" else "tiny", device)
-    llm = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device, enforce_eager=enforce_eager)
+    llm = LLM(model, max_model_len=2048 if device == "cuda" else 512, device=device, enforce_eager=enforce_eager,
+              async_scheduling=async_scheduling)  # fmt: skip
     engine = llm.llm_engine
     vocab = engine.config.model_config.get_vocab_size()
     for i in range(num_seqs):
@@ -148,15 +150,8 @@ def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) ->
     """torch.profiler over steady decode steps: where the GPU time goes, per kernel."""
     from torch.profiler import ProfilerActivity, profile
 
-    from folovllm import LLM, SamplingParams
-
-    model = get_checkpoint(None, "qwen3-0.6b", "cuda")
-    llm = LLM(model, max_model_len=2048, async_scheduling=True)
-    engine = llm.llm_engine
-    vocab = engine.config.model_config.get_vocab_size()
-    for i in range(num_seqs):
-        engine.add_request(str(i), [(i * 7 + j) % vocab for j in range(prompt_len)], SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True))
-    for _ in range(30):
+    engine = decoding_engine(num_seqs, prompt_len, async_scheduling=True)
+    for _ in range(30):  # into the steady state
         engine.step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -173,9 +168,10 @@ def prefill(runs: int = 5) -> None:
     from folovllm import LLM, SamplingParams
 
     cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
     lengths = (128, 1024, 4096) if cuda else (64, 512, 2048)
-    model = get_checkpoint(None, "qwen3-0.6b" if cuda else "small", "cuda" if cuda else "cpu")
-    llm = LLM(model, max_model_len=max(lengths) + 16, device="cuda" if cuda else "cpu")
+    model = get_checkpoint(None, "qwen3-0.6b" if cuda else "small", device)
+    llm = LLM(model, max_model_len=max(lengths) + 16, device=device)
     runner = llm.llm_engine.executor.worker.model_runner
     vocab = llm.llm_engine.config.model_config.get_vocab_size()
     params = SamplingParams(max_tokens=1, ignore_eos=True)
@@ -191,11 +187,7 @@ def prefill(runs: int = 5) -> None:
             walls = []
             for r in range(runs + 1):  # the first run warms up
                 prompt = [{"prompt_token_ids": [(31 * r + 7 * j + n) % vocab for j in range(n)]}]
-                t0 = time.perf_counter()
-                llm.generate(prompt, params, use_tqdm=False)
-                if cuda:
-                    torch.cuda.synchronize()
-                walls.append(time.perf_counter() - t0)
+                walls.append(timed(device, functools.partial(llm.generate, prompt, params, use_tqdm=False)))
             gpu_ms, kernels = float("nan"), 0
             if cuda:
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
