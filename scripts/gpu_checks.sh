@@ -7,7 +7,8 @@
 # stage that runs long costs only itself. `bench` rewrites its part of docs/benchmarks.md and
 # docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer stand-alone run).
 # A device call may run 600 s at most and a session has ~15 minutes of device time in all:
-# run `tests`, then `bench`, then `profile` if time is left, each as its own call.
+# run `tests`, then `bench`, then `profile` if time is left, each as its own call, or
+# `TESTS_LIMIT=200 BENCH_LIMIT=330 bash scripts/gpu_checks.sh tests bench` as one.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -27,10 +28,10 @@ $PY -c "import torch, triton, transformers; print(torch.__version__, triton.__ve
 cat "$OUT/gpu.txt"
 for stage in $stages; do
     case $stage in
-        tests) run tests 540 $PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu_engine.py \
+        tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider --durations=12 tests/integration/test_gpu_engine.py \
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
                    tests/unit/test_sampler.py ;;
-        bench) run bench 540 $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md docs/roofline.png "$OUT/" ;;
+        bench) run bench ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md docs/roofline.png "$OUT/" ;;
         profile) run profile_prefill 130 $PY benchmarks/profile_step.py prefill
                  run profile_tail 140 $PY benchmarks/profile_step.py tail
                  run profile_decode1 100 $PY benchmarks/profile_step.py kernels 1
