@@ -75,9 +75,10 @@ def test_strided_input_rows():
 
 
 def test_wide_layers_take_wider_column_blocks_and_shorter_k_tiles():
-    from folovllm.model_executor.layers.triton_gemv import _block_sizes
+    from folovllm.model_executor.layers.triton_gemv import gemv_config
 
-    assert [_block_sizes(n) for n in (1024, 4096, 6144, 8192)] == [(16, 512), (32, 128), (32, 128), (64, 128)]
+    assert [gemv_config(n, 2)[:2] for n in (1024, 4096, 6144, 8192)] == [(16, 512), (32, 128), (32, 128), (64, 128)]
+    assert gemv_config(1024, 4)[:2] == (16, 256)  # float32: 512-wide K tiles would not fit an H100's shared memory
     g = torch.Generator().manual_seed(5)
     x, residual = torch.randn(3, 300, generator=g).to(DEVICE), torch.randn(3, 300, generator=g).to(DEVICE)
     norm_w, w = 1 + 0.1 * torch.randn(300, generator=g).to(DEVICE), torch.randn(4096, 300, generator=g).to(DEVICE) / 17

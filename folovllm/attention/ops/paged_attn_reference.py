@@ -21,9 +21,12 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, 
         k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
     num_kv_heads, head_dim = k_cache.shape[-2:]
     for new, cache in ((k, k_cache), (v, v_cache)):
-        new = new.to(cache.dtype)  # to float8: rounds, and saturates at +-448
-        if cache.element_size() == 1:  # index_copy_ has no float8 kernel: copy the bytes
-            new, cache = new.view(torch.uint8), cache.view(torch.uint8)
+        if cache.element_size() == 1:  # float8: saturate at +-448 (some torch versions cast overflow to NaN)
+            fmax = torch.finfo(cache.dtype).max
+            new = new.clamp(-fmax, fmax).to(cache.dtype).view(torch.uint8)  # index_copy_ has no float8 kernel
+            cache = cache.view(torch.uint8)
+        else:
+            new = new.to(cache.dtype)
         cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, new)
 
 

@@ -21,6 +21,8 @@ the only difference from norm-then-cuBLAS is the order of the float32 sums.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -84,14 +86,22 @@ def _prologue_gemv_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-def _block_sizes(n: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_K): the widest column block that still gives >= 128 programs (an H100 has
-    132 SMs), at least 16 (tl.dot's minimum). With 16-wide blocks (few columns, e.g. down's 1024)
-    fewer programs share the weight, so each loads longer K tiles to keep as many bytes in flight."""
+class GemvConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def gemv_config(n: int, elem_size: int) -> GemvConfig:
+    """The widest column block that still gives >= 128 programs (an H100 has 132 SMs), at least 16
+    (tl.dot's minimum). With 16-wide blocks (few columns, e.g. down's 1024) fewer programs share the
+    weight, so each loads longer K tiles (1 KiB of each weight row) to keep as many bytes in flight;
+    for float32 that is 256 columns, as 512 would need more shared memory than an H100 has."""
     for block in (64, 32):
         if triton.cdiv(n, block) >= 128:
-            return block, 128
-    return 16, 512
+            return GemvConfig(block, 128)
+    return GemvConfig(16, 1024 // elem_size)
 
 
 def _launch(x, residual, norm_weight, eps, weight, bias, silu_mul: bool, k: int):
@@ -100,15 +110,15 @@ def _launch(x, residual, norm_weight, eps, weight, bias, silu_mul: bool, k: int)
     assert m <= MAX_ROWS and weight.shape[1] == k, (x.shape, weight.shape)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty(m, k, dtype=x.dtype, device=x.device) if residual is not None else out
-    block_n, block_k = _block_sizes(n)
-    _prologue_gemv_kernel[(triton.cdiv(n, block_n),)](
+    cfg = gemv_config(n, x.element_size())
+    _prologue_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else weight,
         weight, bias if bias is not None else weight, out, res_out,
         m, n, k, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
         SILU_MUL=silu_mul, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # float32 models: no TF32 rounding
-        num_warps=4,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out, res_out
 
