@@ -1,7 +1,6 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
-a mixed batch through the prefill kernel's work list, the fused sampler with and without
-vocabulary splits, and the small-batch norm / gate + matmul kernels against the two kernels
-they replace (timed inside a CUDA graph, as the engine runs them).
+a mixed batch through the prefill kernel's work list, and the fused sampler with and without
+vocabulary splits.
 
     python benchmarks/bench_kernels.py
 """
@@ -54,7 +53,6 @@ def main() -> None:
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
     mixed_batch(heads, kv_heads, head_dim, block_size, dtype)
     sampler()
-    small_batch_linear(bw)
 
 
 def mixed_batch(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
@@ -87,43 +85,6 @@ def sampler(vocab: int = 151_936) -> None:
         one = cuda_time(lambda: gumbel_argmax(logits, temperature, splits=1))
         auto = cuda_time(lambda: gumbel_argmax(logits, temperature))
         print(f"sampler B={batch:4d} vocab={vocab}: one program per row {one * 1e6:7.1f} us, split {auto * 1e6:7.1f} us")
-
-
-def graph_time(fn, reps: int = 50) -> float:
-    """Seconds per call of ``fn`` replayed from a CUDA graph of ``reps`` calls: no launch cost from the host."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()  # compile and allocate outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return cuda_time(graph.replay, iters=10) / reps
-
-
-def small_batch_linear(bw: float) -> None:
-    """Qwen3-0.6B's q/k/v, gate/up and down projections at decode batch sizes: one kernel or two."""
-    import torch.nn.functional as F
-
-    from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, silu_and_mul
-    from folovllm.model_executor.layers.triton_gemv import norm_linear, silu_mul_linear
-
-    dev, dtype = "cuda", torch.bfloat16
-    norm_w = torch.ones(1024, dtype=dtype, device=dev)
-    for m in (1, 8, 16):
-        x, res = torch.randn(m, 1024, dtype=dtype, device=dev), torch.randn(m, 1024, dtype=dtype, device=dev)
-        for name, n in (("q/k/v", 4096), ("gate/up", 6144)):
-            w = torch.randn(n, 1024, dtype=dtype, device=dev) / 32
-            two = graph_time(lambda: F.linear(fused_add_rms_norm(x, res, norm_w, 1e-6)[0], w))
-            one = graph_time(lambda: norm_linear(x, res, norm_w, 1e-6, w))
-            print(f"add+norm+matmul {name:7s} M={m:2d}: two kernels {two * 1e6:6.1f} us, one {one * 1e6:6.1f} us "
-                  f"({w.numel() * 2 / one / bw:.0%} of copy bandwidth)")  # fmt: skip
-        gate_up, w = torch.randn(m, 6144, dtype=dtype, device=dev), torch.randn(1024, 3072, dtype=dtype, device=dev) / 55
-        two = graph_time(lambda: F.linear(silu_and_mul(gate_up), w))
-        one = graph_time(lambda: silu_mul_linear(gate_up, w))
-        print(f"silu*up + matmul down    M={m:2d}: two kernels {two * 1e6:6.1f} us, one {one * 1e6:6.1f} us "
-              f"({w.numel() * 2 / one / bw:.0%} of copy bandwidth)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ still fail to compile, e.g. when a branch that depends on a runtime value gives 
 type. This script calls each kernel's Python wrapper on CPU tensors, the way the engine calls it,
 with a stand-in driver that reports the target GPU and a launch that stops once the kernel is
 compiled (Triton's warm-up mode). It covers the variants the engine uses: bf16, fp16 and float32
-models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, the
-small-batch norm / gate + matmul kernels, every GPTQ path. It then checks that values which
+models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, every GPTQ path. It then checks that values which
 change from step to step (block-table width, split count, the sampler's seed, the batch size)
 reuse one compiled variant instead of compiling new ones inside requests. Exit status 1 lists
 what failed.
@@ -132,22 +131,6 @@ def _fused_cases():
                                                         cache, cache, torch.zeros(5, dtype=torch.int64)))  # fmt: skip
 
 
-def _small_batch_gemv_cases():
-    from folovllm.model_executor.layers.triton_gemv import norm_linear, silu_mul_linear
-
-    # Qwen3-0.6B's q/k/v (4096 x 1024), gate/up (6144 x 1024) and down (1024 x 3072); a Qwen2 q/k/v bias
-    for dtype in (BF16, FP16, FP32):
-        x, norm_w = torch.zeros(3, 1024, dtype=dtype), torch.ones(1024, dtype=dtype)
-        for n in (1024, 4096, 6144):  # 1024: few columns, so 16-wide blocks with long K tiles
-            w = torch.zeros(n, 1024, dtype=dtype)
-            yield f"add + RMSNorm + matmul ({dtype}, N={n})", lambda: norm_linear(x, x, norm_w, 1e-6, w)
-            yield f"RMSNorm + matmul ({dtype}, N={n})", lambda: norm_linear(x, None, norm_w, 1e-6, w)
-        w, bias = torch.zeros(4096, 1024, dtype=dtype), torch.zeros(4096, dtype=dtype)
-        yield f"add + RMSNorm + matmul + bias ({dtype})", lambda: norm_linear(x, x, norm_w, 1e-6, w, bias)
-        down = torch.zeros(1024, 3072, dtype=dtype)
-        yield f"SiLU and mul + matmul ({dtype})", lambda: silu_mul_linear(torch.zeros(3, 6144, dtype=dtype), down)
-
-
 def _sampler_cases():
     from folovllm.sample.ops.triton_sample import gumbel_argmax
 
@@ -215,12 +198,6 @@ def _per_step_value_cases():
         for seed in (lambda x: x % 16 != 0, lambda x: x % 16 == 0)  # the kernel's seed: both specialisations
     ]
     yield "Gumbel sampler, batch sizes 1..64, split counts 1..64, seeds", (sample._gumbel_argmax_kernel, sample._pick_best_split_kernel), calls
-    from folovllm.model_executor.layers import triton_gemv
-
-    norm_w, w = torch.ones(1024, dtype=BF16), torch.zeros(4096, 1024, dtype=BF16)
-    yield "RMSNorm + matmul, 1..16 tokens", (triton_gemv._prologue_gemv_kernel,), [
-        lambda m=m: triton_gemv.norm_linear(torch.zeros(m, 1024, dtype=BF16), None, norm_w, 1e-6, w) for m in (1, 2, 5, 16)
-    ]
     qweight, qzeros = torch.zeros(128, 512, dtype=torch.int32), torch.zeros(8, 64, dtype=torch.int32)
     scales = torch.zeros(8, 512, dtype=BF16)
     yield "GPTQ GEMM, M 1..16 (one BLOCK_M)", (gptq._gptq_gemm_kernel,), [
@@ -236,7 +213,7 @@ def main() -> int:
     triton.runtime.driver.set_active(_TargetOnlyDriver(args.arch))
     JITFunction.run = _compile_only(JITFunction.run, args.resources, MAX_SHARED_BYTES.get(args.arch, 232_448))
     failed, count, t0 = [], 0, time.perf_counter()
-    for cases in (_attention_cases, _fused_cases, _small_batch_gemv_cases, _sampler_cases, _gptq_cases):
+    for cases in (_attention_cases, _fused_cases, _sampler_cases, _gptq_cases):
         for name, call in cases():
             if args.resources:
                 print(name)

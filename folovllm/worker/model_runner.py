@@ -163,8 +163,7 @@ class ModelRunner:
         """Run, before the first request, every kernel variant a step can reach outside the CUDA graphs.
 
         The profile run compiled the big-batch paths; these short steps add the
-        small-batch ones (GPTQ's split-K GEMM, the norm / gate + matmul kernels
-        of steps of up to 16 tokens) and each sampler path:
+        small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
         greedy, plain temperature (the fused Gumbel kernel on a GPU) and
         top-k/top-p. Triton would otherwise compile them inside a user's
         request. The dummy K/V land in blocks no request owns yet, and the

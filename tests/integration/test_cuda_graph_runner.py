@@ -111,27 +111,6 @@ def test_graph_replays_of_mixed_and_decode_steps_match_hf(graphed_llm, tiny_mode
     assert any(size not in (64,) for kind, size in replays if kind == "mixed"), replays  # some steps were padded
 
 
-# A mixed graph's padding rows hold whatever attention left in its output buffer; numpy (the
-# interpreter) warns when their squares overflow, torch does not. Rows never mix, and no one reads them.
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_graph_replays_through_the_small_batch_matmul_kernels_match_hf(graphed_llm, tiny_model, monkeypatch):
-    """On a GPU, steps of <= 16 tokens run norm / gate + matmul as one kernel (layers/fused_linear.py): inside graphs too."""
-    from folovllm import SamplingParams
-    from folovllm.model_executor.layers import triton_gemv
-
-    monkeypatch.setattr("folovllm.model_executor.layers.fused_linear.use_fused_kernels", lambda x: True)
-    rows = []
-    kernel = triton_gemv.norm_linear
-    monkeypatch.setattr(triton_gemv, "norm_linear", lambda x, *a: rows.append(x.shape[0]) or kernel(x, *a))
-    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
-    assert {key: g.syncs for key, g in graphs.graphs.items() if g.syncs} == {}
-    assert set(rows) == {1, 2, 4, 16}  # the decode graphs and the 16-token mixed graph captured the fused path
-    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 9])]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 10)
-    assert graphs.graphs[("decode", 4)].replays > 0
-
-
 def test_a_step_beyond_the_largest_mixed_graph_runs_eagerly(graphed_llm, tiny_model):
     from folovllm import SamplingParams
 

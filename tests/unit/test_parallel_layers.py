@@ -89,26 +89,6 @@ def _check_layers(rank: int) -> None:
     head.weight.weight_loader(head.weight, table * 2)
     torch.testing.assert_close(head.compute_logits(x[:, :4]), F.linear(x[:, :4], table * 2))
 
-    # The small-batch kernels in place of norm + matmul and gate + matmul (triton_gemv, here in the
-    # interpreter) follow the same sharding: local columns, and partial sums all-reduced with the bias once.
-    from folovllm.model_executor.layers import fused_linear
-    from folovllm.model_executor.layers.activation import SiluAndMul
-    from folovllm.model_executor.layers.layernorm import RMSNorm
-    from folovllm.utils.device import HAS_TRITON
-
-    if HAS_TRITON:
-        norm = RMSNorm(8)
-        norm.weight.data.copy_(1 + 0.1 * _full((8,), 14))
-        residual = _full((5, 8), 15)
-        expected = merged(norm(x, residual)[0]), x + residual
-        fused_linear.use_fused_kernels = lambda t: True
-        for got, want in zip(fused_linear.norm_then_linear(norm, merged, x, residual), expected):
-            torch.testing.assert_close(got, want)
-        gate_up = _full((5, 16), 16)  # [gate | up], 8 each
-        mine = torch.cat([gate_up[:, rank * 4 : rank * 4 + 4], gate_up[:, 8 + rank * 4 : 12 + rank * 4]], dim=1)
-        act = F.silu(gate_up[:, :8]) * gate_up[:, 8:]
-        torch.testing.assert_close(fused_linear.silu_mul_then_linear(SiluAndMul(), row, mine), F.linear(act, w, b))
-
 
 def _check_rank(rank: int, port: int, errors) -> None:
     from folovllm.distributed.parallel_state import destroy_distributed_environment, init_distributed_environment

@@ -217,11 +217,5 @@ class RowParallelLinear(LinearBase):
         super().__init__(input_size // tp, [output_size], bias, quant_config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sum_over_ranks(lambda bias: self.quant_method.apply(self, x, bias))
-
-    def sum_over_ranks(self, matmul) -> torch.Tensor:
-        """``matmul(bias)`` of this rank's inputs (a partial sum), all-reduced; only rank 0 passes the bias.
-
-        Also what a kernel that computes this layer's matmul its own way calls (``fused_linear``).
-        """
-        return tensor_model_parallel_all_reduce(matmul(self.bias if self.tp_rank == 0 else None))
+        out = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None)
+        return tensor_model_parallel_all_reduce(out)

@@ -16,7 +16,6 @@ from folovllm.attention.backends.abstract import AttentionBackend, AttentionMeta
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.attention import Attention
 from folovllm.model_executor.layers.dispatch import use_fused_kernels
-from folovllm.model_executor.layers.fused_linear import norm_then_linear, silu_mul_then_linear
 from folovllm.model_executor.layers.layernorm import RMSNorm
 from folovllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding, get_rope
@@ -47,8 +46,8 @@ class Qwen3Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.eps = config.rms_norm_eps
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """From this layer's q/k/v projection (the decoder layer runs it, fused with the norm before it)."""
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -79,9 +78,8 @@ class Qwen3MLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, quant_config=quant_config)
         self.act_fn = SiluAndMul()
 
-    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """From the gate/up projection (the decoder layer runs it, fused with the norm before it)."""
-        return silu_mul_then_linear(self.act_fn, self.down_proj, gate_up)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -101,12 +99,15 @@ class Qwen3DecoderLayer(nn.Module):
         residual: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Pre-norm block. Each norm also adds the residual, and the matmul after it
-        # starts from the normalised input (one kernel for both at small batches).
-        qkv, residual = norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
-        hidden = self.self_attn(positions, qkv, attn_metadata)
-        gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
-        return self.mlp(gate_up), residual
+        # Pre-norm block; the residual add is fused into the following norm.
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, attn_metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class Qwen3Model(nn.Module):
