@@ -9,7 +9,9 @@ smallest number of KV blocks any of them can hold.
 
 from __future__ import annotations
 
+import gc
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +30,26 @@ logger = logging.getLogger(__name__)
 _GPU_HEADROOM_BYTES = 256 * 2**20
 
 
+@dataclass
+class MemorySnapshot:
+    """One CUDA device's memory as this process sees it."""
+
+    free: int
+    total: int
+    allocated: int  # by this process's live tensors (every engine in it)
+    reserved: int  # by this process's caching allocator (allocated + cached)
+
+    @classmethod
+    def take(cls, device: torch.device) -> MemorySnapshot:
+        free, total = get_gpu_memory_info(device)
+        return cls(free, total, torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+
+    @property
+    def non_torch(self) -> int:
+        """Used outside this process's allocator: the CUDA context, NCCL, other processes."""
+        return self.total - self.free - self.reserved
+
+
 class Worker:
     def __init__(
         self, config: EngineConfig, rank: int = 0, distributed_init_method: str | None = None, local_rank: int | None = None
@@ -41,6 +63,11 @@ class Worker:
             self.device = torch.device("cuda", rank if local_rank is None else local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            gc.collect()  # an engine dropped earlier in this process may still hold its KV cache in a cycle
+            torch.cuda.empty_cache()
+            # The KV budget counts what this worker adds from here on, as vLLM does: tensors of
+            # other engines (or of the user's script) in the process are not this engine's.
+            self.memory_at_start = MemorySnapshot.take(self.device)
         if distributed_init_method is not None:
             world_size = config.parallel_config.tensor_parallel_size
             backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -72,24 +99,32 @@ class Worker:
         return num_blocks
 
     def _profile_gpu_blocks(self, per_block: int) -> int:
+        """Blocks that fit this engine's share of the GPU: ``gpu_memory_utilization`` of its memory,
+        less what loading the model, a profile step and the CUDA graphs take."""
+        start = self.memory_at_start
+        utilization = self.config.cache_config.gpu_memory_utilization
+        requested = start.total * utilization
+        if start.free < requested:
+            raise ValueError(
+                f"Free memory on device ({start.free / 2**30:.2f}/{start.total / 2**30:.2f} GiB) on startup is less "
+                f"than desired GPU memory utilization ({utilization}, {requested / 2**30:.2f} GiB). Decrease "
+                "gpu_memory_utilization or reduce GPU memory used by other processes (or other engines in this one)."
+            )
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        free_before, total = get_gpu_memory_info(self.device)
-        non_torch = (total - free_before) - torch.cuda.memory_reserved(self.device)
-        weights = torch.cuda.memory_allocated(self.device)
+        loaded = MemorySnapshot.take(self.device)
+        weights = loaded.allocated - start.allocated
+        non_torch = max(0, loaded.non_torch - start.non_torch)  # e.g. NCCL's buffers
         # The profile's throw-away cache is counted in `peak`; take it back out.
         profile_cache = self.model_runner.profile_run()
         peak = torch.cuda.max_memory_allocated(self.device)
-        activations = max(0, peak - weights - profile_cache)
+        activations = max(0, peak - loaded.allocated - profile_cache)
         torch.cuda.empty_cache()
         graphs = self._cuda_graph_pool_estimate(activations)
-        budget = (
-            total * self.config.cache_config.gpu_memory_utilization
-            - non_torch - weights - activations - graphs - _GPU_HEADROOM_BYTES
-        )  # fmt: skip
+        budget = requested - non_torch - weights - activations - graphs - _GPU_HEADROOM_BYTES
         logger.info(
             "GPU memory: total %.2f GiB, weights %.2f GiB, peak activations %.2f GiB, CUDA graphs ~%.2f GiB, KV budget %.2f GiB",
-            total / 2**30, weights / 2**30, activations / 2**30, graphs / 2**30, budget / 2**30,
+            start.total / 2**30, weights / 2**30, activations / 2**30, graphs / 2**30, budget / 2**30,
         )  # fmt: skip
         return int(budget // per_block)
 
