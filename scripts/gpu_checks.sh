@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [bench] [profile] [tune] [fp8] [gptq] [chunked]     (default: tests bench)
+#   bash scripts/gpu_checks.sh [tests] [bench] [profile] [fp8] [gptq] [chunked]     (default: tests bench)
 #
 # Each stage has its own time limit and writes its output to $OUT (default: ./gpu_out), so a
 # stage that runs long costs only itself. `bench` rewrites its part of docs/benchmarks.md and
@@ -19,7 +19,8 @@ run() {  # name, time limit in seconds, command...
     local name=$1 limit=$2; shift 2
     echo "=== $name (limit ${limit}s): $*"
     local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    # SIGINT first: pytest then still prints what failed so far, and why
+    timeout -s INT -k 20 "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "=== $name: exit $? after $((SECONDS - start))s"
     tail -n 25 "$OUT/$name.log"
 }
@@ -28,8 +29,8 @@ $PY -c "import torch, triton, transformers; print(torch.__version__, triton.__ve
 cat "$OUT/gpu.txt"
 for stage in $stages; do
     case $stage in
-        tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider --durations=12 tests/integration/test_gpu_engine.py \
-                   tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py tests/unit/test_triton_gemv.py \
+        tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 tests/integration/test_gpu_engine.py \
+                   tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
                    tests/unit/test_sampler.py ;;
         bench) run bench ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 && cp docs/benchmarks.md docs/roofline.png "$OUT/" ;;
         profile) run profile_prefill 130 $PY benchmarks/profile_step.py prefill
@@ -37,8 +38,6 @@ for stage in $stages; do
                  run profile_decode1 100 $PY benchmarks/profile_step.py kernels 1
                  run kernels 100 $PY benchmarks/bench_kernels.py
                  run profile_host 90 $PY benchmarks/profile_step.py host ;;
-        tune) run tune_engine 90 $PY benchmarks/tune_small_batch_linear.py engine
-              run tune_kernels 150 $PY benchmarks/tune_small_batch_linear.py kernels ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;
