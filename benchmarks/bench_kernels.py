@@ -1,6 +1,7 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
-a mixed batch through the prefill kernel's work list, and the fused sampler with and without
-vocabulary splits.
+decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8
+cache at batch 256), a mixed batch through the prefill kernel's work list, and the fused sampler
+with and without vocabulary splits.
 
     python benchmarks/bench_kernels.py
 """
@@ -51,8 +52,62 @@ def main() -> None:
         t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
+        row = []  # other tile shapes, replayed from a graph (the engine's is prefill_block_sizes)
+        for bm, bn in [(64, 64), (128, 64), (64, 128), (128, 128)]:
+            tiles = torch.from_numpy(prefill_tiles([qlen] * batch, bm)).to(dev)
+            try:
+                t = graph_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles,
+                                                               head_dim**-0.5, block_m=bm, block_n=bn))  # fmt: skip
+                row.append(f"{bm}x{bn}: {flops / t / 1e12:.0f}")
+            except Exception as e:  # too much shared memory or registers for this shape
+                torch.cuda.synchronize()
+                row.append(f"{bm}x{bn}: {type(e).__name__}")
+        print(f"prefill B={batch:4d} len={qlen} in a graph, TFLOP/s by BLOCK_M x BLOCK_N: {', '.join(row)}")
+    decode_in_graphs(heads, kv_heads, head_dim, block_size, dtype, bw)
     mixed_batch(heads, kv_heads, head_dim, block_size, dtype)
     sampler()
+
+
+def graph_time(fn, reps: int = 50) -> float:
+    """Seconds per call of ``fn`` replayed from a CUDA graph of ``reps`` calls: no launch cost from the host."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()  # compile and allocate outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return cuda_time(graph.replay, iters=10) / reps
+
+
+def decode_in_graphs(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype, bw: float) -> None:
+    """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
+    batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
+    max_model_len), and a bf16 against an FP8 cache at batch 256."""
+    dev = "cuda"
+    sms = num_sms(torch.device(dev, 0))
+    for batch, ctx, cache_dtype, split_counts in [
+        (1, 160, dtype, (1, 2, 4, 9, 16, 33)),
+        (1, 600, dtype, (1, 2, 4, 8, 16, 33)),
+        (1, 2048, dtype, (4, 8, 16, 33, 64)),
+        (256, 1024, dtype, (1,)),
+        (256, 1024, torch.float8_e4m3fn, (1,)),
+    ]:
+        nb = batch * -(-ctx // block_size)
+        k_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
+        v_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
+        block_table = torch.randperm(nb, device=dev, dtype=torch.int32).view(batch, -1)
+        seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+        q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
+        nbytes = 2 * batch * ctx * kv_heads * head_dim * k_cache.element_size()
+        row = []
+        for s in split_counts:
+            t = graph_time(lambda s=s: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
+            row.append(f"{s}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
+        rule = {n: num_kv_splits(batch, kv_heads, n, sms) for n in (2048, 40960)}
+        print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
+              f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
 
 
 def mixed_batch(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
