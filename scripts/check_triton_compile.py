@@ -61,6 +61,8 @@ def _compile_only(run, show_resources: bool, max_shared: int):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         if kernel.metadata.shared > max_shared:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
+        if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
+            raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
         if show_resources:
             print(f"    {self.__name__}: {_resource_usage(kernel.asm['cubin'])}")
         return kernel

@@ -31,6 +31,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for a Triton ``tl.dot`` on ``dtype`` inputs. Triton's default for float32 is
+    TF32 (a 10-bit mantissa), which would part a float32 model from HF's float32 on a GPU."""
+    return "ieee" if dtype == torch.float32 else "tf32"  # "tf32" only matters for float32 inputs
+
+
 def get_gpu_memory_info(device: torch.device | int | None = None) -> tuple[int, int]:
     """(free_bytes, total_bytes) of a CUDA device."""
     if not torch.cuda.is_available():

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_paged_kv import load_kv_tile
+from folovllm.utils.device import dot_precision
 
 
 # Per-step values, not specialised on (a variant compiled for one would recompile for another):
@@ -47,6 +48,7 @@ def _decode_stage1_kernel(
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
     NUM_HEADS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -79,13 +81,13 @@ def _decode_stage1_kernel(
             stride_cb, stride_cs, stride_ch, PAGE_SIZE,
         )  # fmt: skip
         k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
-        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp(qk - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # empty split or padding row
@@ -160,7 +162,7 @@ def paged_decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGE_SIZE=page_size, BLOCK_N=64 if page_size <= 64 else page_size,
-        SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads,
+        SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=4, num_stages=2,
     )  # fmt: skip
     if num_kv_splits > 1:

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from folovllm.attention.ops.triton_paged_kv import load_kv_tile
 from folovllm.utils.common import cdiv
+from folovllm.utils.device import dot_precision
 
 
 # The block table's width (stride_bt) changes from step to step; specialising on it would compile
@@ -51,6 +52,7 @@ def _prefill_kernel(
     PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -91,7 +93,7 @@ def _prefill_kernel(
             stride_cb, stride_cs, stride_ch, PAGE_SIZE,
         )  # fmt: skip
         k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
-        qk = tl.dot(q, tl.trans(k)) * scale
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
         allowed = valid[None, :] & (pos[None, :] <= q_pos[:, None])
         qk = tl.where(allowed, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -99,7 +101,7 @@ def _prefill_kernel(
         p = tl.exp(qk - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -160,6 +162,7 @@ def paged_prefill_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
-        BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, num_warps=4, num_stages=2,
+        BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
     )  # fmt: skip
     return out

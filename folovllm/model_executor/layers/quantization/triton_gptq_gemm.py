@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from folovllm.model_executor.layers.quantization.gptq_packing import pack_rows, unpack_rows
-from folovllm.utils.device import num_sms
+from folovllm.utils.device import dot_precision, num_sms
 
 # Decode batches up to this many rows take the split-K configuration.
 _SPLIT_K_MAX_M = 64
@@ -123,7 +123,7 @@ def gptq_gemm(
     _gptq_gemm_kernel[(*grid_mn, split)](
         x, qweight, qzeros, scales, g_idx if g_idx is not None else qzeros, out, m, n, k, x.stride(0), k // split,
         GROUP_SIZE=group_size, BITS=bits, ZERO_OFFSET=zero_offset,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", ROW_GROUPS=g_idx is not None,
+        DOT_PRECISION=dot_precision(x.dtype), ROW_GROUPS=g_idx is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
     )  # fmt: skip
     return out[0] if split == 1 else out.sum(dim=0).to(x.dtype)
