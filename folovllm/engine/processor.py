@@ -78,7 +78,10 @@ class Processor:
 
     @staticmethod
     def _check_ids(ids) -> list[int]:
-        if not isinstance(ids, (list, tuple)) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+        if not isinstance(ids, (list, tuple)):
+            raise ValueError(f"prompt_token_ids must be a list of ints, got {_describe(ids)}")
+        # set(map(type, ...)) runs in C; the per-item test only for other int subclasses (bool is not a token)
+        if not set(map(type, ids)) <= {int} and any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
             raise ValueError(f"prompt_token_ids must be a list of ints, got {_describe(ids)}")
         return list(ids)
 
@@ -105,9 +108,9 @@ class Processor:
         text, ids = self._tokenize(prompt)
         if not ids:
             raise ValueError("the prompt is empty (no tokens)")
-        bad = [t for t in ids if t < 0 or t >= self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is out of vocabulary (valid ids are 0..{self.vocab_size - 1})")
+        if min(ids) < 0 or max(ids) >= self.vocab_size:
+            bad = next(t for t in ids if t < 0 or t >= self.vocab_size)
+            raise ValueError(f"token id {bad} is out of vocabulary (valid ids are 0..{self.vocab_size - 1})")
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"the prompt has {len(ids)} tokens, which leaves no room to generate under "

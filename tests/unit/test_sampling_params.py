@@ -67,3 +67,16 @@ def test_generation_config_eos_joins_stop_ids_unless_ignore_eos():
     q = SamplingParams(ignore_eos=True, stop_token_ids=[9])
     q.update_from_generation_config({2, 3})
     assert q.all_stop_token_ids == {9}
+
+
+def test_clone_equals_the_original_and_shares_no_container():
+    import dataclasses
+
+    p = SamplingParams(temperature=0.5, stop=["x", "yz"], stop_token_ids=[9], logprobs=2, seed=4)
+    p.update_from_generation_config({2})
+    q = p.clone()
+    assert dataclasses.asdict(q) == dataclasses.asdict(p)
+    q.stop.append("w")
+    q.stop_token_ids.append(7)
+    q.update_from_generation_config({3})
+    assert (p.stop, p.stop_token_ids, p.all_stop_token_ids) == (["x", "yz"], [9], {2, 9})

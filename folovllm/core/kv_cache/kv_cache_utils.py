@@ -15,6 +15,7 @@ process and only 64 bits wide.
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import Optional, Sequence as Seq
 
 import numpy as np
@@ -27,19 +28,19 @@ NONE_HASH: BlockHash = hashlib.sha256(b"folovllm prefix cache root").digest()
 
 
 def hash_block_tokens(
-    parent_block_hash: Optional[BlockHash], block_token_ids: Seq[int], extra_keys: Optional[tuple] = None
+    parent_block_hash: Optional[BlockHash], block_token_ids: Seq[int] | bytes, extra_keys: Optional[tuple] = None
 ) -> BlockHash:
     """Hash one full block, chained to its parent's hash.
 
     ``extra_keys``: anything besides the tokens that changes the K/V this
     block holds (vLLM puts LoRA ids and multimodal inputs here). Nothing does
     yet, so the engine always passes None; its ``repr`` joins the hash otherwise.
+    ``block_token_ids`` may come already encoded (``bytes``, little-endian int64).
     """
-    h = hashlib.sha256(parent_block_hash or NONE_HASH)
-    h.update(np.asarray(block_token_ids, dtype="<i8").tobytes())
+    data = block_token_ids if isinstance(block_token_ids, bytes) else np.asarray(block_token_ids, dtype="<i8").tobytes()
     if extra_keys is not None:
-        h.update(repr(extra_keys).encode())
-    return h.digest()
+        data += repr(extra_keys).encode()
+    return hashlib.sha256((parent_block_hash or NONE_HASH) + data).digest()
 
 
 def update_block_hashes(seq: Sequence, block_size: int) -> list[BlockHash]:
@@ -47,10 +48,13 @@ def update_block_hashes(seq: Sequence, block_size: int) -> list[BlockHash]:
     hashes = seq.block_hashes
     num_full = seq.num_tokens // block_size
     if len(hashes) < num_full:
+        # Encoded once; each block hashes a slice of the bytes (one sha256 call per block).
         tokens = _token_slice(seq, len(hashes) * block_size, num_full * block_size)
+        data = struct.pack(f"<{len(tokens)}q", *tokens)  # the "<i8" bytes, ~3x faster than numpy from a list
+        step = 8 * block_size
         parent = hashes[-1] if hashes else None
-        for start in range(0, len(tokens), block_size):
-            parent = hash_block_tokens(parent, tokens[start : start + block_size])
+        for start in range(0, len(data), step):
+            parent = hash_block_tokens(parent, data[start : start + step])
             hashes.append(parent)
     return hashes
 
