@@ -195,15 +195,16 @@ def main() -> None:
     fp8_lines = []
     if args.fp8_runs:
         fp8_scale = dict(num_seqs=scale["num_seqs"], max_in=max_len, max_out=max_len)
-        base_secs, base, tokens = bench_fp8_kv.run(model, device, "auto", fp8_scale, args.fp8_runs)
-        fp8_secs, fp8, _ = bench_fp8_kv.run(model, device, "fp8", fp8_scale, args.fp8_runs)
-        same, prefix, delta = bench_fp8_kv.agreement(base, fp8)
+        base_secs, base, base_lp, tokens = bench_fp8_kv.run(model, device, "auto", fp8_scale, args.fp8_runs)
+        fp8_secs, fp8, fp8_lp, _ = bench_fp8_kv.run(model, device, "fp8", fp8_scale, args.fp8_runs)
+        same, prefix, delta = bench_fp8_kv.agreement(base, fp8, base_lp, fp8_lp)
         fp8_lines = [
             f"(g) KV cache dtype on workload (a), greedy, {args.fp8_runs} run(s) each: "
             f"auto {tokens / base_secs[len(base_secs) // 2]:,.0f} output tok/s ({median_and_spread(base_secs)}), "
             f"fp8 {tokens / fp8_secs[len(fp8_secs) // 2]:,.0f} output tok/s ({median_and_spread(fp8_secs)}); "
             f"identical tokens {same:.1%}, outputs agree for {prefix:.1f} of {tokens / len(base):.1f} tokens on average, "
-            f"mean |dlogprob| over agreeing prefixes {delta:.4f} (random weights: a lower bound for a trained model).",
+            f"mean |dlogprob| {delta:.4f} over the agreeing prefixes of the first {len(base_lp)} sequences "
+            "(random weights: a lower bound for a trained model). The timed runs ask for no logprobs.",
             "",
         ]
 
