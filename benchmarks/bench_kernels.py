@@ -1,6 +1,7 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8
-cache at batch 256), a mixed batch through the prefill kernel's work list, and the fused sampler
+cache at batch 256), Qwen3-0.6B's matmuls at decode batch sizes against one read of their
+weights, a mixed batch through the prefill kernel's work list, and the fused sampler
 with and without vocabulary splits.
 
     python benchmarks/bench_kernels.py
@@ -64,6 +65,7 @@ def main() -> None:
                 row.append(f"{bm}x{bn}: {type(e).__name__}")
         print(f"prefill B={batch:4d} len={qlen} in a graph, TFLOP/s by BLOCK_M x BLOCK_N: {', '.join(row)}")
     decode_in_graphs(heads, kv_heads, head_dim, block_size, dtype, bw)
+    matmuls(dtype, bw)
     mixed_batch(heads, kv_heads, head_dim, block_size, dtype)
     sampler()
 
@@ -108,6 +110,22 @@ def decode_in_graphs(heads: int, kv_heads: int, head_dim: int, block_size: int, 
         rule = {n: num_kv_splits(batch, kv_heads, n, sms) for n in (2048, 40960)}
         print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
+
+
+def matmuls(dtype: torch.dtype, bw: float) -> None:
+    """Qwen3-0.6B's projections (cuBLAS, replayed from a graph) at decode batch sizes, against
+    reading the weight once: where a decode step's matmul time goes, and how far from the floor."""
+    import torch.nn.functional as F
+
+    shapes = {"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)}
+    for name, (n, k) in shapes.items():
+        w = torch.randn(n, k, dtype=dtype, device="cuda") / k**0.5
+        row = []
+        for m in (1, 8, 32, 64, 128, 256):
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            t = graph_time(lambda: F.linear(x, w))
+            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
+        print(f"matmul {name:8s} {n}x{k} in a graph, time (weight bytes / time as a share of copy bandwidth): {', '.join(row)}")
 
 
 def mixed_batch(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
