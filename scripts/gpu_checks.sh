@@ -15,7 +15,7 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 stages=${*:-tests bench}
 runs=0
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # logs keep what ran before a time-out
 PY=${PYTHON:-python3}
 run() {  # name, time limit in seconds, command...
     local name=$1 limit=$2; shift 2
@@ -39,10 +39,10 @@ for stage in $stages; do
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 \
                    && cp docs/benchmarks.md "$OUT/benchmarks$runs.md" && cp docs/roofline.png "$OUT/" ;;
-        profile) run profile_prefill 130 $PY benchmarks/profile_step.py prefill
+        profile) run kernels 120 $PY benchmarks/bench_kernels.py  # the sweeps that decide the next changes first
+                 run profile_decode1 90 $PY benchmarks/profile_step.py kernels 1
                  run profile_tail 140 $PY benchmarks/profile_step.py tail
-                 run profile_decode1 100 $PY benchmarks/profile_step.py kernels 1
-                 run kernels 100 $PY benchmarks/bench_kernels.py
+                 run profile_prefill 120 $PY benchmarks/profile_step.py prefill
                  run profile_host 90 $PY benchmarks/profile_step.py host ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
