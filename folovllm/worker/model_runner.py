@@ -166,26 +166,36 @@ class ModelRunner:
         small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
         greedy, plain temperature (the fused Gumbel kernel on a GPU) and
         top-k/top-p. Triton would otherwise compile them inside a user's
-        request. The dummy K/V land in blocks no request owns yet, and the
-        sampler's generators are put back, so seeded runs do not change.
+        request. Without CUDA graphs (``enforce_eager``) decode steps run the
+        decode kernel eagerly too, split and unsplit: two decode steps compile
+        both (graph capture compiles them otherwise). The dummy K/V land in
+        blocks no request owns yet, and the sampler's generators are put back,
+        so seeded runs do not change.
         """
         generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
         states = [g.get_state() for g in generators]
         for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0), SamplingParams(top_k=8, top_p=0.9)):
             self._dummy_run([min(8, self.max_model_len)], params)
+        if self.config.enforce_eager:
+            longest = min(self.max_model_len, self.kv_cache.shape[2] * self.block_size)  # the longest a sequence can get
+            self._dummy_run([min(2, longest)], SamplingParams(temperature=0.0), decode=True)  # unsplit
+            if self._num_kv_splits(1, longest) > 1:  # one sequence at the longest context: split
+                self._dummy_run([longest], SamplingParams(temperature=0.0), decode=True)
         for gen, state in zip(generators, states):
             gen.set_state(state)
 
-    def _dummy_run(self, lens: list[int], params: SamplingParams) -> None:
-        """One prefill step of dummy sequences (token 0) of ``lens`` tokens, in blocks 0, 1, ...; then forgets them."""
+    def _dummy_run(self, lens: list[int], params: SamplingParams, decode: bool = False) -> None:
+        """One step of dummy sequences (token 0) of ``lens`` tokens, in blocks 0, 1, ...; then forgets them.
+        A prefill of every token, or with ``decode`` only each sequence's last (the rest count as cached)."""
         num_blocks = [cdiv(n, self.block_size) for n in lens]
         first_block = np.cumsum([0] + num_blocks)
         new_reqs = [
-            NewRequestData(-1 - i, [0] * n, params, list(range(first_block[i], first_block[i + 1])), 0)
+            NewRequestData(-1 - i, [0] * n, params, list(range(first_block[i], first_block[i + 1])), n - 1 if decode else 0)
             for i, n in enumerate(lens)
         ]
         ids = [r.req_id for r in new_reqs]
-        self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, lens)), sum(lens))).get()
+        counts = [1 if decode else n for n in lens]
+        self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, counts)), sum(counts))).get()
         for req_id in ids:
             self.input_batch.remove_request(req_id)
         self.prev_sampled, self.prev_sampled_rows = None, {}

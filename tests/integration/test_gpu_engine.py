@@ -173,12 +173,13 @@ def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model):
     assert results[0] == results[1] and all(len(r) == 16 for r in results[0])
 
 
-def test_gpu_no_triton_kernel_compiles_after_start_up(tiny_model):
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_gpu_no_triton_kernel_compiles_after_start_up(tiny_model, enforce_eager):
     """The start-up warm-up and graph capture compile every variant; requests of any shape compile none."""
     from folovllm import LLM, SamplingParams
     from folovllm.utils.triton_variants import compiled_kernel_variants
 
-    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3)
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3, enforce_eager=enforce_eager)
     before = compiled_kernel_variants()
     assert any(before.values()), before  # the counter sees the compiled kernels at all
     lengths = [1, 7, 16, 33, 64, 130, 257, 300]  # block-table widths 1, 1, 1, 3, 4, 9, 17, 19
