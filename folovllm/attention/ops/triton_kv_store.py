@@ -12,9 +12,10 @@ import triton.language as tl
 
 
 @triton.jit
-def to_cache_dtype(x, cache_ptr, FP8: tl.constexpr):
-    """``x`` as the cache stores it: an FP8 cache saturates at +-448 (e4m3's largest finite value) first."""
-    if FP8:
+def to_cache_dtype(x, cache_ptr):
+    """``x`` as the cache stores it: an FP8 cache saturates at +-448 (e4m3's largest finite value) first.
+    The cache pointer's element type is known when the kernel compiles, so the test costs nothing."""
+    if cache_ptr.dtype.element_ty == tl.float8e4nv:
         x = tl.clamp(x.to(tl.float32), -448.0, 448.0)
     return x.to(cache_ptr.dtype.element_ty)
 
@@ -30,7 +31,6 @@ def _store_kv_cache_kernel(
     stride_v,
     ROW: tl.constexpr,  # num_kv_heads * head_dim
     BLOCK: tl.constexpr,
-    FP8: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + t).to(tl.int64)
@@ -39,8 +39,8 @@ def _store_kv_cache_kernel(
     mask = offs < limit
     k = tl.load(k_ptr + t * stride_k + offs, mask=mask)
     v = tl.load(v_ptr + t * stride_v + offs, mask=mask)
-    tl.store(k_cache_ptr + slot * ROW + offs, to_cache_dtype(k, k_cache_ptr, FP8), mask=mask)
-    tl.store(v_cache_ptr + slot * ROW + offs, to_cache_dtype(v, v_cache_ptr, FP8), mask=mask)
+    tl.store(k_cache_ptr + slot * ROW + offs, to_cache_dtype(k, k_cache_ptr), mask=mask)
+    tl.store(v_cache_ptr + slot * ROW + offs, to_cache_dtype(v, v_cache_ptr), mask=mask)
 
 
 def store_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -51,5 +51,4 @@ def store_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     row = num_kv_heads * head_dim
     _store_kv_cache_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row),
-        FP8=k_cache.dtype == torch.float8_e4m3fn,
     )

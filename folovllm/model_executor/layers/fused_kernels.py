@@ -62,7 +62,7 @@ def _qk_norm_rope_store_kernel(
     q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
     stride_qt, stride_kt, stride_vt, eps,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr, FP8: tl.constexpr,
+    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0)
     h = tl.program_id(1)  # 0..NUM_Q_HEADS-1 are q heads, the rest kv heads
@@ -102,10 +102,10 @@ def _qk_norm_rope_store_kernel(
         store = offs < tl.where(slot >= 0, half, 0)  # slot -1: a padding token, nothing to cache
         v1 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + offs, mask=store)
         v2 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + half + offs, mask=store)
-        tl.store(k_cache_ptr + cache_row + offs, to_cache_dtype(y1, k_cache_ptr, FP8), mask=store)
-        tl.store(k_cache_ptr + cache_row + half + offs, to_cache_dtype(y2, k_cache_ptr, FP8), mask=store)
-        tl.store(v_cache_ptr + cache_row + offs, to_cache_dtype(v1, v_cache_ptr, FP8), mask=store)
-        tl.store(v_cache_ptr + cache_row + half + offs, to_cache_dtype(v2, v_cache_ptr, FP8), mask=store)
+        tl.store(k_cache_ptr + cache_row + offs, to_cache_dtype(y1, k_cache_ptr), mask=store)
+        tl.store(k_cache_ptr + cache_row + half + offs, to_cache_dtype(y2, k_cache_ptr), mask=store)
+        tl.store(v_cache_ptr + cache_row + offs, to_cache_dtype(v1, v_cache_ptr), mask=store)
+        tl.store(v_cache_ptr + cache_row + half + offs, to_cache_dtype(v2, v_cache_ptr), mask=store)
 
 
 def fused_qk_norm_rope_store(
@@ -127,8 +127,7 @@ def fused_qk_norm_rope_store(
         q, k, v, q_weight if has_norm else q, k_weight if has_norm else k, cos_cache, sin_cache, positions, slot_mapping,
         q_out, k_cache, v_cache, q.stride(0), k.stride(0), v.stride(0), eps,
         NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, FP8=k_cache.dtype == torch.float8_e4m3fn,
-        num_warps=1,
+        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, num_warps=1,
     )  # fmt: skip
     return q_out
 
