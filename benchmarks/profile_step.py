@@ -68,12 +68,8 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
         inputs = runner._prepare_inputs(so)
         sync(device)
         t2 = time.perf_counter()
-        meta = inputs.attn_metadata
         with torch.inference_mode():
-            if runner.graph_runner is not None and runner.graph_runner.can_run(inputs.input_ids.shape[0], meta):
-                hidden = runner.graph_runner.run(inputs.input_ids, inputs.positions, meta)
-            else:
-                hidden = runner.model(inputs.input_ids, inputs.positions, meta)
+            hidden = runner._forward(inputs)
             sync(device)
             t3 = time.perf_counter()
             logits = runner.model.compute_logits(hidden[inputs.logits_indices])

@@ -298,6 +298,13 @@ class ModelRunner:
             ))  # fmt: skip
         return out
 
+    def _forward(self, inputs: _StepInputs) -> torch.Tensor:
+        """The model's hidden states for the step: a CUDA graph's replay where one fits, else eager."""
+        meta = inputs.attn_metadata
+        if self.graph_runner is not None and self.graph_runner.can_run(inputs.input_ids.shape[0], meta):
+            return self.graph_runner.run(inputs.input_ids, inputs.positions, meta)
+        return self.model(inputs.input_ids, inputs.positions, meta)
+
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> AsyncGPUModelRunnerOutput:
         """Launch one step; the returned handle's ``get()`` brings the tokens to the host."""
@@ -305,11 +312,7 @@ class ModelRunner:
         if so.is_empty:
             return AsyncGPUModelRunnerOutput([], None, self.device)
         inputs = self._prepare_inputs(so)
-        meta = inputs.attn_metadata
-        if self.graph_runner is not None and self.graph_runner.can_run(inputs.input_ids.shape[0], meta):
-            hidden = self.graph_runner.run(inputs.input_ids, inputs.positions, meta)
-        else:
-            hidden = self.model(inputs.input_ids, inputs.positions, meta)
+        hidden = self._forward(inputs)
         prompt_logprobs = self._compute_prompt_logprobs(hidden, inputs.prompt_logprob_rows) if inputs.prompt_logprob_rows else None
         if not inputs.sample_states:
             return AsyncGPUModelRunnerOutput([], None, self.device, prompt_logprobs)
