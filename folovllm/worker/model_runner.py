@@ -128,14 +128,18 @@ class ModelRunner:
     def capture_model(self) -> None:
         if self.device.type != "cuda" or self.config.enforce_eager:
             return
-        sc = self.config.scheduler_config
-        self.graph_runner = CUDAGraphRunner(
-            self.model, self.attn_backend, self.max_num_seqs, sc.max_num_batched_tokens, self.max_blocks_per_seq,
-            self.max_model_len, self.model_config.get_head_dim(), self.device, self._num_kv_splits,
-        )  # fmt: skip
+        self.graph_runner = self.new_graph_runner()
         self.graph_runner.capture()
         logger.info("Captured CUDA graphs: decode batch sizes %s, mixed-step token counts %s",
                     self.graph_runner.decode_sizes, self.graph_runner.mixed_sizes)  # fmt: skip
+
+    def new_graph_runner(self) -> CUDAGraphRunner:
+        """A graph runner sized for this engine (its ladders, buffers, split rule); not captured yet."""
+        sc = self.config.scheduler_config
+        return CUDAGraphRunner(
+            self.model, self.attn_backend, self.max_num_seqs, sc.max_num_batched_tokens, self.max_blocks_per_seq,
+            self.max_model_len, self.model_config.get_head_dim(), self.device, self._num_kv_splits,
+        )  # fmt: skip
 
     def profile_num_tokens(self) -> int:
         """Tokens of the profile run's step: the budget, or fewer if the seats cannot hold that many."""

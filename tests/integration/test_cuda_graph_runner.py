@@ -84,11 +84,7 @@ def graphed_llm(tiny_model, monkeypatch):
         llm = LLM(str(tiny_model), device="cpu", dtype="float32", **kwargs)
         runner = llm.llm_engine.executor.worker.model_runner
         runner.num_sms = 8  # so that small decode batches split their context, as on a GPU
-        sc = llm.llm_engine.config.scheduler_config
-        runner.graph_runner = CUDAGraphRunner(
-            runner.model, runner.attn_backend, runner.max_num_seqs, sc.max_num_batched_tokens, runner.max_blocks_per_seq,
-            runner.max_model_len, runner.model_config.get_head_dim(), runner.device, runner._num_kv_splits,
-        )  # fmt: skip
+        runner.graph_runner = runner.new_graph_runner()
         runner.graph_runner.capture()
         return llm, runner.graph_runner
 
