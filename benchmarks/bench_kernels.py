@@ -30,12 +30,7 @@ def main() -> None:
     bw = measure_copy_bandwidth(dev)
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s")
     for batch, ctx, splits in [(1, 512, None), (1, 4096, None), (32, 1024, None), (256, 1024, None), (256, 2048, None)]:
-        nb = batch * (ctx // block_size)
-        k_cache = torch.randn(nb, block_size, kv_heads, head_dim, dtype=dtype, device=dev)
-        v_cache = torch.randn_like(k_cache)
-        block_table = torch.randperm(nb, device=dev, dtype=torch.int32).view(batch, -1)
-        seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
-        q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
+        q, k_cache, v_cache, block_table, seq_lens = decode_batch(batch, ctx, heads, kv_heads, head_dim, block_size, dtype, dtype)
         s = splits or num_kv_splits(batch, kv_heads, ctx, num_sms(torch.device(dev, 0)))  # the engine's choice
         t = cuda_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
         nbytes = 2 * batch * ctx * kv_heads * head_dim * 2
@@ -83,6 +78,18 @@ def graph_time(fn, reps: int = 50) -> float:
     return cuda_time(graph.replay, iters=10) / reps
 
 
+def decode_batch(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int, dtype, cache_dtype):
+    """A decode step's inputs: ``batch`` sequences of ``ctx`` cached tokens in shuffled blocks (q, k/v caches, table, lengths)."""
+    dev = "cuda"
+    nb = batch * -(-ctx // block_size)
+    k_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
+    v_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
+    block_table = torch.randperm(nb, device=dev, dtype=torch.int32).view(batch, -1)
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+    q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
+    return q, k_cache, v_cache, block_table, seq_lens
+
+
 def decode_in_graphs(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype, bw: float) -> None:
     """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
     batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
@@ -96,12 +103,7 @@ def decode_in_graphs(heads: int, kv_heads: int, head_dim: int, block_size: int, 
         (256, 1024, dtype, (1,)),
         (256, 1024, torch.float8_e4m3fn, (1,)),
     ]:
-        nb = batch * -(-ctx // block_size)
-        k_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
-        v_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
-        block_table = torch.randperm(nb, device=dev, dtype=torch.int32).view(batch, -1)
-        seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
-        q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
+        q, k_cache, v_cache, block_table, seq_lens = decode_batch(batch, ctx, heads, kv_heads, head_dim, block_size, dtype, cache_dtype)
         nbytes = 2 * batch * ctx * kv_heads * head_dim * k_cache.element_size()
         row = []
         for s in split_counts:
