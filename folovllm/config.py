@@ -170,8 +170,9 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_model_len: Optional[int] = None
     enable_chunked_prefill: bool = True
-    # Schedule step N+1 while step N runs on the device (see Scheduler).
-    async_scheduling: bool = False
+    # Launch step N+1 before step N's tokens reach the host (see LLMEngine).
+    # None, the default, means on, as in vLLM: nothing FoloVLLM supports is incompatible with it.
+    async_scheduling: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:
@@ -180,6 +181,10 @@ class SchedulerConfig:
             not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens <= 0
         ):
             raise _bad("max_num_batched_tokens", self.max_num_batched_tokens, "must be a positive integer")
+        if self.async_scheduling is None:
+            self.async_scheduling = True
+        elif not isinstance(self.async_scheduling, bool):
+            raise _bad("async_scheduling", self.async_scheduling, "must be True, False or None (on)")
         if self.max_model_len is not None:
             self.set_max_model_len(self.max_model_len)
 

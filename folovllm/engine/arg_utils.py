@@ -50,7 +50,8 @@ class EngineArgs:
     max_num_batched_tokens: Optional[int] = _opt(None, "Token budget of one engine step (default: 16384 with chunked prefill).")
     max_num_seqs: int = _opt(256, "Most sequences in one engine step.")
     enable_chunked_prefill: bool = _opt(True, "Split long prompts across steps so that decodes keep running.")
-    async_scheduling: bool = _opt(False, "Schedule the next step while the current one runs on the GPU.")
+    async_scheduling: Optional[bool] = _opt(None, "Schedule the next step while the current one runs on the GPU "
+                                            "(default: on; --no-async-scheduling turns it off).")  # fmt: skip
     device: str = _opt("auto", "'auto' (CUDA when available, else the CPU), 'cuda', 'cuda:N' or 'cpu'.")
     tensor_parallel_size: int = _opt(1, "Split every layer over this many devices (GPUs; processes on the CPU).")
     distributed_executor_backend: Optional[str] = _opt(

@@ -72,9 +72,9 @@ class LLMEngine:
         )  # fmt: skip
         sc = config.scheduler_config
         logger.info(
-            "Prefix caching: %s; chunked prefill: %s; token budget per step: %d",
-            "on" if config.cache_config.enable_prefix_caching else "off",
-            "on" if sc.enable_chunked_prefill else "off", sc.max_num_batched_tokens,
+            "Prefix caching: %s; chunked prefill: %s; async scheduling: %s; token budget per step: %d",
+            "on" if config.cache_config.enable_prefix_caching else "off", "on" if sc.enable_chunked_prefill else "off",
+            "on" if sc.async_scheduling else "off", sc.max_num_batched_tokens,
         )  # fmt: skip
         self.kv_cache_manager = KVCacheManager(num_blocks, block_size, config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager)

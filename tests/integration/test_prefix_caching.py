@@ -87,9 +87,10 @@ def test_reset_prefix_cache(tiny_model):
     assert llm.reset_prefix_cache() is True
 
 
-def test_generated_blocks_are_cached_too(tiny_model):
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_generated_blocks_are_cached_too(tiny_model, async_scheduling):
     """A follow-up turn that repeats prompt + answer finds the blocks filled while decoding."""
-    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", block_size=BLOCK, max_model_len=128)
+    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", block_size=BLOCK, max_model_len=128, async_scheduling=async_scheduling)
     first = engine.generate([{"prompt_token_ids": SYSTEM}], greedy(max_tokens=20), use_tqdm=False)[0]
     follow_up = SYSTEM + first.outputs[0].token_ids + [3, 4]  # 59 tokens: 7 full blocks
     second = engine.generate([{"prompt_token_ids": follow_up}], greedy(), use_tqdm=False)[0]

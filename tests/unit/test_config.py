@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
 from folovllm import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from folovllm.engine.arg_utils import EngineArgs
 
 
 def test_model_config_reads_hf_config_and_infers_max_model_len(tiny_model):
@@ -83,6 +86,17 @@ def test_scheduler_config_budget_rules():
     with pytest.raises(ValueError, match="must be >= max_num_seqs"):
         SchedulerConfig(max_num_batched_tokens=512, max_num_seqs=600, max_model_len=512)
 
+
+
+def test_async_scheduling_is_on_unless_turned_off():
+    """vLLM's default (None) resolves to on: every FoloVLLM feature works with it."""
+    assert SchedulerConfig().async_scheduling is True
+    assert SchedulerConfig(async_scheduling=False).async_scheduling is False
+    with pytest.raises(ValueError, match="async_scheduling"):
+        SchedulerConfig(async_scheduling="off")
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    for argv, expected in (([], None), (["--no-async-scheduling"], False), (["--async-scheduling"], True)):
+        assert EngineArgs.from_cli_args(parser.parse_args(argv)).async_scheduling is expected
 
 def test_engine_config_syncs_max_model_len_and_resolves_device(tiny_model):
     ec = EngineConfig(ModelConfig(model=str(tiny_model), max_model_len=200), device="cpu")

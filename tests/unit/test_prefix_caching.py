@@ -158,6 +158,19 @@ def test_a_failed_step_leaves_nothing_to_hit():
     assert sched.get_stats()["prefix_cache_hits"] == 8  # c found nothing
 
 
+
+def test_a_block_filled_under_async_scheduling_is_cached_when_its_sequence_ends():
+    """Async scheduling schedules the step that fills a block before that block's last token id
+    reaches the host, so the block cannot be hashed then; it is cached when the sequence ends."""
+    sched = make_scheduler(caching=True)
+    req = add(sched, "a", 8, max_tokens=5)  # KV for tokens 0..11: three full blocks of 4
+    in_flight = []
+    while sched.has_unfinished_requests():
+        fake_step(sched, in_flight)
+    tokens = req.seqs[0].get_token_ids()
+    assert len(tokens) == 13
+    assert sched.kv_cache_manager.get_computed_blocks(seq(tokens[:12] + [999]))[1] == 12
+
 _op = st.one_of(
     st.tuples(st.just("add"), st.integers(1, 30), st.integers(1, 12), st.sampled_from([1, 2, 4]), st.sampled_from([1, 100, 200])),
     st.tuples(st.just("abort"), st.integers(0, 40)),

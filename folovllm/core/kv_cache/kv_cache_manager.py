@@ -124,6 +124,10 @@ class KVCacheManager:
         shared, so they go to the front of the eviction order.
         """
         blocks = self.req_to_blocks.pop(seq.seq_id, [])
+        if self.enable_caching and blocks:
+            # With async scheduling a block fills before its last token id reaches the host,
+            # so allocate_slots could not hash it; by now that id may be known.
+            self._cache_full_blocks(seq, blocks, min(seq.num_computed_tokens, seq.num_tokens) // self.block_size)
         self.num_cached_block.pop(seq.seq_id, None)
         self.block_pool.free_blocks(reversed(blocks))
 
