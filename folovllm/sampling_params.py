@@ -44,6 +44,7 @@ class RequestOutputKind(Enum):
     """What ``LLMEngine.step()`` reports for an unfinished request."""
 
     CUMULATIVE = 0  # everything generated so far (the default)
+    DELTA = 1  # only what is new since the request's last output
     FINAL_ONLY = 2  # nothing until the request finishes (what generate() uses)
 
 

@@ -23,8 +23,16 @@ class RequestState:
         # Text is built token by token only when someone needs it before the
         # end (stop strings, streaming); otherwise it is decoded once at the end.
         # Without a tokenizer (skip_tokenizer_init) there is no text at all.
-        streaming = params.output_kind == RequestOutputKind.CUMULATIVE
+        streaming = params.output_kind != RequestOutputKind.FINAL_ONLY
         self.incremental = tokenizer is not None and (bool(params.stop) or streaming)
+        # While a sequence runs, its text may end in the start of a stop string that a later token
+        # completes (and cuts): streamed text holds back that many characters, as vLLM's does.
+        self.stop_buffer = max(map(len, params.stop)) - 1 if params.stop and not params.include_stop_str_in_output else 0
+        # DELTA: per sequence, how many tokens and characters earlier outputs carried, and whether
+        # its finish was reported; prompt logprobs go out once, with the first output.
+        self.delta = params.output_kind == RequestOutputKind.DELTA
+        self.sent: dict[int, tuple[int, int, bool]] = {}
+        self.prompt_logprobs_sent = False
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
         # vLLM's layout: None for the first prompt token (nothing predicts it), then one dict per token.
         self.prompt_logprobs: list[dict[int, Logprob] | None] | None = None if params.prompt_logprobs is None else [None]
@@ -104,7 +112,7 @@ class OutputProcessor:
             if finished:
                 metrics.finished_time = now
                 self._drop(state)
-            if finished or state.request.sampling_params.output_kind == RequestOutputKind.CUMULATIVE:
+            if finished or state.request.sampling_params.output_kind != RequestOutputKind.FINAL_ONLY:
                 outputs.append(self._make_output(state, finished))
         return outputs
 
@@ -158,6 +166,30 @@ class OutputProcessor:
         seq.stop_reason, seq.output_text = hit
         return True
 
+    def _completion(self, state: RequestState, seq: Sequence) -> CompletionOutput | None:
+        """One sequence's part of an output; with DELTA only what is new (None when nothing is)."""
+        text = seq.output_text if state.incremental else self._final_text(seq)
+        if state.stop_buffer and not seq.is_finished():
+            text = text[: max(0, len(text) - state.stop_buffer)]
+        token_ids, logprobs = seq.output_token_ids, seq.output_logprobs
+        if state.delta:
+            done = seq.is_finished()
+            num_tokens, num_chars, done_sent = state.sent.get(seq.seq_id, (0, 0, False))
+            if done_sent or (num_tokens == len(token_ids) and num_chars == len(text) and not done):
+                return None
+            state.sent[seq.seq_id] = (len(token_ids), len(text), done)
+            text, token_ids, logprobs = text[num_chars:], token_ids[num_tokens:], logprobs[num_tokens:]
+        want_lp = seq.sampling_params.logprobs is not None
+        return CompletionOutput(
+            index=seq.index,
+            text=text,
+            token_ids=list(token_ids),
+            cumulative_logprob=seq.cumulative_logprob if want_lp else None,
+            logprobs=list(logprobs) if want_lp else None,
+            finish_reason=seq.get_finish_reason(),
+            stop_reason=seq.stop_reason,
+        )
+
     def _final_text(self, seq: Sequence) -> str:
         if self.tokenizer is None:
             return ""
@@ -174,26 +206,17 @@ class OutputProcessor:
 
     def _make_output(self, state: RequestState, finished: bool) -> RequestOutput:
         request = state.request
-        completions = []
-        for seq in request.seqs:
-            text = seq.output_text if state.incremental else self._final_text(seq)
-            want_lp = seq.sampling_params.logprobs is not None
-            completions.append(
-                CompletionOutput(
-                    index=seq.index,
-                    text=text,
-                    token_ids=list(seq.output_token_ids),
-                    cumulative_logprob=seq.cumulative_logprob if want_lp else None,
-                    logprobs=list(seq.output_logprobs) if want_lp else None,
-                    finish_reason=seq.get_finish_reason(),
-                    stop_reason=seq.stop_reason,
-                )
-            )
+        completions = [self._completion(state, seq) for seq in request.seqs]
+        if state.delta:
+            completions = [c for c in completions if c is not None]
+        prompt_logprobs = state.prompt_logprobs
+        if state.delta:
+            prompt_logprobs, state.prompt_logprobs_sent = (None if state.prompt_logprobs_sent else prompt_logprobs), True
         return RequestOutput(
             request_id=request.request_id,
             prompt=request.prompt,
             prompt_token_ids=request.prompt_token_ids,
-            prompt_logprobs=state.prompt_logprobs,
+            prompt_logprobs=prompt_logprobs,
             outputs=completions,
             finished=finished,
             metrics=request.metrics,
