@@ -102,8 +102,10 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
         "generate() (final output only)": dict(output_kind=RequestOutputKind.FINAL_ONLY),
         "streaming (cumulative text)": dict(output_kind=RequestOutputKind.CUMULATIVE),
         "streaming + logprobs=5": dict(output_kind=RequestOutputKind.CUMULATIVE, logprobs=5),
+        "streaming deltas + logprobs=5": dict(output_kind=RequestOutputKind.DELTA, logprobs=5),
     }
     print(f"{num_seqs} sequences decoding, host ms per step (median of {runs} runs of {steps} steps, fastest-slowest)")
+    gc_timer = _GCTimer()
     for name, params in kinds.items():
         engine = decoding_engine(num_seqs, prompt_len, enforce_eager=True, **params)  # no graphs: the model never runs
         runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
@@ -121,25 +123,41 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
             _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens, lps))
 
         def report(label: str) -> None:
-            per_step = []
+            per_step, in_gc = [], []
             for _ in range(runs):
+                gc_timer.total = 0.0
                 t0 = time.perf_counter()
                 for i in range(steps):
                     step(i)
                 per_step.append((time.perf_counter() - t0) / steps * 1e3)
+                in_gc.append(gc_timer.total / steps * 1e3)
             per_step.sort()
-            print(f"  {label:45s} {per_step[runs // 2]:7.2f} ms  ({per_step[0]:.2f}-{per_step[-1]:.2f})")
+            in_gc.sort()
+            print(f"  {label:52s} {per_step[runs // 2]:6.2f} ms ({per_step[0]:.2f}-{per_step[-1]:.2f}), "
+                  f"in the garbage collector {in_gc[runs // 2]:.2f} ms")  # fmt: skip
 
         for i in range(5):  # warm-up
             step(i)
-        report(name)
-        if k is not None:  # how much of it is Python's garbage collector (the entries are many small objects)
-            gc.disable()
-            try:
-                report(name + ", garbage collector off")
-            finally:
-                gc.enable()
+        gc.callbacks.append(gc_timer)
+        try:
+            report(name)
+        finally:
+            gc.callbacks.remove(gc_timer)
         engine.abort_request([str(i) for i in range(num_seqs)])
+
+
+class _GCTimer:
+    """A ``gc.callbacks`` entry that adds up the seconds spent in collections."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.start = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self.start
 
 
 def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) -> None:

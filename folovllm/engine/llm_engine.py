@@ -43,12 +43,14 @@ from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus
 from folovllm.sampling_params import RequestOutputKind, SamplingParams
 from folovllm.utils.common import Counter
+from folovllm.utils.gc_utils import freeze_gc_heap, unfreeze_gc_heap
 
 logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
+        unfreeze_gc_heap()  # an engine dropped since the last start-up may be frozen in a reference cycle
         self.config = config
         mc = config.model_config
         self.tokenizer = None
@@ -93,6 +95,7 @@ class LLMEngine:
         # while any is alive, steps run synchronously.
         self.history_sensitive: set[str] = set()
         self.lock = threading.RLock()
+        freeze_gc_heap()
 
     @classmethod
     def from_engine_args(cls, engine_args: Union[EngineArgs, str], **kwargs) -> "LLMEngine":

@@ -25,6 +25,7 @@ def serve(conn: Connection) -> None:
 
     from folovllm.distributed.parallel_state import destroy_distributed_environment
     from folovllm.executor.uniproc_executor import start_worker
+    from folovllm.utils.gc_utils import freeze_gc_heap
     from folovllm.worker.gpu_worker import Worker
 
     config, rank, init_method = pickle.loads(conn.recv_bytes())
@@ -33,6 +34,7 @@ def serve(conn: Connection) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp))  # ranks share the cores
     worker = Worker(config, rank, init_method)
     start_worker(worker)
+    freeze_gc_heap()  # this process serves one engine: its start-up heap lives as long as it does
     try:
         while True:
             try:
