@@ -76,6 +76,9 @@ def measure_matmul_flops(device: str, n: int, iters: int = 10) -> float:
 
 
 def ttft(llm, device: str, prompt: list[int]) -> float:
+    """Seconds to the first token of ``prompt``, computed in full: the prefix cache is emptied first
+    (the runs repeat one prompt, and a hit would leave one block's worth of tokens to compute)."""
+    llm.reset_prefix_cache()
     return timed(device, lambda: llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False))
 
 

@@ -201,9 +201,11 @@ def prefill(runs: int = 5) -> None:
             walls = []
             for r in range(runs + 1):  # the first run warms up
                 prompt = [{"prompt_token_ids": [(31 * r + 7 * j + n) % vocab for j in range(n)]}]
+                llm.reset_prefix_cache()  # the other mode ran these prompts: no hits, every token computed
                 walls.append(timed(device, functools.partial(llm.generate, prompt, params, use_tqdm=False)))
             gpu_ms, kernels = float("nan"), 0
             if cuda:
+                llm.reset_prefix_cache()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     llm.generate([{"prompt_token_ids": [(5 * j + n) % vocab for j in range(n)]}], params, use_tqdm=False)
                     torch.cuda.synchronize()

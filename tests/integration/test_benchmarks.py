@@ -26,10 +26,22 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ttft_runs_compute_the_whole_prompt_every_time(tiny_model):
+    """The TTFT rows repeat one prompt: a prefix-cache hit would time a few tokens, not the prompt."""
+    from benchmarks.bench_all import ttft
+    from folovllm import LLM
+
+    llm = LLM(str(tiny_model), device="cpu", max_model_len=128)
+    for _ in range(3):
+        ttft(llm, "cpu", list(range(3, 67)))
+    stats = llm.llm_engine.get_stats()
+    assert stats["prefix_cache_queries"] > 0 and stats["prefix_cache_hits"] == 0
+
+
 def test_profile_step_host_runs_every_kind_of_request():
     run = subprocess.run(
         [sys.executable, "benchmarks/profile_step.py", "host", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    for kind in ("generate()", "streaming (cumulative text)", "streaming + logprobs=5"):
+    for kind in ("generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5"):
         assert kind in run.stdout, run.stdout
