@@ -207,10 +207,9 @@ class OutputProcessor:
     def _make_output(self, state: RequestState, finished: bool) -> RequestOutput:
         request = state.request
         completions = [self._completion(state, seq) for seq in request.seqs]
-        if state.delta:
-            completions = [c for c in completions if c is not None]
         prompt_logprobs = state.prompt_logprobs
         if state.delta:
+            completions = [c for c in completions if c is not None]
             prompt_logprobs, state.prompt_logprobs_sent = (None if state.prompt_logprobs_sent else prompt_logprobs), True
         return RequestOutput(
             request_id=request.request_id,
