@@ -1,7 +1,7 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8
 cache at batch 256), Qwen3-0.6B's matmuls at decode batch sizes against one read of their
-weights, a mixed batch through the prefill kernel's work list, and the fused sampler
+weights, prefill tile shapes and warp counts, a mixed batch through the prefill kernel's work list, and the fused sampler
 with and without vocabulary splits.
 
     python benchmarks/bench_kernels.py
@@ -9,6 +9,7 @@ with and without vocabulary splits.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -48,17 +49,17 @@ def main() -> None:
         t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
-        row = []  # other tile shapes, replayed from a graph (the engine's is prefill_block_sizes)
-        for bm, bn in [(64, 64), (128, 64), (64, 128), (128, 128)]:
+        row = []  # other tile shapes and warp counts, replayed from a graph (the engine's: prefill_block_sizes, 4 warps)
+        for (bm, bn), warps in itertools.product([(64, 64), (128, 64), (64, 128), (128, 128)], (4, 8)):
             tiles = torch.from_numpy(prefill_tiles([qlen] * batch, bm)).to(dev)
             try:
                 t = graph_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles,
-                                                               head_dim**-0.5, block_m=bm, block_n=bn))  # fmt: skip
-                row.append(f"{bm}x{bn}: {flops / t / 1e12:.0f}")
+                                                               head_dim**-0.5, block_m=bm, block_n=bn, num_warps=warps))  # fmt: skip
+                row.append(f"{bm}x{bn}/{warps}w: {flops / t / 1e12:.0f}")
             except Exception as e:  # too much shared memory or registers for this shape
                 torch.cuda.synchronize()
-                row.append(f"{bm}x{bn}: {type(e).__name__}")
-        print(f"prefill B={batch:4d} len={qlen} in a graph, TFLOP/s by BLOCK_M x BLOCK_N: {', '.join(row)}")
+                row.append(f"{bm}x{bn}/{warps}w: {type(e).__name__}")
+        print(f"prefill B={batch:4d} len={qlen} in a graph, TFLOP/s by BLOCK_M x BLOCK_N / warps: {', '.join(row)}")
     decode_in_graphs(heads, kv_heads, head_dim, block_size, dtype, bw)
     matmuls(dtype, bw)
     mixed_batch(heads, kv_heads, head_dim, block_size, dtype)

@@ -144,12 +144,15 @@ def paged_prefill_attention(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache).
 
     ``tiles``: ``prefill_tiles(query_lens, block_m)`` on the device, possibly
     padded with (-1, -1) rows; ``block_m`` must be the one it was built with
-    (default: ``prefill_block_sizes(head_dim)``).
+    (default: ``prefill_block_sizes(head_dim)``). The tile and launch options
+    other than the defaults are for ``bench_kernels.py``'s sweep.
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -163,6 +166,6 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
         BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
