@@ -50,7 +50,10 @@ logger = logging.getLogger(__name__)
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
-        unfreeze_gc_heap()  # an engine dropped since the last start-up may be frozen in a reference cycle
+        # Out of the garbage collector's sight: what exists before this engine (see gc_utils). An
+        # engine that was alive when the last one started was frozen then: unfreeze first.
+        unfreeze_gc_heap()
+        freeze_gc_heap()
         self.config = config
         mc = config.model_config
         self.tokenizer = None
@@ -95,7 +98,6 @@ class LLMEngine:
         # while any is alive, steps run synchronously.
         self.history_sensitive: set[str] = set()
         self.lock = threading.RLock()
-        freeze_gc_heap()
 
     @classmethod
     def from_engine_args(cls, engine_args: Union[EngineArgs, str], **kwargs) -> "LLMEngine":

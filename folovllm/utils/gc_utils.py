@@ -1,13 +1,18 @@
-"""Keep Python's cyclic garbage collector away from the engine's start-up heap.
+"""Keep Python's cyclic garbage collector away from the process's long-lived heap.
 
-Everything alive when an engine is ready (torch, transformers, the model's
-modules, the tokenizer: ~10^5 objects) lives as long as the engine, yet every
-full collection walks all of it, and steps that build many small objects
-(outputs, logprob entries) set collections off often. ``gc.freeze()`` moves the
-objects alive now into a generation that collections skip (vLLM freezes its
-start-up heap too). The price: a frozen object that later becomes cyclic
-garbage (an engine the caller dropped) is not collected until the heap is
-unfrozen, which the next engine's start-up and the interpreter's exit do.
+A process that runs an engine holds ~10^5 objects that never become garbage
+(the modules of torch and transformers, the HF config), yet every full
+collection walks all of them, and streaming steps that build many small
+objects (outputs, logprob entries) set collections off often. ``gc.freeze()``
+moves the objects alive now into a generation that collections skip (vLLM
+freezes its engine process's heap after start-up).
+
+``LLMEngine`` freezes at the start of its start-up, not at the end: its own
+objects (the model and its GPU tensors, the KV cache) stay collectable, so
+``del llm; gc.collect()`` still frees an engine caught in reference cycles.
+The price: an object frozen while alive that later becomes cyclic garbage (an
+engine that was alive when a newer one started) waits for the next unfreeze,
+which the next engine's start-up and the interpreter's exit do.
 """
 
 from __future__ import annotations

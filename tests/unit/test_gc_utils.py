@@ -1,5 +1,5 @@
-"""Freezing the start-up heap: the collector skips it, an engine's start-up hands it back first
-(so a dropped engine in a reference cycle is collected), and the interpreter's exit does too."""
+"""Freezing the long-lived heap: the collector skips it; an engine freezes what came before it but
+stays collectable itself; the next engine's start-up and the interpreter's exit unfreeze."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import subprocess
 import sys
 import weakref
 
-from folovllm import LLMEngine
+import pytest
+
+from folovllm import LLM, LLMEngine
 from folovllm.utils.gc_utils import freeze_gc_heap, unfreeze_gc_heap
 
 
@@ -33,16 +35,40 @@ def test_a_frozen_cycle_waits_for_the_unfreeze():
         unfreeze_gc_heap()
 
 
-def test_an_engine_freezes_the_heap_and_the_next_one_collects_a_dropped_one(tiny_model):
+def _engine_with_a_cycle(tiny_model, front=LLMEngine.from_engine_args) -> tuple[object, weakref.ref]:
+    """An engine whose model runner refers to itself, as CUDA-graph objects can: only the collector frees it."""
+    made = front(str(tiny_model), device="cpu", max_model_len=64)
+    runner = getattr(made, "llm_engine", made).executor.worker.model_runner
+    runner.me = runner
+    return made, weakref.ref(runner)
+
+
+@pytest.mark.parametrize("front", [LLM, LLMEngine.from_engine_args], ids=["LLM", "LLMEngine"])
+def test_an_engine_freezes_what_came_before_it_and_stays_collectable(tiny_model, front):
+    """``del llm; gc.collect()`` frees an engine (its model, its KV cache) as it did before freezing."""
     try:
-        engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=64)
+        engine, runner = _engine_with_a_cycle(tiny_model, front)
         assert gc.get_freeze_count() > 0
-        runner = weakref.ref(engine.executor.worker.model_runner)
-        engine.self_ref = engine  # a reference cycle: only the collector can free it
+        # The LLM / LLMEngine object existed when the heap was frozen: it must not be in a cycle,
+        # or it would keep everything it holds out of the collector's reach.
+        engine_ref = weakref.ref(engine)
         del engine
+        assert engine_ref() is None  # freed by its reference count alone
         gc.collect()
-        assert runner() is not None
-        LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=64)
+        assert runner() is None
+    finally:
+        unfreeze_gc_heap()
+
+
+def test_an_engine_alive_when_the_next_one_starts_is_collected_at_the_start_after(tiny_model):
+    try:
+        first, runner = _engine_with_a_cycle(tiny_model)
+        second, _ = _engine_with_a_cycle(tiny_model)  # froze `first` with the rest of the heap
+        del first
+        gc.collect()
+        assert runner() is not None  # frozen: the collector does not look at it
+        del second
+        LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=64)  # unfreezes, then collects
         assert runner() is None
     finally:
         unfreeze_gc_heap()
