@@ -26,16 +26,20 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ttft_runs_compute_the_whole_prompt_every_time(tiny_model):
-    """The TTFT rows repeat one prompt: a prefix-cache hit would time a few tokens, not the prompt."""
+def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
+    """TTFT and throughput runs repeat their prompts: a prefix-cache hit would time less work."""
     from benchmarks.bench_all import ttft
+    from benchmarks.bench_throughput import run_folovllm
+    from benchmarks.common import nano_vllm_workload
     from folovllm import LLM
 
     llm = LLM(str(tiny_model), device="cpu", max_model_len=128)
-    for _ in range(3):
-        ttft(llm, "cpu", list(range(3, 67)))
-    stats = llm.llm_engine.get_stats()
-    assert stats["prefix_cache_queries"] > 0 and stats["prefix_cache_hits"] == 0
+    workload = nano_vllm_workload(4, 20, 40, 24, llm.llm_engine.config.model_config.get_vocab_size())
+    for timed_run in (lambda: ttft(llm, "cpu", list(range(3, 67))), lambda: run_folovllm(llm, workload, "cpu")):
+        for _ in range(3):
+            timed_run()
+        stats = llm.llm_engine.get_stats()
+        assert stats["prefix_cache_queries"] > 0 and stats["prefix_cache_hits"] == 0
 
 
 def test_profile_step_host_runs_every_kind_of_request():
