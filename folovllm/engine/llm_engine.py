@@ -43,17 +43,14 @@ from folovllm.outputs import RequestOutput
 from folovllm.request import Request, RequestStatus
 from folovllm.sampling_params import RequestOutputKind, SamplingParams
 from folovllm.utils.common import Counter
-from folovllm.utils.gc_utils import freeze_gc_heap, unfreeze_gc_heap
+from folovllm.utils.gc_utils import freeze_gc_heap
 
 logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
-        # Out of the garbage collector's sight: what exists before this engine (see gc_utils). An
-        # engine that was alive when the last one started was frozen then: unfreeze first.
-        unfreeze_gc_heap()
-        freeze_gc_heap()
+        freeze_gc_heap()  # what exists before this engine, out of the garbage collector's sight (see gc_utils)
         self.config = config
         mc = config.model_config
         self.tokenizer = None

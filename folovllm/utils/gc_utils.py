@@ -11,8 +11,8 @@ freezes its engine process's heap after start-up).
 objects (the model and its GPU tensors, the KV cache) stay collectable, so
 ``del llm; gc.collect()`` still frees an engine caught in reference cycles.
 The price: an object frozen while alive that later becomes cyclic garbage (an
-engine that was alive when a newer one started) waits for the next unfreeze,
-which the next engine's start-up and the interpreter's exit do.
+engine that was alive when a newer one started) waits for the next freeze,
+which unfreezes first (the next engine's start-up), or for the interpreter's exit.
 """
 
 from __future__ import annotations
@@ -24,17 +24,14 @@ _exit_hook_registered = False
 
 
 def freeze_gc_heap() -> None:
-    """Collect what is garbage now, then freeze everything that is left."""
+    """Freeze the heap as it is now: unfreeze what an earlier call froze (some of it may have
+    become garbage since, an engine dropped in a reference cycle), collect, freeze what is left."""
     global _exit_hook_registered
     if not _exit_hook_registered:
         # At exit the frozen objects must be collectable again, or extension modules
         # (Triton's nanobind types) report them as leaked.
         atexit.register(gc.unfreeze)
         _exit_hook_registered = True
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def unfreeze_gc_heap() -> None:
-    """Hand the frozen objects back to the collector (an engine dropped since may be among them)."""
-    gc.unfreeze()

@@ -1,5 +1,6 @@
 """Freezing the long-lived heap: the collector skips it; an engine freezes what came before it but
-stays collectable itself; the next engine's start-up and the interpreter's exit unfreeze."""
+stays collectable itself; the next freeze (the next engine's start-up) and the interpreter's exit
+unfreeze."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import weakref
 import pytest
 
 from folovllm import LLM, LLMEngine
-from folovllm.utils.gc_utils import freeze_gc_heap, unfreeze_gc_heap
+from folovllm.utils.gc_utils import freeze_gc_heap
 
 
 class _Node:
     pass
 
 
-def test_a_frozen_cycle_waits_for_the_unfreeze():
+def test_a_frozen_cycle_waits_for_the_next_freeze():
     try:
         node = _Node()
         node.me = node
@@ -28,11 +29,10 @@ def test_a_frozen_cycle_waits_for_the_unfreeze():
         del node
         gc.collect()
         assert ref() is not None  # garbage now, but frozen: no collection looks at it
-        unfreeze_gc_heap()
-        gc.collect()
+        freeze_gc_heap()  # unfreezes first, so its collection finds it
         assert ref() is None
     finally:
-        unfreeze_gc_heap()
+        gc.unfreeze()
 
 
 def _engine_with_a_cycle(tiny_model, front=LLMEngine.from_engine_args) -> tuple[object, weakref.ref]:
@@ -57,7 +57,7 @@ def test_an_engine_freezes_what_came_before_it_and_stays_collectable(tiny_model,
         gc.collect()
         assert runner() is None
     finally:
-        unfreeze_gc_heap()
+        gc.unfreeze()
 
 
 def test_an_engine_alive_when_the_next_one_starts_is_collected_at_the_start_after(tiny_model):
@@ -71,7 +71,7 @@ def test_an_engine_alive_when_the_next_one_starts_is_collected_at_the_start_afte
         LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=64)  # unfreezes, then collects
         assert runner() is None
     finally:
-        unfreeze_gc_heap()
+        gc.unfreeze()
 
 
 def test_frozen_cycles_are_collected_at_exit():
