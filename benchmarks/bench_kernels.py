@@ -5,13 +5,20 @@ weights, prefill tile shapes and warp counts, a mixed batch through the prefill 
 with and without vocabulary splits.
 
     python benchmarks/bench_kernels.py
+    python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
+                                                 # interpreter): checks the script, measures nothing
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import sys
+import time
 from pathlib import Path
+
+if "--smoke" in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels below are defined
 
 import torch
 
@@ -25,19 +32,44 @@ from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attent
 from folovllm.utils.device import num_sms  # noqa: E402
 
 
+# Qwen3-0.6B's attention and matmul shapes on the GPU; toy ones for --smoke.
+SCALES = {
+    "gpu": dict(
+        dev="cuda", dtype=torch.bfloat16, heads=16, kv_heads=8, head_dim=128,
+        decode=[(1, 512), (1, 4096), (32, 1024), (256, 1024), (256, 2048)],
+        prefill=[(1, 1024), (16, 1024)],
+        # (batch, context, split counts to try; the FP8 cache is tried at the last batch size)
+        decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)), (256, 1024, (1,))],
+        matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
+        matmul_rows=(1, 8, 32, 64, 128, 256),
+        mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
+        vocab=151_936, sampler_batches=(1, 8, 64, 256),
+    ),
+    "smoke": dict(
+        dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
+        decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)],
+        decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))],
+        matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4),
+        mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
+    ),
+}  # fmt: skip
+BLOCK_SIZE = 16
+
+
 def main() -> None:
-    dev, dtype = "cuda", torch.bfloat16
-    heads, kv_heads, head_dim, block_size = 16, 8, 128, 16
-    bw = measure_copy_bandwidth(dev)
+    scale = SCALES["smoke" if "--smoke" in sys.argv else "gpu"]
+    dev, dtype = scale["dev"], scale["dtype"]
+    heads, kv_heads, head_dim, block_size = scale["heads"], scale["kv_heads"], scale["head_dim"], BLOCK_SIZE
+    bw = measure_copy_bandwidth(dev, nbytes=(1 << 30) if dev == "cuda" else (1 << 24))
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s")
-    for batch, ctx, splits in [(1, 512, None), (1, 4096, None), (32, 1024, None), (256, 1024, None), (256, 2048, None)]:
-        q, k_cache, v_cache, block_table, seq_lens = decode_batch(batch, ctx, heads, kv_heads, head_dim, block_size, dtype, dtype)
-        s = splits or num_kv_splits(batch, kv_heads, ctx, num_sms(torch.device(dev, 0)))  # the engine's choice
-        t = cuda_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
-        nbytes = 2 * batch * ctx * kv_heads * head_dim * 2
+    for batch, ctx in scale["decode"]:
+        q, k_cache, v_cache, block_table, seq_lens = decode_batch(dev, batch, ctx, heads, kv_heads, head_dim, block_size, dtype, dtype)
+        s = num_kv_splits(batch, kv_heads, ctx, num_sms(torch.device(dev, 0)))  # the engine's choice
+        t = device_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
+        nbytes = 2 * batch * ctx * kv_heads * head_dim * k_cache.element_size()
         print(f"decode  B={batch:4d} ctx={ctx:5d} splits={s:3d}: {t * 1e6:8.1f} us, {nbytes / t / 1e12:.2f} TB/s "
               f"({nbytes / t / bw:.0%} of copy bandwidth)")  # fmt: skip
-    for batch, qlen in [(1, 1024), (16, 1024)]:
+    for batch, qlen in scale["prefill"]:
         nb = batch * qlen // block_size
         k_cache = torch.randn(nb, block_size, kv_heads, head_dim, dtype=dtype, device=dev)
         v_cache = torch.randn_like(k_cache)
@@ -46,7 +78,7 @@ def main() -> None:
         qsl = torch.arange(0, (batch + 1) * qlen, qlen, dtype=torch.int32, device=dev)
         q = torch.randn(batch * qlen, heads, head_dim, dtype=dtype, device=dev)
         tiles = torch.from_numpy(prefill_tiles([qlen] * batch, prefill_block_sizes(head_dim)[0])).to(dev)
-        t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
+        t = device_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
         row = []  # other tile shapes and warp counts, replayed from a graph (the engine's: prefill_block_sizes, 4 warps)
@@ -56,18 +88,37 @@ def main() -> None:
                 t = graph_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles,
                                                                head_dim**-0.5, block_m=bm, block_n=bn, num_warps=warps))  # fmt: skip
                 row.append(f"{bm}x{bn}/{warps}w: {flops / t / 1e12:.0f}")
-            except Exception as e:  # too much shared memory or registers for this shape
+            except Exception as e:  # on the GPU: too much shared memory or registers for this shape
+                if dev != "cuda":
+                    raise  # --smoke checks the script: nothing here may fail
                 torch.cuda.synchronize()
                 row.append(f"{bm}x{bn}/{warps}w: {type(e).__name__}")
         print(f"prefill B={batch:4d} len={qlen} in a graph, TFLOP/s by BLOCK_M x BLOCK_N / warps: {', '.join(row)}")
-    decode_in_graphs(heads, kv_heads, head_dim, block_size, dtype, bw)
-    matmuls(dtype, bw)
-    mixed_batch(heads, kv_heads, head_dim, block_size, dtype)
-    sampler()
+    decode_in_graphs(scale, bw)
+    matmuls(scale, bw)
+    mixed_batch(scale)
+    sampler(scale)
+
+
+def device_time(fn) -> float:
+    """Seconds per call of ``fn``: CUDA events on the GPU, wall time of two calls on the CPU (--smoke)."""
+    if not torch.cuda.is_available():
+        return wall_time(fn)
+    return cuda_time(fn)
+
+
+def wall_time(fn, iters: int = 2) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
 
 
 def graph_time(fn, reps: int = 50) -> float:
-    """Seconds per call of ``fn`` replayed from a CUDA graph of ``reps`` calls: no launch cost from the host."""
+    """Seconds per call of ``fn`` replayed from a CUDA graph of ``reps`` calls: no launch cost from the host.
+    On the CPU (--smoke), its wall time."""
+    if not torch.cuda.is_available():
+        return wall_time(fn)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         fn()  # compile and allocate outside the capture
@@ -79,9 +130,8 @@ def graph_time(fn, reps: int = 50) -> float:
     return cuda_time(graph.replay, iters=10) / reps
 
 
-def decode_batch(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int, dtype, cache_dtype):
+def decode_batch(dev: str, batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int, dtype, cache_dtype):
     """A decode step's inputs: ``batch`` sequences of ``ctx`` cached tokens in shuffled blocks (q, k/v caches, table, lengths)."""
-    dev = "cuda"
     nb = batch * -(-ctx // block_size)
     k_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
     v_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
@@ -91,20 +141,16 @@ def decode_batch(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int,
     return q, k_cache, v_cache, block_table, seq_lens
 
 
-def decode_in_graphs(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype, bw: float) -> None:
+def decode_in_graphs(scale: dict, bw: float) -> None:
     """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
     batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
-    max_model_len), and a bf16 against an FP8 cache at batch 256."""
-    dev = "cuda"
+    max_model_len), and the model's dtype against an FP8 cache at the largest batch."""
+    dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     sms = num_sms(torch.device(dev, 0))
-    for batch, ctx, cache_dtype, split_counts in [
-        (1, 160, dtype, (1, 2, 4, 9, 16, 33)),
-        (1, 600, dtype, (1, 2, 4, 8, 16, 33)),
-        (1, 2048, dtype, (4, 8, 16, 33, 64)),
-        (256, 1024, dtype, (1,)),
-        (256, 1024, torch.float8_e4m3fn, (1,)),
-    ]:
-        q, k_cache, v_cache, block_table, seq_lens = decode_batch(batch, ctx, heads, kv_heads, head_dim, block_size, dtype, cache_dtype)
+    cases = [(b, ctx, dtype, splits) for b, ctx, splits in scale["decode_in_graphs"]]
+    b, ctx, _, splits = cases[-1]
+    for batch, ctx, cache_dtype, split_counts in cases + [(b, ctx, torch.float8_e4m3fn, splits)]:
+        q, k_cache, v_cache, block_table, seq_lens = decode_batch(dev, batch, ctx, heads, kv_heads, head_dim, BLOCK_SIZE, dtype, cache_dtype)
         nbytes = 2 * batch * ctx * kv_heads * head_dim * k_cache.element_size()
         row = []
         for s in split_counts:
@@ -115,27 +161,29 @@ def decode_in_graphs(heads: int, kv_heads: int, head_dim: int, block_size: int, 
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
 
 
-def matmuls(dtype: torch.dtype, bw: float) -> None:
+def matmuls(scale: dict, bw: float) -> None:
     """Qwen3-0.6B's projections (cuBLAS, replayed from a graph) at decode batch sizes, against
     reading the weight once: where a decode step's matmul time goes, and how far from the floor."""
     import torch.nn.functional as F
 
-    shapes = {"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)}
-    for name, (n, k) in shapes.items():
-        w = torch.randn(n, k, dtype=dtype, device="cuda") / k**0.5
+    dev, dtype = scale["dev"], scale["dtype"]
+    for name, (n, k) in scale["matmuls"].items():
+        w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
         row = []
-        for m in (1, 8, 32, 64, 128, 256):
-            x = torch.randn(m, k, dtype=dtype, device="cuda")
+        for m in scale["matmul_rows"]:
+            x = torch.randn(m, k, dtype=dtype, device=dev)
             t = graph_time(lambda: F.linear(x, w))
             row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
         print(f"matmul {name:8s} {n}x{k} in a graph, time (weight bytes / time as a share of copy bandwidth): {', '.join(row)}")
 
 
-def mixed_batch(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> None:
-    """One 1024-token prompt beside 255 decodes at context 600: the work list launches 16 + 255 tiles,
-    where a (longest query x sequences) grid would launch 16 x 256."""
-    dev = "cuda"
-    query_lens, seq_lens = [1024] + [1] * 255, [1024] + [600] * 255
+def mixed_batch(scale: dict) -> None:
+    """One prompt beside many decodes (1024 tokens and 255 decodes at context 600 on the GPU): the
+    work list launches 16 + 255 tiles, where a (longest query x sequences) grid would launch 16 x 256."""
+    dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
+    block_size = BLOCK_SIZE
+    prompt_len, num_decodes, ctx = scale["mixed"]
+    query_lens, seq_lens = [prompt_len] + [1] * num_decodes, [prompt_len] + [ctx] * num_decodes
     blocks = [-(-n // block_size) for n in seq_lens]
     k_cache = torch.randn(sum(blocks), block_size, kv_heads, head_dim, dtype=dtype, device=dev)
     v_cache = torch.randn_like(k_cache)
@@ -148,18 +196,19 @@ def mixed_batch(heads: int, kv_heads: int, head_dim: int, block_size: int, dtype
     q = torch.randn(sum(query_lens), heads, head_dim, dtype=dtype, device=dev)
     tiles = torch.from_numpy(prefill_tiles(query_lens, prefill_block_sizes(head_dim)[0])).to(dev)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
-    t = cuda_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, tiles, head_dim**-0.5))
-    print(f"mixed   1 x 1024 prompt + 255 decodes (ctx 600), {len(tiles)} tiles: {t * 1e6:8.1f} us")
+    t = device_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, tiles, head_dim**-0.5))
+    print(f"mixed   1 x {prompt_len} prompt + {num_decodes} decodes (ctx {ctx}), {len(tiles)} tiles: {t * 1e6:8.1f} us")
 
 
-def sampler(vocab: int = 151_936) -> None:
+def sampler(scale: dict) -> None:
     from folovllm.sample.ops.triton_sample import gumbel_argmax
 
-    for batch in (1, 8, 64, 256):
-        logits = torch.randn(batch, vocab, dtype=torch.bfloat16, device="cuda")
-        temperature = torch.full((batch,), 0.6, device="cuda")
-        one = cuda_time(lambda: gumbel_argmax(logits, temperature, splits=1))
-        auto = cuda_time(lambda: gumbel_argmax(logits, temperature))
+    dev, vocab = scale["dev"], scale["vocab"]
+    for batch in scale["sampler_batches"]:
+        logits = torch.randn(batch, vocab, dtype=scale["dtype"], device=dev)
+        temperature = torch.full((batch,), 0.6, device=dev)
+        one = device_time(lambda: gumbel_argmax(logits, temperature, splits=1))
+        auto = device_time(lambda: gumbel_argmax(logits, temperature))
         print(f"sampler B={batch:4d} vocab={vocab}: one program per row {one * 1e6:7.1f} us, split {auto * 1e6:7.1f} us")
 
 

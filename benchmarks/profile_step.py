@@ -7,7 +7,8 @@
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held
 
-breakdown, host, prefill and tail also run on the CPU (a small model); host measures only the CPU anyway.
+Every view also runs on the CPU (a small model; kernels then lists operators): a check of the script
+before GPU time is spent on it. host measures only the CPU anyway.
 """
 
 import cProfile
@@ -161,18 +162,24 @@ class _GCTimer:
 
 
 def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) -> None:
-    """torch.profiler over steady decode steps: where the GPU time goes, per kernel."""
+    """torch.profiler over steady decode steps: where the GPU time goes, per kernel (on the CPU,
+    a small model's operators: checks the script)."""
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if not cuda:
+        prompt_len, steps = min(prompt_len, 200), min(steps, 5)
     engine = decoding_engine(num_seqs, prompt_len, async_scheduling=True)
-    for _ in range(30):  # into the steady state
+    for _ in range(30 if cuda else 3):  # into the steady state
         engine.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(steps):
             engine.step()
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        sync(device)
+    sort_by = "cuda_time_total" if cuda else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=60))
 
 
 def prefill(runs: int = 5) -> None:

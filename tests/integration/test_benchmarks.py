@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,3 +52,29 @@ def test_profile_step_host_runs_every_kind_of_request():
     assert run.returncode == 0, run.stderr[-3000:]
     for kind in ("generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5"):
         assert kind in run.stdout, run.stdout
+
+
+# Every other script that scripts/gpu_checks.sh runs, at its CPU size: a lent GPU's minutes are
+# too few to find a script error there. (What each one prints on the CPU is not a measurement.)
+GPU_STAGE_SCRIPTS = {
+    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke"],
+                      ["decode  B=", "prefill B=", "in a graph, TFLOP/s by BLOCK_M", "float8_e4m3fn by splits",
+                       "matmul down", "mixed   1 x", "sampler B="]),
+    "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
+    "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["GPU kernels ms", "2048  eager"]),
+    "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs"]),
+    "profile_breakdown": (["benchmarks/profile_step.py", "breakdown"], ["update+outputs"]),
+    "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1"], ["identical tokens"]),
+    "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
+    "gptq": (["benchmarks/bench_gptq.py", "--runs", "1"], ["TPOT, batch 1", "Weights read per decode step"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(GPU_STAGE_SCRIPTS))
+def test_gpu_stage_script_runs_on_the_cpu(name):
+    args, expected = GPU_STAGE_SCRIPTS[name]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # each script picks its own backend
+    run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for text in expected:
+        assert text in run.stdout, (text, run.stdout[-3000:])
