@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py breakdown     # wall time per phase of steady decode steps (GPU synced)
     python benchmarks/profile_step.py host [N]      # host work per decode step without the model: generate, streaming, logprobs
+    python benchmarks/profile_step.py logprobs [N]  # the same for logprobs=5, list-of-dicts against flat logprobs, per output kind
     python benchmarks/profile_step.py cprofile      # host-side cProfile of the whole run
     python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off
@@ -104,6 +105,7 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
         "streaming (cumulative text)": dict(output_kind=RequestOutputKind.CUMULATIVE),
         "streaming + logprobs=5": dict(output_kind=RequestOutputKind.CUMULATIVE, logprobs=5),
         "streaming deltas + logprobs=5": dict(output_kind=RequestOutputKind.DELTA, logprobs=5),
+        "streaming deltas + logprobs=5, flat_logprobs": dict(output_kind=RequestOutputKind.DELTA, logprobs=5, flat_logprobs=True),
     }
     print(f"{num_seqs} sequences decoding, host ms per step (median of {runs} runs of {steps} steps, fastest-slowest)")
     gc_timer = _GCTimer()
@@ -145,6 +147,48 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
         finally:
             gc.callbacks.remove(gc_timer)
         engine.abort_request([str(i) for i in range(num_seqs)])
+
+
+def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: int = 20) -> None:
+    """The host's work on each step's results with ``logprobs=k``, list-of-dicts against flat
+    logprobs, for each output kind: the scheduler's update, the logprob entries, the outputs.
+
+    Two engines (one per layout) live in one process and take turns, a block of steps each, so
+    that both see the same machine: on a noisy CPU, separate runs differ more than the layouts.
+    The model does not run; sampled tokens and logprobs are made up, as in ``host``.
+    """
+    from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
+    from folovllm.sampling_params import RequestOutputKind
+
+    def step(engine, i: int) -> float:
+        runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
+        so = engine.scheduler.schedule()
+        runner._update_states(so)
+        req_ids = [s.req_id for s in runner._prepare_inputs(so).sample_states]
+        tokens = [(31 * i + 7 * row) % vocab for row in range(len(req_ids))]
+        ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
+        lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(req_ids))
+        output = ModelRunnerOutput(req_ids, tokens, lps)
+        t0 = time.perf_counter()
+        _process(engine, output)
+        return time.perf_counter() - t0
+
+    print(f"{num_seqs} sequences decoding, logprobs={k}: host ms per step for the update, the logprob entries and the outputs")
+    print(f"(median of {blocks - 2} blocks of {steps} steps, fastest-slowest; the outputs grow to {blocks * steps} tokens)")
+    for kind in (RequestOutputKind.FINAL_ONLY, RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA):
+        engines = {flat: decoding_engine(num_seqs, 64, enforce_eager=True, output_kind=kind, logprobs=k, flat_logprobs=flat)
+                   for flat in (False, True)}  # fmt: skip
+        per_block: dict[bool, list[float]] = {False: [], True: []}
+        for b in range(blocks):
+            for flat in (False, True) if b % 2 == 0 else (True, False):
+                per_block[flat].append(sum(step(engines[flat], b * steps + i) for i in range(steps)) / steps * 1e3)
+        row = []
+        for flat in (False, True):
+            ms = sorted(per_block[flat][2:])  # the first two blocks warm up
+            row.append(f"{'flat' if flat else 'list of dicts'} {ms[len(ms) // 2]:.2f} ms ({ms[0]:.2f}-{ms[-1]:.2f})")
+        print(f"  {kind.name:10s} " + ", ".join(row))
+        for engine in engines.values():
+            engine.abort_request([str(i) for i in range(num_seqs)])
 
 
 class _GCTimer:
@@ -271,6 +315,8 @@ if __name__ == "__main__":
         breakdown()
     elif mode == "host":
         host(*(int(a) for a in extra[:1]))
+    elif mode == "logprobs":
+        logprobs_layouts(*(int(a) for a in extra[:1]))
     elif mode == "kernels":
         kernel_table(*(int(a) for a in extra[:1]))
     elif mode == "prefill":

@@ -20,7 +20,8 @@ from folovllm.engine.arg_utils import EngineArgs
 from folovllm.engine.llm_engine import LLMEngine
 from folovllm.entrypoints.llm import LLM
 from folovllm.inputs import TextPrompt, TokensPrompt
-from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from folovllm.logprobs import Logprob
+from folovllm.outputs import CompletionOutput, RequestOutput
 from folovllm.sampling_params import RequestOutputKind, SamplingParams, SamplingType
 
 __all__ = [

@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-
-@dataclass
-class Logprob:
-    """Log-probability of one candidate token (vLLM's ``Logprob``)."""
-
-    logprob: float
-    rank: Optional[int] = None  # 1 = most likely
-    decoded_token: Optional[str] = None
+from folovllm.logprobs import PromptLogprobs, SampleLogprobs
 
 
 @dataclass
@@ -54,7 +47,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     cumulative_logprob: Optional[float] = None
-    logprobs: Optional[list[dict[int, Logprob]]] = None
+    logprobs: Optional[SampleLogprobs] = None  # a list of dicts, or FlatLogprobs (SamplingParams.flat_logprobs)
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | "error"
     stop_reason: int | str | None = None  # the stop string or stop token id that fired
 
@@ -76,7 +69,7 @@ class RequestOutput:
     request_id: str
     prompt: Optional[str]
     prompt_token_ids: list[int]
-    prompt_logprobs: Optional[list] = None
+    prompt_logprobs: Optional[PromptLogprobs] = None
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     metrics: Optional[RequestMetrics] = None

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from folovllm.outputs import Logprob, RequestMetrics
+from folovllm.logprobs import SampleLogprobs, create_sample_logprobs
+from folovllm.outputs import RequestMetrics
 from folovllm.sampling_params import SamplingParams
 
 
@@ -127,7 +128,7 @@ class Sequence:
         self.output_text = ""
         self.stop_reason: int | str | None = None
         self.cumulative_logprob = 0.0
-        self.output_logprobs: list[dict[int, Logprob]] = []
+        self.output_logprobs: SampleLogprobs = create_sample_logprobs(sampling_params.flat_logprobs)
 
     # -- token accessors -------------------------------------------------
     @property

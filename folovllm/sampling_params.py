@@ -67,6 +67,9 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: Optional[int] = None
     prompt_logprobs: Optional[int] = None
+    # Logprobs (and prompt logprobs) in a FlatLogprobs instead of a list of dicts: the same
+    # entries on reading, far fewer Python objects to build and to garbage-collect.
+    flat_logprobs: bool = False
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 
 from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string, make_decode
+from folovllm.logprobs import PromptLogprobs, append_logprobs_for_next_position, create_prompt_logprobs
 from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
-from folovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from folovllm.outputs import CompletionOutput, RequestOutput
 from folovllm.request import Request, RequestStatus, Sequence
 from folovllm.sampling_params import RequestOutputKind
 
@@ -34,8 +35,10 @@ class RequestState:
         self.sent: dict[int, tuple[int, int, bool]] = {}
         self.prompt_logprobs_sent = False
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
-        # vLLM's layout: None for the first prompt token (nothing predicts it), then one dict per token.
-        self.prompt_logprobs: list[dict[int, Logprob] | None] | None = None if params.prompt_logprobs is None else [None]
+        # vLLM's layout: None for the first prompt token (nothing predicts it), then one entry per token.
+        self.prompt_logprobs: PromptLogprobs | None = (
+            None if params.prompt_logprobs is None else create_prompt_logprobs(params.flat_logprobs)
+        )
         if self.incremental:
             for seq in request.seqs:
                 self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
@@ -125,21 +128,18 @@ class OutputProcessor:
             entries, k = state.prompt_logprobs, state.request.sampling_params.prompt_logprobs
             for row in range(len(chunk.lists.sampled_token_ranks)):
                 if chunk.start + 1 + row == len(entries):  # the prompt token this row is about
-                    entries.append(self._logprob_entry(chunk.lists, row, k))
+                    self._append_entry(entries, chunk.lists, row, k)
 
     def _append_logprobs(self, seq: Sequence, lps: LogprobsLists, row: int) -> None:
-        seq.output_logprobs.append(self._logprob_entry(lps, row, seq.sampling_params.logprobs))
+        self._append_entry(seq.output_logprobs, lps, row, seq.sampling_params.logprobs)
         seq.cumulative_logprob += lps.logprobs[row][0]
 
-    def _logprob_entry(self, lps: LogprobsLists, row: int, k: int) -> dict[int, Logprob]:
-        """vLLM's entry: the top ``k`` (ranks 1..k) plus the row's chosen token with its own rank."""
-        ids, vals = lps.logprob_token_ids[row], lps.logprobs[row]
-        token, token_lp = ids[0], vals[0]
-        top = zip(ids[1 : 1 + k], vals[1 : 1 + k])
-        entry = {tid: Logprob(val, rank, self._decode_one(tid)) for rank, (tid, val) in enumerate(top, start=1)}
-        if token not in entry:
-            entry[token] = Logprob(token_lp, lps.sampled_token_ranks[row], self._decode_one(token))
-        return entry
+    def _append_entry(self, entries, lps: LogprobsLists, row: int, k: int) -> None:
+        """vLLM's entry for one position: the row's chosen token with its own rank, then the top ``k``
+        (ranks 1..k). A row holds the batch's largest k; this request's k are its first."""
+        ids = lps.logprob_token_ids[row][: k + 1]
+        decoded = [self._decode_one(t) for t in ids]
+        append_logprobs_for_next_position(entries, ids, lps.logprobs[row][: k + 1], decoded, lps.sampled_token_ranks[row], k)
 
     def _decode_one(self, token_id: int) -> str | None:
         if self.tokenizer is None:
@@ -167,13 +167,18 @@ class OutputProcessor:
         return True
 
     def _completion(self, state: RequestState, seq: Sequence) -> CompletionOutput | None:
-        """One sequence's part of an output; with DELTA only what is new (None when nothing is)."""
+        """One sequence's part of an output; with DELTA only what is new (None when nothing is).
+
+        Otherwise the output carries the sequence's own token and logprob lists, as vLLM's does:
+        a streamed CUMULATIVE output's lists keep growing with later steps. (Copying them for
+        every output would cost each step time in proportion to the length generated so far.)
+        """
+        done = seq.is_finished()
         text = seq.output_text if state.incremental else self._final_text(seq)
-        if state.stop_buffer and not seq.is_finished():
+        if state.stop_buffer and not done:
             text = text[: max(0, len(text) - state.stop_buffer)]
         token_ids, logprobs = seq.output_token_ids, seq.output_logprobs
         if state.delta:
-            done = seq.is_finished()
             num_tokens, num_chars, done_sent = state.sent.get(seq.seq_id, (0, 0, False))
             if done_sent or (num_tokens == len(token_ids) and num_chars == len(text) and not done):
                 return None
@@ -183,9 +188,9 @@ class OutputProcessor:
         return CompletionOutput(
             index=seq.index,
             text=text,
-            token_ids=list(token_ids),
+            token_ids=token_ids,
             cumulative_logprob=seq.cumulative_logprob if want_lp else None,
-            logprobs=list(logprobs) if want_lp else None,
+            logprobs=logprobs if want_lp else None,
             finish_reason=seq.get_finish_reason(),
             stop_reason=seq.stop_reason,
         )

@@ -50,12 +50,14 @@ def test_profile_step_host_runs_every_kind_of_request():
         [sys.executable, "benchmarks/profile_step.py", "host", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    for kind in ("generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5"):
+    for kind in ("generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5",
+                 "streaming deltas + logprobs=5, flat_logprobs"):
         assert kind in run.stdout, run.stdout
 
 
 # Every other script that scripts/gpu_checks.sh runs, at its CPU size: a lent GPU's minutes are
 # too few to find a script error there. (What each one prints on the CPU is not a measurement.)
+# Also the CPU-only views of profile_step.py that no other test runs.
 GPU_STAGE_SCRIPTS = {
     "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke"],
                       ["decode  B=", "prefill B=", "in a graph, TFLOP/s by BLOCK_M", "float8_e4m3fn by splits",
@@ -64,6 +66,7 @@ GPU_STAGE_SCRIPTS = {
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["GPU kernels ms", "2048  eager"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs"]),
     "profile_breakdown": (["benchmarks/profile_step.py", "breakdown"], ["update+outputs"]),
+    "profile_logprobs": (["benchmarks/profile_step.py", "logprobs", "8"], ["FINAL_ONLY list of dicts", "DELTA      list of dicts"]),
     "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1"], ["identical tokens"]),
     "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
     "gptq": (["benchmarks/bench_gptq.py", "--runs", "1"], ["TPOT, batch 1", "Weights read per decode step"]),

@@ -82,3 +82,18 @@ def test_a_long_prompt_is_computed_in_slices(tiny_model):
     llm = LLM(str(tiny_model), device="cpu", max_model_len=512)
     out = llm.generate({"prompt_token_ids": prompt}, params(k=1), use_tqdm=False)[0]
     check(out.prompt_logprobs, tiny_model, prompt=prompt, k=1)
+
+
+def test_flat_logprobs_hold_what_the_list_layout_holds(tiny_model):
+    from folovllm.logprobs import FlatLogprobs
+
+    llm = LLM(str(tiny_model), device="cpu", max_model_len=128)
+    outs = {}
+    for flat in (False, True):
+        p = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3, prompt_logprobs=2, flat_logprobs=flat)
+        outs[flat] = llm.generate([{"prompt_token_ids": PROMPT}], p, use_tqdm=False)[0]  # each computes its prompt
+    as_list, flat = outs[False], outs[True]
+    assert isinstance(flat.prompt_logprobs, FlatLogprobs) and isinstance(flat.outputs[0].logprobs, FlatLogprobs)
+    assert flat.prompt_logprobs[0] == {} and [None, *flat.prompt_logprobs[1:]] == as_list.prompt_logprobs
+    assert list(flat.outputs[0].logprobs) == as_list.outputs[0].logprobs and len(as_list.outputs[0].logprobs) == 8
+    check(as_list.prompt_logprobs, tiny_model)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from folovllm import LLMEngine, SamplingParams
@@ -25,7 +27,8 @@ def _engine(tiny_model, async_scheduling: bool) -> LLMEngine:
 
 
 def _stream(engine: LLMEngine, params: list[SamplingParams], kind: RequestOutputKind) -> list[list]:
-    """Every output of every request, in the order the steps reported them."""
+    """Every output of every request, in the order the steps reported them, each copied as it
+    arrives (a CUMULATIVE output shares its sequence's lists, which later steps extend)."""
     for i, (prompt, p) in enumerate(zip(PROMPTS, params)):
         p = p.clone()
         p.output_kind = kind
@@ -33,24 +36,24 @@ def _stream(engine: LLMEngine, params: list[SamplingParams], kind: RequestOutput
     seen: list[list] = [[] for _ in PROMPTS]
     while engine.has_unfinished_requests():
         for out in engine.step():
-            seen[int(out.request_id)].append(out)
+            seen[int(out.request_id)].append(copy.deepcopy(out))
     return seen
 
 
-def _params(engine: LLMEngine) -> list[SamplingParams]:
+def _params(engine: LLMEngine, flat_logprobs: bool = False) -> list[SamplingParams]:
     probe = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     text = engine.generate([{"prompt_token_ids": PROMPTS[2]}], probe, use_tqdm=False)[0].outputs[0].text
     return [
-        SamplingParams(temperature=0.8, seed=5, n=2, max_tokens=10, logprobs=2, ignore_eos=True),
-        SamplingParams(temperature=0, max_tokens=12, prompt_logprobs=1, logprobs=0, ignore_eos=True),
+        SamplingParams(temperature=0.8, seed=5, n=2, max_tokens=10, logprobs=2, ignore_eos=True, flat_logprobs=flat_logprobs),
+        SamplingParams(temperature=0, max_tokens=12, prompt_logprobs=1, logprobs=0, ignore_eos=True, flat_logprobs=flat_logprobs),
         SamplingParams(temperature=0, max_tokens=24, stop=[_stop_string_of(text, 4)], ignore_eos=True),
     ]
 
 
-@pytest.mark.parametrize("async_scheduling", [False, True])
-def test_delta_outputs_add_up_to_the_final_output(tiny_model, async_scheduling):
+@pytest.mark.parametrize("async_scheduling, flat_logprobs", [(False, False), (True, False), (True, True)])
+def test_delta_outputs_add_up_to_the_final_output(tiny_model, async_scheduling, flat_logprobs):
     engine = _engine(tiny_model, async_scheduling)
-    params = _params(engine)
+    params = _params(engine, flat_logprobs)
     finals = engine.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     assert finals[2].outputs[0].finish_reason == "stop"  # the stop string really fired
     for final, outs in zip(finals, _stream(engine, params, RequestOutputKind.DELTA)):
@@ -63,7 +66,7 @@ def test_delta_outputs_add_up_to_the_final_output(tiny_model, async_scheduling):
             assert "".join(c.text for c in parts) == want.text
             assert [t for c in parts for t in c.token_ids] == want.token_ids
             if want.logprobs is not None:
-                assert [lp for c in parts for lp in c.logprobs] == want.logprobs
+                assert [lp for c in parts for lp in c.logprobs] == list(want.logprobs)
                 assert parts[-1].cumulative_logprob == pytest.approx(want.cumulative_logprob)
             assert (parts[-1].finish_reason, parts[-1].stop_reason) == (want.finish_reason, want.stop_reason)
             assert all(c.finish_reason is None for c in parts[:-1])
