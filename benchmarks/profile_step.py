@@ -174,21 +174,31 @@ def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: i
         return time.perf_counter() - t0
 
     print(f"{num_seqs} sequences decoding, logprobs={k}: host ms per step for the update, the logprob entries and the outputs")
-    print(f"(median of {blocks - 2} blocks of {steps} steps, fastest-slowest; the outputs grow to {blocks * steps} tokens)")
-    for kind in (RequestOutputKind.FINAL_ONLY, RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA):
-        engines = {flat: decoding_engine(num_seqs, 64, enforce_eager=True, output_kind=kind, logprobs=k, flat_logprobs=flat)
-                   for flat in (False, True)}  # fmt: skip
-        per_block: dict[bool, list[float]] = {False: [], True: []}
-        for b in range(blocks):
-            for flat in (False, True) if b % 2 == 0 else (True, False):
-                per_block[flat].append(sum(step(engines[flat], b * steps + i) for i in range(steps)) / steps * 1e3)
-        row = []
-        for flat in (False, True):
-            ms = sorted(per_block[flat][2:])  # the first two blocks warm up
-            row.append(f"{'flat' if flat else 'list of dicts'} {ms[len(ms) // 2]:.2f} ms ({ms[0]:.2f}-{ms[-1]:.2f})")
-        print(f"  {kind.name:10s} " + ", ".join(row))
-        for engine in engines.values():
-            engine.abort_request([str(i) for i in range(num_seqs)])
+    print(f"(median of {blocks - 2} blocks of {steps} steps, fastest-slowest, and the mean time in the garbage collector;")
+    print(f" the outputs grow to {blocks * steps} tokens)")
+    gc_timer = _GCTimer()
+    gc.callbacks.append(gc_timer)
+    try:
+        for kind in (RequestOutputKind.FINAL_ONLY, RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA):
+            engines = {flat: decoding_engine(num_seqs, 64, enforce_eager=True, output_kind=kind, logprobs=k, flat_logprobs=flat)
+                       for flat in (False, True)}  # fmt: skip
+            per_block: dict[bool, list[float]] = {False: [], True: []}
+            in_gc = {False: 0.0, True: 0.0}
+            for b in range(blocks):
+                for flat in (False, True) if b % 2 == 0 else (True, False):
+                    gc_timer.total = 0.0
+                    per_block[flat].append(sum(step(engines[flat], b * steps + i) for i in range(steps)) / steps * 1e3)
+                    in_gc[flat] += gc_timer.total / steps * 1e3 / blocks if b >= 2 else 0.0
+            row = []
+            for flat in (False, True):
+                ms = sorted(per_block[flat][2:])  # the first two blocks warm up
+                row.append(f"{'flat' if flat else 'list of dicts'} {ms[len(ms) // 2]:.2f} ms ({ms[0]:.2f}-{ms[-1]:.2f}; "
+                           f"collector {in_gc[flat] * blocks / (blocks - 2):.2f})")  # fmt: skip
+            print(f"  {kind.name:10s} " + ", ".join(row))
+            for engine in engines.values():
+                engine.abort_request([str(i) for i in range(num_seqs)])
+    finally:
+        gc.callbacks.remove(gc_timer)
 
 
 class _GCTimer:
