@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from folovllm.engine.detokenizer import IncrementalDetokenizer, find_stop_string, make_decode
-from folovllm.logprobs import PromptLogprobs, append_logprobs_for_next_position, create_prompt_logprobs
+from folovllm.logprobs import PromptLogprobs, SampleLogprobs, append_logprobs_for_next_position, create_prompt_logprobs
 from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
 from folovllm.outputs import CompletionOutput, RequestOutput
 from folovllm.request import Request, RequestStatus, Sequence
@@ -134,7 +134,7 @@ class OutputProcessor:
         self._append_entry(seq.output_logprobs, lps, row, seq.sampling_params.logprobs)
         seq.cumulative_logprob += lps.logprobs[row][0]
 
-    def _append_entry(self, entries, lps: LogprobsLists, row: int, k: int) -> None:
+    def _append_entry(self, entries: PromptLogprobs | SampleLogprobs, lps: LogprobsLists, row: int, k: int) -> None:
         """vLLM's entry for one position: the row's chosen token with its own rank, then the top ``k``
         (ranks 1..k). A row holds the batch's largest k; this request's k are its first."""
         ids = lps.logprob_token_ids[row][: k + 1]
