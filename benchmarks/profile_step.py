@@ -56,7 +56,6 @@ def _process(engine, output) -> None:
 def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_available() else 200, steps: int = 50) -> None:
     from folovllm.model_runner_output import ModelRunnerOutput
     from folovllm.sampling_params import RequestOutputKind
-    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engine = decoding_engine(num_seqs, prompt_len, output_kind=RequestOutputKind.FINAL_ONLY)  # as generate() sends them
@@ -75,8 +74,7 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
             sync(device)
             t3 = time.perf_counter()
             logits = runner.model.compute_logits(hidden[inputs.logits_indices])
-            md = build_sampling_metadata(inputs.sample_states, runner.vocab_size, runner.device)
-            tokens = runner.sampler(logits, md).sampled_token_ids.tolist()
+            tokens = runner.sampler(logits, runner._sampling_metadata(inputs.sample_states)).sampled_token_ids.tolist()
         t4 = time.perf_counter()
         _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens))
         t5 = time.perf_counter()
@@ -91,8 +89,8 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
 def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int = 5) -> None:
     """Host work per decode step, by kind of request: what runs on the CPU around the model.
 
-    The scheduler, the worker's input preparation, the scheduler's update and
-    the output processor run as in ``engine.step()``; the model does not run:
+    The scheduler, the worker's input preparation (sampling settings included),
+    the scheduler's update and the output processor run as in ``engine.step()``; the model does not run:
     each step's sampled tokens (and logprobs) are made up, so the figures hold
     no GPU time. With async scheduling this work overlaps the GPU's step; it
     becomes the bound when it is longer.
@@ -118,6 +116,7 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
             so = engine.scheduler.schedule()
             runner._update_states(so)
             inputs = runner._prepare_inputs(so)
+            runner._sampling_metadata(inputs.sample_states)
             tokens = [(31 * i + 7 * row) % vocab for row in range(len(inputs.sample_states))]
             lps = None
             if k is not None:

@@ -13,6 +13,7 @@ prefill does not sample).
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ from folovllm.model_executor.layers.linear import LinearBase
 from folovllm.model_executor.models import get_model_class
 from folovllm.model_executor.weight_loading import load_weights
 from folovllm.model_loader import iterate_weights
+from folovllm.sample.metadata import SamplingMetadata
 from folovllm.sample.sampler import LogprobsTensors, Sampler, gather_logprobs
 from folovllm.sampling_params import SamplingParams
 from folovllm.utils.common import cdiv
@@ -82,6 +84,8 @@ class ModelRunner:
         # with async scheduling they are the next step's inputs before the host sees them.
         self.prev_sampled: torch.Tensor | None = None
         self.prev_sampled_rows: dict[int, int] = {}
+        # The last step's sampling settings and the sequences they were built for (_sampling_metadata).
+        self.sampling_cache: tuple[list[CachedRequestState], SamplingMetadata] | None = None
         self.model = None
         self.attn_backend = get_attn_backend(device)
         self.kv_cache: torch.Tensor | None = None
@@ -284,6 +288,22 @@ class ModelRunner:
             prompt_logprob_rows=prompt_logprob_rows,
         )
 
+    def _sampling_metadata(self, states: list[CachedRequestState]) -> SamplingMetadata:
+        """The sampling settings of the sequences that sample this step, as tensors.
+
+        Steady decoding samples the same sequences step after step, so the last step's are reused
+        when the rows are the same sequences in the same order, unless a row's settings follow its
+        tokens so far (penalties, a min_tokens not yet reached). vLLM's InputBatch likewise
+        rebuilds them only when the batch changes. (Building them: ~0.3-0.5 ms at 256 rows.)
+        """
+        cached = self.sampling_cache
+        if cached is not None and len(cached[0]) == len(states) and all(map(operator.is_, cached[0], states)):
+            return cached[1]
+        md = build_sampling_metadata(states, self.vocab_size, self.device)
+        reusable = md.repetition_penalties is None and not md.min_tokens_stop_ids
+        self.sampling_cache = (states, md) if reusable else None
+        return md
+
     def _compute_prompt_logprobs(self, hidden: torch.Tensor, rows) -> dict[int, tuple[int, LogprobsTensors]]:
         """Logprobs of the prompt tokens this step computed, for sequences that asked for them."""
         out = {}
@@ -321,7 +341,7 @@ class ModelRunner:
         if not inputs.sample_states:
             return AsyncGPUModelRunnerOutput([], None, self.device, prompt_logprobs)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        out = self.sampler(logits, build_sampling_metadata(inputs.sample_states, self.vocab_size, self.device))
+        out = self.sampler(logits, self._sampling_metadata(inputs.sample_states))
         req_ids = [s.req_id for s in inputs.sample_states]
         self.prev_sampled = out.sampled_token_ids
         self.prev_sampled_rows = {req_id: i for i, req_id in enumerate(req_ids)}

@@ -1,0 +1,53 @@
+"""The model runner's sampling settings: reused while the same sequences sample, rebuilt otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from folovllm import LLMEngine, SamplingParams
+
+
+def _decoding_engine(tiny_model, params: list[SamplingParams]):
+    engine = LLMEngine.from_engine_args(str(tiny_model), device="cpu", max_model_len=128, async_scheduling=False)
+    for i, p in enumerate(params):
+        engine.add_request(str(i), {"prompt_token_ids": [5 + i, 6, 7, 8]}, p)
+    engine.step()  # the prompts
+    runner = engine.executor.worker.model_runner
+    return engine, runner, list(runner.input_batch.requests.values())
+
+
+def test_settings_are_reused_while_the_same_sequences_sample_in_the_same_order(tiny_model):
+    engine, runner, states = _decoding_engine(tiny_model, [
+        SamplingParams(temperature=0.8, seed=1, max_tokens=30), SamplingParams(temperature=0, max_tokens=30),
+        SamplingParams(temperature=0.5, top_p=0.9, top_k=5, max_tokens=30),
+    ])  # fmt: skip
+    md = runner._sampling_metadata(states)
+    engine.step()
+    assert runner._sampling_metadata(list(states)) is md  # the step in between reused them too
+    assert md.generators and md.greedy_mask is not None and md.top_p is not None
+    for other in (states[::-1], states[:2]):
+        rebuilt = runner._sampling_metadata(other)
+        assert rebuilt is not md
+        assert rebuilt.temperature.tolist() == pytest.approx([s.sampling_params.temperature or 1.0 for s in other])
+
+
+def test_settings_that_follow_the_tokens_are_rebuilt_every_step(tiny_model):
+    penalised = SamplingParams(temperature=0.8, repetition_penalty=1.3, max_tokens=30)
+    min_tokens = SamplingParams(temperature=0.8, min_tokens=4, stop_token_ids=[3], max_tokens=30)
+    engine, runner, states = _decoding_engine(tiny_model, [penalised])
+    seen = []
+    for _ in range(3):
+        engine.step()
+        md = runner._sampling_metadata(states)
+        tokens = states[0].output_token_ids
+        assert md.output_token_ids[0, : len(tokens)].tolist() == tokens and all(md is not old for old in seen)
+        seen.append(md)
+    assert len(tokens) >= 2
+
+    engine, runner, states = _decoding_engine(tiny_model, [min_tokens])
+    while len(states[0].output_token_ids) < 4:
+        assert 3 in runner._sampling_metadata(states).min_tokens_stop_ids[0]  # with the model's EOS ids
+        assert runner._sampling_metadata(states) is not runner._sampling_metadata(states)
+        engine.step()
+    reached = runner._sampling_metadata(states)  # min_tokens reached: nothing follows the tokens any more
+    assert not reached.min_tokens_stop_ids and runner._sampling_metadata(states) is reached
