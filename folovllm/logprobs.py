@@ -72,10 +72,10 @@ class FlatLogprobs(MutableSequence):
             for position in positions:
                 self.append(position)
             return
-        shift = len(self.token_ids) - (positions.start_indices[0] if positions.start_indices else 0)
-        self.start_indices.extend(s + shift for s in positions.start_indices)
-        self.end_indices.extend(e + shift for e in positions.end_indices)
-        begin, end = (positions.start_indices[0], positions.end_indices[-1]) if positions.start_indices else (0, 0)
+        begin, end = (positions.start_indices[0], positions.end_indices[-1]) if positions else (0, 0)
+        shift = len(self.token_ids) - begin  # one built from its fields need not start at entry 0
+        self.start_indices.extend(i + shift for i in positions.start_indices)
+        self.end_indices.extend(i + shift for i in positions.end_indices)
         self.token_ids.extend(positions.token_ids[begin:end])
         self.logprobs.extend(positions.logprobs[begin:end])
         self.ranks.extend(positions.ranks[begin:end])

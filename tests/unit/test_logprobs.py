@@ -55,7 +55,7 @@ def test_extend_takes_positions_or_another_flat_container():
     as_list = _fill([])
     grown = FlatLogprobs()
     grown.extend(as_list[:1])
-    grown.extend(_fill(FlatLogprobs())[1:])  # its entries do not start at 0: they are rebased
+    grown.extend(_fill(FlatLogprobs())[1:])  # placed after the entries already there
     assert list(grown) == as_list
     assert grown.start_indices == [0, 3, 7] and grown.end_indices == [3, 7, 11]
 
@@ -75,3 +75,13 @@ def test_flat_logprobs_are_append_only(change):
     with pytest.raises(TypeError):
         change(flat)
     assert len(flat) == 3
+
+
+def test_extend_takes_a_container_whose_entries_do_not_start_at_zero():
+    whole = _fill(FlatLogprobs())
+    tail = FlatLogprobs(whole.start_indices[1:], whole.end_indices[1:], whole.token_ids, whole.logprobs,
+                        whole.ranks, whole.decoded_tokens)  # fmt: skip
+    grown = FlatLogprobs()
+    grown.append(None)
+    grown.extend(tail)
+    assert list(grown) == [{}] + list(whole)[1:] and grown.start_indices == [0, 0, 4]
