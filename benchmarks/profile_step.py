@@ -46,6 +46,19 @@ def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False,
     return engine
 
 
+def _made_up_output(req_ids: list[int], i: int, vocab: int, k: int | None = None):
+    """Step ``i``'s sampled tokens for ``req_ids``, made up (the model does not run); with ``k``,
+    logprob rows too: the token, then k others."""
+    from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
+
+    tokens = [(31 * i + 7 * row) % vocab for row in range(len(req_ids))]
+    lps = None
+    if k is not None:
+        ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
+        lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(tokens))
+    return ModelRunnerOutput(req_ids, tokens, lps)
+
+
 def _process(engine, output) -> None:
     """The engine's host work on a step's sampled tokens: the scheduler's update, then the outputs."""
     updated = engine.scheduler.update_from_output(output)
@@ -95,7 +108,6 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
     no GPU time. With async scheduling this work overlaps the GPU's step; it
     becomes the bound when it is longer.
     """
-    from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
     from folovllm.sampling_params import RequestOutputKind
 
     kinds = {
@@ -117,12 +129,7 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
             runner._update_states(so)
             inputs = runner._prepare_inputs(so)
             runner._sampling_metadata(inputs.sample_states)
-            tokens = [(31 * i + 7 * row) % vocab for row in range(len(inputs.sample_states))]
-            lps = None
-            if k is not None:
-                ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
-                lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(tokens))
-            _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens, lps))
+            _process(engine, _made_up_output([s.req_id for s in inputs.sample_states], i, vocab, k))
 
         def report(label: str) -> None:
             per_step, in_gc = [], []
@@ -156,18 +163,13 @@ def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: i
     that both see the same machine: on a noisy CPU, separate runs differ more than the layouts.
     The model does not run; sampled tokens and logprobs are made up, as in ``host``.
     """
-    from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
     from folovllm.sampling_params import RequestOutputKind
 
     def step(engine, i: int) -> float:
         runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
         so = engine.scheduler.schedule()
         runner._update_states(so)
-        req_ids = [s.req_id for s in runner._prepare_inputs(so).sample_states]
-        tokens = [(31 * i + 7 * row) % vocab for row in range(len(req_ids))]
-        ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
-        lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(req_ids))
-        output = ModelRunnerOutput(req_ids, tokens, lps)
+        output = _made_up_output([s.req_id for s in runner._prepare_inputs(so).sample_states], i, vocab, k)
         t0 = time.perf_counter()
         _process(engine, output)
         return time.perf_counter() - t0
@@ -181,18 +183,18 @@ def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: i
         for kind in (RequestOutputKind.FINAL_ONLY, RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA):
             engines = {flat: decoding_engine(num_seqs, 64, enforce_eager=True, output_kind=kind, logprobs=k, flat_logprobs=flat)
                        for flat in (False, True)}  # fmt: skip
-            per_block: dict[bool, list[float]] = {False: [], True: []}
-            in_gc = {False: 0.0, True: 0.0}
+            per_block: dict[bool, list[float]] = {False: [], True: []}  # ms per step in each block
+            in_gc: dict[bool, list[float]] = {False: [], True: []}  # of which in the collector
             for b in range(blocks):
                 for flat in (False, True) if b % 2 == 0 else (True, False):
                     gc_timer.total = 0.0
                     per_block[flat].append(sum(step(engines[flat], b * steps + i) for i in range(steps)) / steps * 1e3)
-                    in_gc[flat] += gc_timer.total / steps * 1e3 / blocks if b >= 2 else 0.0
+                    in_gc[flat].append(gc_timer.total / steps * 1e3)
             row = []
             for flat in (False, True):
-                ms = sorted(per_block[flat][2:])  # the first two blocks warm up
+                ms, gc_ms = sorted(per_block[flat][2:]), in_gc[flat][2:]  # the first two blocks warm up
                 row.append(f"{'flat' if flat else 'list of dicts'} {ms[len(ms) // 2]:.2f} ms ({ms[0]:.2f}-{ms[-1]:.2f}; "
-                           f"collector {in_gc[flat] * blocks / (blocks - 2):.2f})")  # fmt: skip
+                           f"collector {sum(gc_ms) / len(gc_ms):.2f})")  # fmt: skip
             print(f"  {kind.name:10s} " + ", ".join(row))
             for engine in engines.values():
                 engine.abort_request([str(i) for i in range(num_seqs)])
