@@ -24,8 +24,8 @@ class RequestState:
         # Text is built token by token only when someone needs it before the
         # end (stop strings, streaming); otherwise it is decoded once at the end.
         # Without a tokenizer (skip_tokenizer_init) there is no text at all.
-        streaming = params.output_kind != RequestOutputKind.FINAL_ONLY
-        self.incremental = tokenizer is not None and (bool(params.stop) or streaming)
+        self.streaming = params.output_kind != RequestOutputKind.FINAL_ONLY  # an output after every step
+        self.incremental = tokenizer is not None and (bool(params.stop) or self.streaming)
         # While a sequence runs, its text may end in the start of a stop string that a later token
         # completes (and cuts): streamed text holds back that many characters, as vLLM's does.
         self.stop_buffer = max(map(len, params.stop)) - 1 if params.stop and not params.include_stop_str_in_output else 0
@@ -115,7 +115,7 @@ class OutputProcessor:
             if finished:
                 metrics.finished_time = now
                 self._drop(state)
-            if finished or state.request.sampling_params.output_kind != RequestOutputKind.FINAL_ONLY:
+            if finished or state.streaming:
                 outputs.append(self._make_output(state, finished))
         return outputs
 

@@ -78,10 +78,10 @@ class Processor:
 
     @staticmethod
     def _check_ids(ids) -> list[int]:
-        if not isinstance(ids, (list, tuple)):
-            raise ValueError(f"prompt_token_ids must be a list of ints, got {_describe(ids)}")
         # set(map(type, ...)) runs in C; the per-item test only for other int subclasses (bool is not a token)
-        if not set(map(type, ids)) <= {int} and any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+        if not isinstance(ids, (list, tuple)) or (
+            not set(map(type, ids)) <= {int} and any(isinstance(t, bool) or not isinstance(t, int) for t in ids)
+        ):
             raise ValueError(f"prompt_token_ids must be a list of ints, got {_describe(ids)}")
         return list(ids)
 
