@@ -57,7 +57,11 @@ class FlatLogprobs(MutableSequence):
         )
 
     def append_fast(
-        self, token_ids: Iterable[int], logprobs: Iterable[float], ranks: Iterable[Optional[int]], decoded_tokens: Iterable[Optional[str]]
+        self,
+        token_ids: Iterable[int],
+        logprobs: Iterable[float],
+        ranks: Iterable[Optional[int]],
+        decoded_tokens: Iterable[Optional[str]],
     ) -> None:
         """Add one position's candidates without building a dict (the engine's path)."""
         self.start_indices.append(len(self.token_ids))
@@ -72,14 +76,9 @@ class FlatLogprobs(MutableSequence):
             for position in positions:
                 self.append(position)
             return
-        begin, end = (positions.start_indices[0], positions.end_indices[-1]) if positions else (0, 0)
-        shift = len(self.token_ids) - begin  # one built from its fields need not start at entry 0
-        self.start_indices.extend(i + shift for i in positions.start_indices)
-        self.end_indices.extend(i + shift for i in positions.end_indices)
-        self.token_ids.extend(positions.token_ids[begin:end])
-        self.logprobs.extend(positions.logprobs[begin:end])
-        self.ranks.extend(positions.ranks[begin:end])
-        self.decoded_tokens.extend(positions.decoded_tokens[begin:end])
+        fields = (self.start_indices, self.end_indices, self.token_ids, self.logprobs, self.ranks, self.decoded_tokens)
+        for mine, theirs in zip(fields, positions._fields_of(0, len(positions), first_entry=len(self.token_ids))):
+            mine += theirs
 
     def __len__(self) -> int:
         return len(self.start_indices)
@@ -87,8 +86,8 @@ class FlatLogprobs(MutableSequence):
     def __getitem__(self, index: Union[int, slice]):
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
-            if step == 1:
-                return self._copy(start, max(start, stop))
+            if step == 1:  # the engine's path: each streamed DELTA output carries such a copy
+                return FlatLogprobs(*self._fields_of(start, max(start, stop), first_entry=0))
             sliced = FlatLogprobs()
             sliced.extend(self[p] for p in range(start, stop, step))
             return sliced
@@ -97,15 +96,16 @@ class FlatLogprobs(MutableSequence):
             self.token_ids[i]: Logprob(self.logprobs[i], self.ranks[i], self.decoded_tokens[i]) for i in range(begin, end)
         }
 
-    def _copy(self, start: int, stop: int) -> FlatLogprobs:
-        """Positions ``start:stop`` (start <= stop) in a new container, their entries from index 0.
-        The engine's path: each streamed output carries such a copy."""
+    def _fields_of(self, start: int, stop: int, first_entry: int) -> tuple[list, ...]:
+        """New lists for the six fields of positions ``start:stop`` (start <= stop), with their
+        entries renumbered to begin at ``first_entry`` (a container built from its fields need not
+        number its entries from 0)."""
         starts, ends = self.start_indices[start:stop], self.end_indices[start:stop]
         begin, end = (starts[0], ends[-1]) if starts else (0, 0)
-        if begin:
-            starts, ends = [i - begin for i in starts], [i - begin for i in ends]
-        return FlatLogprobs(starts, ends, self.token_ids[begin:end], self.logprobs[begin:end],
-                            self.ranks[begin:end], self.decoded_tokens[begin:end])  # fmt: skip
+        if shift := first_entry - begin:
+            starts, ends = [i + shift for i in starts], [i + shift for i in ends]
+        entries = slice(begin, end)
+        return starts, ends, self.token_ids[entries], self.logprobs[entries], self.ranks[entries], self.decoded_tokens[entries]
 
     def __iter__(self) -> Iterator[LogprobsOnePosition]:
         for p in range(len(self)):
