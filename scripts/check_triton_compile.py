@@ -6,10 +6,10 @@ still fail to compile, e.g. when a branch that depends on a runtime value gives 
 type. This script calls each kernel's Python wrapper on CPU tensors, the way the engine calls it,
 with a stand-in driver that reports the target GPU and a launch that stops once the kernel is
 compiled (Triton's warm-up mode). It covers the variants the engine uses: bf16, fp16 and float32
-models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, every GPTQ path. It then checks that values which
-change from step to step (block-table width, split count, the sampler's seed, the batch size)
-reuse one compiled variant instead of compiling new ones inside requests. Exit status 1 lists
-what failed.
+models, an FP8 KV cache, Qwen3's head size and odd ones, split and unsplit decode, every GPTQ
+path. It then checks that values which change from step to step (block-table width, split
+count, the sampler's seed, the batch size) reuse one compiled variant instead of compiling new
+ones inside requests. Exit status 1 lists what failed.
 
     python scripts/check_triton_compile.py [--arch 90] [--resources]
 """
