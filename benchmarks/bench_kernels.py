@@ -1,8 +1,8 @@
-"""Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
-decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8
-cache at batch 256), Qwen3-0.6B's matmuls at decode batch sizes against one read of their
-weights, prefill tile shapes and warp counts, a mixed batch through the prefill kernel's work list, and the fused sampler
-with and without vocabulary splits.
+"""Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill, by
+tile shape, warps, pipeline stages and work-list order), decode attention replayed from a CUDA
+graph (split-K factors at batch 1, bf16 against an FP8 cache at batch 256), Qwen3-0.6B's matmuls
+at decode batch sizes against one read of their weights, a mixed batch through the prefill
+kernel's work list, and the fused sampler with and without vocabulary splits.
 
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
@@ -38,6 +38,8 @@ SCALES = {
         dev="cuda", dtype=torch.bfloat16, heads=16, kv_heads=8, head_dim=128,
         decode=[(1, 512), (1, 4096), (32, 1024), (256, 1024), (256, 2048)],
         prefill=[(1, 1024), (16, 1024)],
+        # the prefill sweep: (BLOCK_M, BLOCK_N) x warps x pipeline stages, each in batch and heaviest-first order
+        prefill_sweep=([(32, 64), (64, 64), (128, 64), (64, 128), (128, 128)], (4, 8), (2, 3)),
         # (batch, context, split counts to try; the FP8 cache is tried at the last batch size)
         decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)), (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
@@ -47,7 +49,7 @@ SCALES = {
     ),
     "smoke": dict(
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
-        decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)],
+        decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
         decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4),
         mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
@@ -81,23 +83,34 @@ def main() -> None:
         t = device_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
-        row = []  # other tile shapes and warp counts, replayed from a graph (the engine's: prefill_block_sizes, 4 warps)
-        for (bm, bn), warps in itertools.product([(64, 64), (128, 64), (64, 128), (128, 128)], (4, 8)):
-            tiles = torch.from_numpy(prefill_tiles([qlen] * batch, bm)).to(dev)
-            try:
-                t = graph_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles,
-                                                               head_dim**-0.5, block_m=bm, block_n=bn, num_warps=warps))  # fmt: skip
-                row.append(f"{bm}x{bn}/{warps}w: {flops / t / 1e12:.0f}")
-            except Exception as e:  # on the GPU: too much shared memory or registers for this shape
-                if dev != "cuda":
-                    raise  # --smoke checks the script: nothing here may fail
-                torch.cuda.synchronize()
-                row.append(f"{bm}x{bn}/{warps}w: {type(e).__name__}")
-        print(f"prefill B={batch:4d} len={qlen} in a graph, TFLOP/s by BLOCK_M x BLOCK_N / warps: {', '.join(row)}")
+        prefill_sweep(scale, lambda tiles, **kw: paged_prefill_attention(
+            q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5, **kw), [qlen] * batch, flops)  # fmt: skip
     decode_in_graphs(scale, bw)
     matmuls(scale, bw)
     mixed_batch(scale)
     sampler(scale)
+
+
+def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> None:
+    """TFLOP/s of the prefill kernel by tile shape, warps and pipeline stages, with its work list in
+    batch order and heaviest tile first, replayed from a graph (the engine's: prefill_block_sizes,
+    4 warps, 2 stages, batch order). Few graph reps: 40 configurations per shape."""
+    dev = scale["dev"]
+    shapes, warp_counts, stage_counts = scale["prefill_sweep"]
+    print(f"prefill B={len(query_lens):4d} len={query_lens[0]} in a graph, TFLOP/s, batch order / heaviest first:")
+    for (bm, bn), warps, stages in itertools.product(shapes, warp_counts, stage_counts):
+        rates = []
+        for heaviest_first in (False, True):
+            tiles = torch.from_numpy(prefill_tiles(query_lens, bm, heaviest_first)).to(dev)
+            try:
+                t = graph_time(lambda: attend(tiles, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages), reps=10)
+                rates.append(f"{flops / t / 1e12:5.0f}")
+            except Exception as e:  # on the GPU: too much shared memory or registers for this shape
+                if dev != "cuda":
+                    raise  # --smoke checks the script: nothing here may fail
+                torch.cuda.synchronize()
+                rates.append(type(e).__name__)
+        print(f"    {bm:3d}x{bn:<3d} {warps}w {stages}s: {' / '.join(rates)}")
 
 
 def device_time(fn) -> float:

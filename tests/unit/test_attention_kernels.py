@@ -138,6 +138,9 @@ def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
         rows = [(s, t * 16 + i) for s, t in tiles.tolist() for i in range(16) if t * 16 + i < lens[s]]
         assert rows == [(s, i) for s, n in enumerate(lens) for i in range(n)]  # all rows, once, in order
         assert len(tiles) <= max_prefill_tiles(sum(lens), len(lens), 16)
+        heaviest = prefill_tiles(lens, 16, heaviest_first=True)
+        assert sorted(map(tuple, heaviest.tolist())) == sorted(map(tuple, tiles.tolist()))  # the same tiles
+        assert list(heaviest[:, 1]) == sorted(tiles[:, 1], reverse=True)  # highest tile index first
     # the bound is tight: one token per sequence, or full tiles plus one short tail each
     assert max(len(prefill_tiles(c, 16)) for c in itertools.product(range(0, 40), repeat=2) if sum(c) == 40) == 40 // 16 + 2
 
@@ -155,6 +158,20 @@ def test_prefill_attention_padding_tiles_do_nothing():
     empty = torch.full((4, 2), -1, dtype=torch.int32, device=DEVICE)
     paged_prefill_attention(q, k_cache, v_cache, block_table, *args, empty, 0.25, out=untouched, block_m=16, block_n=16)
     assert bool((untouched == 7.0).all())
+
+
+def test_prefill_attention_does_not_depend_on_the_order_of_its_work_list():
+    """Every tile writes only its own rows: heaviest-first or any shuffle gives batch order's output."""
+    seq_lens, query_lens = [50, 37, 20], [50, 30, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=5)
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.25)
+    args = (torch.tensor(qsl, dtype=torch.int32, device=DEVICE), torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE))
+    heaviest = prefill_tiles(query_lens, 16, heaviest_first=True)
+    shuffled = heaviest[torch.randperm(len(heaviest), generator=torch.Generator().manual_seed(0)).numpy()]
+    for tiles in (heaviest, shuffled):
+        tiles = torch.from_numpy(tiles).to(DEVICE)
+        out = paged_prefill_attention(q, k_cache, v_cache, block_table, *args, tiles, 0.25, block_m=16, block_n=16)
+        torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -118,13 +118,22 @@ def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
     return (64, 64) if head_dim <= 128 else (32, 32)
 
 
-def prefill_tiles(query_lens, block_m: int) -> np.ndarray:
-    """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), in batch order."""
+def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False) -> np.ndarray:
+    """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), in batch order.
+
+    Under the causal mask a tile reads the keys up to its last row, so a prompt's later tiles do
+    more work. ``heaviest_first`` orders the list by tile index, highest first: for fresh prompts
+    the longest work starts first and the short tiles fill in at the end. (Whether that beats
+    batch order on a GPU is for ``bench_kernels.py`` to measure.)
+    """
     query_lens = np.asarray(query_lens, dtype=np.int64)
     per_seq = cdiv(query_lens, block_m)
     seqs = np.repeat(np.arange(len(query_lens)), per_seq)
     first = np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
-    return np.stack([seqs, np.arange(len(seqs)) - first], axis=1).astype(np.int32)
+    tiles = np.stack([seqs, np.arange(len(seqs)) - first], axis=1).astype(np.int32)
+    if heaviest_first:
+        tiles = tiles[np.argsort(-tiles[:, 1], kind="stable")]
+    return tiles
 
 
 def max_prefill_tiles(num_tokens: int, max_num_seqs: int, block_m: int) -> int:
