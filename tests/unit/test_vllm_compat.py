@@ -128,6 +128,19 @@ def test_use_tqdm_may_be_a_tqdm_class_and_the_bar_shows_speed(tiny_model):
     assert "est. speed input:" in bars[0].postfix and "output:" in bars[0].postfix
 
 
+def test_use_tqdm_false_makes_no_bar_at_all(tiny_model, monkeypatch):
+    """Not even a disabled one: its ~20 us fall on every one-token request's latency."""
+    import folovllm.engine.llm_engine as llm_engine
+
+    made = []
+    monkeypatch.setattr(llm_engine, "tqdm", lambda *args, **kwargs: made.append(kwargs) or tqdm(*args, **kwargs))
+    llm = LLM(str(tiny_model), device="cpu", max_model_len=64)
+    llm.generate(["a", "b"], SamplingParams(max_tokens=2), use_tqdm=False)
+    assert made == []
+    llm.generate(["a"], SamplingParams(max_tokens=2))  # the default draws one
+    assert len(made) == 1
+
+
 def test_request_output_repr_reads_like_vllms(tiny_model):
     llm = LLM(str(tiny_model), device="cpu", max_model_len=64)
     text = repr(llm.generate({"prompt_token_ids": [5, 6]}, SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)[0])
