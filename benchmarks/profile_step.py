@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py logprobs [N]  # the same for logprobs=5, list-of-dicts against flat logprobs, per output kind
     python benchmarks/profile_step.py cprofile      # host-side cProfile of the whole run
     python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
-    python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off
+    python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off; wall by call
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held
 
 Every view also runs on the CPU (a small model; kernels then lists operators): a check of the script
@@ -19,6 +19,7 @@ import pstats
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -238,10 +239,13 @@ def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) ->
 
 
 def prefill(runs: int = 5) -> None:
-    """Is a prefill bound by the host or the GPU? Wall time of a 1-token request against the GPU kernel time inside it."""
+    """Is a prefill bound by the host or the GPU? Wall time of a 1-token request against the GPU kernel
+    time inside it; then that wall time split by the engine's calls (the worker's share is the host's
+    launch work on a GPU, everything on the CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
     from folovllm import LLM, SamplingParams
+    from folovllm.worker.runner_output import AsyncGPUModelRunnerOutput
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -276,6 +280,52 @@ def prefill(runs: int = 5) -> None:
             print(f"{n:>6} {mode:>6} {sorted(walls[1:])[runs // 2] * 1e3:>8.2f} {gpu_ms:>15.2f} {kernels:>8}")
     if graphs is not None:
         graphs.mixed_sizes = modes[0][1]
+    n = lengths[1]
+    parts, undo = _time_calls([
+        ("check the prompt, hash its blocks", llm.llm_engine, "_make_request"),
+        ("schedule (twice: the prompt, then nothing)", llm.llm_engine.scheduler, "schedule"),
+        ("worker: inputs to the device, launch", llm.llm_engine.executor, "execute_model"),
+        ("wait for the sampled token", AsyncGPUModelRunnerOutput, "get"),
+        ("the step's results (the wait included)", llm.llm_engine, "_process"),
+    ])  # fmt: skip
+    prompts = [[{"prompt_token_ids": [(31 * r + 3 * j + n) % vocab for j in range(n)]}] for r in range(runs * 4)]
+    wall = 0.0
+    for prompt in prompts:
+        llm.reset_prefix_cache()
+        wall += timed(device, functools.partial(llm.generate, prompt, params, use_tqdm=False))
+    undo()
+    outside = wall - sum(secs for label, secs in parts.items() if not label.startswith("wait"))
+    print(f"where a {n}-token one-token request's {wall / len(prompts) * 1e3:.2f} ms go "
+          f"(mean of {len(prompts)}, {'graphs on' if graphs else 'no graphs'}):")  # fmt: skip
+    for label, secs in [*parts.items(), ("the rest of generate()", outside)]:
+        print(f"  {label:44s} {secs / len(prompts) * 1e3:7.3f} ms")
+
+
+def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
+    """Wrap each ``(label, owner, method name)`` so that its calls add their wall time under the label.
+    Returns the totals and a function that puts the methods back."""
+    totals, undos = {}, []
+    for label, owner, name in targets:
+        totals[label] = 0.0
+        inner = getattr(owner, name)  # bound for an instance, plain for a class
+
+        def wrapper(*args, _inner=inner, _label=label, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                totals[_label] += time.perf_counter() - t0
+
+        if isinstance(owner, type):
+            undos.append(functools.partial(setattr, owner, name, inner))
+        else:
+            undos.append(functools.partial(delattr, owner, name))
+        setattr(owner, name, wrapper)
+    def put_back() -> None:
+        for undo in undos:
+            undo()
+
+    return totals, put_back
 
 
 def tail() -> None:
