@@ -39,10 +39,12 @@ for stage in $stages; do
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 \
                    && cp docs/benchmarks.md "$OUT/benchmarks$runs.md" && cp docs/roofline.png "$OUT/" ;;
-        profile) run kernels 180 $PY benchmarks/bench_kernels.py  # the sweeps that decide the next changes first
-                 run profile_decode1 90 $PY benchmarks/profile_step.py kernels 1
-                 run profile_tail 90 $PY benchmarks/profile_step.py tail
-                 run profile_prefill 120 $PY benchmarks/profile_step.py prefill
+        # bench_kernels first and longest: its sweeps decide the next changes (the prefill sweep alone
+        # compiles 20 kernel variants and times 80 graphs); none of these views has run on a GPU yet
+        profile) run kernels 240 $PY benchmarks/bench_kernels.py
+                 run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
+                 run profile_tail 75 $PY benchmarks/profile_step.py tail
+                 run profile_prefill 90 $PY benchmarks/profile_step.py prefill
                  run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 540 s in all: one device call
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
