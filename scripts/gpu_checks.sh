@@ -40,7 +40,7 @@ for stage in $stages; do
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 \
                    && cp docs/benchmarks.md "$OUT/benchmarks$runs.md" && cp docs/roofline.png "$OUT/" ;;
         # bench_kernels first and longest: its sweeps decide the next changes (the prefill sweep alone
-        # compiles 20 kernel variants and times 80 graphs); none of these views has run on a GPU yet
+        # compiles 20 kernel variants and times 80 graphs; no sweep has been timed on a GPU yet)
         profile) run kernels 240 $PY benchmarks/bench_kernels.py
                  run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                  run profile_tail 75 $PY benchmarks/profile_step.py tail
