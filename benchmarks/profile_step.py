@@ -321,6 +321,7 @@ def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
         else:
             undos.append(functools.partial(delattr, owner, name))
         setattr(owner, name, wrapper)
+
     def put_back() -> None:
         for undo in undos:
             undo()

@@ -119,7 +119,7 @@ def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
 
 
 def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False) -> np.ndarray:
-    """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), in batch order.
+    """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), by default in batch order.
 
     Under the causal mask a tile reads the keys up to its last row, so a prompt's later tiles do
     more work. ``heaviest_first`` orders the list by tile index, highest first: for fresh prompts
