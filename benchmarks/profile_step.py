@@ -47,11 +47,18 @@ def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False,
     return engine
 
 
-def _made_up_output(req_ids: list[int], i: int, vocab: int, k: int | None = None):
-    """Step ``i``'s sampled tokens for ``req_ids``, made up (the model does not run); with ``k``,
-    logprob rows too: the token, then k others."""
+def _step_without_the_model(engine, i: int, k: int | None = None):
+    """Step ``i``'s host work before the model (schedule; the worker's state, inputs and sampling
+    settings), then its sampled tokens, made up (the model does not run); with ``k``, logprob rows
+    too: the token, then k others."""
     from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
 
+    runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
+    so = engine.scheduler.schedule()
+    runner._update_states(so)
+    inputs = runner._prepare_inputs(so)
+    runner._sampling_metadata(inputs.sample_states)
+    req_ids = [s.req_id for s in inputs.sample_states]
     tokens = [(31 * i + 7 * row) % vocab for row in range(len(req_ids))]
     lps = None
     if k is not None:
@@ -122,15 +129,10 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
     gc_timer = _GCTimer()
     for name, params in kinds.items():
         engine = decoding_engine(num_seqs, prompt_len, enforce_eager=True, **params)  # no graphs: the model never runs
-        runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
         k = params.get("logprobs")
 
         def step(i: int) -> None:
-            so = engine.scheduler.schedule()
-            runner._update_states(so)
-            inputs = runner._prepare_inputs(so)
-            runner._sampling_metadata(inputs.sample_states)
-            _process(engine, _made_up_output([s.req_id for s in inputs.sample_states], i, vocab, k))
+            _process(engine, _step_without_the_model(engine, i, k))
 
         def report(label: str) -> None:
             per_step, in_gc = [], []
@@ -167,10 +169,7 @@ def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: i
     from folovllm.sampling_params import RequestOutputKind
 
     def step(engine, i: int) -> float:
-        runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
-        so = engine.scheduler.schedule()
-        runner._update_states(so)
-        output = _made_up_output([s.req_id for s in runner._prepare_inputs(so).sample_states], i, vocab, k)
+        output = _step_without_the_model(engine, i, k)
         t0 = time.perf_counter()
         _process(engine, output)
         return time.perf_counter() - t0
