@@ -128,6 +128,22 @@ def test_prefill_attention_matches_reference(block_size, num_heads, num_kv_heads
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
 
 
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (16, 32), (32, 16)])
+def test_prefill_attention_masks_only_what_it_must_for_any_tile_shape(block_m, block_n):
+    """Key tiles before a query tile's first position run unmasked, the diagonal ones masked; the
+    border between them moves with the cached context and the tile shape (here: a chunk after 63
+    cached tokens, a fresh prompt, a decode row)."""
+    seq_lens, query_lens = [100, 70, 45], [37, 70, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=block_m + block_n)
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.25)
+    out = paged_prefill_attention(
+        q, k_cache, v_cache, block_table,
+        torch.tensor(qsl, dtype=torch.int32, device=DEVICE), torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
+        _tiles(query_lens, block_m), 0.25, block_m=block_m, block_n=block_n,
+    )  # fmt: skip
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+
 def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
     import itertools
 

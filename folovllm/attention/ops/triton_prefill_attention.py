@@ -3,8 +3,10 @@
 Grid: (work tile, query head). The host lists the step's work as tiles, one
 per BLOCK_M query rows of one sequence (``prefill_tiles``); a program takes a
 tile and streams that sequence's keys/values out of the paged cache in BLOCK_N
-tiles, keeping a running max and sum (online softmax), so the score matrix
-never exists in memory. Because it reads the context from the cache, the same
+tiles, keeping a running max and sum (online softmax, in base 2), so the score
+matrix never exists in memory. Only the key tiles on the causal diagonal pay for
+the mask; the ones wholly before the tile's first query run a loop without it.
+Because it reads the context from the cache, the same
 kernel serves fresh prompts, later chunks of a chunked prefill, and mixed
 batches that also hold decode tokens.
 
@@ -78,39 +80,65 @@ def _prefill_kernel(
     )
     q_pos = context_before + offs_m
 
-    # Causal: this tile's last query sees keys up to its own position.
+    # Causal: this tile's last query sees keys up to its own position. Key tiles that end before
+    # its first query position are visible to every row and need no mask; only the tiles on the
+    # diagonal (at most BLOCK_M / BLOCK_N + 1 of them) do.
     end = tl.minimum(seq_len, context_before + (m_block + 1) * BLOCK_M)
     end = tl.where(m_block * BLOCK_M < query_len, end, 0)
+    unmasked_end = tl.minimum((context_before + m_block * BLOCK_M) // BLOCK_N * BLOCK_N, end)
+    qk_scale = scale * 1.4426950408889634  # log2(e): the softmax in base 2, exp2(x * log2(e)) = exp(x)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, end, BLOCK_N):
-        pos = n0 + tl.arange(0, BLOCK_N)
-        valid = pos < end
-        k, v = load_kv_tile(
-            k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
-            stride_cb, stride_cs, stride_ch, PAGE_SIZE,
+    block_table_row_ptr = block_table_ptr + b * stride_bt
+    for n0 in range(0, unmasked_end, BLOCK_N):
+        acc, l_i, m_i = _attend_key_tile(
+            acc, l_i, m_i, q, q_pos, qk_scale, n0, unmasked_end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
+            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=False,
         )  # fmt: skip
-        k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-        allowed = valid[None, :] & (pos[None, :] <= q_pos[:, None])
-        qk = tl.where(allowed, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.exp(qk - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    for n0 in range(unmasked_end, end, BLOCK_N):
+        acc, l_i, m_i = _attend_key_tile(
+            acc, l_i, m_i, q, q_pos, qk_scale, n0, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
+            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
+        )  # fmt: skip
 
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    # Every row saw at least key 0, so l_i > 0 (a padding tile ran no loop, and stores nothing).
+    out = acc / l_i[:, None]
     tl.store(
         out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
         out.to(out_ptr.dtype.element_ty),
         mask=m_mask[:, None] & d_mask[None, :],
     )
+
+
+@triton.jit
+def _attend_key_tile(
+    acc, l_i, m_i, q, q_pos, qk_scale, n0, end,
+    k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, CAUSAL_MASK: tl.constexpr,
+):  # fmt: skip
+    """One step of the online softmax: the keys and values at positions n0 .. n0 + BLOCK_N (< end)."""
+    pos = n0 + tl.arange(0, BLOCK_N)
+    k, v = load_kv_tile(
+        k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, pos < end, kvh, offs_d, d_mask,
+        stride_cb, stride_cs, stride_ch, PAGE_SIZE,
+    )  # fmt: skip
+    k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if CAUSAL_MASK:
+        # pos <= q_pos also keeps every stored row off the positions past `end` (q_pos < end there);
+        # the rows past the query, never stored, may see those zeros.
+        qk = tl.where(pos[None, :] <= q_pos[:, None], qk, float("-inf"))
+    # The first tile a row sees holds key 0, which every row may see: m_new is finite from then on.
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
 
 
 def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
