@@ -7,10 +7,13 @@ kernel's work list, and the fused sampler with and without vocabulary splits.
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
                                                  # interpreter): checks the script, measures nothing
+    python benchmarks/bench_kernels.py --prefill-baseline FILE   # also time an earlier version of
+        # triton_prefill_attention.py (e.g. saved with `git show REV:path > FILE`) in the same run
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import sys
@@ -62,6 +65,7 @@ def main() -> None:
     scale = SCALES["smoke" if "--smoke" in sys.argv else "gpu"]
     dev, dtype = scale["dev"], scale["dtype"]
     heads, kv_heads, head_dim, block_size = scale["heads"], scale["kv_heads"], scale["head_dim"], BLOCK_SIZE
+    baseline = load_prefill_baseline()
     bw = measure_copy_bandwidth(dev, nbytes=(1 << 30) if dev == "cuda" else (1 << 24))
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s")
     for batch, ctx in scale["decode"]:
@@ -83,6 +87,9 @@ def main() -> None:
         t = device_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
+        if baseline is not None:
+            args = (q, k_cache, v_cache, block_table, qsl, seq_lens)
+            today_and_baseline(scale, baseline, args, [qlen] * batch, flops)
         prefill_sweep(scale, lambda tiles, **kw: paged_prefill_attention(
             q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5, **kw), [qlen] * batch, flops)  # fmt: skip
     decode_in_graphs(scale, bw)
@@ -111,6 +118,30 @@ def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> N
                 torch.cuda.synchronize()
                 rates.append(type(e).__name__)
         print(f"    {bm:3d}x{bn:<3d} {warps}w {stages}s: {' / '.join(rates)}")
+
+
+def load_prefill_baseline():
+    """The module given by ``--prefill-baseline FILE``, or None."""
+    if "--prefill-baseline" not in sys.argv:
+        return None
+    path = sys.argv[sys.argv.index("--prefill-baseline") + 1]
+    spec = importlib.util.spec_from_file_location("prefill_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def today_and_baseline(scale: dict, baseline, args: tuple, query_lens: list[int], flops: float) -> None:
+    """TFLOP/s of today's prefill kernel and the baseline's, each with its own defaults (tile shape,
+    launch options, work list), replayed from graphs in turn, twice: A/B in one process."""
+    head_dim = args[0].shape[-1]
+    rates = [[], []]
+    for _ in range(2):
+        for module, out in zip((sys.modules[paged_prefill_attention.__module__], baseline), rates):
+            tiles = torch.from_numpy(module.prefill_tiles(query_lens, module.prefill_block_sizes(head_dim)[0])).to(scale["dev"])
+            t = graph_time(lambda: module.paged_prefill_attention(*args, tiles, head_dim**-0.5), reps=10)
+            out.append(f"{flops / t / 1e12:.0f}")
+    print(f"    today / baseline, TFLOP/s in turn: {', '.join(rates[0])} / {', '.join(rates[1])}")
 
 
 def device_time(fn) -> float:

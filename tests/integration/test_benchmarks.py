@@ -49,8 +49,10 @@ def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
 # CPU size: a lent GPU's minutes are too few to find a script error there. (What each one prints
 # on the CPU is not a measurement.) Also the CPU-only views of profile_step.py.
 GPU_STAGE_SCRIPTS = {
-    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke"],
-                      ["decode  B=", "prefill B=", "in a graph, TFLOP/s, batch order / heaviest first", " 64x64  4w 2s: ", "float8_e4m3fn by splits",
+    # (today's prefill kernel as its own baseline: the A/B's plumbing, not a comparison)
+    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--prefill-baseline", "folovllm/attention/ops/triton_prefill_attention.py"],
+                      ["decode  B=", "prefill B=", "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first",
+                       " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "mixed   1 x", "sampler B="]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["GPU kernels ms", "2048  eager", "wait for the sampled token", "the rest of generate()"]),
