@@ -6,9 +6,9 @@ tile and streams that sequence's keys/values out of the paged cache in BLOCK_N
 tiles, keeping a running max and sum (online softmax, in base 2), so the score
 matrix never exists in memory. Only the key tiles on the causal diagonal pay for
 the mask; the ones wholly before the tile's first query run a loop without it.
-Because it reads the context from the cache, the same
-kernel serves fresh prompts, later chunks of a chunked prefill, and mixed
-batches that also hold decode tokens.
+Because it reads the context from the cache, the same kernel serves fresh
+prompts, later chunks of a chunked prefill, and mixed batches that also hold
+decode tokens.
 
 The tile list is what lets a CUDA graph hold this kernel: the grid depends
 only on how many tiles a batch of T tokens can need (``max_prefill_tiles``),
