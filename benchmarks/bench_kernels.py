@@ -206,19 +206,29 @@ def decode_in_graphs(scale: dict, bw: float) -> None:
 
 
 def matmuls(scale: dict, bw: float) -> None:
-    """Qwen3-0.6B's projections (cuBLAS, replayed from a graph) at decode batch sizes, against
-    reading the weight once: where a decode step's matmul time goes, and how far from the floor."""
+    """Qwen3-0.6B's projections (replayed from a graph) at decode batch sizes, against reading the
+    weight once: where a decode step's matmul time goes, and how far from the floor. On the GPU
+    through cuBLAS (torch's default) and cuBLASLt (``torch.backends.cuda.preferred_blas_library``),
+    whose choice of kernel for few rows may differ."""
     import torch.nn.functional as F
 
     dev, dtype = scale["dev"], scale["dtype"]
+    libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
-        row = []
-        for m in scale["matmul_rows"]:
-            x = torch.randn(m, k, dtype=dtype, device=dev)
-            t = graph_time(lambda: F.linear(x, w))
-            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
-        print(f"matmul {name:8s} {n}x{k} in a graph, time (weight bytes / time as a share of copy bandwidth): {', '.join(row)}")
+        for library in libraries:
+            before = torch.backends.cuda.preferred_blas_library() if dev == "cuda" else None
+            if before is not None:
+                torch.backends.cuda.preferred_blas_library(library)
+            row = []
+            for m in scale["matmul_rows"]:
+                x = torch.randn(m, k, dtype=dtype, device=dev)
+                t = graph_time(lambda: F.linear(x, w))
+                row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
+            if before is not None:
+                torch.backends.cuda.preferred_blas_library(before)
+            print(f"matmul {name:8s} {n}x{k} {library:8s} in a graph, time (weight bytes / time as a share of copy bandwidth): "
+                  f"{', '.join(row)}")  # fmt: skip
 
 
 def mixed_batch(scale: dict) -> None:
