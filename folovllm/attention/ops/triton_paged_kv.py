@@ -13,10 +13,15 @@ def load_kv_tile(
 
     Position p lives in block ``block_table[p // PAGE_SIZE]`` at offset
     ``p % PAGE_SIZE``; rows where ``valid`` is false come back as zeros.
+    ``valid=None``: every position is in range, and the loads check none of them.
     """
-    block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE, mask=valid, other=0)
+    if valid is None:
+        block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE)
+        kv_mask = tl.broadcast_to(d_mask[None, :], (pos.shape[0], offs_d.shape[0]))
+    else:
+        block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE, mask=valid, other=0)
+        kv_mask = valid[:, None] & d_mask[None, :]
     offs_kv = block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
-    kv_mask = valid[:, None] & d_mask[None, :]
     k = tl.load(k_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
     return k, v

@@ -122,19 +122,22 @@ def _attend_key_tile(
 ):  # fmt: skip
     """One step of the online softmax: the keys and values at positions n0 .. n0 + BLOCK_N (< end)."""
     pos = n0 + tl.arange(0, BLOCK_N)
+    # The unmasked loop stops at a multiple of BLOCK_N at or below `end`: its positions need no check.
+    in_range = pos < end if CAUSAL_MASK else None
     k, v = load_kv_tile(
-        k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, pos < end, kvh, offs_d, d_mask,
+        k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, in_range, kvh, offs_d, d_mask,
         stride_cb, stride_cs, stride_ch, PAGE_SIZE,
     )  # fmt: skip
     k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if CAUSAL_MASK:
         # pos <= q_pos also keeps every stored row off the positions past `end` (q_pos < end there);
         # the rows past the query, never stored, may see those zeros.
         qk = tl.where(pos[None, :] <= q_pos[:, None], qk, float("-inf"))
     # The first tile a row sees holds key 0, which every row may see: m_new is finite from then on.
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.exp2(qk - m_new[:, None])
+    # The scale is positive, so it may wait until after the max; then it joins the subtraction (an FMA).
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
