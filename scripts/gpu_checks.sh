@@ -13,7 +13,8 @@
 # To time a prefill kernel change against the version before it in the same run, save the old file
 # where git ignores it and carry it to the device: `mkdir -p .ab && git show REV:folovllm/attention/ops/
 # triton_prefill_attention.py > .ab/prefill_attention.py`, then `PREFILL_BASELINE=.ab/prefill_attention.py`
-# for `profile` (run's carry: [".ab"]).
+# for `profile` (run's carry: [".ab"]). The old file imports today's helpers (load_kv_tile), so those
+# must still take its calls.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
