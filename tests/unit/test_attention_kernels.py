@@ -259,3 +259,29 @@ def test_attention_kernels_read_an_fp8_cache_like_the_reference(num_kv_splits):
         scale, num_kv_splits=num_kv_splits,
     )  # fmt: skip
     torch.testing.assert_close(dec.cpu(), ref[last], atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+
+
+def test_an_fp8_cache_beside_bfloat16_queries_is_read_in_float16():
+    """e4m3 -> float16 is exact and cheap, e4m3 -> bfloat16 goes through float32: the kernels take
+    their products in float16 for this pair (also under the interpreter, which has no bfloat16
+    matmul), and a query beyond float16's range saturates there instead of overflowing."""
+    from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype
+
+    assert kv_compute_dtype(torch.bfloat16, FP8) == triton.language.float16
+    assert kv_compute_dtype(torch.bfloat16, torch.bfloat16) == triton.language.bfloat16
+    assert kv_compute_dtype(torch.float32, FP8) == triton.language.float32
+    seq_lens, query_lens = [37, 5, 64], [6, 5, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=9)
+    q, k_cache, v_cache = q.to(torch.bfloat16), k_cache.to(FP8), v_cache.to(FP8)
+    q[5, 1, 0] = 1e5  # the last prompt row of sequence 0, in prefill and decode; float16's largest value is 65504
+    ref = paged_attention_ref(q.float().clamp(-65504, 65504).cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.25)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    out = paged_prefill_attention(
+        q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE), lens,
+        _tiles(query_lens, 16), 0.25, block_m=16, block_n=16,
+    )  # fmt: skip
+    last = [qsl[i + 1] - 1 for i in range(len(seq_lens))]
+    dec = paged_decode_attention(q[last].contiguous(), k_cache, v_cache, block_table, lens, 0.25, num_kv_splits=4)
+    for got, want in ((out, ref), (dec, ref[last])):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float().cpu(), want, atol=2e-2, rtol=1e-2)  # bfloat16's rounding of the output

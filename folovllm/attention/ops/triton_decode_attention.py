@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
-from folovllm.attention.ops.triton_paged_kv import load_kv_tile
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.device import dot_precision
 
 
@@ -49,6 +49,7 @@ def _decode_stage1_kernel(
     SPLIT: tl.constexpr,
     NUM_HEADS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -69,6 +70,7 @@ def _decode_stage1_kernel(
         mask=g_mask[:, None] & d_mask[None, :],
         other=0.0,
     )
+    q = to_compute_dtype(q, COMPUTE_DTYPE)
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -80,7 +82,7 @@ def _decode_stage1_kernel(
             k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
             stride_cb, stride_cs, stride_ch, PAGE_SIZE,
         )  # fmt: skip
-        k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
+        k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here (q is in the compute dtype); otherwise a no-op
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -163,6 +165,7 @@ def paged_decode_attention(
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGE_SIZE=page_size, BLOCK_N=64 if page_size <= 64 else page_size,
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
+        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
         num_warps=4, num_stages=2,
     )  # fmt: skip
     if num_kv_splits > 1:

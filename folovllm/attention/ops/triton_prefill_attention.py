@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.attention.ops.triton_paged_kv import load_kv_tile
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.common import cdiv
 from folovllm.utils.device import dot_precision
 
@@ -55,6 +55,7 @@ def _prefill_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
 ):
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -78,6 +79,7 @@ def _prefill_kernel(
         mask=m_mask[:, None] & d_mask[None, :],
         other=0.0,
     )
+    q = to_compute_dtype(q, COMPUTE_DTYPE)
     q_pos = context_before + offs_m
 
     # Causal: this tile's last query sees keys up to its own position. Key tiles that end before
@@ -128,7 +130,7 @@ def _attend_key_tile(
         k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, in_range, kvh, offs_d, d_mask,
         stride_cb, stride_cs, stride_ch, PAGE_SIZE,
     )  # fmt: skip
-    k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here; otherwise a no-op
+    k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here (q is in the compute dtype); otherwise a no-op
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if CAUSAL_MASK:
         # pos <= q_pos also keeps every stored row off the positions past `end` (q_pos < end there);
@@ -206,6 +208,7 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
         BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
+        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
