@@ -7,8 +7,9 @@ kernel's work list, and the fused sampler with and without vocabulary splits.
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
                                                  # interpreter): checks the script, measures nothing
-    python benchmarks/bench_kernels.py --prefill-baseline FILE   # also time an earlier version of
-        # triton_prefill_attention.py (e.g. saved with `git show REV:path > FILE`) in the same run
+    python benchmarks/bench_kernels.py --baseline DIR   # also time earlier versions of the attention
+        # kernels' files found in DIR (triton_prefill_attention.py, triton_decode_attention.py, saved
+        # with `git show REV:folovllm/attention/ops/NAME > DIR/NAME`), in turn with today's
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
     scale = SCALES["smoke" if "--smoke" in sys.argv else "gpu"]
     dev, dtype = scale["dev"], scale["dtype"]
     heads, kv_heads, head_dim, block_size = scale["heads"], scale["kv_heads"], scale["head_dim"], BLOCK_SIZE
-    baseline = load_prefill_baseline()
+    baseline = load_baseline()
     bw = measure_copy_bandwidth(dev, nbytes=(1 << 30) if dev == "cuda" else (1 << 24))
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s")
     for batch, ctx in scale["decode"]:
@@ -87,12 +88,12 @@ def main() -> None:
         t = device_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
-        if baseline is not None:
+        if "prefill" in baseline:
             args = (q, k_cache, v_cache, block_table, qsl, seq_lens)
-            today_and_baseline(scale, baseline, args, [qlen] * batch, flops)
+            prefill_today_and_baseline(scale, baseline["prefill"], args, [qlen] * batch, flops)
         prefill_sweep(scale, lambda tiles, **kw: paged_prefill_attention(
             q, k_cache, v_cache, block_table, qsl, seq_lens, tiles, head_dim**-0.5, **kw), [qlen] * batch, flops)  # fmt: skip
-    decode_in_graphs(scale, bw)
+    decode_in_graphs(scale, bw, baseline.get("decode"))
     matmuls(scale, bw)
     mixed_batch(scale)
     sampler(scale)
@@ -120,18 +121,24 @@ def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> N
         print(f"    {bm:3d}x{bn:<3d} {warps}w {stages}s: {' / '.join(rates)}")
 
 
-def load_prefill_baseline():
-    """The module given by ``--prefill-baseline FILE``, or None."""
-    if "--prefill-baseline" not in sys.argv:
-        return None
-    path = sys.argv[sys.argv.index("--prefill-baseline") + 1]
-    spec = importlib.util.spec_from_file_location("prefill_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_baseline() -> dict:
+    """``--baseline DIR``: {"prefill": module, "decode": module} for the kernel files found in DIR.
+    They import today's helpers (load_kv_tile and the rest), which must still take their calls."""
+    if "--baseline" not in sys.argv:
+        return {}
+    folder = Path(sys.argv[sys.argv.index("--baseline") + 1])
+    modules = {}
+    for name in ("prefill", "decode"):
+        path = folder / f"triton_{name}_attention.py"
+        if path.exists():
+            spec = importlib.util.spec_from_file_location(f"baseline_{name}_attention", path)
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
+    print(f"baseline kernels from {folder}: {', '.join(modules) or 'none found'}")
+    return modules
 
 
-def today_and_baseline(scale: dict, baseline, args: tuple, query_lens: list[int], flops: float) -> None:
+def prefill_today_and_baseline(scale: dict, baseline, args: tuple, query_lens: list[int], flops: float) -> None:
     """TFLOP/s of today's prefill kernel and the baseline's, each with its own defaults (tile shape,
     launch options, work list), replayed from graphs in turn, twice: A/B in one process."""
     head_dim = args[0].shape[-1]
@@ -185,10 +192,11 @@ def decode_batch(dev: str, batch: int, ctx: int, heads: int, kv_heads: int, head
     return q, k_cache, v_cache, block_table, seq_lens
 
 
-def decode_in_graphs(scale: dict, bw: float) -> None:
+def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
     """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
     batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
-    max_model_len), and the model's dtype against an FP8 cache at the largest batch."""
+    max_model_len), and the model's dtype against an FP8 cache at the largest batch (there, with a
+    baseline, today's kernel and the baseline's in turn, twice)."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     sms = num_sms(torch.device(dev, 0))
     cases = [(b, ctx, dtype, splits) for b, ctx, splits in scale["decode_in_graphs"]]
@@ -203,6 +211,13 @@ def decode_in_graphs(scale: dict, bw: float) -> None:
         rule = {n: num_kv_splits(batch, kv_heads, n, sms) for n in (2048, 40960)}
         print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
+        if baseline is not None and batch == b:
+            kernels, rates = (paged_decode_attention, baseline.paged_decode_attention), [[], []]
+            for _ in range(2):
+                for kernel, out in zip(kernels, rates):
+                    t = graph_time(lambda: kernel(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=split_counts[0]))
+                    out.append(f"{t * 1e6:.1f}")
+            print(f"    today / baseline, us in turn: {', '.join(rates[0])} / {', '.join(rates[1])}")
 
 
 def matmuls(scale: dict, bw: float) -> None:

@@ -10,11 +10,11 @@
 # a machine starts in ~30 s, so one call can hold several stages, e.g.
 # `TESTS_LIMIT=240 BENCH_LIMIT=150 bash scripts/gpu_checks.sh tests bench bench` (bench ran 98 s
 # on 2026-11-26), then `profile` in a second call.
-# To time a prefill kernel change against the version before it in the same run, save the old file
-# where git ignores it and carry it to the device: `mkdir -p .ab && git show REV:folovllm/attention/ops/
-# triton_prefill_attention.py > .ab/prefill_attention.py`, then `PREFILL_BASELINE=.ab/prefill_attention.py`
-# for `profile` (run's carry: [".ab"]). The old file imports today's helpers (load_kv_tile), so those
-# must still take its calls.
+# To time attention kernel changes against the versions before them in the same run, save the old
+# files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
+# and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
+# `BASELINE=.ab` for `profile` (run's carry: [".ab"]). The old files import today's helpers
+# (load_kv_tile and the rest), so those must still take their calls.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -46,7 +46,7 @@ for stage in $stages; do
                    && cp docs/benchmarks.md "$OUT/benchmarks$runs.md" && cp docs/roofline.png "$OUT/" ;;
         # bench_kernels first and longest: its sweeps decide the next changes (the prefill sweep alone
         # compiles 20 kernel variants and times 80 graphs; no sweep has been timed on a GPU yet)
-        profile) run kernels 240 $PY benchmarks/bench_kernels.py ${PREFILL_BASELINE:+--prefill-baseline "$PREFILL_BASELINE"}
+        profile) run kernels 240 $PY benchmarks/bench_kernels.py ${BASELINE:+--baseline "$BASELINE"}
                  run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                  run profile_tail 75 $PY benchmarks/profile_step.py tail
                  run profile_prefill 90 $PY benchmarks/profile_step.py prefill

@@ -49,9 +49,10 @@ def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
 # CPU size: a lent GPU's minutes are too few to find a script error there. (What each one prints
 # on the CPU is not a measurement.) Also the CPU-only views of profile_step.py.
 GPU_STAGE_SCRIPTS = {
-    # (today's prefill kernel as its own baseline: the A/B's plumbing, not a comparison)
-    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--prefill-baseline", "folovllm/attention/ops/triton_prefill_attention.py"],
-                      ["decode  B=", "prefill B=", "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first",
+    # (today's kernels as their own baseline: the A/B's plumbing, not a comparison)
+    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm/attention/ops"],
+                      ["baseline kernels from folovllm/attention/ops: prefill, decode", "decode  B=", "prefill B=",
+                       "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "mixed   1 x", "sampler B="]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
