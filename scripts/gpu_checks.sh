@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [bench] [profile] [fp8] [gptq] [chunked]     (default: tests bench)
+#   bash scripts/gpu_checks.sh [tests] [bench] [kernels] [views] [fp8] [gptq] [chunked]   (default: tests bench)
 #
-# Each stage has its own time limit and writes its output to $OUT (default: ./gpu_out), so a
-# stage that runs long costs only itself. `bench` rewrites its part of docs/benchmarks.md and
-# docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer stand-alone run).
-# A device call may run 600 s at most and a session has ~15 minutes of device time in all:
-# a machine starts in ~30 s, so one call can hold several stages, e.g.
-# `TESTS_LIMIT=240 BENCH_LIMIT=150 bash scripts/gpu_checks.sh tests bench bench` (bench ran 98 s
-# on 2026-11-26), then `profile` in a second call.
+# (`profile` = `kernels views`.) Each stage has its own time limit and writes its output to $OUT
+# (default: ./gpu_out), so a stage that runs long costs only itself. `bench` rewrites its part of
+# docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
+# stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
+# and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views.
+# A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
+# (~30 s) included. So a session's plan is two calls:
+#   1. `TESTS_LIMIT=240 BENCH_LIMIT=150 KERNELS_LIMIT=200 bash scripts/gpu_checks.sh tests bench kernels`
+#      (timeout 600; bench ran 98 s on 2026-11-26)
+#   2. `BENCH_LIMIT=150 bash scripts/gpu_checks.sh bench views` with what is left (~270 s): the
+#      second bench run checks the first reproduces; views runs its most wanted view (prefill) first.
 # To time attention kernel changes against the versions before them in the same run, save the old
 # files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
 # and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
-# `BASELINE=.ab` for `profile` (run's carry: [".ab"]). The old files import today's helpers
+# `BASELINE=.ab` for `kernels` (run's carry: [".ab"]). The old files import today's helpers
 # (load_kv_tile and the rest), so those must still take their calls.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 stages=${*:-tests bench}
+stages=${stages//profile/kernels views}
 runs=0
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # logs keep what ran before a time-out
 PY=${PYTHON:-python3}
@@ -44,13 +49,13 @@ for stage in $stages; do
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 \
                    && cp docs/benchmarks.md "$OUT/benchmarks$runs.md" && cp docs/roofline.png "$OUT/" ;;
-        # bench_kernels first and longest: its sweeps decide the next changes (the prefill sweep alone
-        # compiles 20 kernel variants and times 80 graphs; no sweep has been timed on a GPU yet)
-        profile) run kernels 240 $PY benchmarks/bench_kernels.py ${BASELINE:+--baseline "$BASELINE"}
-                 run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
-                 run profile_tail 75 $PY benchmarks/profile_step.py tail
-                 run profile_prefill 90 $PY benchmarks/profile_step.py prefill
-                 run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 540 s in all: one device call
+        # the sweeps decide the next changes (the prefill sweep alone compiles 20 kernel variants and
+        # times 80 graphs; no sweep has been timed on a GPU yet)
+        kernels) run kernels ${KERNELS_LIMIT:-240} $PY benchmarks/bench_kernels.py ${BASELINE:+--baseline "$BASELINE"} ;;
+        views) run profile_prefill 90 $PY benchmarks/profile_step.py prefill
+               run profile_tail 75 $PY benchmarks/profile_step.py tail
+               run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
+               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 300 s in all
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;
