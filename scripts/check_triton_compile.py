@@ -11,16 +11,23 @@ path. It then checks that values which change from step to step (block-table wid
 count, the sampler's seed, the batch size) reuse one compiled variant instead of compiling new
 ones inside requests. Exit status 1 lists what failed.
 
-    python scripts/check_triton_compile.py [--arch 90] [--resources]
+    python scripts/check_triton_compile.py [--arch 90] [--resources] [--loops [KERNEL,...]]
+
+``--loops`` prints, per compiled kernel (or those named, e.g. ``_prefill_kernel``), the SASS
+instructions of each loop body by opcode: a static count of what the SM issues per iteration, a
+proxy (not a timing) for changes to a kernel's inner loop when no GPU is at hand. (cuobjdump takes
+about half a second per kernel.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # must be gone before any kernel module is imported
@@ -56,7 +63,7 @@ class _TargetOnlyDriver:
 MAX_SHARED_BYTES = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
 
 
-def _compile_only(run, show_resources: bool, max_shared: int):
+def _compile_only(run, show_resources: bool, show_loops: list[str] | None, max_shared: int):
     def wrapped(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         if kernel.metadata.shared > max_shared:
@@ -65,13 +72,17 @@ def _compile_only(run, show_resources: bool, max_shared: int):
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
         if show_resources:
             print(f"    {self.__name__}: {_resource_usage(kernel.asm['cubin'])}")
+        if show_loops is not None and (not show_loops or self.__name__ in show_loops):
+            for i, body in enumerate(_loop_bodies(kernel.asm["cubin"])):
+                top = ", ".join(f"{op} {n}" for op, n in body.most_common(8))
+                print(f"    {self.__name__} loop {i}: {sum(body.values())} instructions ({top}, ...)")
         return kernel
 
     return wrapped
 
 
-def _resource_usage(cubin: bytes) -> str:
-    """Registers per thread and local memory (spills) of a compiled kernel, by the cuobjdump in Triton's wheel."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """The output of the cuobjdump in Triton's wheel for a compiled kernel."""
     import subprocess
     import tempfile
 
@@ -79,9 +90,28 @@ def _resource_usage(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
+
+
+def _resource_usage(cubin: bytes) -> str:
+    """Registers per thread and local memory (spills) of a compiled kernel."""
+    out = _cuobjdump(cubin, "--dump-resource-usage")
     fields = next((line.split() for line in out.splitlines() if "REG:" in line), [])
     return " ".join(x for x in fields if x.startswith(("REG:", "LOCAL:", "SHARED:"))) or "unknown"
+
+
+def _loop_bodies(cubin: bytes) -> list[Counter]:
+    """Opcode counts of each loop body in the kernel's SASS: the instructions from a backward
+    branch's target to the branch. (A loop nested in another is counted in both.)"""
+    lines = []  # (address, opcode, branch target or None)
+    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)([^;]*);", _cuobjdump(cubin, "-sass")):
+        target = re.search(r"0x([0-9a-f]+)", m[3]) if m[2] == "BRA" else None
+        lines.append((int(m[1], 16), m[2], int(target[1], 16) if target else None))
+    return [
+        Counter(op for a, op, _ in lines if target <= a <= addr)
+        for addr, _, target in lines
+        if target is not None and target < addr
+    ]
 
 
 def _attention_cases():
@@ -211,13 +241,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
     ap.add_argument("--resources", action="store_true", help="print registers and spills (LOCAL) of each kernel")
+    ap.add_argument("--loops", nargs="?", const="", help="print the SASS instructions of the loop bodies of every kernel, "
+                    "or of those named (comma-separated)")
     args = ap.parse_args()
     triton.runtime.driver.set_active(_TargetOnlyDriver(args.arch))
-    JITFunction.run = _compile_only(JITFunction.run, args.resources, MAX_SHARED_BYTES.get(args.arch, 232_448))
+    loops = None if args.loops is None else [name for name in args.loops.split(",") if name]
+    JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, MAX_SHARED_BYTES.get(args.arch, 232_448))
     failed, count, t0 = [], 0, time.perf_counter()
     for cases in (_attention_cases, _fused_cases, _sampler_cases, _gptq_cases):
         for name, call in cases():
-            if args.resources:
+            if args.resources or loops is not None:
                 print(name)
             count += 1
             try:

@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_kernel_variant_the_engine_uses_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "scripts/check_triton_compile.py", "--arch", "90"],
+    run = subprocess.run([sys.executable, "scripts/check_triton_compile.py", "--arch", "90", "--loops", "_prefill_kernel,_decode_stage1_kernel"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " of " in run.stdout and "FAILED" not in run.stdout
     assert run.stdout.count("0 new variant(s)") == 5, run.stdout[-2000:]  # widths x2, splits, sampler, GPTQ
+    # --loops read the SASS: prefill has an unmasked and a masked loop over key tiles, decode one
+    prefill = run.stdout.split("prefill attention (torch.bfloat16 q, torch.bfloat16 cache", 1)[1].split("\n")[1:3]
+    assert [line.split(":")[0].strip() for line in prefill] == ["_prefill_kernel loop 0", "_prefill_kernel loop 1"], prefill
+    assert "_decode_stage1_kernel loop 0: " in run.stdout
