@@ -11,19 +11,39 @@ from folovllm.core.kv_cache import BlockPool, FreeKVCacheBlockQueue, KVCacheBloc
 from folovllm.request import Sequence
 
 
+def _walk(q: FreeKVCacheBlockQueue) -> list[int]:
+    """The queue's block ids from the head, checked against the walk back from the tail."""
+    ids, block = [], q.head
+    while block is not None:
+        ids.append(block.block_id)
+        block = block.next_free_block
+    back, block = [], q.tail
+    while block is not None:
+        back.append(block.block_id)
+        block = block.prev_free_block
+    assert back[::-1] == ids and len(ids) == q.num_free_blocks
+    return ids
+
+
 def test_free_queue_pop_append_and_remove_from_the_middle():
     blocks = [KVCacheBlock(i) for i in range(5)]
     q = FreeKVCacheBlockQueue(blocks)
     q.remove(blocks[2])
-    assert q.num_free_blocks == 4
-    assert q.popleft().block_id == 0
-    q.append(blocks[2])
+    assert _walk(q) == [0, 1, 3, 4]
+    assert q.popleft_n(0) == [] and [b.block_id for b in q.popleft_n(1)] == [0]
+    q.append_n([blocks[2]])
     q.remove(blocks[4])  # the tail
-    assert [q.popleft().block_id for _ in range(3)] == [1, 3, 2]
-    with pytest.raises(ValueError):
-        q.popleft()
-    q.append(blocks[4])  # an emptied queue takes blocks again
-    assert q.popleft() is blocks[4] and q.num_free_blocks == 0
+    assert _walk(q) == [1, 3, 2]
+    taken = q.popleft_n(3)
+    assert [b.block_id for b in taken] == [1, 3, 2] and _walk(q) == [] and q.head is None
+    assert all(b.prev_free_block is None and b.next_free_block is None for b in taken)
+    with pytest.raises(ValueError, match="only 0 free"):
+        q.popleft_n(1)
+    q.append_n([])
+    q.append_n([blocks[4], blocks[0]])  # an emptied queue takes blocks again, in the order given
+    q.append_n([blocks[3]])
+    assert _walk(q) == [4, 0, 3]
+    assert [b.block_id for b in q.popleft_n(2)] == [4, 0] and _walk(q) == [3]
 
 
 def test_pool_ref_counts():

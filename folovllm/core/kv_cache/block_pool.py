@@ -37,7 +37,9 @@ class KVCacheBlock:
 
 
 class FreeKVCacheBlockQueue:
-    """Doubly linked list of free blocks: pop from the front, append at the back, remove anywhere."""
+    """Doubly linked list of free blocks: pop from the front, append at the back, remove anywhere.
+    Blocks come and go a request's worth at a time (vLLM's ``popleft_n`` / ``append_n``): one walk
+    over them, half the link updates of one block at a time."""
 
     def __init__(self, blocks: list[KVCacheBlock]) -> None:
         self.num_free_blocks = len(blocks)
@@ -47,12 +49,23 @@ class FreeKVCacheBlockQueue:
             prev.next_free_block = nxt
             nxt.prev_free_block = prev
 
-    def popleft(self) -> KVCacheBlock:
-        if self.head is None:
-            raise ValueError("no free blocks left")
+    def popleft_n(self, n: int) -> list[KVCacheBlock]:
+        """The first ``n`` blocks, in order, unlinked."""
+        if n > self.num_free_blocks:
+            raise ValueError(f"cannot take {n} blocks: only {self.num_free_blocks} free")
+        out = []
         block = self.head
-        self.remove(block)
-        return block
+        for _ in range(n):
+            out.append(block)
+            block.prev_free_block, block = None, block.next_free_block
+            out[-1].next_free_block = None
+        self.head = block
+        if block is None:
+            self.tail = None
+        else:
+            block.prev_free_block = None
+        self.num_free_blocks -= n
+        return out
 
     def remove(self, block: KVCacheBlock) -> None:
         if block.prev_free_block is not None:
@@ -66,15 +79,20 @@ class FreeKVCacheBlockQueue:
         block.prev_free_block = block.next_free_block = None
         self.num_free_blocks -= 1
 
-    def append(self, block: KVCacheBlock) -> None:
-        block.prev_free_block = self.tail
-        block.next_free_block = None
-        if self.tail is not None:
-            self.tail.next_free_block = block
-        else:
-            self.head = block
-        self.tail = block
-        self.num_free_blocks += 1
+    def append_n(self, blocks: list[KVCacheBlock]) -> None:
+        """Link ``blocks`` at the back, in order."""
+        last = self.tail
+        for block in blocks:
+            block.prev_free_block = last
+            if last is None:
+                self.head = block
+            else:
+                last.next_free_block = block
+            last = block
+        if blocks:
+            last.next_free_block = None
+            self.tail = last
+            self.num_free_blocks += len(blocks)
 
 
 class BlockPool:
@@ -104,13 +122,11 @@ class BlockPool:
         """Take blocks from the front of the free queue, evicting whatever they cached."""
         if num_blocks > self.get_num_free_blocks():
             raise ValueError(f"cannot take {num_blocks} blocks: only {self.get_num_free_blocks()} free")
-        out = []
-        for _ in range(num_blocks):
-            block = self.free_block_queue.popleft()
+        out = self.free_block_queue.popleft_n(num_blocks)
+        for block in out:
             if block.block_hash is not None:
                 self._evict(block)
             block.ref_cnt += 1
-            out.append(block)
         return out
 
     def cache_full_blocks(self, blocks: list[KVCacheBlock], block_hashes: list[BlockHash], num_cached_blocks: int, num_full_blocks: int) -> None:
@@ -132,10 +148,12 @@ class BlockPool:
 
         The order given is the eviction order among them: the first freed is the first evicted.
         """
+        unused = []
         for block in ordered_blocks:
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                self.free_block_queue.append(block)
+                unused.append(block)
+        self.free_block_queue.append_n(unused)
 
     def evict_cached_blocks(self) -> None:
         """Forget every cached hash; blocks in use stay with their owners, just no longer shared."""
