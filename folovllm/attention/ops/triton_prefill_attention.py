@@ -83,8 +83,8 @@ def _prefill_kernel(
     q_pos = context_before + offs_m
 
     # Causal: this tile's last query sees keys up to its own position. Key tiles that end before
-    # its first query position are visible to every row and need no mask; only the tiles on the
-    # diagonal (at most BLOCK_M / BLOCK_N + 1 of them) do.
+    # its first query position are visible to every row and need no mask; only the tiles that
+    # overlap the diagonal do.
     end = tl.minimum(seq_len, context_before + (m_block + 1) * BLOCK_M)
     end = tl.where(m_block * BLOCK_M < query_len, end, 0)
     unmasked_end = tl.minimum((context_before + m_block * BLOCK_M) // BLOCK_N * BLOCK_N, end)

@@ -39,7 +39,7 @@ class KVCacheBlock:
 class FreeKVCacheBlockQueue:
     """Doubly linked list of free blocks: pop from the front, append at the back, remove anywhere.
     Blocks come and go a request's worth at a time (vLLM's ``popleft_n`` / ``append_n``): one walk
-    over them, half the link updates of one block at a time."""
+    over them, rather than a call and a relink of both neighbours per block."""
 
     def __init__(self, blocks: list[KVCacheBlock]) -> None:
         self.num_free_blocks = len(blocks)
@@ -57,8 +57,9 @@ class FreeKVCacheBlockQueue:
         block = self.head
         for _ in range(n):
             out.append(block)
-            block.prev_free_block, block = None, block.next_free_block
-            out[-1].next_free_block = None
+            nxt = block.next_free_block
+            block.prev_free_block = block.next_free_block = None
+            block = nxt
         self.head = block
         if block is None:
             self.tail = None
