@@ -204,8 +204,8 @@ def decode_batch(dev: str, batch: int, ctx: int, heads: int, kv_heads: int, head
 def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
     """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
     batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
-    max_model_len), and the model's dtype against an FP8 cache at the largest batch (there, with a
-    baseline, today's kernel and the baseline's in turn, twice)."""
+    max_model_len), and the model's dtype against an FP8 cache at the largest batch (the FP8 cache
+    also with one pipeline stage; with a baseline, today's kernel and the baseline's in turn, twice)."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     sms = num_sms(torch.device(dev, 0))
     cases = [(b, ctx, dtype, splits) for b, ctx, splits in scale["decode_in_graphs"]]
@@ -220,6 +220,10 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         rule = {n: num_kv_splits(batch, kv_heads, n, sms) for n in (2048, 40960)}
         print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
+        if cache_dtype == torch.float8_e4m3fn:  # one stage: a shorter loop (583 SASS instructions against 754), loads not pipelined
+            t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
+                                                          num_kv_splits=split_counts[0], num_stages=1))  # fmt: skip
+            print(f"    1 pipeline stage instead of 2: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
         if baseline is not None and batch == b:
             kernels, rates = (paged_decode_attention, baseline.paged_decode_attention), [[], []]
             for _ in range(2):

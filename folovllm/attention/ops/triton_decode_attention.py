@@ -143,8 +143,10 @@ def paged_decode_attention(
     scale: float,
     num_kv_splits: int = 1,
     out: torch.Tensor | None = None,
+    num_stages: int = 2,
 ) -> torch.Tensor:
-    """q: [B, H, D] (one token per sequence) -> [B, H, D]."""
+    """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``num_stages`` other than 2 is for
+    ``bench_kernels.py`` (an FP8 cache compiles to a shorter loop without the pipelined loads)."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -166,7 +168,7 @@ def paged_decode_attention(
         PAGE_SIZE=page_size, BLOCK_N=64 if page_size <= 64 else page_size,
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
-        num_warps=4, num_stages=2,
+        num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     if num_kv_splits > 1:
         _decode_stage2_kernel[(num_seqs * num_heads,)](
