@@ -6,6 +6,9 @@ import triton
 import triton.language as tl
 
 
+_TRITON_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
 def kv_compute_dtype(q_dtype: torch.dtype, cache_dtype: torch.dtype):
     """The dtype the kernels multiply queries, keys and values in: the query's, except beside an FP8
     cache in a bfloat16 model, which computes in float16. e4m3 converts to float16 exactly, two
@@ -15,7 +18,7 @@ def kv_compute_dtype(q_dtype: torch.dtype, cache_dtype: torch.dtype):
     probabilities than bfloat16 does."""
     if cache_dtype == torch.float8_e4m3fn and q_dtype == torch.bfloat16:
         return tl.float16
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[q_dtype]
+    return _TRITON_DTYPES[q_dtype]
 
 
 @triton.jit
