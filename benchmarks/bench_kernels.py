@@ -48,13 +48,14 @@ SCALES = {
         decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)), (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 8, 32, 64, 128, 256),
+        fp8_decode_variants=[(64, 2), (64, 1), (128, 2), (128, 1)],  # (BLOCK_N, num_stages); the engine's: 64, 2
         mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
         vocab=151_936, sampler_batches=(1, 8, 64, 256),
     ),
     "smoke": dict(
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
-        decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))],
+        decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1), (32, 2)],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4),
         mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
     ),
@@ -205,7 +206,8 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
     """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
     batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
     max_model_len), and the model's dtype against an FP8 cache at the largest batch (the FP8 cache
-    also with one pipeline stage; with a baseline, today's kernel and the baseline's in turn, twice)."""
+    also by keys per iteration and pipeline stages; with a baseline, today's kernel and the
+    baseline's in turn, twice)."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     sms = num_sms(torch.device(dev, 0))
     cases = [(b, ctx, dtype, splits) for b, ctx, splits in scale["decode_in_graphs"]]
@@ -220,10 +222,15 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         rule = {n: num_kv_splits(batch, kv_heads, n, sms) for n in (2048, 40960)}
         print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
-        if cache_dtype == torch.float8_e4m3fn:  # one stage: a shorter loop (583 SASS instructions against 754), loads not pipelined
-            t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
-                                                          num_kv_splits=split_counts[0], num_stages=1))  # fmt: skip
-            print(f"    1 pipeline stage instead of 2: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
+        if cache_dtype == torch.float8_e4m3fn:
+            # SASS instructions per 64 keys (x warps): 3016 as the engine runs it (64 keys, 2 stages),
+            # 2332 with 1 stage, 2808 with 128 keys, 2086 with both (loads then not pipelined)
+            row = []
+            for block_n, stages in scale["fp8_decode_variants"]:
+                t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
+                                                              num_kv_splits=split_counts[0], num_stages=stages, block_n=block_n))  # fmt: skip
+                row.append(f"{block_n} keys x {stages}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
+            print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
         if baseline is not None and batch == b:
             kernels, rates = (paged_decode_attention, baseline.paged_decode_attention), [[], []]
             for _ in range(2):

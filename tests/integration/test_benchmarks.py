@@ -52,7 +52,7 @@ GPU_STAGE_SCRIPTS = {
     # (today's kernels as their own baseline: the A/B's plumbing, not a comparison)
     "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm/attention/ops"],
                       ["baseline kernels from folovllm/attention/ops: prefill, decode", "decode  B=", "prefill B=",
-                       "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "1 pipeline stage instead of 2: ",
+                       "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "mixed   1 x", "sampler B="]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),

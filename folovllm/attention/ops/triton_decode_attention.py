@@ -144,9 +144,11 @@ def paged_decode_attention(
     num_kv_splits: int = 1,
     out: torch.Tensor | None = None,
     num_stages: int = 2,
+    block_n: int | None = None,
 ) -> torch.Tensor:
-    """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``num_stages`` other than 2 is for
-    ``bench_kernels.py`` (an FP8 cache compiles to a shorter loop without the pipelined loads)."""
+    """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``num_stages`` and ``block_n`` (keys per
+    iteration, a multiple of the page size) other than the defaults are for ``bench_kernels.py``:
+    an FP8 cache compiles to fewer instructions per key with longer tiles and no pipelined loads."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -165,7 +167,7 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        PAGE_SIZE=page_size, BLOCK_N=64 if page_size <= 64 else page_size,
+        PAGE_SIZE=page_size, BLOCK_N=block_n or (64 if page_size <= 64 else page_size),
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
         num_warps=4, num_stages=num_stages,
