@@ -1,8 +1,9 @@
-"""Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill, by
-tile shape, warps, pipeline stages and work-list order), decode attention replayed from a CUDA
-graph (split-K factors at batch 1, bf16 against an FP8 cache at batch 256), Qwen3-0.6B's matmuls
-at decode batch sizes against one read of their weights, a mixed batch through the prefill
-kernel's work list, and the fused sampler with and without vocabulary splits.
+"""Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
+decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
+at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
+decode batch sizes against one read of their weights (cuBLAS and cuBLASLt), a mixed batch through
+the prefill kernel's work list, the fused sampler with and without vocabulary splits, and last,
+the longest: the prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
