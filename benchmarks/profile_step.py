@@ -280,10 +280,13 @@ def prefill(runs: int = 5) -> None:
     if graphs is not None:
         graphs.mixed_sizes = modes[0][1]
     n = lengths[1]
+    runner = llm.llm_engine.executor.worker.model_runner
     parts, undo = _time_calls([
         ("check the prompt, hash its blocks", llm.llm_engine, "_make_request"),
         ("schedule (twice: the prompt, then nothing)", llm.llm_engine.scheduler, "schedule"),
         ("worker: inputs to the device, launch", llm.llm_engine.executor, "execute_model"),
+        ("  of which the step's inputs (numpy, copies)", runner, "_prepare_inputs"),
+        ("  of which the forward (graph replay)" if graphs else "  of which the forward (launches)", runner, "_forward"),
         ("wait for the sampled token", AsyncGPUModelRunnerOutput, "get"),
         ("the step's results (the wait included)", llm.llm_engine, "_process"),
     ])  # fmt: skip
@@ -293,7 +296,7 @@ def prefill(runs: int = 5) -> None:
         llm.reset_prefix_cache()
         wall += timed(device, functools.partial(llm.generate, prompt, params, use_tqdm=False))
     undo()
-    outside = wall - sum(secs for label, secs in parts.items() if not label.startswith("wait"))
+    outside = wall - sum(secs for label, secs in parts.items() if not label.startswith(("wait", "  of which")))
     print(f"where a {n}-token one-token request's {wall / len(prompts) * 1e3:.2f} ms go "
           f"(mean of {len(prompts)}, {'graphs on' if graphs else 'no graphs'}):")  # fmt: skip
     for label, secs in [*parts.items(), ("the rest of generate()", outside)]:
