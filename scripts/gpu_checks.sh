@@ -10,8 +10,8 @@
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views.
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s) included. So a session's plan is two calls:
-#   1. `TESTS_LIMIT=240 BENCH_LIMIT=150 KERNELS_LIMIT=200 bash scripts/gpu_checks.sh tests bench kernels`
-#      (timeout 600; bench ran 98 s on 2026-11-26)
+#   1. `BASELINE=.ab TESTS_LIMIT=240 BENCH_LIMIT=150 KERNELS_LIMIT=200 bash scripts/gpu_checks.sh tests
+#      bench kernels` (timeout 600; bench ran 98 s on 2026-11-26; BASELINE: see below)
 #   2. `BENCH_LIMIT=150 bash scripts/gpu_checks.sh bench views` with what is left (~270 s): the
 #      second bench run checks the first reproduces; views runs its most wanted view (prefill) first.
 # To time attention kernel changes against the versions before them in the same run, save the old
