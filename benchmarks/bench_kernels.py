@@ -15,6 +15,7 @@ the longest: the prefill kernel by tile shape, warps, pipeline stages and work-l
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -152,15 +153,24 @@ def load_baseline() -> dict:
 
 def prefill_today_and_baseline(scale: dict, baseline, args: tuple, query_lens: list[int], flops: float) -> None:
     """TFLOP/s of today's prefill kernel and the baseline's, each with its own defaults (tile shape,
-    launch options, work list), replayed from graphs in turn, twice: A/B in one process."""
+    launch options, work list)."""
     head_dim = args[0].shape[-1]
-    rates = [[], []]
+    calls = []
+    for module in (sys.modules[paged_prefill_attention.__module__], baseline):
+        tiles = torch.from_numpy(module.prefill_tiles(query_lens, module.prefill_block_sizes(head_dim)[0])).to(scale["dev"])
+        calls.append(functools.partial(module.paged_prefill_attention, *args, tiles, head_dim**-0.5))
+    rates = [", ".join(f"{flops / t / 1e12:.0f}" for t in times) for times in in_turn(calls, reps=10)]
+    print(f"    today / baseline, TFLOP/s in turn: {rates[0]} / {rates[1]}")
+
+
+def in_turn(calls: list, reps: int = 50) -> list[list[float]]:
+    """Seconds per call of each of ``calls`` (today's kernel, the baseline's), each replayed from a
+    graph, in turn, twice: an A/B in one process, so both see the same machine."""
+    times = [[] for _ in calls]
     for _ in range(2):
-        for module, out in zip((sys.modules[paged_prefill_attention.__module__], baseline), rates):
-            tiles = torch.from_numpy(module.prefill_tiles(query_lens, module.prefill_block_sizes(head_dim)[0])).to(scale["dev"])
-            t = graph_time(lambda: module.paged_prefill_attention(*args, tiles, head_dim**-0.5), reps=10)
-            out.append(f"{flops / t / 1e12:.0f}")
-    print(f"    today / baseline, TFLOP/s in turn: {', '.join(rates[0])} / {', '.join(rates[1])}")
+        for call, out in zip(calls, times):
+            out.append(graph_time(call, reps=reps))
+    return times
 
 
 def device_time(fn) -> float:
@@ -234,12 +244,10 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
                 row.append(f"{block_n} keys x {stages}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
             print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
         if baseline is not None and batch == b:
-            kernels, rates = (paged_decode_attention, baseline.paged_decode_attention), [[], []]
-            for _ in range(2):
-                for kernel, out in zip(kernels, rates):
-                    t = graph_time(lambda: kernel(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=split_counts[0]))
-                    out.append(f"{t * 1e6:.1f}")
-            print(f"    today / baseline, us in turn: {', '.join(rates[0])} / {', '.join(rates[1])}")
+            calls = [functools.partial(kernel, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=split_counts[0])
+                     for kernel in (paged_decode_attention, baseline.paged_decode_attention)]  # fmt: skip
+            us = [", ".join(f"{t * 1e6:.1f}" for t in times) for times in in_turn(calls)]
+            print(f"    today / baseline, us in turn: {us[0]} / {us[1]}")
 
 
 def matmuls(scale: dict, bw: float) -> None:
