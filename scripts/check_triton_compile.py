@@ -13,6 +13,8 @@ ones inside requests. Exit status 1 lists what failed.
 
     python scripts/check_triton_compile.py [--arch 90] [--resources] [--loops [KERNEL,...]]
 
+``--resources`` prints each compiled kernel's registers, spills and shared memory, and how many of
+its programs one SM holds at once (CUDA's occupancy rules): whether a grid runs in one wave.
 ``--loops`` prints, per compiled kernel (or those named, e.g. ``_prefill_kernel``), the SASS
 instructions of each loop body by opcode: a static count of what the SM issues per iteration, a
 proxy (not a timing) for changes to a kernel's inner loop when no GPU is at hand. (cuobjdump takes
@@ -61,17 +63,31 @@ class _TargetOnlyDriver:
 
 # Shared memory one block may opt into, per compute capability: a kernel over it compiles but fails to launch.
 MAX_SHARED_BYTES = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+# What one SM holds, per compute capability: registers, shared memory, warps, blocks (CUDA's occupancy limits).
+SM_LIMITS = {80: (65_536, 167_936, 64, 32), 86: (65_536, 102_400, 48, 16), 89: (65_536, 102_400, 48, 24), 90: (65_536, 233_472, 64, 32)}
 
 
-def _compile_only(run, show_resources: bool, show_loops: list[str] | None, max_shared: int):
+def programs_per_sm(regs: int, num_warps: int, shared: int, arch: int) -> int:
+    """How many programs of a compiled kernel run on one SM at once. Registers are handed to warps
+    in units of 256, and every block takes 1 KiB of shared memory beside its own."""
+    sm_regs, sm_shared, sm_warps, sm_blocks = SM_LIMITS.get(arch, SM_LIMITS[90])
+    regs_per_warp = -(-regs * 32 // 256) * 256
+    return min(sm_regs // (regs_per_warp * num_warps), sm_shared // (shared + 1024), sm_warps // num_warps, sm_blocks)
+
+
+def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch: int):
     def wrapped(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        max_shared = MAX_SHARED_BYTES.get(arch, 232_448)
         if kernel.metadata.shared > max_shared:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
         if show_resources:
-            print(f"    {self.__name__}: {_resource_usage(kernel.asm['cubin'])}")
+            regs, local = _resource_usage(kernel.asm["cubin"])
+            md = kernel.metadata
+            print(f"    {self.__name__}: {regs} registers, {local} bytes of local memory (spills), {md.shared} bytes of "
+                  f"shared memory, {md.num_warps} warps: {programs_per_sm(regs, md.num_warps, md.shared, arch)} program(s) per SM")
         if show_loops is not None and (not show_loops or self.__name__ in show_loops):
             for i, body in enumerate(_loop_bodies(kernel.asm["cubin"])):
                 top = ", ".join(f"{op} {n}" for op, n in body.most_common(8))
@@ -93,11 +109,11 @@ def _cuobjdump(cubin: bytes, flag: str) -> str:
         return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
 
 
-def _resource_usage(cubin: bytes) -> str:
-    """Registers per thread and local memory (spills) of a compiled kernel."""
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """Registers per thread and bytes of local memory (spills) of a compiled kernel. (cuobjdump's
+    SHARED is only the static part; Triton's kernels ask for theirs at launch: metadata.shared.)"""
     out = _cuobjdump(cubin, "--dump-resource-usage")
-    fields = next((line.split() for line in out.splitlines() if "REG:" in line), [])
-    return " ".join(x for x in fields if x.startswith(("REG:", "LOCAL:", "SHARED:"))) or "unknown"
+    return int(re.search(r"REG:(\d+)", out)[1]), int(re.search(r"LOCAL:(\d+)", out)[1])
 
 
 def _loop_bodies(cubin: bytes) -> list[Counter]:
@@ -240,13 +256,14 @@ def _per_step_value_cases():
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100)")
-    ap.add_argument("--resources", action="store_true", help="print registers and spills (LOCAL) of each kernel")
+    ap.add_argument("--resources", action="store_true", help="print each kernel's registers, spills, shared memory and "
+                    "how many of its programs an SM holds")
     ap.add_argument("--loops", nargs="?", const="", help="print the SASS instructions of the loop bodies of every kernel, "
                     "or of those named (comma-separated)")
     args = ap.parse_args()
     triton.runtime.driver.set_active(_TargetOnlyDriver(args.arch))
     loops = None if args.loops is None else [name for name in args.loops.split(",") if name]
-    JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, MAX_SHARED_BYTES.get(args.arch, 232_448))
+    JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, args.arch)
     failed, count, t0 = [], 0, time.perf_counter()
     for cases in (_attention_cases, _fused_cases, _sampler_cases, _gptq_cases):
         for name, call in cases():

@@ -31,3 +31,15 @@ def test_every_kernel_variant_the_engine_uses_compiles_for_sm90():
     prefill = run.stdout.split("prefill attention (torch.bfloat16 q, torch.bfloat16 cache", 1)[1].split("\n")[1:3]
     assert [line.split(":")[0].strip() for line in prefill] == ["_prefill_kernel loop 0", "_prefill_kernel loop 1"], prefill
     assert "_decode_stage1_kernel loop 0: " in run.stdout
+
+
+def test_programs_per_sm_follows_cudas_occupancy_rules():
+    # (registers, warps, dynamic shared bytes): registers go to warps in units of 256 (65 a thread ->
+    # 2,304 a warp: 28 one-warp programs, not 31); every block also takes 1 KiB of shared memory (two
+    # blocks of 113.5 KiB would fit in 228 KiB without it); 64 warps and 32 blocks at most on sm_90.
+    cases = "(218, 4, 81920), (166, 4, 45056), (147, 8, 81920), (96, 4, 38912), (40, 4, 116224), (65, 1, 0), (32, 1, 0)"
+    code = f"from check_triton_compile import programs_per_sm as f; print([f(*c, 90) for c in [{cases}]])"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "scripts", env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[2, 3, 1, 5, 1, 28, 32]"
