@@ -21,7 +21,9 @@
 (g) the FP8 KV cache against the bf16 one on workload (a), greedy: tok/s and agreement (``bench_fp8_kv.py``).
 
 Warm-up and graph capture stay outside every timed region, except in the
-start-up and first-request rows, which measure exactly them.
+start-up and first-request rows, which measure exactly them. Interrupted
+(Ctrl-C, or a time limit's SIGINT) during (c), (e), (f) or (g), the run stops
+there and still writes what it measured, saying where it was cut.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import functools
 import gc
 import random
 import re
+import signal
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -85,6 +89,20 @@ def ttft(llm, device: str, prompt: list[int]) -> float:
 def ms_spread(secs: list[float]) -> str:
     s = sorted(secs)
     return f"{s[len(s) // 2] * 1e3:.2f} ms ({len(s)} runs, {s[0] * 1e3:.2f}-{s[-1] * 1e3:.2f})"
+
+
+def run_until_interrupted(parts: list[tuple[str, Callable[[], Any]]]) -> tuple[dict[str, Any], str | None]:
+    """Run each ``(name, measure)`` in turn until one is interrupted (Ctrl-C, or the SIGINT that
+    ``scripts/gpu_checks.sh`` sends at a stage's time limit). Returns the results of those that
+    finished, by name, and the name of the interrupted one (None if none was)."""
+    done = {}
+    for name, measure in parts:
+        print(f"measuring {name} ...", flush=True)
+        try:
+            done[name] = measure()
+        except KeyboardInterrupt:
+            return done, name
+    return done, None
 
 
 def write_section(path: Path, text: str) -> None:
@@ -180,28 +198,18 @@ def main() -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    # (c) HF
-    hf_tput = None
-    if not args.skip_hf and not args.smoke:
+    # (c), (e), (f), (g): each its own engine(s). A time limit's SIGINT stops the run there, and
+    # what was measured before it is still written.
+    def hf() -> float:
         hf_secs, hf_tokens = hf_generate_throughput(model, wl, device, torch.bfloat16, args.hf_batch_size)
-        hf_tput = hf_tokens / hf_secs
+        return hf_tokens / hf_secs
 
-    # (e) prefix caching
-    prefix_rows = []
-    if args.prefix_runs and not args.smoke:
-        prefix_rows = compare_prefix_caching(model, device, PREFIX_SCALES["gpu"], args.prefix_runs, vocab)
-
-    # (f) GPTQ
-    gptq_lines = compare_gptq(get_checkpoint(None, args.gptq, device), device, 3, 128) if args.gptq != "none" else []
-
-    # (g) FP8 KV cache
-    fp8_lines = []
-    if args.fp8_runs:
+    def fp8_kv() -> list[str]:
         fp8_scale = dict(num_seqs=scale["num_seqs"], max_in=max_len, max_out=max_len)
         base_secs, base, base_lp, tokens = bench_fp8_kv.run(model, device, "auto", fp8_scale, args.fp8_runs)
         fp8_secs, fp8, fp8_lp, _ = bench_fp8_kv.run(model, device, "fp8", fp8_scale, args.fp8_runs)
         same, prefix, delta = bench_fp8_kv.agreement(base, fp8, base_lp, fp8_lp)
-        fp8_lines = [
+        return [
             f"(g) KV cache dtype on workload (a), greedy, {args.fp8_runs} run(s) each: "
             f"auto {tokens / base_secs[len(base_secs) // 2]:,.0f} output tok/s ({median_and_spread(base_secs)}), "
             f"fp8 {tokens / fp8_secs[len(fp8_secs) // 2]:,.0f} output tok/s ({median_and_spread(fp8_secs)}); "
@@ -210,6 +218,20 @@ def main() -> None:
             "(random weights: a lower bound for a trained model). The timed runs ask for no logprobs.",
             "",
         ]
+
+    parts = [
+        ("(c) HF generate", hf, not args.skip_hf and not args.smoke),
+        ("(e) prefix caching", lambda: compare_prefix_caching(model, device, PREFIX_SCALES["gpu"], args.prefix_runs, vocab),
+         args.prefix_runs and not args.smoke),
+        ("(f) GPTQ", lambda: compare_gptq(get_checkpoint(None, args.gptq, device), device, 3, 128), args.gptq != "none"),
+        ("(g) FP8 KV cache", fp8_kv, args.fp8_runs),
+    ]  # fmt: skip
+    done, cut = run_until_interrupted([(name, measure) for name, measure, wanted in parts if wanted])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # measuring is over: a late SIGINT must not cost the report
+    hf_tput = done.get("(c) HF generate")
+    prefix_rows = done.get("(e) prefix caching", [])
+    gptq_lines = done.get("(f) GPTQ", [])
+    fp8_lines = done.get("(g) FP8 KV cache", [])
 
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -275,9 +297,11 @@ def main() -> None:
         ]  # fmt: skip
     if gptq_lines:
         lines += [f"(f) GPTQ, random weights with {args.gptq}'s config, RTN 4-bit group 128, against bf16:", "", *gptq_lines]
-    else:
+    elif args.gptq == "none":
         lines += ["(f) GPTQ: not run (`--gptq qwen3-8b` runs it).", ""]
     lines += fp8_lines
+    if cut:
+        lines += [f"**This run was cut short by a time limit during {cut}**: that part and the ones after it did not run.", ""]
     text = "\n".join(lines)
     print(text, flush=True)
     write_section(out_path, text)

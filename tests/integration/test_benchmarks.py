@@ -29,6 +29,20 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_bench_all_run_cut_by_a_time_limit_keeps_what_it_measured():
+    """gpu_checks.sh stops a stage with SIGINT at its time limit: the parts measured before it are kept."""
+    from benchmarks.bench_all import run_until_interrupted
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    ran = []
+    parts = [("(c)", lambda: 1.5), ("(e)", interrupted), ("(g)", lambda: ran.append("(g)"))]
+    assert run_until_interrupted(parts) == ({"(c)": 1.5}, "(e)")
+    assert ran == []  # nothing runs after the interruption
+    assert run_until_interrupted(parts[:1] + parts[2:]) == ({"(c)": 1.5, "(g)": None}, None)
+
+
 def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
     """TTFT and throughput runs repeat their prompts: a prefix-cache hit would time less work."""
     from benchmarks.bench_all import ttft
