@@ -43,3 +43,14 @@ def test_programs_per_sm_follows_cudas_occupancy_rules():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "scripts", env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[2, 3, 1, 5, 1, 28, 32]"
+
+
+@pytest.mark.parametrize("preset", [None, "0"])
+def test_importing_folovllm_keeps_tritons_fused_multiply_adds_unless_the_user_chose(preset):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_FP_FUSION"}
+    if preset is not None:
+        env["TRITON_DEFAULT_FP_FUSION"] = preset
+    code = "import os, folovllm; print(os.environ['TRITON_DEFAULT_FP_FUSION'])"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == (preset or "1")
