@@ -15,8 +15,8 @@ import os
 
 # Triton 3.9 warns that from 3.10 on its kernels compile without fused multiply-adds unless a
 # launch asks for them; FoloVLLM's kernels are written with them in mind (the prefill softmax's
-# scale joins its subtraction as one FMA). Keep them, unless the user chose otherwise (vLLM sets
-# such process defaults the same way, in its env_override.py).
+# scale joins its subtraction as one FMA). Keep them, unless the user chose otherwise. (vLLM's
+# env_override.py also sets other libraries' process-wide defaults when it is imported.)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from folovllm.logger import configure_logging
