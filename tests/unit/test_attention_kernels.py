@@ -128,7 +128,6 @@ def test_prefill_attention_matches_reference(block_size, num_heads, num_kv_heads
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
 
 
-
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (16, 32), (32, 16)])
 def test_prefill_attention_masks_only_what_it_must_for_any_tile_shape(block_m, block_n):
     """Key tiles before a query tile's first position run unmasked, the diagonal ones masked; the
@@ -143,6 +142,7 @@ def test_prefill_attention_masks_only_what_it_must_for_any_tile_shape(block_m, b
         _tiles(query_lens, block_m), 0.25, block_m=block_m, block_n=block_n,
     )  # fmt: skip
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+
 
 def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
     import itertools
