@@ -260,8 +260,10 @@ def matmuls(scale: dict, bw: float) -> None:
 
     dev, dtype = scale["dev"], scale["dtype"]
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
+    one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
+        library_best = float("inf")  # at one row
         for library in libraries:
             before = torch.backends.cuda.preferred_blas_library() if dev == "cuda" else None
             if before is not None:
@@ -271,6 +273,8 @@ def matmuls(scale: dict, bw: float) -> None:
                 x = torch.randn(m, k, dtype=dtype, device=dev)
                 t = graph_time(lambda: F.linear(x, w))
                 row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
+                if m == 1:
+                    library_best = min(library_best, t)
             if before is not None:
                 torch.backends.cuda.preferred_blas_library(before)
             print(f"matmul {name:8s} {n}x{k} {library:8s} in a graph, time (weight bytes / time as a share of copy bandwidth): "
@@ -284,8 +288,11 @@ def matmuls(scale: dict, bw: float) -> None:
                 times[config] = graph_time(lambda: candidate_gemv.gemv(x, w, config))
             best = min(times, key=times.get)
             row.append(f"M={m}: {times[best] * 1e6:.1f} us ({w.numel() * w.element_size() / times[best] / bw:.0%}) at {best}")
+            if m == 1 and times[best] < library_best:
+                one_row_wins[(n, k)] = best
         print(f"matmul {name:8s} {n}x{k} candidate GEMV (benchmarks/candidate_gemv.py), best of its configurations "
               f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}")  # fmt: skip
+    print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
 
 
 def mixed_batch(scale: dict) -> None:
