@@ -14,6 +14,10 @@
 #      bench kernels` (timeout 600; bench ran 98 s on 2026-11-26; BASELINE: see below)
 #   2. `BENCH_LIMIT=150 bash scripts/gpu_checks.sh bench views` with what is left (~270 s): the
 #      second bench run checks the first reproduces; views runs its most wanted view (prefill) first.
+#      If call 1's sweeps changed a default (prefill tile, decode split rule, FP8 keys per iteration,
+#      the one-row GEMV), call 2's bench measures the engine with the change instead. Reading call 1
+#      takes minutes, by which time the machine has gone back (30 s idle): call 2 starts a fresh one
+#      (~30 s more of the budget), so plan ~200 s for it.
 # To time attention kernel changes against the versions before them in the same run, save the old
 # files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
 # and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
