@@ -120,9 +120,8 @@ class BlockPool:
             block.ref_cnt += 1
 
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
-        """Take blocks from the front of the free queue, evicting whatever they cached."""
-        if num_blocks > self.get_num_free_blocks():
-            raise ValueError(f"cannot take {num_blocks} blocks: only {self.get_num_free_blocks()} free")
+        """Take blocks from the front of the free queue, evicting whatever they cached. More than
+        are free: ValueError (from ``popleft_n``, before anything is taken)."""
         out = self.free_block_queue.popleft_n(num_blocks)
         for block in out:
             if block.block_hash is not None:
