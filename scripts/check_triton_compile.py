@@ -76,9 +76,10 @@ def programs_per_sm(regs: int, num_warps: int, shared: int, arch: int) -> int:
 
 
 def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch: int):
+    max_shared = MAX_SHARED_BYTES.get(arch, 232_448)
+
     def wrapped(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        max_shared = MAX_SHARED_BYTES.get(arch, 232_448)
         if kernel.metadata.shared > max_shared:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
