@@ -193,6 +193,7 @@ def graph_time(fn, reps: int = 50) -> float:
     if not torch.cuda.is_available():
         return wall_time(fn)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs may still be being written on the default stream
     with torch.cuda.stream(stream):
         fn()  # compile and allocate outside the capture
     torch.cuda.synchronize()

@@ -9,6 +9,11 @@ from tests.integration.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+# A fixed KV cache of 4,096 blocks (64k tokens) for the tiny models. A share of an 80 GB card would
+# hold millions of their small blocks, and building that many Python block objects took most of
+# each test's time (an FP8 cache of "gqa2", 2 KiB a block, at 0.3 of the card: ~12 million).
+SMALL_KV_CACHE = dict(num_gpu_blocks_override=4096)
+
 
 @pytest.fixture(autouse=True)
 def _free_gpu_memory():
@@ -27,7 +32,7 @@ def test_gpu_greedy_matches_hf(tiny_model_factory, shape, enforce_eager, async_s
     from tests.fixtures.tiny_models import SHAPES
 
     path = tiny_model_factory(**SHAPES[shape])
-    llm = LLM(str(path), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, gpu_memory_utilization=0.3, async_scheduling=async_scheduling)
+    llm = LLM(str(path), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, **SMALL_KV_CACHE, async_scheduling=async_scheduling)
     prompts = [[5, 17, 99, 3], list(range(40, 90)), [7] * 21, list(range(300, 303))]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True), use_tqdm=False)
     ref = hf_greedy(path, prompts, 24, device="cuda")
@@ -39,7 +44,7 @@ def test_gpu_bf16_runs_and_mostly_agrees(tiny_model):
     """bf16 rounding may flip a late near-tie, so require agreement on a prefix only."""
     from folovllm import LLM, SamplingParams
 
-    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, gpu_memory_utilization=0.3)
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, gpu_memory_utilization=0.05)  # the profiled path
     prompts = [[5, 17, 99, 3], list(range(40, 90))]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
     ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
@@ -70,7 +75,7 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
     from folovllm import LLM, SamplingParams
 
     with caplog.at_level(logging.INFO, logger="folovllm"):
-        llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, gpu_memory_utilization=0.3)
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, **SMALL_KV_CACHE)
     assert any("decode batch sizes [1, 2, 4, 8]" in r.getMessage() for r in caplog.records)
     assert any("mixed-step token counts [16, 32, 64," in r.getMessage() for r in caplog.records)  # prompts replay graphs too
     prompts = [list(range(10 + 7 * i, 20 + 9 * i)) for i in range(num_prompts)]
@@ -88,7 +93,7 @@ def test_gpu_prefix_caching_and_chunking_match_hf(tiny_model, async_scheduling):
     system = list(range(300, 316))  # two full blocks of 8
     prompts = [system + [i] for i in range(4)] + [system + list(range(40, 70))]
     llm = LLM(str(tiny_model), device="cuda", dtype="float32", block_size=8, max_num_seqs=8, max_model_len=128,
-              max_num_batched_tokens=16, gpu_memory_utilization=0.3, async_scheduling=async_scheduling)  # fmt: skip
+              max_num_batched_tokens=16, **SMALL_KV_CACHE, async_scheduling=async_scheduling)  # fmt: skip
     ref = hf_greedy(tiny_model, prompts, 20, device="cuda")
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
     for call in range(2):
@@ -102,7 +107,7 @@ def test_gpu_prompt_logprobs_match_hf(tiny_model):
     from tests.integration.test_prompt_logprobs import PROMPT, check
 
     llm = LLM(str(tiny_model), device="cuda", dtype="float32", block_size=8, max_model_len=128, max_num_seqs=4,
-              max_num_batched_tokens=16, gpu_memory_utilization=0.3)  # fmt: skip
+              max_num_batched_tokens=16, **SMALL_KV_CACHE)  # fmt: skip
     out = llm.generate({"prompt_token_ids": PROMPT}, SamplingParams(max_tokens=4, prompt_logprobs=3), use_tqdm=False)[0]
     check(out.prompt_logprobs, tiny_model, k=3)
 
@@ -118,10 +123,10 @@ def test_gpu_gptq_kernel_greedy_matches_hf_on_the_dequantized_weights(tiny_model
     recipe = GPTQRecipe(num_samples=16, seq_len=64, **CASES[case])
     gptq_dir = quantize_checkpoint(str(tiny_model_factory()), str(tmp_path / "gptq"), recipe, progress=False)
     float_dir = dequantized_float_checkpoint(gptq_dir, tmp_path / "float")
-    llm = LLM(str(gptq_dir), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, gpu_memory_utilization=0.3)
+    llm = LLM(str(gptq_dir), device="cuda", dtype="float32", enforce_eager=enforce_eager, max_num_seqs=8, **SMALL_KV_CACHE)
     outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(float_dir, PROMPTS, 16, device="cuda")
-    bf16 = LLM(str(gptq_dir), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3)
+    bf16 = LLM(str(gptq_dir), device="cuda", dtype="bfloat16", max_num_seqs=8, **SMALL_KV_CACHE)
     out = bf16.generate({"prompt_token_ids": PROMPTS[1]}, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 16
 
@@ -134,7 +139,7 @@ def test_gpu_mp_executor_with_one_rank_matches_uniproc(tiny_model):
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     results = []
     for backend in ("uni", "mp"):
-        llm = LLM(str(tiny_model), device="cuda", dtype="float32", distributed_executor_backend=backend, gpu_memory_utilization=0.3)
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", distributed_executor_backend=backend, **SMALL_KV_CACHE)
         results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
         if backend == "mp":
             llm.llm_engine.executor.shutdown()
@@ -150,7 +155,7 @@ def test_gpu_tp2_matches_tp1_with_graphs(tiny_model):
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     results = []
     for tp in (1, 2):
-        llm = LLM(str(tiny_model), device="cuda", dtype="float32", tensor_parallel_size=tp, gpu_memory_utilization=0.3)
+        llm = LLM(str(tiny_model), device="cuda", dtype="float32", tensor_parallel_size=tp, **SMALL_KV_CACHE)
         results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
         if tp == 2:
             llm.llm_engine.executor.shutdown()
@@ -167,7 +172,7 @@ def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model):
     results = []
     for enforce_eager in (False, True):
         llm = LLM(str(tiny_model), device="cuda", dtype="float32", kv_cache_dtype="fp8", enforce_eager=enforce_eager,
-                  gpu_memory_utilization=0.3)  # fmt: skip
+                  **SMALL_KV_CACHE)  # fmt: skip
         results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)])
         del llm
     assert results[0] == results[1] and all(len(r) == 16 for r in results[0])
@@ -179,7 +184,7 @@ def test_gpu_no_triton_kernel_compiles_after_start_up(tiny_model, enforce_eager)
     from folovllm import LLM, SamplingParams
     from folovllm.utils.triton_variants import compiled_kernel_variants
 
-    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.3, enforce_eager=enforce_eager)
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, **SMALL_KV_CACHE, enforce_eager=enforce_eager)
     before = compiled_kernel_variants()
     assert any(before.values()), before  # the counter sees the compiled kernels at all
     lengths = [1, 7, 16, 33, 64, 130, 257, 300]  # block-table widths 1, 1, 1, 3, 4, 9, 17, 19
