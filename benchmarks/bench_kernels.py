@@ -1,7 +1,7 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
-decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, a candidate GEMV), a mixed batch through
+decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV), a mixed batch through
 the prefill kernel's work list, the fused sampler with and without vocabulary splits, and last,
 the longest: the prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks import candidate_gemv  # noqa: E402
+from folovllm.model_executor.layers import triton_gemv  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
@@ -255,13 +255,13 @@ def matmuls(scale: dict, bw: float) -> None:
     """Qwen3-0.6B's projections (replayed from a graph) at decode batch sizes, against reading the
     weight once: where a decode step's matmul time goes, and how far from the floor. On the GPU
     through cuBLAS (torch's default) and cuBLASLt (``torch.backends.cuda.preferred_blas_library``),
-    whose choice of kernel for few rows may differ; at up to 4 rows also the candidate GEMV kernel
+    whose choice of kernel for few rows may differ; at up to 4 rows also the Triton GEMV kernel
     (checked against F.linear before it is timed)."""
     import torch.nn.functional as F
 
     dev, dtype = scale["dev"], scale["dtype"]
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
-    one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library
+    one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library: GEMV_CONFIGS
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
         library_best = float("inf")  # at one row
@@ -284,15 +284,15 @@ def matmuls(scale: dict, bw: float) -> None:
         for m in [m for m in scale["matmul_rows"] if m <= 4]:
             x = torch.randn(m, k, dtype=dtype, device=dev)
             times = {}
-            for config in [c for c in candidate_gemv.CONFIGS if candidate_gemv.fits(m, c)]:
-                torch.testing.assert_close(candidate_gemv.gemv(x, w, config), F.linear(x, w), rtol=2e-2, atol=2e-2)
-                times[config] = graph_time(lambda: candidate_gemv.gemv(x, w, config))
+            for config in [c for c in triton_gemv.CONFIGS if triton_gemv.fits(m, c)]:
+                torch.testing.assert_close(triton_gemv.gemv(x, w, config), F.linear(x, w), rtol=2e-2, atol=2e-2)
+                times[config] = graph_time(lambda: triton_gemv.gemv(x, w, config))
             best = min(times, key=times.get)
             row.append(f"M={m}: {times[best] * 1e6:.1f} us ({w.numel() * w.element_size() / times[best] / bw:.0%}) at {best}")
             if m == 1 and times[best] < library_best:
                 one_row_wins[(n, k)] = best
-        print(f"matmul {name:8s} {n}x{k} candidate GEMV (benchmarks/candidate_gemv.py), best of its configurations "
-              f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}")  # fmt: skip
+        print(f"matmul {name:8s} {n}x{k} Triton GEMV (triton_gemv.py), best of its configurations "
+              f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}; the engine's at M=1: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
 
 

@@ -180,6 +180,15 @@ def _fused_cases():
                                                         cache, cache, torch.zeros(5, dtype=torch.int64)))  # fmt: skip
 
 
+def _gemv_cases():
+    from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS, gemv
+
+    for (n, k), config in GEMV_CONFIGS.items():
+        for dtype in (BF16, FP16, FP32):
+            x, w = torch.zeros(1, k, dtype=dtype), torch.zeros(n, k, dtype=dtype)
+            yield f"one-row GEMV {n}x{k} at {config} ({dtype})", lambda: gemv(x, w, config)
+
+
 def _sampler_cases():
     from folovllm.sample.ops.triton_sample import gumbel_argmax
 
@@ -266,7 +275,7 @@ def main() -> int:
     loops = None if args.loops is None else [name for name in args.loops.split(",") if name]
     JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, args.arch)
     failed, count, t0 = [], 0, time.perf_counter()
-    for cases in (_attention_cases, _fused_cases, _sampler_cases, _gptq_cases):
+    for cases in (_attention_cases, _fused_cases, _gemv_cases, _sampler_cases, _gptq_cases):
         for name, call in cases():
             if args.resources or loops is not None:
                 print(name)

@@ -68,7 +68,7 @@ GPU_STAGE_SCRIPTS = {
                       ["baseline kernels from folovllm/attention/ops: prefill, decode", "decode  B=", "prefill B=",
                        "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
-                       "matmul down", "candidate GEMV (benchmarks/candidate_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "mixed   1 x", "sampler B="]),
+                       "matmul down", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "mixed   1 x", "sampler B="]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["GPU kernels ms", "2048  eager", "of which the step's inputs", "wait for the sampled token", "the rest of generate()"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs"]),
@@ -91,21 +91,3 @@ def test_gpu_stage_script_runs_on_the_cpu(name):
     assert run.returncode == 0, run.stderr[-3000:]
     for text in expected:
         assert text in run.stdout, (text, run.stdout[-3000:])
-
-
-def test_candidate_gemv_matches_a_matmul():
-    """benchmarks/candidate_gemv.py in the interpreter, every configuration it may be timed in, ragged shapes."""
-    pytest.importorskip("triton")
-    import torch
-
-    from benchmarks.candidate_gemv import CONFIGS, fits, gemv
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(37, 300, generator=g).to(device)  # columns and K not multiples of any block
-    for m in (1, 2, 3):
-        x = torch.randn(m, 300, generator=g).to(device)
-        configs = [c for c in CONFIGS if fits(m, c)]
-        assert configs
-        for config in configs:
-            torch.testing.assert_close(gemv(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@ from folovllm.attention.ops.paged_attn_reference import store_kv_cache_ref  # no
 from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
 from folovllm.model_executor.layers.layernorm import RMSNorm  # noqa: E402
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding  # noqa: E402
+from folovllm.model_executor.layers.triton_gemv import CONFIGS, GEMV_CONFIGS, fits, gemv  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -111,3 +112,23 @@ def test_fused_kernels_bf16_match_torch_layers_on_gpu():
     out, res = fused_add_rms_norm(x, r, norm.weight, norm.eps)
     torch.testing.assert_close(res, x + r)
     torch.testing.assert_close(out, norm._norm(x + r), atol=2e-2, rtol=2e-2)
+
+
+def test_gemv_matches_a_matmul_in_every_configuration():
+    """Every configuration the benchmark times, at 1-3 rows, columns and K that no block divides."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(37, 300, generator=g).to(DEVICE)
+    for m in (1, 2, 3):
+        x = torch.randn(m, 300, generator=g).to(DEVICE)
+        configs = [c for c in CONFIGS if fits(m, c)]
+        assert configs
+        for config in configs:
+            torch.testing.assert_close(gemv(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gemv_bf16_matches_a_matmul_at_every_shape_the_engine_sends_it():
+    for (n, k), config in GEMV_CONFIGS.items():
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        torch.testing.assert_close(gemv(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)

@@ -98,3 +98,36 @@ def test_a_quantized_method_loads_merged_shards_through_the_same_loader():
     torch.testing.assert_close(layer(x), ref)
     # and the quantization is faithful enough that the layer really computes x @ W.T
     torch.testing.assert_close(layer(x), x[:, perm] @ torch.cat(parts).T, atol=0.15, rtol=0.05)
+
+
+def test_one_row_on_the_gpu_goes_to_the_triton_gemv_for_the_shapes_it_was_measured_at(monkeypatch):
+    """The dispatch alone (no GPU here: use_fused_kernels is made to say yes, the GEMV is a spy), for the
+    linear layers and the LM head."""
+    import folovllm.model_executor.layers.dispatch as dispatch
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+    from folovllm.model_executor.layers.vocab_embedding import VocabParallelEmbedding
+
+    calls = []
+
+    def spy(x, w, config):
+        calls.append((tuple(x.shape), tuple(w.shape), config))
+        return x @ w.T
+
+    monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
+    monkeypatch.setattr(triton_gemv, "gemv", spy)
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {(5, 6): (4, 1024, 4), (11, 6): (8, 512, 4)})
+    layer, other = ColumnParallelLinear(6, 5), ColumnParallelLinear(6, 7)
+    with_bias = ColumnParallelLinear(6, 5, bias=True)
+    for lay in (layer, other, with_bias):
+        nn.init.normal_(lay.weight)
+    x = torch.randn(1, 6)
+    torch.testing.assert_close(layer(x), x @ layer.weight.T)
+    assert calls == [((1, 6), (5, 6), (4, 1024, 4))]
+    layer(torch.randn(2, 6))  # two rows
+    other(x)  # a shape without a measured configuration
+    with_bias(x)  # the GEMV has no bias
+    assert len(calls) == 1
+    lm_head = VocabParallelEmbedding(11, 6)
+    nn.init.normal_(lm_head.weight)
+    torch.testing.assert_close(lm_head.compute_logits(x), x @ lm_head.weight.T)
+    assert calls[1:] == [((1, 6), (11, 6), (8, 512, 4))]

@@ -30,7 +30,6 @@ from abc import ABC, abstractmethod
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from folovllm.distributed import (
@@ -38,6 +37,7 @@ from folovllm.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
+from folovllm.model_executor.layers.dispatch import unquantized_gemm
 
 
 def set_weight_attrs(param: nn.Parameter, attrs: dict[str, Any]) -> None:
@@ -65,7 +65,7 @@ class UnquantizedLinearMethod(LinearMethodBase):
         layer.register_parameter("weight", weight)
 
     def apply(self, layer, x, bias=None) -> torch.Tensor:
-        return F.linear(x, layer.weight, bias)
+        return unquantized_gemm(x, layer.weight, bias)
 
 
 class LinearBase(nn.Module):

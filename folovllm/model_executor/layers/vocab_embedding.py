@@ -23,6 +23,7 @@ from folovllm.distributed import (
     tensor_model_parallel_all_gather,
     tensor_model_parallel_all_reduce,
 )
+from folovllm.model_executor.layers.dispatch import unquantized_gemm
 from folovllm.utils.common import cdiv
 
 
@@ -54,7 +55,7 @@ class VocabParallelEmbedding(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden @ W.T`` over the whole vocabulary, on every rank."""
-        logits = F.linear(hidden, self.weight)
+        logits = unquantized_gemm(hidden, self.weight)
         if self.tp_size == 1:
             return logits
         return tensor_model_parallel_all_gather(logits, dim=-1)[:, : self.num_embeddings]
