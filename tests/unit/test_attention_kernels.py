@@ -100,6 +100,18 @@ def test_decode_attention_with_the_most_splits_matches_reference():
         paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=MAX_KV_SPLITS + 1)
 
 
+def test_decode_split_rule_fills_the_sms_without_splits_shorter_than_a_key_tile():
+    from folovllm.attention.backends.abstract import MAX_KV_SPLITS, num_kv_splits
+
+    h100 = dict(num_kv_heads=8, num_sms=132)  # Qwen3-0.6B's kv heads
+    assert num_kv_splits(1, max_seq_len=40960, **h100) == 33  # 264 programs: 2 per SM
+    assert num_kv_splits(1, max_seq_len=2048, **h100) == 32  # one 64-key tile per split (the H100 sweep's fastest)
+    assert num_kv_splits(1, max_seq_len=100, **h100) == 2
+    assert num_kv_splits(4, max_seq_len=40960, **h100) == 9
+    assert num_kv_splits(256, max_seq_len=40960, **h100) == 1  # enough programs without splitting
+    assert num_kv_splits(1, num_kv_heads=1, max_seq_len=40960, num_sms=132) == MAX_KV_SPLITS
+
+
 def test_decode_attention_padding_rows_are_finite():
     """Rows with seq_len 0 (CUDA-graph padding) must not produce NaN."""
     q, k_cache, v_cache, block_table, _ = _random_paged_batch([9, 9], [1, 1], 4, 2, 16, 8, seed=3)
@@ -159,6 +171,15 @@ def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
         assert list(heaviest[:, 1]) == sorted(tiles[:, 1], reverse=True)  # highest tile index first
     # the bound is tight: one token per sequence, or full tiles plus one short tail each
     assert max(len(prefill_tiles(c, 16)) for c in itertools.product(range(0, 40), repeat=2) if sum(c) == 40) == 40 // 16 + 2
+
+
+def test_the_engines_prefill_work_list_starts_with_each_prompts_heaviest_tiles():
+    import numpy as np
+
+    from folovllm.attention.backends.triton_backend import TritonAttentionBackend
+
+    tiles = TritonAttentionBackend().make_prefill_tiles(np.array([130, 1, 70]), head_dim=128)  # 64-row tiles
+    assert tiles.tolist() == [[0, 2], [0, 1], [2, 1], [0, 0], [1, 0], [2, 0]]
 
 
 def test_prefill_attention_padding_tiles_do_nothing():

@@ -156,8 +156,10 @@ def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False) -> np.
 
     Under the causal mask a tile reads the keys up to its last row, so a prompt's later tiles do
     more work. ``heaviest_first`` orders the list by tile index, highest first: for fresh prompts
-    the longest work starts first and the short tiles fill in at the end. (Whether that beats
-    batch order on a GPU is for ``bench_kernels.py`` to measure.)
+    the longest work starts first and the short tiles fill in at the end. The engine uses it:
+    ``bench_kernels.py`` timed it faster than batch order on an H100 for 16 1024-token prompts in
+    all 20 tile shapes, and within 1% either way for one prompt (64 x 64, the engine's tile: 276 ->
+    283 TFLOP/s for 16 prompts, 175 -> 177 for one).
     """
     query_lens = np.asarray(query_lens, dtype=np.int64)
     per_seq = cdiv(query_lens, block_m)
