@@ -9,15 +9,14 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views.
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
-# (~30 s) included. So a session's plan is two calls:
-#   1. `BASELINE=.ab TESTS_LIMIT=240 BENCH_LIMIT=150 KERNELS_LIMIT=200 bash scripts/gpu_checks.sh tests
-#      bench kernels` (timeout 600; bench ran 98 s on 2026-11-26; BASELINE: see below)
-#   2. `BENCH_LIMIT=150 bash scripts/gpu_checks.sh bench views` with what is left (~270 s): the
-#      second bench run checks the first reproduces; views runs its most wanted view (prefill) first.
-#      If call 1's sweeps changed a default (prefill tile, decode split rule, FP8 keys per iteration,
-#      the one-row GEMV), call 2's bench measures the engine with the change instead. Reading call 1
-#      takes minutes, by which time the machine has gone back (30 s idle): call 2 starts a fresh one
-#      (~30 s more of the budget), so plan ~200 s for it.
+# (~30 s a machine) included. Timed on 2026-11-27: the tests ~300 s in all before the GPU engine
+# tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s. A session's
+# plan is two calls; reading call 1 takes minutes, by which time its machine has gone back (30 s
+# idle), so call 2 starts a fresh one:
+#   1. `TESTS_LIMIT=200 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench views` (timeout 560;
+#      views: prefill first, then tail, batch-1 kernels, host, 300 s in all at most)
+#   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels` with what is left (~300 s): the
+#      second bench run checks the first reproduces; kernels re-times the sweeps.
 # To time attention kernel changes against the versions before them in the same run, save the old
 # files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
 # and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
@@ -47,9 +46,10 @@ $PY -c "import torch, triton, transformers; print(torch.__version__, triton.__ve
 cat "$OUT/gpu.txt"
 for stage in $stages; do
     case $stage in
-        tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 tests/integration/test_gpu_engine.py \
+        # the kernels' tests first: they are quick and say the most when something breaks
+        tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 \
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
-                   tests/unit/test_sampler.py ;;
+                   tests/unit/test_sampler.py tests/integration/test_gpu_engine.py ;;
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                since=$(mktemp)
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1
