@@ -50,7 +50,7 @@ SCALES = {
         # (batch, context, split counts to try; the FP8 cache is tried at the last batch size)
         decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)), (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
-        matmul_rows=(1, 8, 32, 64, 128, 256),
+        matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
         fp8_decode_variants=[(64, 2), (64, 1), (128, 2), (128, 1)],  # (BLOCK_N, num_stages); the engine's: 64, 2
         mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
         vocab=151_936, sampler_batches=(1, 8, 64, 256),
@@ -262,9 +262,10 @@ def matmuls(scale: dict, bw: float) -> None:
     dev, dtype = scale["dev"], scale["dtype"]
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
     one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library: GEMV_CONFIGS
+    few_row_wins = {}  # (N, K, M) for 2-4 rows, likewise (the engine sends only one row to the GEMV)
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
-        library_best = float("inf")  # at one row
+        library_best = {}  # rows -> the fastest library's time
         for library in libraries:
             before = torch.backends.cuda.preferred_blas_library() if dev == "cuda" else None
             if before is not None:
@@ -274,8 +275,7 @@ def matmuls(scale: dict, bw: float) -> None:
                 x = torch.randn(m, k, dtype=dtype, device=dev)
                 t = graph_time(lambda: F.linear(x, w))
                 row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
-                if m == 1:
-                    library_best = min(library_best, t)
+                library_best[m] = min(library_best.get(m, float("inf")), t)
             if before is not None:
                 torch.backends.cuda.preferred_blas_library(before)
             print(f"matmul {name:8s} {n}x{k} {library:8s} in a graph, time (weight bytes / time as a share of copy bandwidth): "
@@ -289,11 +289,15 @@ def matmuls(scale: dict, bw: float) -> None:
                 times[config] = graph_time(lambda: triton_gemv.gemv(x, w, config))
             best = min(times, key=times.get)
             row.append(f"M={m}: {times[best] * 1e6:.1f} us ({w.numel() * w.element_size() / times[best] / bw:.0%}) at {best}")
-            if m == 1 and times[best] < library_best:
-                one_row_wins[(n, k)] = best
+            if times[best] < library_best[m]:
+                if m == 1:
+                    one_row_wins[(n, k)] = best
+                else:
+                    few_row_wins[(n, k, m)] = best
         print(f"matmul {name:8s} {n}x{k} Triton GEMV (triton_gemv.py), best of its configurations "
               f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}; the engine's at M=1: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
+    print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
 
 
 def mixed_batch(scale: dict) -> None:
