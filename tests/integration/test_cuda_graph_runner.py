@@ -80,8 +80,8 @@ def graphed_llm(tiny_model, monkeypatch):
     monkeypatch.setattr("folovllm.worker.model_runner.get_attn_backend", lambda device: TritonAttentionBackend())
     monkeypatch.setattr(CUDAGraphRunner, "_capture_graph", staticmethod(_fake_capture))
 
-    def build(**kwargs):
-        llm = LLM(str(tiny_model), device="cpu", dtype="float32", **kwargs)
+    def build(dtype="float32", **kwargs):
+        llm = LLM(str(tiny_model), device="cpu", dtype=dtype, **kwargs)
         runner = llm.llm_engine.executor.worker.model_runner
         runner.num_sms = 8  # so that small decode batches split their context, as on a GPU
         runner.graph_runner = runner.new_graph_runner()
@@ -120,3 +120,36 @@ def test_a_step_beyond_the_largest_mixed_graph_runs_eagerly(graphed_llm, tiny_mo
     outs = llm.generate([{"prompt_token_ids": big[::-1]}], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
     assert outs[0].outputs[0].token_ids == hf_greedy(tiny_model, [big[::-1]], 4)[0]
     assert graphs.graphs[("mixed", 200)].replays == 1
+
+
+def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
+    """The Triton GEMV, configured for the tiny model's five weight shapes and let in on the CPU (the
+    interpreter runs it): batch-1 steps, replayed and eager, call it for each shape, and the tokens
+    are those of the same engine without it (float16: the GEMV takes 16-bit weights only)."""
+    import json
+
+    import folovllm.model_executor.layers.dispatch as dispatch
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+    from folovllm import SamplingParams
+
+    c = json.loads((tiny_model / "config.json").read_text())
+    h, d = c["hidden_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    q, kv, inter = c["num_attention_heads"] * d, c["num_key_value_heads"] * d, c["intermediate_size"]
+    shapes = {(q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter), (c["vocab_size"], h)}
+    prompts = [[{"prompt_token_ids": list(range(40, 90))}], [{"prompt_token_ids": list(range(7, 30))}]]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+
+    def run():
+        llm, graphs = graphed_llm(dtype="float16", max_num_seqs=2, max_num_batched_tokens=64, max_model_len=128)
+        tokens = [llm.generate(p, params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts[:1]]
+        graphs.mixed_sizes = []  # the second prompt's prefill runs eagerly
+        tokens += [llm.generate(p, params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts[1:]]
+        return tokens
+
+    without = run()
+    seen, gemv = set(), triton_gemv.gemv
+    monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {shape: (16, 512, 8) for shape in shapes})  # the fewest programs
+    monkeypatch.setattr(triton_gemv, "gemv", lambda x, w, config: seen.add(tuple(w.shape)) or gemv(x, w, config))
+    assert run() == without
+    assert seen == shapes

@@ -52,6 +52,30 @@ def test_gpu_bf16_runs_and_mostly_agrees(tiny_model):
         assert out.outputs[0].token_ids[:3] == expected[:3]
 
 
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monkeypatch, enforce_eager):
+    """The Triton GEMV configured for the tiny model's five weight shapes (it has entries for
+    Qwen3-0.6B's only): a single sequence's steps call it for each of them, eagerly or while the
+    batch-1 graph is captured, and greedy output still agrees with HF in bf16."""
+    import json
+
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+    from folovllm import LLM, SamplingParams
+
+    c = json.loads((tiny_model / "config.json").read_text())
+    h, d = c["hidden_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    q, kv, inter = c["num_attention_heads"] * d, c["num_key_value_heads"] * d, c["intermediate_size"]
+    shapes = {(q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter), (c["vocab_size"], h)}
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {s: (4, 1024, 4) for s in shapes})
+    seen, gemv = set(), triton_gemv.gemv
+    monkeypatch.setattr(triton_gemv, "gemv", lambda x, w, config: seen.add(tuple(w.shape)) or gemv(x, w, config))
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
+    prompt = list(range(40, 90))
+    out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert seen == shapes
+    assert out[0].outputs[0].token_ids[:3] == hf_greedy(tiny_model, [prompt], 8, device="cuda", dtype=torch.bfloat16)[0][:3]
+
+
 def test_gpu_async_equals_sync_with_preemption(tiny_model):
     from folovllm import LLM, SamplingParams
 

@@ -117,17 +117,20 @@ def test_one_row_on_the_gpu_goes_to_the_triton_gemv_for_the_shapes_it_was_measur
     monkeypatch.setattr(triton_gemv, "gemv", spy)
     monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {(5, 6): (4, 1024, 4), (11, 6): (8, 512, 4)})
     layer, other = ColumnParallelLinear(6, 5), ColumnParallelLinear(6, 7)
-    with_bias = ColumnParallelLinear(6, 5, bias=True)
-    for lay in (layer, other, with_bias):
+    with_bias, fp32 = ColumnParallelLinear(6, 5, bias=True), ColumnParallelLinear(6, 5)
+    for lay in (layer, other, with_bias, fp32):
         nn.init.normal_(lay.weight)
-    x = torch.randn(1, 6)
+        if lay is not fp32:
+            lay.to(torch.bfloat16)
+    x = torch.randn(1, 6, dtype=torch.bfloat16)
     torch.testing.assert_close(layer(x), x @ layer.weight.T)
     assert calls == [((1, 6), (5, 6), (4, 1024, 4))]
-    layer(torch.randn(2, 6))  # two rows
+    layer(torch.randn(2, 6, dtype=torch.bfloat16))  # two rows
     other(x)  # a shape without a measured configuration
     with_bias(x)  # the GEMV has no bias
+    fp32(x.float())  # measured in bfloat16 only
     assert len(calls) == 1
-    lm_head = VocabParallelEmbedding(11, 6)
+    lm_head = VocabParallelEmbedding(11, 6).to(torch.bfloat16)
     nn.init.normal_(lm_head.weight)
     torch.testing.assert_close(lm_head.compute_logits(x), x @ lm_head.weight.T)
     assert calls[1:] == [((1, 6), (11, 6), (8, 512, 4))]

@@ -18,8 +18,6 @@ import torch
 from folovllm.utils.common import cdiv
 
 MAX_KV_SPLITS = 64  # the most pieces the decode kernel cuts one sequence's context into
-
-
 MIN_KV_SPLIT_LEN = 64  # the decode kernel's keys per iteration: a shorter split still reads a whole tile
 
 

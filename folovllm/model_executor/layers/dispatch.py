@@ -12,10 +12,10 @@ def use_fused_kernels(x: torch.Tensor) -> bool:
 
 
 def unquantized_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias``. One row (a single sequence's decode step) on the GPU goes to the Triton
-    GEMV when ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat cuBLAS on an H100);
-    everything else to ``F.linear``."""
-    if x.shape[0] == 1 and bias is None and use_fused_kernels(x):
+    """``x @ weight.T + bias``. One row (a single sequence's decode step) of a 16-bit model on the GPU
+    goes to the Triton GEMV when ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat
+    cuBLAS on an H100, in bfloat16); everything else to ``F.linear``."""
+    if x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x):
         from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS, gemv
 
         config = GEMV_CONFIGS.get(tuple(weight.shape))
