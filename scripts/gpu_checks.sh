@@ -13,8 +13,9 @@
 # tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s. A session's
 # plan is two calls; reading call 1 takes minutes, by which time its machine has gone back (30 s
 # idle), so call 2 starts a fresh one:
-#   1. `TESTS_LIMIT=200 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench views` (timeout 560;
-#      views: prefill first, then tail, batch-1 kernels, host, 300 s in all at most)
+#   1. `TESTS_LIMIT=240 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench views` (timeout 560;
+#      views: prefill first, then tail, batch-1 kernels, host; the call's limit cuts the last ones,
+#      and what they wrote to $OUT still comes back)
 #   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels` with what is left (~300 s): the
 #      second bench run checks the first reproduces; kernels re-times the sweeps.
 # To time attention kernel changes against the versions before them in the same run, save the old
