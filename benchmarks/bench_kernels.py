@@ -51,6 +51,7 @@ SCALES = {
         decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)), (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
+        prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
         fp8_decode_variants=[(64, 2), (64, 1), (128, 2), (128, 1)],  # (BLOCK_N, num_stages); the engine's: 64, 2
         mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
         vocab=151_936, sampler_batches=(1, 8, 64, 256),
@@ -59,7 +60,7 @@ SCALES = {
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
         decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1), (32, 2)],
-        matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4),
+        matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4), prefill_matmul_rows=(16,),
         mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
     ),
 }  # fmt: skip
@@ -280,6 +281,14 @@ def matmuls(scale: dict, bw: float) -> None:
                 torch.backends.cuda.preferred_blas_library(before)
             print(f"matmul {name:8s} {n}x{k} {library:8s} in a graph, time (weight bytes / time as a share of copy bandwidth): "
                   f"{', '.join(row)}")  # fmt: skip
+        # A prompt's matmuls: with N = 1024 outputs, 128 x 128 tiles are 64 per 1024 rows, fewer than the SMs
+        row = []
+        for m in scale["prefill_matmul_rows"] if name != "lm_head" else ():
+            x = torch.randn(m, k, dtype=dtype, device=dev)
+            t = graph_time(lambda: F.linear(x, w), reps=10)
+            row.append(f"M={m}: {t * 1e6:.1f} us, {2 * m * n * k / t / 1e12:.0f} TFLOP/s")
+        if row:
+            print(f"matmul {name:8s} {n}x{k} prompt-sized, torch's default library: {', '.join(row)}")
         row = []
         for m in [m for m in scale["matmul_rows"] if m <= 4]:
             x = torch.randn(m, k, dtype=dtype, device=dev)

@@ -68,7 +68,7 @@ GPU_STAGE_SCRIPTS = {
                       ["baseline kernels from folovllm/attention/ops: prefill, decode", "decode  B=", "prefill B=",
                        "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
-                       "matmul down", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "mixed   1 x", "sampler B="]),
+                       "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "mixed   1 x", "sampler B="]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["first ms", "GPU kernels ms", "2048  eager", "of which the step's inputs", "wait for the sampled token", "the rest of generate()"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs"]),
