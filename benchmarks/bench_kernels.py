@@ -1,7 +1,8 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
-decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV), a mixed batch through
+decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4 rows, a
+candidate skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, a mixed batch through
 the prefill kernel's work list, the fused sampler with and without vocabulary splits, and last,
 the longest: the prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
@@ -31,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from folovllm.model_executor.layers import triton_gemv  # noqa: E402
+from benchmarks import candidate_skinny_gemm  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
@@ -60,7 +62,7 @@ SCALES = {
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
         decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1), (32, 2)],
-        matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4), prefill_matmul_rows=(16,),
+        matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4, 8), prefill_matmul_rows=(16,),
         mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
     ),
 }  # fmt: skip
@@ -264,6 +266,7 @@ def matmuls(scale: dict, bw: float) -> None:
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
     one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library: GEMV_CONFIGS
     few_row_wins = {}  # (N, K, M) for 2-4 rows, likewise (the engine sends only one row to the GEMV)
+    skinny_wins = {}  # (N, K, M) for 8 rows and more: the candidate tensor-core kernel, likewise
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
         library_best = {}  # rows -> the fastest library's time
@@ -305,8 +308,23 @@ def matmuls(scale: dict, bw: float) -> None:
                     few_row_wins[(n, k, m)] = best
         print(f"matmul {name:8s} {n}x{k} Triton GEMV (triton_gemv.py), best of its configurations "
               f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}; the engine's at M=1: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
+        row = []
+        for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():  # not the LM head: cuBLAS is near the floor there
+            x = torch.randn(m, k, dtype=dtype, device=dev)
+            times = {}
+            for config in candidate_skinny_gemm.CONFIGS:
+                torch.testing.assert_close(candidate_skinny_gemm.skinny_gemm(x, w, config), F.linear(x, w), rtol=2e-2, atol=2e-2)
+                times[config] = graph_time(lambda: candidate_skinny_gemm.skinny_gemm(x, w, config))
+            best = min(times, key=times.get)
+            row.append(f"M={m}: {times[best] * 1e6:.1f} us ({w.numel() * w.element_size() / times[best] / bw:.0%}) at {best}")
+            if times[best] < library_best[m]:
+                skinny_wins[(n, k, m)] = (best, round(library_best[m] / times[best], 2))
+        if row:
+            print(f"matmul {name:8s} {n}x{k} candidate skinny GEMM (benchmarks/candidate_skinny_gemm.py), best of its configurations "
+                  f"(BLOCK_N, BLOCK_K, warps, stages): {', '.join(row)}")  # fmt: skip
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
     print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
+    print(f"... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): {skinny_wins}")
 
 
 def mixed_batch(scale: dict) -> None:

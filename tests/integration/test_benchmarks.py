@@ -68,7 +68,8 @@ GPU_STAGE_SCRIPTS = {
                       ["baseline kernels from folovllm/attention/ops: prefill, decode", "decode  B=", "prefill B=",
                        "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
-                       "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "mixed   1 x", "sampler B="]),
+                       "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "candidate skinny GEMM (benchmarks/candidate_skinny_gemm.py), best of its configurations (BLOCK_N, BLOCK_K, warps, stages): M=8: ",
+                       "... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): ", "mixed   1 x", "sampler B="]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["first ms", "GPU kernels ms", "2048  eager", "of which the step's inputs", "wait for the sampled token", "the rest of generate()"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs"]),
@@ -91,3 +92,20 @@ def test_gpu_stage_script_runs_on_the_cpu(name):
     assert run.returncode == 0, run.stderr[-3000:]
     for text in expected:
         assert text in run.stdout, (text, run.stdout[-3000:])
+
+
+def test_candidate_skinny_gemm_matches_a_matmul():
+    """benchmarks/candidate_skinny_gemm.py in the interpreter: every configuration, row counts on both
+    sides of each BLOCK_M (16 to 64, and more rows than one block), ragged N and K."""
+    pytest.importorskip("triton")
+    import torch
+
+    from benchmarks.candidate_skinny_gemm import CONFIGS, skinny_gemm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(37, 300, generator=g).to(device)  # outputs and K not multiples of any block
+    for m in (5, 17, 70):
+        x = torch.randn(m, 300, generator=g).to(device)
+        for config in CONFIGS:
+            torch.testing.assert_close(skinny_gemm(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
