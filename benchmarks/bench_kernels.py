@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 if "--smoke" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels below are defined
@@ -254,6 +255,17 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
             print(f"    today / baseline, us in turn: {us[0]} / {us[1]}")
 
 
+def fastest_config(kernel, x: torch.Tensor, w: torch.Tensor, configs: list) -> tuple[Any, float]:
+    """``kernel(x, w, config)`` in each configuration, checked against F.linear, then timed from a
+    graph: the fastest configuration and its seconds per call."""
+    times = {}
+    for config in configs:
+        torch.testing.assert_close(kernel(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)
+        times[config] = graph_time(lambda: kernel(x, w, config))
+    best = min(times, key=times.get)
+    return best, times[best]
+
+
 def matmuls(scale: dict, bw: float) -> None:
     """Qwen3-0.6B's projections (replayed from a graph) at decode batch sizes, against reading the
     weight once: where a decode step's matmul time goes, and how far from the floor. On the GPU
@@ -295,13 +307,9 @@ def matmuls(scale: dict, bw: float) -> None:
         row = []
         for m in [m for m in scale["matmul_rows"] if m <= 4]:
             x = torch.randn(m, k, dtype=dtype, device=dev)
-            times = {}
-            for config in [c for c in triton_gemv.CONFIGS if triton_gemv.fits(m, c)]:
-                torch.testing.assert_close(triton_gemv.gemv(x, w, config), F.linear(x, w), rtol=2e-2, atol=2e-2)
-                times[config] = graph_time(lambda: triton_gemv.gemv(x, w, config))
-            best = min(times, key=times.get)
-            row.append(f"M={m}: {times[best] * 1e6:.1f} us ({w.numel() * w.element_size() / times[best] / bw:.0%}) at {best}")
-            if times[best] < library_best[m]:
+            best, t = fastest_config(triton_gemv.gemv, x, w, [c for c in triton_gemv.CONFIGS if triton_gemv.fits(m, c)])
+            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%}) at {best}")
+            if t < library_best[m]:
                 if m == 1:
                     one_row_wins[(n, k)] = best
                 else:
@@ -311,14 +319,10 @@ def matmuls(scale: dict, bw: float) -> None:
         row = []
         for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():  # not the LM head: cuBLAS is near the floor there
             x = torch.randn(m, k, dtype=dtype, device=dev)
-            times = {}
-            for config in candidate_skinny_gemm.CONFIGS:
-                torch.testing.assert_close(candidate_skinny_gemm.skinny_gemm(x, w, config), F.linear(x, w), rtol=2e-2, atol=2e-2)
-                times[config] = graph_time(lambda: candidate_skinny_gemm.skinny_gemm(x, w, config))
-            best = min(times, key=times.get)
-            row.append(f"M={m}: {times[best] * 1e6:.1f} us ({w.numel() * w.element_size() / times[best] / bw:.0%}) at {best}")
-            if times[best] < library_best[m]:
-                skinny_wins[(n, k, m)] = (best, round(library_best[m] / times[best], 2))
+            best, t = fastest_config(candidate_skinny_gemm.skinny_gemm, x, w, candidate_skinny_gemm.CONFIGS)
+            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%}) at {best}")
+            if t < library_best[m]:
+                skinny_wins[(n, k, m)] = (best, round(library_best[m] / t, 2))
         if row:
             print(f"matmul {name:8s} {n}x{k} candidate skinny GEMM (benchmarks/candidate_skinny_gemm.py), best of its configurations "
                   f"(BLOCK_N, BLOCK_K, warps, stages): {', '.join(row)}")  # fmt: skip
