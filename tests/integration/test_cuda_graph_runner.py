@@ -126,16 +126,12 @@ def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monke
     """The Triton GEMV, configured for the tiny model's five weight shapes and let in on the CPU (the
     interpreter runs it): batch-1 steps, replayed and eager, call it for each shape, and the tokens
     are those of the same engine without it (float16: the GEMV takes 16-bit weights only)."""
-    import json
-
     import folovllm.model_executor.layers.dispatch as dispatch
     import folovllm.model_executor.layers.triton_gemv as triton_gemv
     from folovllm import SamplingParams
+    from tests.fixtures.tiny_models import linear_weight_shapes
 
-    c = json.loads((tiny_model / "config.json").read_text())
-    h, d = c["hidden_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    q, kv, inter = c["num_attention_heads"] * d, c["num_key_value_heads"] * d, c["intermediate_size"]
-    shapes = {(q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter), (c["vocab_size"], h)}
+    shapes = linear_weight_shapes(tiny_model)
     prompts = [[{"prompt_token_ids": list(range(40, 90))}], [{"prompt_token_ids": list(range(7, 30))}]]
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 

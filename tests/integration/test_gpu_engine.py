@@ -57,15 +57,11 @@ def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monk
     """The Triton GEMV configured for the tiny model's five weight shapes (it has entries for
     Qwen3-0.6B's only): a single sequence's steps call it for each of them, eagerly or while the
     batch-1 graph is captured, and greedy output still agrees with HF in bf16."""
-    import json
-
     import folovllm.model_executor.layers.triton_gemv as triton_gemv
     from folovllm import LLM, SamplingParams
+    from tests.fixtures.tiny_models import linear_weight_shapes
 
-    c = json.loads((tiny_model / "config.json").read_text())
-    h, d = c["hidden_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    q, kv, inter = c["num_attention_heads"] * d, c["num_key_value_heads"] * d, c["intermediate_size"]
-    shapes = {(q + 2 * kv, h), (h, q), (2 * inter, h), (h, inter), (c["vocab_size"], h)}
+    shapes = linear_weight_shapes(tiny_model)
     monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {s: (4, 1024, 4) for s in shapes})
     seen, gemv = set(), triton_gemv.gemv
     monkeypatch.setattr(triton_gemv, "gemv", lambda x, w, config: seen.add(tuple(w.shape)) or gemv(x, w, config))
