@@ -113,6 +113,11 @@ class CUDAGraphRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
             out = forward()
+        # An instantiated graph is uploaded to the device on its first launch (cudaGraphUpload,
+        # which torch does not expose, does it ahead); launch it once here rather than in a request.
+        # The buffers hold the warm-up's inputs: padding slots (-1) and empty sequences, so the
+        # replay writes no KV cache.
+        graph.replay()
         return graph, out, graph.pool()
 
     def can_run(self, num_tokens: int, meta: AttentionMetadata) -> bool:
