@@ -181,12 +181,21 @@ def _fused_cases():
 
 
 def _gemv_cases():
-    from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS, gemv
+    from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS, gemv, gemv_add_rms_norm, gemv_silu_and_mul
 
     for (n, k), config in GEMV_CONFIGS.items():
         for dtype in (BF16, FP16, FP32):
             x, w = torch.zeros(1, k, dtype=dtype), torch.zeros(n, k, dtype=dtype)
             yield f"one-row GEMV {n}x{k} at {config} ({dtype})", lambda: gemv(x, w, config)
+    for dtype in (BF16, FP16):  # the prologues, at the shapes the decoder layer fuses them into
+        for (n, k), config in GEMV_CONFIGS.items():
+            w, x = torch.zeros(n, k, dtype=dtype), torch.zeros(1, 2 * k, dtype=dtype)
+            if n in (4096, 6144):  # q/k/v, gate/up: after an RMSNorm
+                for res in (x[:, :k], None):
+                    yield (f"add + RMSNorm + GEMV {n}x{k} at {config} ({dtype}, residual={res is not None})",
+                           lambda r=res: gemv_add_rms_norm(x[:, :k], r, w[0], 1e-6, w, config))  # fmt: skip
+            if k == 3072:  # down: after SiLU-and-mul
+                yield f"SiLU and mul + GEMV {n}x{k} at {config} ({dtype})", lambda: gemv_silu_and_mul(x, w, config)
 
 
 def _sampler_cases():

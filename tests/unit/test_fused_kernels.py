@@ -14,7 +14,14 @@ from folovllm.attention.ops.paged_attn_reference import store_kv_cache_ref  # no
 from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
 from folovllm.model_executor.layers.layernorm import RMSNorm  # noqa: E402
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding  # noqa: E402
-from folovllm.model_executor.layers.triton_gemv import CONFIGS, GEMV_CONFIGS, fits, gemv  # noqa: E402
+from folovllm.model_executor.layers.triton_gemv import (  # noqa: E402
+    CONFIGS,
+    GEMV_CONFIGS,
+    fits,
+    gemv,
+    gemv_add_rms_norm,
+    gemv_silu_and_mul,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -124,6 +131,42 @@ def test_gemv_matches_a_matmul_in_every_configuration():
         assert configs
         for config in configs:
             torch.testing.assert_close(gemv(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gemv_with_the_norm_or_silu_inside_equals_the_two_kernels(dtype):
+    """The fused forms against the kernels they replace, then the GEMV, in every configuration at
+    1-3 rows and a K that no block divides: the same values (bit for bit in the interpreter, whose
+    sums run in one order), and against the plain-torch layers. (The interpreter's bfloat16 is not
+    IEEE: bfloat16 runs on the GPU.)"""
+    g = torch.Generator().manual_seed(1)
+    k = 300
+    w, w_down = torch.randn(37, k, generator=g).to(dtype), (torch.randn(37, k, generator=g) / k**0.5).to(dtype)
+    norm = _torch_rmsnorm(k, 3).to(dtype)
+
+    def same(a, b, config):
+        if DEVICE == "cpu":
+            assert torch.equal(a, b), config
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+    for m in (1, 3):
+        x, r = torch.randn(m, k, generator=g).to(dtype), torch.randn(m, k, generator=g).to(dtype)
+        gate_up = torch.randn(m, 2 * k, generator=g).to(dtype)
+        nw, xd, rd, wd, wdd, gud = (t.to(DEVICE) for t in (norm.weight.data, x, r, w, w_down, gate_up))
+        for config in [c for c in CONFIGS if fits(m, c)]:
+            out, res = gemv_add_rms_norm(xd, rd, nw, 1e-6, wd, config)
+            normed, summed = fused_add_rms_norm(xd, rd, nw, 1e-6)
+            same(res, summed, config)
+            same(out, gemv(normed, wd, config), config)
+            torch.testing.assert_close(out.cpu(), norm._norm(x + r) @ w.T, rtol=2e-2, atol=2e-2 * k**0.5)
+            out, res = gemv_add_rms_norm(xd, None, nw, 1e-6, wd, config)
+            assert res is xd
+            same(out, gemv(fused_add_rms_norm(xd, None, nw, 1e-6), wd, config), config)
+            out = gemv_silu_and_mul(gud, wdd, config)
+            same(out, gemv(silu_and_mul(gud), wdd, config), config)
+            gate, up = gate_up.float().chunk(2, dim=-1)
+            torch.testing.assert_close(out.float().cpu(), (torch.nn.functional.silu(gate) * up) @ w_down.float().T, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -40,20 +40,65 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int]] = {
 }
 
 
+# What the kernel does to its input before the product (``prologue``): nothing; the residual add and
+# RMSNorm of a decoder layer (``fused_add_rms_norm``) before q/k/v or gate/up; SiLU-and-mul
+# (``silu_and_mul``) of gate/up before down. Each program recomputes it for the whole input row, which
+# it reads from L2: a few KB against the BLOCK_N x K weight bytes it streams, and one launch fewer.
+NONE, ADD_RMS_NORM, SILU_AND_MUL = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # (a kernel reads globals only as constexpr)
+
+
+@triton.jit
+def _row_rstd(x_ptr, res_ptr, res_out_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, eps):
+    """1 / RMS of each row of ``x (+ residual)``; program 0 also writes ``x + residual`` (the new residual)."""
+    offs = tl.arange(0, BLOCK_ROW)
+    mask = m_mask[:, None] & (offs[None, :] < K)
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        x = x + tl.load(res_ptr + offs_m[:, None] * K + offs[None, :], mask=mask, other=0.0)
+        if tl.program_id(0) == 0:
+            tl.store(res_out_ptr + offs_m[:, None] * K + offs[None, :], x, mask=mask)
+    xf = x.to(tl.float32)
+    return tl.rsqrt(tl.sum(xf * xf, 1) / K + eps)
+
+
+@triton.jit
+def _load_input(
+    x_ptr, res_ptr, norm_w_ptr, rstd, offs_m, offs_k, mask, K, stride_xm,
+    PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):  # fmt: skip
+    """Columns ``offs_k`` of the matmul's input, rounded as the unfused kernels round them."""
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask, other=0.0)
+    if PROLOGUE == ADD_RMS_NORM:
+        if HAS_RESIDUAL:
+            x = x + tl.load(res_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask, other=0.0)
+        normed = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
+        x = tl.load(norm_w_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :] * normed
+    elif PROLOGUE == SILU_AND_MUL:  # x holds gate, and up K columns further on
+        up = tl.load(x_ptr + offs_m[:, None] * stride_xm + K + offs_k[None, :], mask=mask, other=0.0)
+        g = x.to(tl.float32)
+        x = (g / (1.0 + tl.exp(-g))).to(x.dtype) * up
+    return x
+
+
 @triton.jit(do_not_specialize=["M"])
 def _gemv_kernel(
-    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+    x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_ptr, M, N, K, stride_xm, stride_wn, stride_om, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr,
 ):  # fmt: skip
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     n_mask, m_mask = offs_n < N, offs_m < M
+    rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if PROLOGUE == ADD_RMS_NORM:
+        rstd = _row_rstd(x_ptr, res_ptr, res_out_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL, BLOCK_ROW, eps)
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        x = _load_input(x_ptr, res_ptr, norm_w_ptr, rstd, offs_m, offs_k, m_mask[:, None] & k_mask[None, :], K, stride_xm,
+                        PROLOGUE, HAS_RESIDUAL)  # fmt: skip
         acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     out = tl.sum(acc, axis=2)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
@@ -66,15 +111,38 @@ def fits(m: int, config: tuple[int, int, int]) -> bool:
     return triton.next_power_of_2(m) * block_n * block_k <= 64 * 32 * warps
 
 
-def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int] = CONFIGS[0]) -> torch.Tensor:
-    """``x @ w.T`` for x [M, K] with few rows and w [N, K] (an nn.Linear weight), float32 accumulation."""
-    m, k = x.shape
-    n = w.shape[0]
+def _launch(x, w, config, k, prologue=NONE, residual=None, norm_weight=None, eps=0.0):
+    m, n = x.shape[0], w.shape[0]
     assert w.shape[1] == k and x.stride(1) == 1 and w.stride(1) == 1 and fits(m, config), (x.shape, w.shape, config)
     block_n, block_k, warps = config
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    res_out = torch.empty(m, k, dtype=x.dtype, device=x.device) if residual is not None else out
     _gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-        BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        x, w, out, residual if residual is not None else x, norm_weight if norm_weight is not None else x, res_out,
+        m, n, k, x.stride(0), w.stride(0), out.stride(0), eps,
+        BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k,
+        PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == ADD_RMS_NORM else 1,
+        num_warps=warps,
     )  # fmt: skip
-    return out
+    return out, res_out
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int] = CONFIGS[0]) -> torch.Tensor:
+    """``x @ w.T`` for x [M, K] with few rows and w [N, K] (an nn.Linear weight), float32 accumulation."""
+    return _launch(x, w, config, x.shape[1])[0]
+
+
+def gemv_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
+    config: tuple[int, int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(norm(x + residual) @ w.T, x + residual)`` in one kernel (without ``residual``: ``norm(x) @ w.T``
+    and ``x``), ``norm`` the RMSNorm of ``fused_add_rms_norm``; rows of ``residual`` contiguous."""
+    assert residual is None or residual.is_contiguous()
+    out, res_out = _launch(x, w, config, x.shape[1], ADD_RMS_NORM, residual, norm_weight, eps)
+    return out, (x if residual is None else res_out)
+
+
+def gemv_silu_and_mul(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int]) -> torch.Tensor:
+    """``silu_and_mul(x) @ w.T`` in one kernel, for x [M, 2K] (gate, then up) and w [N, K]."""
+    return _launch(x, w, config, x.shape[1] // 2, SILU_AND_MUL)[0]
