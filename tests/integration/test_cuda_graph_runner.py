@@ -124,12 +124,12 @@ def test_a_step_beyond_the_largest_mixed_graph_runs_eagerly(graphed_llm, tiny_mo
 
 def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
     """The Triton GEMV, configured for the tiny model's five weight shapes and let in on the CPU (the
-    interpreter runs it): batch-1 steps, replayed and eager, call it for each shape, and the tokens
+    interpreter runs it): batch-1 steps, replayed and eager, call it for o and the LM head, and its
+    fused forms for q/k/v and gate/up (the RMSNorm inside) and down (SiLU-and-mul inside); the tokens
     are those of the same engine without it (float16: the GEMV takes 16-bit weights only)."""
     import folovllm.model_executor.layers.dispatch as dispatch
-    import folovllm.model_executor.layers.triton_gemv as triton_gemv
     from folovllm import SamplingParams
-    from tests.fixtures.tiny_models import linear_weight_shapes
+    from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_gemv
 
     shapes = linear_weight_shapes(tiny_model)
     prompts = [[{"prompt_token_ids": list(range(40, 90))}], [{"prompt_token_ids": list(range(7, 30))}]]
@@ -143,9 +143,11 @@ def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monke
         return tokens
 
     without = run()
-    seen, gemv = set(), triton_gemv.gemv
     monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
-    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {shape: (16, 512, 8) for shape in shapes})  # the fewest programs
-    monkeypatch.setattr(triton_gemv, "gemv", lambda x, w, config: seen.add(tuple(w.shape)) or gemv(x, w, config))
+    seen = spy_on_gemv(monkeypatch, {shape: (16, 512, 8) for shape in shapes.values()})  # the fewest programs
     assert run() == without
-    assert seen == shapes
+    assert seen == {
+        "gemv": {shapes["o"], shapes["lm_head"]},
+        "gemv_add_rms_norm": {shapes["qkv"], shapes["gate_up"]},
+        "gemv_silu_and_mul": {shapes["down"]},
+    }

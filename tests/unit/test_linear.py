@@ -134,3 +134,63 @@ def test_one_row_on_the_gpu_goes_to_the_triton_gemv_for_the_shapes_it_was_measur
     nn.init.normal_(lm_head.weight)
     torch.testing.assert_close(lm_head.compute_logits(x), x @ lm_head.weight.T)
     assert calls[1:] == [((1, 6), (11, 6), (8, 512, 4))]
+
+
+def test_the_norm_or_silu_before_a_one_row_gemv_runs_inside_it(monkeypatch):
+    """rms_norm_then_linear and silu_and_mul_then_linear (the decoder layer's two seams): where the
+    matmul would go to the GEMV, the fused entry point takes the whole op (spies here, no GPU);
+    elsewhere the norm or activation runs, then the layer. Either way the result is the same."""
+    import torch.nn.functional as F
+
+    import folovllm.model_executor.layers.dispatch as dispatch
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+    from folovllm.model_executor.layers.activation import SiluAndMul
+    from folovllm.model_executor.layers.dispatch import rms_norm_then_linear, silu_and_mul_then_linear
+    from folovllm.model_executor.layers.layernorm import RMSNorm
+
+    calls = []
+
+    def fused_norm(x, residual, norm_weight, eps, w, config):
+        calls.append(("norm", tuple(w.shape), residual is not None))
+        h = x if residual is None else x + residual
+        return RMSNorm(h.shape[1], eps).to(h.dtype)._norm(h) * norm_weight @ w.T, h
+
+    def fused_silu(x, w, config):
+        calls.append(("silu", tuple(w.shape)))
+        return SiluAndMul()(x) @ w.T
+
+    monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
+    monkeypatch.setattr(triton_gemv, "gemv_add_rms_norm", fused_norm)
+    monkeypatch.setattr(triton_gemv, "gemv_silu_and_mul", fused_silu)
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {(5, 6): (4, 1024, 4), (6, 4): (4, 1024, 4)})
+    monkeypatch.setattr(triton_gemv, "gemv", lambda x, w, config: x @ w.T)  # the unfused matmul, if a test reaches it
+    torch.manual_seed(0)
+    norm = RMSNorm(6).to(torch.bfloat16)
+    nn.init.normal_(norm.weight)
+    monkeypatch.setattr(norm, "forward", lambda x, residual=None: (norm._norm(x) if residual is None else (norm._norm(x + residual), x + residual)))
+    up, down, with_bias = ColumnParallelLinear(6, 5), ColumnParallelLinear(4, 6), ColumnParallelLinear(6, 5, bias=True)
+    for lay in (up, down, with_bias):
+        nn.init.normal_(lay.weight)
+        lay.to(torch.bfloat16)
+    x, r = torch.randn(1, 6, dtype=torch.bfloat16), torch.randn(1, 6, dtype=torch.bfloat16)
+
+    out, res = rms_norm_then_linear(norm, up, x, r)
+    torch.testing.assert_close(out, F.linear(norm._norm(x + r), up.weight))
+    torch.testing.assert_close(res, x + r)
+    out, res = rms_norm_then_linear(norm, up, x, None)
+    assert res is x
+    torch.testing.assert_close(out, F.linear(norm._norm(x), up.weight))
+    gate_up = torch.randn(1, 8, dtype=torch.bfloat16)
+    torch.testing.assert_close(silu_and_mul_then_linear(SiluAndMul(), down, gate_up), F.linear(SiluAndMul()(gate_up), down.weight))
+    assert calls == [("norm", (5, 6), True), ("norm", (5, 6), False), ("silu", (6, 4))]
+
+    calls.clear()
+    out, res = rms_norm_then_linear(norm, with_bias, x, r)  # the GEMV has no bias
+    torch.testing.assert_close(out, F.linear(norm._norm(x + r), with_bias.weight, with_bias.bias))
+    x2, r2 = torch.randn(2, 6, dtype=torch.bfloat16), torch.randn(2, 6, dtype=torch.bfloat16)
+    out, res = rms_norm_then_linear(norm, up, x2, r2)  # two rows
+    torch.testing.assert_close(out, F.linear(norm._norm(x2 + r2), up.weight))
+    silu_and_mul_then_linear(SiluAndMul(), down, torch.randn(2, 8, dtype=torch.bfloat16))
+    monkeypatch.setattr(up, "tp_size", 2)  # a tensor-parallel layer's forward is more than the matmul
+    rms_norm_then_linear(norm, up, x, r)
+    assert calls == []

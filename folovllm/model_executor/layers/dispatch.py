@@ -1,5 +1,8 @@
 """Which kernel a layer's op takes: the fused Triton kernels for CUDA tensors (triton installed),
-and for an unquantized matmul of one row, the Triton GEMV where it was measured faster."""
+and for an unquantized matmul of one row, the Triton GEMV where it was measured faster, with the
+RMSNorm or SiLU-and-mul before it run inside it."""
+
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -11,14 +14,57 @@ def use_fused_kernels(x: torch.Tensor) -> bool:
     return HAS_TRITON and x.is_cuda
 
 
-def unquantized_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias``. One row (a single sequence's decode step) of a 16-bit model on the GPU
-    goes to the Triton GEMV when ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat
-    cuBLAS on an H100, in bfloat16); everything else to ``F.linear``."""
+def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int] | None:
+    """The Triton GEMV's configuration for ``x @ weight.T + bias``, or None where ``F.linear`` runs it.
+    The GEMV takes one row (a single sequence's decode step) of a 16-bit model on the GPU, without a
+    bias, where ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat cuBLAS on an H100,
+    in bfloat16)."""
     if x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x):
-        from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS, gemv
+        from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS
 
-        config = GEMV_CONFIGS.get(tuple(weight.shape))
-        if config is not None:
-            return gemv(x, weight, config)
+        return GEMV_CONFIGS.get(tuple(weight.shape))
+    return None
+
+
+def unquantized_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias``: the Triton GEMV where ``gemv_config`` gives it one, else ``F.linear``."""
+    config = gemv_config(x, weight, bias)
+    if config is not None:
+        from folovllm.model_executor.layers.triton_gemv import gemv
+
+        return gemv(x, weight, config)
     return F.linear(x, weight, bias)
+
+
+def _linear_gemv_config(linear, x: torch.Tensor) -> tuple[int, int, int] | None:
+    """``gemv_config`` of an unquantized layer on one rank (whose ``forward`` is the plain matmul)."""
+    from folovllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    if linear.tp_size == 1 and isinstance(linear.quant_method, UnquantizedLinearMethod):
+        return gemv_config(x, linear.weight, linear.bias)
+    return None
+
+
+def rms_norm_then_linear(norm, linear, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(linear(norm(x + residual)), x + residual)``; without ``residual``, ``(linear(norm(x)), x)``.
+    Where ``linear`` goes to the GEMV, one kernel does it all (the norm is its prologue); else the
+    norm and the matmul run one after the other."""
+    config = _linear_gemv_config(linear, x)
+    if config is not None:
+        from folovllm.model_executor.layers.triton_gemv import gemv_add_rms_norm
+
+        return gemv_add_rms_norm(x, residual, norm.weight, norm.eps, linear.weight, config)
+    if residual is None:
+        return linear(norm(x)), x
+    x, residual = norm(x, residual)
+    return linear(x), residual
+
+
+def silu_and_mul_then_linear(act, linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(act(x))`` for ``act`` SiLU-and-mul: one kernel where ``linear`` goes to the GEMV."""
+    config = _linear_gemv_config(linear, x)
+    if config is not None:
+        from folovllm.model_executor.layers.triton_gemv import gemv_silu_and_mul
+
+        return gemv_silu_and_mul(x, linear.weight, config)
+    return linear(act(x))

@@ -15,7 +15,7 @@ from torch import nn
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
 from folovllm.model_executor.layers.activation import SiluAndMul
 from folovllm.model_executor.layers.attention import Attention
-from folovllm.model_executor.layers.dispatch import use_fused_kernels
+from folovllm.model_executor.layers.dispatch import rms_norm_then_linear, silu_and_mul_then_linear, use_fused_kernels
 from folovllm.model_executor.layers.layernorm import RMSNorm
 from folovllm.model_executor.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding, get_rope
@@ -46,8 +46,8 @@ class Qwen3Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.eps = config.rms_norm_eps
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """Attention from ``qkv``, the output of ``qkv_proj`` (which the decoder layer runs with the norm before it)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -78,8 +78,9 @@ class Qwen3MLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False, quant_config=quant_config)
         self.act_fn = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """The MLP from ``gate_up``, the output of ``gate_up_proj`` (which the decoder layer runs with the norm before it)."""
+        return silu_and_mul_then_linear(self.act_fn, self.down_proj, gate_up)
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -99,15 +100,12 @@ class Qwen3DecoderLayer(nn.Module):
         residual: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Pre-norm block; the residual add is fused into the following norm.
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, attn_metadata)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        # Pre-norm block. The residual add is fused into the norm after it, and at one row on a GPU
+        # (a single sequence decoding) the norm into the GEMV after it, as SiLU-and-mul is into down's.
+        qkv, residual = rms_norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
+        hidden = self.self_attn(positions, qkv, attn_metadata)
+        gate_up, residual = rms_norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
+        return self.mlp(gate_up), residual
 
 
 class Qwen3Model(nn.Module):
