@@ -2,7 +2,8 @@
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
 decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4 rows, a
-candidate skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, a mixed batch through
+candidate skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
+RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through
 the prefill kernel's work list, the fused sampler with and without vocabulary splits, and last,
 the longest: the prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
@@ -33,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from folovllm.model_executor.layers import triton_gemv  # noqa: E402
+from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, silu_and_mul  # noqa: E402
 from benchmarks import candidate_skinny_gemm  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
@@ -94,6 +96,7 @@ def main() -> None:
             prefill_today_and_baseline(scale, baseline["prefill"], args, [qlen] * batch, flops)
     decode_in_graphs(scale, bw, baseline.get("decode"))
     matmuls(scale, bw)
+    gemv_prologues(scale)
     mixed_batch(scale)
     sampler(scale)
     for batch, qlen in scale["prefill"]:  # last: the longest section (a time limit may cut it short)
@@ -329,6 +332,39 @@ def matmuls(scale: dict, bw: float) -> None:
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
     print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
     print(f"... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): {skinny_wins}")
+
+
+def gemv_prologues(scale: dict) -> None:
+    """The decoder layer's one-row fusions, replayed from a graph, in every GEMV configuration: RMSNorm
+    (with the residual add) then the GEMV, against the GEMV with the norm inside (q/k/v, gate/up);
+    SiLU-and-mul then the GEMV, against the GEMV with it inside (down). The engine fuses both, in
+    the plain GEMV's configuration (``GEMV_CONFIGS``)."""
+    dev, dtype = scale["dev"], scale["dtype"]
+    wins = {}
+    for name, (n, k) in scale["matmuls"].items():
+        if name not in ("q/k/v", "gate/up", "down"):
+            continue
+        w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
+        if name == "down":
+            x = torch.randn(1, 2 * k, dtype=dtype, device=dev)
+            pair, fused = (lambda c: triton_gemv.gemv(silu_and_mul(x), w, c)), (lambda c: triton_gemv.gemv_silu_and_mul(x, w, c))
+        else:
+            x, r, nw = (torch.randn(1, k, dtype=dtype, device=dev) for _ in range(3))
+            nw = nw[0]
+            pair = lambda c: triton_gemv.gemv(fused_add_rms_norm(x, r, nw, 1e-6)[0], w, c)  # noqa: E731
+            fused = lambda c: triton_gemv.gemv_add_rms_norm(x, r, nw, 1e-6, w, c)[0]  # noqa: E731
+        row, best = [], {}
+        for config in [c for c in triton_gemv.CONFIGS if triton_gemv.fits(1, c)]:
+            torch.testing.assert_close(fused(config), pair(config), rtol=2e-2, atol=2e-2)
+            t_pair, t_fused = graph_time(lambda: pair(config)), graph_time(lambda: fused(config))
+            row.append(f"{config}: {t_pair * 1e6:.1f} / {t_fused * 1e6:.1f}")
+            best["pair"] = min(best.get("pair", (float("inf"),)), (t_pair, config))
+            best["fused"] = min(best.get("fused", (float("inf"),)), (t_fused, config))
+        print(f"one row, {name:8s} {n}x{k}, two kernels / one, us by GEMV configuration: {', '.join(row)}; "
+              f"the engine's: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
+        if best["fused"][0] < best["pair"][0]:
+            wins[(n, k)] = (best["fused"][1], round(best["pair"][0] / best["fused"][0], 2))
+    print(f"one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): {wins}")
 
 
 def mixed_batch(scale: dict) -> None:
