@@ -94,7 +94,7 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
             hidden = runner._forward(inputs)
             sync(device)
             t3 = time.perf_counter()
-            logits = runner.model.compute_logits(hidden[inputs.logits_indices])
+            logits = runner.model.compute_logits(runner.sampled_rows(hidden, inputs))
             tokens = runner.sampler(logits, runner._sampling_metadata(inputs.sample_states)).sampled_token_ids.tolist()
         t4 = time.perf_counter()
         _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens))

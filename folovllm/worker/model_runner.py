@@ -50,7 +50,7 @@ class _StepInputs:
     input_ids: torch.Tensor
     positions: torch.Tensor
     attn_metadata: AttentionMetadata
-    logits_indices: torch.Tensor
+    logits_indices: torch.Tensor | None  # the rows that sample; None: every row (a step of decodes only)
     sample_states: list[CachedRequestState]  # the sequences that sample, in sampler-row order
     is_decode_only: bool
     # (sequence, first prompt position, its first row in the batch, rows) for prompt logprobs
@@ -282,7 +282,7 @@ class ModelRunner:
             input_ids=input_ids_dev,
             positions=self._to_device(positions),
             attn_metadata=meta,
-            logits_indices=self._to_device(qsl[1:][sampling] - 1),
+            logits_indices=None if int(sampling.sum()) == len(positions) else self._to_device(qsl[1:][sampling] - 1),
             sample_states=[s for s, flag in zip(states, sampling.tolist()) if flag],
             is_decode_only=meta.max_query_len == 1,
             prompt_logprob_rows=prompt_logprob_rows,
@@ -322,6 +322,12 @@ class ModelRunner:
             ))  # fmt: skip
         return out
 
+    @staticmethod
+    def sampled_rows(hidden: torch.Tensor, inputs: _StepInputs) -> torch.Tensor:
+        """The hidden states of the rows that sample: all of them in a step of decodes only (as many
+        rows as sampling sequences), with no gather to launch."""
+        return hidden if inputs.logits_indices is None else hidden[inputs.logits_indices]
+
     def _forward(self, inputs: _StepInputs) -> torch.Tensor:
         """The model's hidden states for the step: a CUDA graph's replay where one fits, else eager."""
         meta = inputs.attn_metadata
@@ -340,7 +346,7 @@ class ModelRunner:
         prompt_logprobs = self._compute_prompt_logprobs(hidden, inputs.prompt_logprob_rows) if inputs.prompt_logprob_rows else None
         if not inputs.sample_states:
             return AsyncGPUModelRunnerOutput([], None, self.device, prompt_logprobs)
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        logits = self.model.compute_logits(self.sampled_rows(hidden, inputs))
         out = self.sampler(logits, self._sampling_metadata(inputs.sample_states))
         req_ids = [s.req_id for s in inputs.sample_states]
         self.prev_sampled = out.sampled_token_ids

@@ -222,3 +222,21 @@ def test_eager_warm_up_also_runs_the_decode_kernel_split_and_unsplit(tiny_model)
     prompts = [list(range(10, 10 + n)) for n in (3, 17)]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=6), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 6)
+
+
+def test_a_step_of_decodes_samples_every_row_without_a_gather(tiny_model):
+    """The rows that sample are gathered from the hidden states only when some rows do not sample (a
+    prompt's chunk, or a prompt whose tokens before the last do not); in a step of decodes alone
+    every row samples, and the hidden states go to the LM head as they are."""
+    llm = LLM(str(tiny_model), device="cpu", max_num_batched_tokens=32, max_num_seqs=4)
+    runner = llm.llm_engine.executor.worker.model_runner
+    steps = []
+    prepare = runner._prepare_inputs
+    runner._prepare_inputs = lambda so: steps.append(prepare(so)) or steps[-1]
+    prompts = [list(range(10, 10 + n)) for n in (3, 40)]  # the 40-token prompt takes two steps
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=5), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 5)
+    gathers = [s.logits_indices.tolist() if s.logits_indices is not None else None for s in steps]
+    # 3 + 29 tokens (the 40-token prompt's first chunk does not sample), then a decode + its last 11
+    assert gathers[:2] == [[2], [0, 11]], gathers
+    assert gathers[2:] == [None] * 4 and [len(s.input_ids) for s in steps[2:]] == [2, 2, 2, 1], gathers
