@@ -18,9 +18,11 @@ Two ladders of graphs share one memory pool:
   (slot -1) belong to no tile; their rows carry garbage through the
   row-wise layers and are never read.
 
-Everything a graph reads is a device buffer filled before each replay;
-host-side values (a step's longest query, its sequences' lengths) are
-frozen at capture and must not steer the captured work.
+Everything a graph reads is a device buffer filled before each replay: the
+model runner's input buffers (``InputBuffers``), which it fills padded to the
+graph's size, and the graph's block table; host-side values (a step's longest
+query, its sequences' lengths) are frozen at capture and must not steer the
+captured work.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import gc
 import torch
 
 from folovllm.attention.backends.abstract import AttentionMetadata
+from folovllm.worker.input_buffers import InputBuffers
 
 _DECODE_LADDER = [1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512]
 # Beyond ~4096 tokens a prefill's GPU time exceeds its launch time: eager costs nothing more.
@@ -44,10 +47,11 @@ def _ladder(steps: list[int], largest: int) -> list[int]:
 
 class CUDAGraphRunner:
     def __init__(
-        self, model, attn_backend, max_num_seqs: int, max_num_batched_tokens: int, max_blocks_per_seq: int,
-        max_model_len: int, head_dim: int, device: torch.device, num_kv_splits_fn,
+        self, model, attn_backend, buffers: InputBuffers, max_num_seqs: int, max_num_batched_tokens: int,
+        max_blocks_per_seq: int, max_model_len: int, head_dim: int, device: torch.device, num_kv_splits_fn,
     ) -> None:  # fmt: skip
         self.model = model
+        self.buffers = buffers
         self.max_model_len = max_model_len
         self.num_kv_splits_fn = num_kv_splits_fn
         self.decode_sizes = _ladder(_DECODE_LADDER, max_num_seqs)
@@ -55,15 +59,9 @@ class CUDAGraphRunner:
         self.tiles_for = {t: attn_backend.max_prefill_tiles(t, max_num_seqs, head_dim) for t in mixed_sizes}
         # A backend without a prefill work list (the plain-torch one) reads host lists: no mixed graphs.
         self.mixed_sizes = mixed_sizes if self.tiles_for[mixed_sizes[-1]] else []
-        n = max(self.decode_sizes[-1], mixed_sizes[-1] if self.mixed_sizes else 0)
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
-        self.seq_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
+        # A step's block table is as wide as its longest sequence needs; a graph reads a fixed width.
         self.block_table = torch.zeros(max_num_seqs, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.decode_query_start_loc = torch.arange(max_num_seqs + 1, dtype=torch.int32, device=device)  # never written
-        self.query_start_loc = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
-        self.prefill_tiles = torch.full((max(self.tiles_for[mixed_sizes[-1]], 1), 2), -1, dtype=torch.int32, device=device)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -72,18 +70,18 @@ class CUDAGraphRunner:
         return {"decode": self.decode_sizes, "mixed": self.mixed_sizes}
 
     def _metadata(self, kind: str, size: int) -> AttentionMetadata:
-        decode = kind == "decode"
+        decode, buf = kind == "decode", self.buffers
         return AttentionMetadata(
             max_query_len=1 if decode else size,  # only the choice of kernel reads it
             max_seq_len=self.max_model_len,
-            query_start_loc=self.decode_query_start_loc[: size + 1] if decode else self.query_start_loc,
-            seq_lens=self.seq_lens[:size] if decode else self.seq_lens,
+            query_start_loc=self.decode_query_start_loc[: size + 1] if decode else buf.query_start_loc.gpu,
+            seq_lens=buf.seq_lens.gpu[:size] if decode else buf.seq_lens.gpu,
             block_table=self.block_table[:size] if decode else self.block_table,
-            slot_mapping=self.slot_mapping[:size],
+            slot_mapping=buf.slot_mapping.gpu[:size],
             query_start_loc_cpu=[],
             seq_lens_cpu=[],
             num_kv_splits=self.num_kv_splits_fn(size, self.max_model_len) if decode else 1,
-            prefill_tiles=None if decode else self.prefill_tiles[: self.tiles_for[size]],
+            prefill_tiles=None if decode else buf.prefill_tiles.gpu[: self.tiles_for[size]],
         )
 
     @torch.inference_mode()
@@ -98,11 +96,17 @@ class CUDAGraphRunner:
             gc.enable()
 
     def _capture_all(self) -> None:
+        # Capture on inputs that touch nothing (the warm-up runs before it left real slots behind):
+        # no cache slot written, no context read, no prefill tile.
+        buf = self.buffers
+        buf.slot_mapping.gpu.fill_(-1)
+        buf.seq_lens.gpu.zero_()
+        buf.prefill_tiles.gpu.fill_(-1)
         pool = None
         # Largest first, so that smaller graphs reuse its memory.
         keys = sorted([("mixed", t) for t in self.mixed_sizes] + [("decode", b) for b in self.decode_sizes], key=lambda k: -k[1])
         for kind, size in keys:
-            forward = functools.partial(self.model, self.input_ids[:size], self.positions[:size], self._metadata(kind, size))
+            forward = functools.partial(self.model, buf.input_ids.gpu[:size], buf.positions.gpu[:size], self._metadata(kind, size))
             forward()  # warm-up (compiles kernels)
             self.graphs[(kind, size)], self.outputs[(kind, size)], pool = self._capture_graph(forward, pool)
 
@@ -115,34 +119,20 @@ class CUDAGraphRunner:
             out = forward()
         # An instantiated graph is uploaded to the device on its first launch (cudaGraphUpload,
         # which torch does not expose, does it ahead); launch it once here rather than in a request.
-        # The buffers hold the warm-up's inputs: padding slots (-1) and empty sequences, so the
-        # replay writes no KV cache.
+        # Its inputs are the capture's (no cache slot, no context): the replay writes no KV cache.
         graph.replay()
         return graph, out, graph.pool()
 
-    def can_run(self, num_tokens: int, meta: AttentionMetadata) -> bool:
-        if meta.max_query_len == 1:
-            return meta.num_seqs <= self.decode_sizes[-1]
-        return bool(self.mixed_sizes) and num_tokens <= self.mixed_sizes[-1]
+    def graph_size(self, num_tokens: int, num_seqs: int, decode: bool) -> int | None:
+        """The captured size that runs a step (the smallest that holds it), or None: the step runs eagerly."""
+        sizes, n = (self.decode_sizes, num_seqs) if decode else (self.mixed_sizes, num_tokens)
+        return next((s for s in sizes if s >= n), None)
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        n, num_seqs = input_ids.shape[0], meta.num_seqs
+    def run(self, size: int, num_tokens: int, meta: AttentionMetadata) -> torch.Tensor:
+        """Replay the graph of ``size`` on the inputs the model runner put in its buffers (padded to
+        ``size``); its first ``num_tokens`` rows of hidden states."""
         kind = "decode" if meta.max_query_len == 1 else "mixed"
-        size = next(s for s in self.capture_sizes[kind] if s >= n)
-        self.input_ids[:n].copy_(input_ids, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
-        self.seq_lens[:num_seqs].copy_(meta.seq_lens, non_blocking=True)
-        self.block_table[:num_seqs, : meta.block_table.shape[1]].copy_(meta.block_table, non_blocking=True)
-        if size > n:
-            self.slot_mapping[n:size].fill_(-1)
-        if kind == "decode":
-            if size > n:
-                self.seq_lens[n:size].zero_()
-        else:
-            self.query_start_loc[: num_seqs + 1].copy_(meta.query_start_loc, non_blocking=True)
-            num_tiles = meta.prefill_tiles.shape[0]
-            self.prefill_tiles[:num_tiles].copy_(meta.prefill_tiles, non_blocking=True)
-            self.prefill_tiles[num_tiles : self.tiles_for[size]].fill_(-1)
+        rows, width = meta.block_table.shape
+        self.block_table[:rows, :width].copy_(meta.block_table, non_blocking=True)
         self.graphs[(kind, size)].replay()
-        return self.outputs[(kind, size)][:n]
+        return self.outputs[(kind, size)][:num_tokens]

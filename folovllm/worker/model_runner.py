@@ -35,6 +35,7 @@ from folovllm.utils.common import cdiv
 from folovllm.utils.device import num_sms
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
 from folovllm.worker.input_batch import CachedRequestState, InputBatch
+from folovllm.worker.input_buffers import InputBuffers
 from folovllm.worker.runner_output import AsyncGPUModelRunnerOutput
 from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
 
@@ -50,9 +51,9 @@ class _StepInputs:
     input_ids: torch.Tensor
     positions: torch.Tensor
     attn_metadata: AttentionMetadata
+    graph_size: int | None  # the CUDA graph that runs the step (its inputs padded to that size), or None: eager
     logits_indices: torch.Tensor | None  # the rows that sample; None: every row (a step of decodes only)
     sample_states: list[CachedRequestState]  # the sequences that sample, in sampler-row order
-    is_decode_only: bool
     # (sequence, first prompt position, its first row in the batch, rows) for prompt logprobs
     prompt_logprob_rows: list[tuple[CachedRequestState, int, int, int]]
 
@@ -76,10 +77,19 @@ class ModelRunner:
         self.max_blocks_per_seq = cdiv(self.max_model_len, self.block_size)
         self.vocab_size = config.model_config.get_vocab_size()
         self.num_kv_heads = config.get_num_kv_heads()
-        self.pin_memory = device.type == "cuda"
         self.num_sms = num_sms(device)
         self.sampler = Sampler(config.model_config.seed, device)
         self.input_batch = InputBatch(self.max_num_seqs, self.max_model_len, self.max_blocks_per_seq, device)
+        self.attn_backend = get_attn_backend(device)
+        max_num_tokens = config.scheduler_config.max_num_batched_tokens
+        self.buffers = InputBuffers(
+            max_num_tokens, self.max_num_seqs, self.max_blocks_per_seq,
+            self.attn_backend.max_prefill_tiles(max_num_tokens, self.max_num_seqs, config.model_config.get_head_dim()),
+            device, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        # Recorded after a step's copies to the device: the next step waits for it before it
+        # writes the (pinned) host buffers those copies read.
+        self.inputs_copied = torch.cuda.Event() if device.type == "cuda" else None
         # The last step's sampled ids (on the device) and each sampler's row in it:
         # with async scheduling they are the next step's inputs before the host sees them.
         self.prev_sampled: torch.Tensor | None = None
@@ -87,7 +97,6 @@ class ModelRunner:
         # The last step's sampling settings and the sequences they were built for (_sampling_metadata).
         self.sampling_cache: tuple[list[CachedRequestState], SamplingMetadata] | None = None
         self.model = None
-        self.attn_backend = get_attn_backend(device)
         self.kv_cache: torch.Tensor | None = None
         self.graph_runner: CUDAGraphRunner | None = None
 
@@ -141,8 +150,8 @@ class ModelRunner:
         """A graph runner sized for this engine (its ladders, buffers, split rule); not captured yet."""
         sc = self.config.scheduler_config
         return CUDAGraphRunner(
-            self.model, self.attn_backend, self.max_num_seqs, sc.max_num_batched_tokens, self.max_blocks_per_seq,
-            self.max_model_len, self.model_config.get_head_dim(), self.device, self._num_kv_splits,
+            self.model, self.attn_backend, self.buffers, self.max_num_seqs, sc.max_num_batched_tokens,
+            self.max_blocks_per_seq, self.max_model_len, self.model_config.get_head_dim(), self.device, self._num_kv_splits,
         )  # fmt: skip
 
     def profile_num_tokens(self) -> int:
@@ -183,7 +192,7 @@ class ModelRunner:
         generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
         states = [g.get_state() for g in generators]
         for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0), SamplingParams(top_k=8, top_p=0.9)):
-            self._dummy_run([min(8, self.max_model_len)], params)
+            self._dummy_run([min(8, self.max_model_len, self.config.scheduler_config.max_num_batched_tokens)], params)
         if self.config.enforce_eager:
             longest = min(self.max_model_len, self.kv_cache.shape[2] * self.block_size)  # the longest a sequence can get
             self._dummy_run([min(2, longest)], SamplingParams(temperature=0.0), decode=True)  # unsplit
@@ -212,27 +221,31 @@ class ModelRunner:
     def _num_kv_splits(self, num_seqs: int, max_seq_len: int) -> int:
         return num_kv_splits(num_seqs, self.num_kv_heads, max_seq_len, self.num_sms)
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(array)
-        if self.pin_memory:
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
-
-    def _make_metadata(self, qsl: np.ndarray, seq_lens: np.ndarray, block_table: np.ndarray, slots: np.ndarray) -> AttentionMetadata:
+    def _make_metadata(
+        self, qsl: np.ndarray, seq_lens: np.ndarray, block_table: np.ndarray, slots: np.ndarray, graph_size: int | None
+    ) -> AttentionMetadata:  # fmt: skip
+        """The step's attention metadata, its arrays copied to the device buffers; for a CUDA graph,
+        padded to the graph's size: padding tokens write no cache slot (-1), padding decode rows
+        have no context (0), and the work list's unused rows are (-1, -1)."""
+        buf, num_seqs = self.buffers, len(seq_lens)
         query_lens = np.diff(qsl)
         max_query_len, max_seq_len = int(query_lens.max()), int(seq_lens.max())
-        tiles = self.attn_backend.make_prefill_tiles(query_lens, self.model_config.get_head_dim()) if max_query_len > 1 else None
+        decode = max_query_len == 1
+        tiles = self.attn_backend.make_prefill_tiles(query_lens, self.model_config.get_head_dim()) if not decode else None
+        if tiles is not None:
+            num_tiles = self.graph_runner.tiles_for[graph_size] if graph_size is not None else len(tiles)
+            tiles = buf.prefill_tiles.copy_to_gpu(tiles, num_tiles, fill=-1)
         return AttentionMetadata(
             max_query_len=max_query_len,
             max_seq_len=max_seq_len,
-            query_start_loc=self._to_device(qsl.astype(np.int32)),
-            seq_lens=self._to_device(seq_lens.astype(np.int32)),
-            block_table=self._to_device(block_table),
-            slot_mapping=self._to_device(slots),
+            query_start_loc=buf.query_start_loc.copy_to_gpu(qsl),
+            seq_lens=buf.seq_lens.copy_to_gpu(seq_lens, graph_size if decode else None, fill=0)[:num_seqs],
+            block_table=buf.block_table.copy_to_gpu(block_table.ravel()).view(block_table.shape),
+            slot_mapping=buf.slot_mapping.copy_to_gpu(slots, graph_size, fill=-1)[: len(slots)],
             query_start_loc_cpu=qsl.tolist(),
             seq_lens_cpu=seq_lens.tolist(),
-            num_kv_splits=self._num_kv_splits(len(seq_lens), max_seq_len),
-            prefill_tiles=None if tiles is None else self._to_device(tiles),
+            num_kv_splits=self._num_kv_splits(num_seqs, max_seq_len),
+            prefill_tiles=tiles,
         )
 
     def _update_states(self, so: SchedulerOutput) -> None:
@@ -266,11 +279,23 @@ class ModelRunner:
         sampling = ends >= batch.num_tokens[rows]
         block_table = batch.block_table.gather(rows)
         slots = slot_mapping(block_table, batch_index, positions, self.block_size)
-        meta = self._make_metadata(qsl, ends, block_table, slots)
-        input_ids_dev = self._to_device(input_ids)
+        num_tokens = len(positions)
+        graph_size = None
+        if self.graph_runner is not None:
+            graph_size = self.graph_runner.graph_size(num_tokens, num_seqs, decode=bool(counts.max() == 1))
+        if self.inputs_copied is not None:
+            self.inputs_copied.synchronize()  # the last step's copies have read the host buffers
+        buf = self.buffers
+        meta = self._make_metadata(qsl, ends, block_table, slots, graph_size)
+        input_ids_dev = buf.input_ids.copy_to_gpu(input_ids, graph_size)[:num_tokens]
         if len(pending):
             src = [self.prev_sampled_rows[states[i].req_id] for i in batch_index[pending].tolist()]
-            input_ids_dev[self._to_device(pending)] = self.prev_sampled[self._to_device(np.asarray(src, dtype=np.int64))]
+            input_ids_dev[buf.pending_rows.copy_to_gpu(pending)] = self.prev_sampled[buf.pending_sources.copy_to_gpu(np.asarray(src))]
+        positions_dev = buf.positions.copy_to_gpu(positions, graph_size)[:num_tokens]
+        every_row_samples = int(sampling.sum()) == num_tokens
+        logits_indices = None if every_row_samples else buf.logits_indices.copy_to_gpu(qsl[1:][sampling] - 1)
+        if self.inputs_copied is not None:
+            self.inputs_copied.record()
         prompt_logprob_rows = []
         if batch.num_prompt_logprobs:
             for i, state in enumerate(states):
@@ -280,11 +305,11 @@ class ModelRunner:
                     prompt_logprob_rows.append((state, int(starts[i]), int(qsl[i]), last - int(starts[i])))
         return _StepInputs(
             input_ids=input_ids_dev,
-            positions=self._to_device(positions),
+            positions=positions_dev,
             attn_metadata=meta,
-            logits_indices=None if int(sampling.sum()) == len(positions) else self._to_device(qsl[1:][sampling] - 1),
+            graph_size=graph_size,
+            logits_indices=logits_indices,
             sample_states=[s for s, flag in zip(states, sampling.tolist()) if flag],
-            is_decode_only=meta.max_query_len == 1,
             prompt_logprob_rows=prompt_logprob_rows,
         )
 
@@ -331,8 +356,8 @@ class ModelRunner:
     def _forward(self, inputs: _StepInputs) -> torch.Tensor:
         """The model's hidden states for the step: a CUDA graph's replay where one fits, else eager."""
         meta = inputs.attn_metadata
-        if self.graph_runner is not None and self.graph_runner.can_run(inputs.input_ids.shape[0], meta):
-            return self.graph_runner.run(inputs.input_ids, inputs.positions, meta)
+        if inputs.graph_size is not None:
+            return self.graph_runner.run(inputs.graph_size, inputs.input_ids.shape[0], meta)
         return self.model(inputs.input_ids, inputs.positions, meta)
 
     @torch.inference_mode()

@@ -230,13 +230,19 @@ def test_a_step_of_decodes_samples_every_row_without_a_gather(tiny_model):
     every row samples, and the hidden states go to the LM head as they are."""
     llm = LLM(str(tiny_model), device="cpu", max_num_batched_tokens=32, max_num_seqs=4)
     runner = llm.llm_engine.executor.worker.model_runner
-    steps = []
+    gathers, num_tokens = [], []
     prepare = runner._prepare_inputs
-    runner._prepare_inputs = lambda so: steps.append(prepare(so)) or steps[-1]
+
+    def spy(so):
+        inputs = prepare(so)
+        gathers.append(None if inputs.logits_indices is None else inputs.logits_indices.tolist())  # the buffers are reused
+        num_tokens.append(len(inputs.input_ids))
+        return inputs
+
+    runner._prepare_inputs = spy
     prompts = [list(range(10, 10 + n)) for n in (3, 40)]  # the 40-token prompt takes two steps
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=5), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 5)
-    gathers = [s.logits_indices.tolist() if s.logits_indices is not None else None for s in steps]
     # 3 + 29 tokens (the 40-token prompt's first chunk does not sample), then a decode + its last 11
     assert gathers[:2] == [[2], [0, 11]], gathers
-    assert gathers[2:] == [None] * 4 and [len(s.input_ids) for s in steps[2:]] == [2, 2, 2, 1], gathers
+    assert gathers[2:] == [None] * 4 and num_tokens[2:] == [2, 2, 2, 1], gathers
