@@ -2,7 +2,7 @@
 
 Each step the model runner writes its inputs (token ids, positions, cache slots, the attention
 metadata) into the host side with numpy and copies what it wrote to the device. Allocating and
-pinning those arrays anew every step costs host time, and the first step of a new size pays for a
+pinning those arrays anew every step costs host time, and the first step of a new size can pay for a
 pinned allocation inside a user's request; vLLM's model runner keeps persistent buffers instead
 (``CpuGpuBuffer``), as here. The CUDA graphs read the device side directly: a replay needs no
 copies of its own.
