@@ -36,20 +36,11 @@ def unquantized_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return F.linear(x, weight, bias)
 
 
-def _linear_gemv_config(linear, x: torch.Tensor) -> tuple[int, int, int] | None:
-    """``gemv_config`` of an unquantized layer on one rank (whose ``forward`` is the plain matmul)."""
-    from folovllm.model_executor.layers.linear import UnquantizedLinearMethod
-
-    if linear.tp_size == 1 and isinstance(linear.quant_method, UnquantizedLinearMethod):
-        return gemv_config(x, linear.weight, linear.bias)
-    return None
-
-
 def rms_norm_then_linear(norm, linear, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(linear(norm(x + residual)), x + residual)``; without ``residual``, ``(linear(norm(x)), x)``.
     Where ``linear`` goes to the GEMV, one kernel does it all (the norm is its prologue); else the
     norm and the matmul run one after the other."""
-    config = _linear_gemv_config(linear, x)
+    config = linear.one_row_gemv_config(x)
     if config is not None:
         from folovllm.model_executor.layers.triton_gemv import gemv_add_rms_norm
 
@@ -62,7 +53,7 @@ def rms_norm_then_linear(norm, linear, x: torch.Tensor, residual: torch.Tensor |
 
 def silu_and_mul_then_linear(act, linear, x: torch.Tensor) -> torch.Tensor:
     """``linear(act(x))`` for ``act`` SiLU-and-mul: one kernel where ``linear`` goes to the GEMV."""
-    config = _linear_gemv_config(linear, x)
+    config = linear.one_row_gemv_config(x)
     if config is not None:
         from folovllm.model_executor.layers.triton_gemv import gemv_silu_and_mul
 
