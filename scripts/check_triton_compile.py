@@ -24,6 +24,7 @@ about half a second per kernel.)
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import sys
@@ -187,15 +188,19 @@ def _gemv_cases():
         for dtype in (BF16, FP16, FP32):
             x, w = torch.zeros(1, k, dtype=dtype), torch.zeros(n, k, dtype=dtype)
             yield f"one-row GEMV {n}x{k} at {config} ({dtype})", lambda: gemv(x, w, config)
-    for dtype in (BF16, FP16):  # the prologues, at the shapes the decoder layer fuses them into
-        for (n, k), config in GEMV_CONFIGS.items():
+    from folovllm.model_executor.layers.triton_gemv import CONFIGS, fits
+
+    # The prologues at the shapes the decoder layer may fuse them into, in every configuration (the
+    # engine's choice, FUSED_GEMV_CONFIGS, waits for the H100's timings).
+    for dtype in (BF16, FP16):
+        for (n, k), config in itertools.product([(4096, 1024), (6144, 1024), (1024, 3072)], [c for c in CONFIGS if fits(1, c)]):
             w, x = torch.zeros(n, k, dtype=dtype), torch.zeros(1, 2 * k, dtype=dtype)
-            if n in (4096, 6144):  # q/k/v, gate/up: after an RMSNorm
+            if k == 1024:  # q/k/v, gate/up: after an RMSNorm
                 for res in (x[:, :k], None):
                     yield (f"add + RMSNorm + GEMV {n}x{k} at {config} ({dtype}, residual={res is not None})",
-                           lambda r=res: gemv_add_rms_norm(x[:, :k], r, w[0], 1e-6, w, config))  # fmt: skip
-            if k == 3072:  # down: after SiLU-and-mul
-                yield f"SiLU and mul + GEMV {n}x{k} at {config} ({dtype})", lambda: gemv_silu_and_mul(x, w, config)
+                           lambda w=w, x=x, c=config, r=res: gemv_add_rms_norm(x[:, :k], r, w[0], 1e-6, w, c))  # fmt: skip
+            else:  # down: after SiLU-and-mul
+                yield f"SiLU and mul + GEMV {n}x{k} at {config} ({dtype})", lambda w=w, x=x, c=config: gemv_silu_and_mul(x, w, c)
 
 
 def _sampler_cases():

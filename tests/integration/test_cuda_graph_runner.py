@@ -124,9 +124,10 @@ def test_a_step_beyond_the_largest_mixed_graph_runs_eagerly(graphed_llm, tiny_mo
 
 def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
     """The Triton GEMV, configured for the tiny model's five weight shapes and let in on the CPU (the
-    interpreter runs it): batch-1 steps, replayed and eager, call it for o and the LM head, and its
-    fused forms for q/k/v and gate/up (the RMSNorm inside) and down (SiLU-and-mul inside); the tokens
-    are those of the same engine without it (float16: the GEMV takes 16-bit weights only)."""
+    interpreter runs it): batch-1 steps, replayed and eager, call it for each shape; configured for
+    its fused forms too, q/k/v and gate/up take the one with the RMSNorm inside and down the one
+    with SiLU-and-mul inside. The tokens are those of the same engine without it (float16: the GEMV
+    takes 16-bit weights only)."""
     import folovllm.model_executor.layers.dispatch as dispatch
     from folovllm import SamplingParams
     from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_gemv
@@ -144,7 +145,11 @@ def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monke
 
     without = run()
     monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
-    seen = spy_on_gemv(monkeypatch, {shape: (16, 512, 8) for shape in shapes.values()})  # the fewest programs
+    configs = {shape: (16, 512, 8) for shape in shapes.values()}  # the fewest programs
+    seen = spy_on_gemv(monkeypatch, configs, fused_configs={})
+    assert run() == without
+    assert seen == {"gemv": set(shapes.values()), "gemv_add_rms_norm": set(), "gemv_silu_and_mul": set()}
+    seen = spy_on_gemv(monkeypatch, configs, fused_configs=configs)
     assert run() == without
     assert seen == {
         "gemv": {shapes["o"], shapes["lm_head"]},

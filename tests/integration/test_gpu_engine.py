@@ -52,25 +52,30 @@ def test_gpu_bf16_runs_and_mostly_agrees(tiny_model):
         assert out.outputs[0].token_ids[:3] == expected[:3]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("enforce_eager", [True, False])
-def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monkeypatch, enforce_eager):
+def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monkeypatch, enforce_eager, fused):
     """The Triton GEMV configured for the tiny model's five weight shapes (it has entries for
-    Qwen3-0.6B's only): a single sequence's steps call it, or its forms with the RMSNorm or
-    SiLU-and-mul inside, for each of them, eagerly or while the batch-1 graph is captured, and greedy
-    output still agrees with HF in bf16."""
+    Qwen3-0.6B's only), and with ``fused`` its forms with the RMSNorm or SiLU-and-mul inside: a
+    single sequence's steps call them for each shape, eagerly or while the batch-1 graph is
+    captured, and greedy output still agrees with HF in bf16."""
     from folovllm import LLM, SamplingParams
     from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_gemv
 
     shapes = linear_weight_shapes(tiny_model)
-    seen = spy_on_gemv(monkeypatch, {s: (4, 1024, 4) for s in shapes.values()})
+    configs = {s: (4, 1024, 4) for s in shapes.values()}
+    seen = spy_on_gemv(monkeypatch, configs, fused_configs=configs if fused else {})
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
     prompt = list(range(40, 90))
     out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
-    assert seen == {
-        "gemv": {shapes["o"], shapes["lm_head"]},
-        "gemv_add_rms_norm": {shapes["qkv"], shapes["gate_up"]},
-        "gemv_silu_and_mul": {shapes["down"]},
-    }
+    if fused:
+        assert seen == {
+            "gemv": {shapes["o"], shapes["lm_head"]},
+            "gemv_add_rms_norm": {shapes["qkv"], shapes["gate_up"]},
+            "gemv_silu_and_mul": {shapes["down"]},
+        }
+    else:
+        assert seen == {"gemv": set(shapes.values()), "gemv_add_rms_norm": set(), "gemv_silu_and_mul": set()}
     assert out[0].outputs[0].token_ids[:3] == hf_greedy(tiny_model, [prompt], 8, device="cuda", dtype=torch.bfloat16)[0][:3]
 
 

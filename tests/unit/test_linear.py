@@ -138,8 +138,9 @@ def test_one_row_on_the_gpu_goes_to_the_triton_gemv_for_the_shapes_it_was_measur
 
 def test_the_norm_or_silu_before_a_one_row_gemv_runs_inside_it(monkeypatch):
     """rms_norm_then_linear and silu_and_mul_then_linear (the decoder layer's two seams): where the
-    matmul would go to the GEMV, the fused entry point takes the whole op (spies here, no GPU);
-    elsewhere the norm or activation runs, then the layer. Either way the result is the same."""
+    layer's shape has a fused GEMV configuration, the fused entry point takes the whole op (spies
+    here, no GPU); elsewhere the norm or activation runs, then the layer. Either way the result is
+    the same."""
     import torch.nn.functional as F
 
     import folovllm.model_executor.layers.dispatch as dispatch
@@ -162,6 +163,7 @@ def test_the_norm_or_silu_before_a_one_row_gemv_runs_inside_it(monkeypatch):
     monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
     monkeypatch.setattr(triton_gemv, "gemv_add_rms_norm", fused_norm)
     monkeypatch.setattr(triton_gemv, "gemv_silu_and_mul", fused_silu)
+    monkeypatch.setattr(triton_gemv, "FUSED_GEMV_CONFIGS", {(5, 6): (4, 1024, 4), (6, 4): (4, 1024, 4)})
     monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {(5, 6): (4, 1024, 4), (6, 4): (4, 1024, 4)})
     monkeypatch.setattr(triton_gemv, "gemv", lambda x, w, config: x @ w.T)  # the unfused matmul, if a test reaches it
     torch.manual_seed(0)
@@ -193,4 +195,9 @@ def test_the_norm_or_silu_before_a_one_row_gemv_runs_inside_it(monkeypatch):
     silu_and_mul_then_linear(SiluAndMul(), down, torch.randn(2, 8, dtype=torch.bfloat16))
     monkeypatch.setattr(up, "tp_size", 2)  # a tensor-parallel layer's forward is more than the matmul
     rms_norm_then_linear(norm, up, x, r)
+    monkeypatch.setattr(up, "tp_size", 1)
+    monkeypatch.setattr(triton_gemv, "FUSED_GEMV_CONFIGS", {})  # fusing not measured faster: two kernels
+    out, res = rms_norm_then_linear(norm, up, x, r)
+    torch.testing.assert_close(out, F.linear(norm._norm(x + r), up.weight))
+    silu_and_mul_then_linear(SiluAndMul(), down, gate_up)
     assert calls == []

@@ -1,6 +1,6 @@
 """Which kernel a layer's op takes: the fused Triton kernels for CUDA tensors (triton installed),
-and for an unquantized matmul of one row, the Triton GEMV where it was measured faster, with the
-RMSNorm or SiLU-and-mul before it run inside it."""
+and for an unquantized matmul of one row, the Triton GEMV where it was measured faster; with the
+RMSNorm or SiLU-and-mul before it inside, where that was measured faster than the two kernels."""
 
 from __future__ import annotations
 
@@ -14,15 +14,28 @@ def use_fused_kernels(x: torch.Tensor) -> bool:
     return HAS_TRITON and x.is_cuda
 
 
+def _one_row_16_bit_on_gpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x)
+
+
 def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int] | None:
     """The Triton GEMV's configuration for ``x @ weight.T + bias``, or None where ``F.linear`` runs it.
     The GEMV takes one row (a single sequence's decode step) of a 16-bit model on the GPU, without a
     bias, where ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat cuBLAS on an H100,
     in bfloat16)."""
-    if x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x):
+    if _one_row_16_bit_on_gpu(x, weight, bias):
         from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS
 
         return GEMV_CONFIGS.get(tuple(weight.shape))
+    return None
+
+
+def fused_gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int] | None:
+    """Likewise for the GEMV with the op before it inside, from ``triton_gemv.FUSED_GEMV_CONFIGS``."""
+    if _one_row_16_bit_on_gpu(x, weight, bias):
+        from folovllm.model_executor.layers.triton_gemv import FUSED_GEMV_CONFIGS
+
+        return FUSED_GEMV_CONFIGS.get(tuple(weight.shape))
     return None
 
 
@@ -38,9 +51,9 @@ def unquantized_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def rms_norm_then_linear(norm, linear, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(linear(norm(x + residual)), x + residual)``; without ``residual``, ``(linear(norm(x)), x)``.
-    Where ``linear`` goes to the GEMV, one kernel does it all (the norm is its prologue); else the
-    norm and the matmul run one after the other."""
-    config = linear.one_row_gemv_config(x)
+    One kernel (the GEMV, the norm its prologue) where ``linear.fused_gemv_config`` gives one; else
+    the norm and the matmul run one after the other."""
+    config = linear.fused_gemv_config(x)
     if config is not None:
         from folovllm.model_executor.layers.triton_gemv import gemv_add_rms_norm
 
@@ -52,8 +65,8 @@ def rms_norm_then_linear(norm, linear, x: torch.Tensor, residual: torch.Tensor |
 
 
 def silu_and_mul_then_linear(act, linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(act(x))`` for ``act`` SiLU-and-mul: one kernel where ``linear`` goes to the GEMV."""
-    config = linear.one_row_gemv_config(x)
+    """``linear(act(x))`` for ``act`` SiLU-and-mul: one kernel where ``linear.fused_gemv_config`` gives one."""
+    config = linear.fused_gemv_config(x)
     if config is not None:
         from folovllm.model_executor.layers.triton_gemv import gemv_silu_and_mul
 

@@ -37,7 +37,7 @@ from folovllm.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
-from folovllm.model_executor.layers.dispatch import gemv_config, unquantized_gemm
+from folovllm.model_executor.layers.dispatch import fused_gemv_config, unquantized_gemm
 
 
 def set_weight_attrs(param: nn.Parameter, attrs: dict[str, Any]) -> None:
@@ -143,11 +143,11 @@ class LinearBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)
 
-    def one_row_gemv_config(self, x: torch.Tensor) -> Optional[tuple[int, int, int]]:
-        """The Triton GEMV's configuration where ``forward(x)`` is that GEMV alone (unquantized, one
-        rank; see ``dispatch.gemv_config``), else None: where the ops before it may run inside it."""
+    def fused_gemv_config(self, x: torch.Tensor) -> Optional[tuple[int, int, int]]:
+        """The configuration of the Triton GEMV with the op before it inside (``dispatch.fused_gemv_config``),
+        where ``forward(x)`` is a plain matmul (unquantized, one rank); else None."""
         if self.tp_size == 1 and isinstance(self.quant_method, UnquantizedLinearMethod):
-            return gemv_config(x, self.weight, self.bias)
+            return fused_gemv_config(x, self.weight, self.bias)
         return None
 
 

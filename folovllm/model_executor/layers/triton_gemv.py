@@ -17,10 +17,10 @@ inside the loop the SASS shuffled partial sums between threads every iteration (
 per iteration against 153). Triton does not pipeline these loads (they feed no ``tl.dot``), so
 what is in flight is one iteration's tile per program: the configurations differ in that.
 
-At one row the kernels before a matmul are as short as their launch: the decoder layer
-(``dispatch.rms_norm_then_linear``, ``silu_and_mul_then_linear``) has this kernel do the RMSNorm
-before q/k/v and gate/up, and SiLU-and-mul before down, as it loads its input (the prologue, below),
-in the configuration measured for the plain product: seven kernels per layer instead of ten.
+At one row the kernels before a matmul are about as short as their launch. This kernel can do the
+RMSNorm before q/k/v and gate/up, and SiLU-and-mul before down, as it loads its input (the prologue,
+below): seven kernels per layer instead of ten. The decoder layer (``dispatch.rms_norm_then_linear``,
+``silu_and_mul_then_linear``) takes that path for the shapes in ``FUSED_GEMV_CONFIGS`` only.
 """
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int]] = {
     (1024, 3072): (4, 2048, 4),  # down: 3.2 us, cuBLAS 6.1
     (151936, 1024): (8, 1024, 4),  # the (tied) LM head: 100.4 us, cuBLAS 111.4
 }
+
+# Weight shape (N, K) -> the configuration of the GEMV with the op before it inside (the RMSNorm before
+# q/k/v and gate/up, SiLU-and-mul before down), for the shapes where bench_kernels.py's line "one-row
+# shapes where the fused GEMV beats the two kernels" had it faster on an H100. Not measured yet: until
+# then the decoder layer runs the two kernels at every shape. (A launch replayed from a CUDA graph
+# costs about a microsecond: removing one pays only if the prologue costs less.)
+FUSED_GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int]] = {}
 
 
 # What the kernel does to its input before the product (``prologue``): nothing; the residual add and
