@@ -17,7 +17,10 @@
 #      views: prefill first, then tail, batch-1 kernels, host; the call's limit cuts the last ones,
 #      and what they wrote to $OUT still comes back)
 #   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels` with what is left (~300 s): the
-#      second bench run checks the first reproduces; kernels re-times the sweeps.
+#      second bench run checks the first reproduces; kernels re-times the sweeps and prints the two
+#      lines that fill tables the engine waits on: "one-row shapes where the fused GEMV beats the
+#      two kernels" (-> triton_gemv.FUSED_GEMV_CONFIGS) and "where the candidate skinny GEMM beats
+#      every library" (-> whether benchmarks/candidate_skinny_gemm.py moves into the package).
 # To time attention kernel changes against the versions before them in the same run, save the old
 # files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
 # and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
