@@ -7,6 +7,7 @@
     python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off; wall by call
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held
+    python benchmarks/profile_step.py copies        # does a copy from pageable host memory wait for the GPU?
 
 Every view also runs on the CPU (a small model; kernels then lists operators): a check of the script
 before GPU time is spent on it. host measures only the CPU anyway.
@@ -305,6 +306,28 @@ def prefill(runs: int = 5) -> None:
         print(f"  {label:44s} {secs / len(prompts) * 1e3:7.3f} ms")
 
 
+def pageable_copies() -> None:
+    """Does a copy to the GPU from ordinary (pageable) host memory wait for the GPU's queue? CUDA only
+    promises that one from pinned memory does not. The step inputs come from pinned buffers; the
+    sampling settings (``build_sampling_metadata``, when the batch changes) and prompt-logprob
+    targets still come from pageable memory: if that copy waits, the host loses its lead over the
+    GPU at each change of batch. The host time of one small copy queued behind ~10 ms of GPU work."""
+    if not torch.cuda.is_available():
+        print("pageable copies: needs a GPU")
+        return
+    for name, src in (("pinned", torch.ones(64).pin_memory()), ("pageable", torch.ones(64)), ("pinned", torch.ones(64).pin_memory())):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.cuda._sleep(20_000_000)  # GPU clock cycles: ~10 ms
+        t1 = time.perf_counter()
+        src.to("cuda", non_blocking=True)
+        t2 = time.perf_counter()
+        torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        print(f"copy of 64 floats from {name} memory behind {(t3 - t0) * 1e3:.1f} ms of GPU work: "
+              f"the call took {(t2 - t1) * 1e3:.3f} ms on the host")
+
+
 def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
     """Wrap each ``(label, owner, method name)`` so that its calls add their wall time under the label.
     Returns the totals and a function that puts the methods back."""
@@ -389,6 +412,8 @@ if __name__ == "__main__":
         prefill()
     elif mode == "tail":
         tail()
+    elif mode == "copies":
+        pageable_copies()
     else:
         prof = cProfile.Profile()
         prof.runcall(bench.main)

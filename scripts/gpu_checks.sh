@@ -14,7 +14,7 @@
 # plan is two calls; reading call 1 takes minutes, by which time its machine has gone back (30 s
 # idle), so call 2 starts a fresh one:
 #   1. `TESTS_LIMIT=240 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench views` (timeout 560;
-#      views: prefill first, then tail, batch-1 kernels, host; the call's limit cuts the last ones,
+#      views: the pageable-copy probe (1 s), prefill, then tail, batch-1 kernels, host; the call's limit cuts the last ones,
 #      and what they wrote to $OUT still comes back)
 #   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels` with what is left (~300 s): the
 #      second bench run checks the first reproduces; kernels re-times the sweeps and prints the two
@@ -64,10 +64,11 @@ for stage in $stages; do
         # the sweeps decide the next changes (the prefill sweep alone compiles 20 kernel variants and
         # times 80 graphs; no sweep has been timed on a GPU yet)
         kernels) run kernels ${KERNELS_LIMIT:-240} $PY benchmarks/bench_kernels.py ${BASELINE:+--baseline "$BASELINE"} ;;
-        views) run profile_prefill 90 $PY benchmarks/profile_step.py prefill
+        views) run profile_copies 20 $PY benchmarks/profile_step.py copies
+               run profile_prefill 90 $PY benchmarks/profile_step.py prefill
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
-               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 300 s in all
+               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;

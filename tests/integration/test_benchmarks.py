@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,11 @@ GPU_STAGE_SCRIPTS = {
                        "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "candidate skinny GEMM (benchmarks/candidate_skinny_gemm.py), best of its configurations (BLOCK_N, BLOCK_K, warps, stages): M=8: ",
-                       "... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): ", "mixed   1 x", "sampler B="]),
+                       "... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): ",
+                       "one row, q/k/v    64x32, two kernels / one, us by GEMV configuration: (4, 1024, 4): ", "one row, down ",
+                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x", "sampler B="]),
+    "profile_copies": (["benchmarks/profile_step.py", "copies"],
+                       ["from pageable memory behind"] if torch.cuda.is_available() else ["pageable copies: needs a GPU"]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["first ms", "GPU kernels ms", "2048  eager", "of which the step's inputs", "wait for the sampled token", "the rest of generate()"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs"]),
