@@ -57,8 +57,7 @@ def _step_without_the_model(engine, i: int, k: int | None = None):
     runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
     so = engine.scheduler.schedule()
     runner._update_states(so)
-    inputs = runner._prepare_inputs(so)
-    runner._sampling_metadata(inputs.sample_states)
+    inputs = runner._prepare_inputs(so)  # the sampling settings included
     req_ids = [s.req_id for s in inputs.sample_states]
     tokens = [(31 * i + 7 * row) % vocab for row in range(len(req_ids))]
     lps = None
@@ -96,7 +95,7 @@ def breakdown(num_seqs: int = 256, prompt_len: int = 562 if torch.cuda.is_availa
             sync(device)
             t3 = time.perf_counter()
             logits = runner.model.compute_logits(runner.sampled_rows(hidden, inputs))
-            tokens = runner.sampler(logits, runner._sampling_metadata(inputs.sample_states)).sampled_token_ids.tolist()
+            tokens = runner.sampler(logits, inputs.sampling_metadata).sampled_token_ids.tolist()
         t4 = time.perf_counter()
         _process(engine, ModelRunnerOutput([s.req_id for s in inputs.sample_states], tokens))
         t5 = time.perf_counter()
@@ -308,10 +307,11 @@ def prefill(runs: int = 5) -> None:
 
 def pageable_copies() -> None:
     """Does a copy to the GPU from ordinary (pageable) host memory wait for the GPU's queue? CUDA only
-    promises that one from pinned memory does not. The step inputs come from pinned buffers; the
-    sampling settings (``build_sampling_metadata``, when the batch changes) and prompt-logprob
-    targets still come from pageable memory: if that copy waits, the host loses its lead over the
-    GPU at each change of batch. The host time of one small copy queued behind ~10 ms of GPU work."""
+    promises that one from pinned memory does not. The step inputs and the sampling settings come
+    from pinned buffers (``InputBuffers``); the prompt-logprob targets and the penalties' token lists
+    still come from pageable memory, and until 2026-11-27 the sampling settings did, at each change
+    of batch: if such a copy waits, the host loses its lead over the GPU there. The host time of one
+    small copy queued behind ~10 ms of GPU work."""
     if not torch.cuda.is_available():
         print("pageable copies: needs a GPU")
         return

@@ -1,7 +1,8 @@
 """The step inputs' memory, allocated once: a host array the model runner fills and its device twin.
 
 Each step the model runner writes its inputs (token ids, positions, cache slots, the attention
-metadata) into the host side with numpy and copies what it wrote to the device. Allocating and
+metadata; the sampling settings when the batch changes) into the host side with numpy and copies
+what it wrote to the device. Allocating and
 pinning those arrays anew every step costs host time, and the first step of a new size can pay for a
 pinned allocation inside a user's request; vLLM's model runner keeps persistent buffers instead
 (``CpuGpuBuffer``), as here. The CUDA graphs read the device side directly: a replay needs no
@@ -36,6 +37,13 @@ class CpuGpuBuffer:
         return self.gpu[:size].copy_(self.cpu[:size], non_blocking=True)
 
 
+SAMPLING_COLUMNS = {
+    "temperature": torch.float32, "greedy_mask": torch.bool, "top_p": torch.float32, "top_k": torch.int64,
+    "min_p": torch.float32, "presence_penalties": torch.float32, "frequency_penalties": torch.float32,
+    "repetition_penalties": torch.float32,
+}  # fmt: skip
+
+
 class InputBuffers:
     """Every per-step input of the model and the sampler, at the largest size a step can have."""
 
@@ -59,3 +67,5 @@ class InputBuffers:
         # of the last step's sampled tokens that fill them.
         self.pending_rows = buffer(max_num_tokens, dtype=torch.int64)
         self.pending_sources = buffer(max_num_tokens, dtype=torch.int64)
+        # The sampling settings' per-row columns (rebuilt when the batch changes: build_sampling_metadata).
+        self.sampling = {name: buffer(max_num_seqs, dtype=dtype) for name, dtype in SAMPLING_COLUMNS.items()}

@@ -54,6 +54,7 @@ class _StepInputs:
     graph_size: int | None  # the CUDA graph that runs the step (its inputs padded to that size), or None: eager
     logits_indices: torch.Tensor | None  # the rows that sample; None: every row (a step of decodes only)
     sample_states: list[CachedRequestState]  # the sequences that sample, in sampler-row order
+    sampling_metadata: SamplingMetadata | None  # their settings (None: no sequence samples)
     # (sequence, first prompt position, its first row in the batch, rows) for prompt logprobs
     prompt_logprob_rows: list[tuple[CachedRequestState, int, int, int]]
 
@@ -294,6 +295,8 @@ class ModelRunner:
         positions_dev = buf.positions.copy_to_gpu(positions, graph_size)[:num_tokens]
         every_row_samples = int(sampling.sum()) == num_tokens
         logits_indices = None if every_row_samples else buf.logits_indices.copy_to_gpu(qsl[1:][sampling] - 1)
+        sample_states = [s for s, flag in zip(states, sampling.tolist()) if flag]
+        sampling_metadata = self._sampling_metadata(sample_states) if sample_states else None
         if self.inputs_copied is not None:
             self.inputs_copied.record()
         prompt_logprob_rows = []
@@ -309,7 +312,8 @@ class ModelRunner:
             attn_metadata=meta,
             graph_size=graph_size,
             logits_indices=logits_indices,
-            sample_states=[s for s, flag in zip(states, sampling.tolist()) if flag],
+            sample_states=sample_states,
+            sampling_metadata=sampling_metadata,
             prompt_logprob_rows=prompt_logprob_rows,
         )
 
@@ -324,7 +328,7 @@ class ModelRunner:
         cached = self.sampling_cache
         if cached is not None and len(cached[0]) == len(states) and all(map(operator.is_, cached[0], states)):
             return cached[1]
-        md = build_sampling_metadata(states, self.vocab_size, self.device)
+        md = build_sampling_metadata(states, self.vocab_size, self.device, self.buffers.sampling)
         reusable = md.repetition_penalties is None and not md.min_tokens_stop_ids
         self.sampling_cache = (states, md) if reusable else None
         return md
@@ -372,7 +376,7 @@ class ModelRunner:
         if not inputs.sample_states:
             return AsyncGPUModelRunnerOutput([], None, self.device, prompt_logprobs)
         logits = self.model.compute_logits(self.sampled_rows(hidden, inputs))
-        out = self.sampler(logits, self._sampling_metadata(inputs.sample_states))
+        out = self.sampler(logits, inputs.sampling_metadata)
         req_ids = [s.req_id for s in inputs.sample_states]
         self.prev_sampled = out.sampled_token_ids
         self.prev_sampled_rows = {req_id: i for i, req_id in enumerate(req_ids)}

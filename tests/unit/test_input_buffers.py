@@ -41,7 +41,12 @@ def test_a_step_writes_the_host_buffers_only_after_the_last_steps_copies_ran(tin
     copy = CpuGpuBuffer.copy_to_gpu
     monkeypatch.setattr(CpuGpuBuffer, "copy_to_gpu", lambda self, *a, **k: log.append("copy") or copy(self, *a, **k))
     prompts = [list(range(10, 10 + n)) for n in (3, 20)]
-    llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    params = [SamplingParams(temperature=0, max_tokens=4), SamplingParams(temperature=0.7, top_p=0.9, seed=1, max_tokens=4)]
+    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     before_first_wait, *steps = "".join("w" if e == "wait" else "r" if e == "record" else "c" for e in log).split("w")
     assert before_first_wait == "" and len(steps) >= 4, log
     assert all(s.strip("c") == "r" and s.endswith("r") for s in steps), log  # copies (writes), then the record
+    # The sampling settings are among those copies: their tensors live in the buffers too.
+    md = runner.sampling_cache[1]
+    for name in ("temperature", "greedy_mask", "top_p"):
+        assert getattr(md, name).data_ptr() == runner.buffers.sampling[name].gpu.data_ptr(), name
