@@ -100,8 +100,9 @@ class Qwen3DecoderLayer(nn.Module):
         residual: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Pre-norm block. The residual add is fused into the norm after it, and at one row on a GPU
-        # (a single sequence decoding) the norm into the GEMV after it, as SiLU-and-mul is into down's.
+        # Pre-norm block. The residual add is fused into the norm after it; at one row on a GPU (a
+        # single sequence decoding) the norm can run inside the GEMV after it, as SiLU-and-mul inside
+        # down's, for the shapes where that was measured faster (triton_gemv.FUSED_GEMV_CONFIGS).
         qkv, residual = rms_norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
         hidden = self.self_attn(positions, qkv, attn_metadata)
         gate_up, residual = rms_norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, hidden, residual)
