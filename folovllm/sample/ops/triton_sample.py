@@ -20,31 +20,46 @@ import triton.language as tl
 from folovllm.utils.device import num_sms
 
 
+@triton.jit
+def _race(best_val, best_idx, row_ptr, ids, hi, inv_t, u):
+    """One quarter of a block: vocabulary ids ``ids`` (every fourth), their uniform draws ``u``."""
+    mask = ids < hi
+    x = tl.load(row_ptr + ids, mask=mask, other=float("-inf")).to(tl.float32)
+    score = x * inv_t - tl.log(-tl.log(tl.maximum(u, 1e-20)))
+    score = tl.where(mask, score, float("-inf"))
+    better = score > best_val
+    return tl.where(better, score, best_val), tl.where(better, ids, best_idx)
+
+
 # A fresh random seed each step: left unspecialised, or one seed in 16 (divisible by 16) would
 # compile a second variant in the middle of a run. The chunk length varies with the batch size.
 @triton.jit(do_not_specialize=["seed", "chunk"])
 def _gumbel_argmax_kernel(
     logits_ptr, temp_ptr, best_val_ptr, best_idx_ptr, stride, seed, chunk, V: tl.constexpr, BLOCK: tl.constexpr
 ):
-    """Program (row, split) scans vocabulary ids [split * chunk, (split + 1) * chunk) of its row."""
+    """Program (row, split) scans vocabulary ids [split * chunk, (split + 1) * chunk) of its row.
+
+    The noise of id i comes from Philox counter (row, i // 4), output i % 4: one Philox evaluation
+    gives four draws (``tl.rand`` would make one and drop three; Philox was most of the loop), and
+    the draw of an id does not depend on how the vocabulary is split (chunks start at multiples of 64).
+    """
     row = tl.program_id(0)
     split = tl.program_id(1)
     inv_t = 1.0 / tl.load(temp_ptr + row)
-    best_val = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    best_idx = tl.zeros([BLOCK], dtype=tl.int32)
+    row_ptr = logits_ptr + row.to(tl.int64) * stride
+    QUARTER: tl.constexpr = BLOCK // 4
+    best_val = tl.full([QUARTER], float("-inf"), dtype=tl.float32)
+    best_idx = tl.zeros([QUARTER], dtype=tl.int32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, V)
     for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < hi
-        x = tl.load(logits_ptr + row.to(tl.int64) * stride + offs, mask=mask, other=float("-inf")).to(tl.float32)
-        u = tl.rand(seed, row * V + offs)  # the counter is the (row, id) position: any split draws the same
-        u = tl.maximum(u, 1e-20)
-        score = x * inv_t - tl.log(-tl.log(u))
-        score = tl.where(mask, score, float("-inf"))
-        better = score > best_val
-        best_val = tl.where(better, score, best_val)
-        best_idx = tl.where(better, offs, best_idx)
+        counters = start // 4 + tl.arange(0, QUARTER)
+        u0, u1, u2, u3 = tl.rand4x(seed, row * ((V + 3) // 4) + counters)
+        ids = 4 * counters
+        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids, hi, inv_t, u0)
+        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids + 1, hi, inv_t, u1)
+        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids + 2, hi, inv_t, u2)
+        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids + 3, hi, inv_t, u3)
     top = tl.max(best_val, 0)
     # lowest index among the lanes holding the maximum
     idx = tl.min(tl.where(best_val == top, best_idx, V), 0)
