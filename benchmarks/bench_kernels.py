@@ -57,14 +57,15 @@ SCALES = {
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
         prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
-        fp8_decode_variants=[(64, 2), (64, 1), (128, 2), (128, 1)],  # (BLOCK_N, num_stages); the engine's: 64, 2
+        # (BLOCK_N, num_stages, V widened in registers); the engine's: 128, 2, no
+        fp8_decode_variants=[(64, 2, False), (128, 2, False), (128, 1, False), (64, 2, True), (128, 2, True)],
         mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
         vocab=151_936, sampler_batches=(1, 8, 64, 256),
     ),
     "smoke": dict(
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
-        decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1), (32, 2)],
+        decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False), (32, 2, True)],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4, 8), prefill_matmul_rows=(16,),
         mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
     ),
@@ -243,13 +244,14 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
         if cache_dtype == torch.float8_e4m3fn:
-            # SASS instructions per 64 keys (x warps): 3016 as the engine runs it (64 keys, 2 stages),
-            # 2332 with 1 stage, 2808 with 128 keys, 2086 with both (loads then not pipelined)
+            # SASS instructions per 128 keys (triton 3.6): 1,404 as the engine runs it (128 keys, 2 stages),
+            # 1,065 with V widened in registers (no byte-wise gather of V from shared memory)
             row = []
-            for block_n, stages in scale["fp8_decode_variants"]:
+            for block_n, stages, via_registers in scale["fp8_decode_variants"]:
                 t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
-                                                              num_kv_splits=split_counts[0], num_stages=stages, block_n=block_n))  # fmt: skip
-                row.append(f"{block_n} keys x {stages}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
+                                                              num_kv_splits=split_counts[0], num_stages=stages, block_n=block_n,
+                                                              v_via_registers=via_registers))  # fmt: skip
+                row.append(f"{block_n} keys x {stages}{' V via registers' if via_registers else ''}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
             print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
         if baseline is not None and batch == b:
             calls = [functools.partial(kernel, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=split_counts[0])

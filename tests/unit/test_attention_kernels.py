@@ -275,12 +275,16 @@ def test_attention_kernels_read_an_fp8_cache_like_the_reference(num_kv_splits):
     )  # fmt: skip
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
     last = [qsl[i + 1] - 1 for i in range(len(seq_lens))]
-    for block_n, stages in ((None, 2), (32, 1)):  # the engine's tile, and a variant bench_kernels.py times
+    outs = []
+    # the engine's tile, and variants bench_kernels.py times
+    for block_n, stages, via_registers in ((None, 2, False), (32, 1, False), (None, 2, True)):
         dec = paged_decode_attention(
             q[last].contiguous(), k_cache, v_cache, block_table, torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
-            scale, num_kv_splits=num_kv_splits, num_stages=stages, block_n=block_n,
+            scale, num_kv_splits=num_kv_splits, num_stages=stages, block_n=block_n, v_via_registers=via_registers,
         )  # fmt: skip
         torch.testing.assert_close(dec.cpu(), ref[last], atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+        outs.append(dec)
+    assert torch.equal(outs[2], outs[0])  # the product with the mask changes no value
 
 
 def test_an_fp8_cache_beside_bfloat16_queries_is_read_in_float16():
