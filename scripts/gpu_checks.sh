@@ -20,7 +20,8 @@
 #      second bench run checks the first reproduces; kernels re-times the sweeps and prints the two
 #      lines that fill tables the engine waits on: "one-row shapes where the fused GEMV beats the
 #      two kernels" (-> triton_gemv.FUSED_GEMV_CONFIGS) and "where the candidate skinny GEMM beats
-#      every library" (-> whether benchmarks/candidate_skinny_gemm.py moves into the package).
+#      every library" (-> whether benchmarks/candidate_skinny_gemm.py moves into the package); and
+#      the FP8 decode row "V via registers" against the engine's loop (-> v_via_registers' default).
 # To time attention kernel changes against the versions before them in the same run, save the old
 # files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
 # and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
