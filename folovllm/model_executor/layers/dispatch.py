@@ -14,28 +14,18 @@ def use_fused_kernels(x: torch.Tensor) -> bool:
     return HAS_TRITON and x.is_cuda
 
 
-def _one_row_16_bit_on_gpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x)
-
-
-def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int] | None:
+def gemv_config(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fused: bool = False
+) -> tuple[int, int, int] | None:  # fmt: skip
     """The Triton GEMV's configuration for ``x @ weight.T + bias``, or None where ``F.linear`` runs it.
     The GEMV takes one row (a single sequence's decode step) of a 16-bit model on the GPU, without a
     bias, where ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat cuBLAS on an H100,
-    in bfloat16)."""
-    if _one_row_16_bit_on_gpu(x, weight, bias):
-        from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS
+    in bfloat16); with ``fused``, the GEMV with the op before it inside, from ``FUSED_GEMV_CONFIGS``."""
+    if x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x):
+        from folovllm.model_executor.layers import triton_gemv
 
-        return GEMV_CONFIGS.get(tuple(weight.shape))
-    return None
-
-
-def fused_gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int] | None:
-    """Likewise for the GEMV with the op before it inside, from ``triton_gemv.FUSED_GEMV_CONFIGS``."""
-    if _one_row_16_bit_on_gpu(x, weight, bias):
-        from folovllm.model_executor.layers.triton_gemv import FUSED_GEMV_CONFIGS
-
-        return FUSED_GEMV_CONFIGS.get(tuple(weight.shape))
+        table = triton_gemv.FUSED_GEMV_CONFIGS if fused else triton_gemv.GEMV_CONFIGS
+        return table.get(tuple(weight.shape))
     return None
 
 

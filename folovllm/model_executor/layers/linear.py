@@ -37,7 +37,7 @@ from folovllm.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
-from folovllm.model_executor.layers.dispatch import fused_gemv_config, unquantized_gemm
+from folovllm.model_executor.layers.dispatch import gemv_config, unquantized_gemm
 
 
 def set_weight_attrs(param: nn.Parameter, attrs: dict[str, Any]) -> None:
@@ -144,10 +144,10 @@ class LinearBase(nn.Module):
         return self.quant_method.apply(self, x, self.bias)
 
     def fused_gemv_config(self, x: torch.Tensor) -> Optional[tuple[int, int, int]]:
-        """The configuration of the Triton GEMV with the op before it inside (``dispatch.fused_gemv_config``),
-        where ``forward(x)`` is a plain matmul (unquantized, one rank); else None."""
+        """The configuration of the Triton GEMV with the op before it inside (``dispatch.gemv_config``
+        with ``fused``), where ``forward(x)`` is a plain matmul (unquantized, one rank); else None."""
         if self.tp_size == 1 and isinstance(self.quant_method, UnquantizedLinearMethod):
-            return fused_gemv_config(x, self.weight, self.bias)
+            return gemv_config(x, self.weight, self.bias, fused=True)
         return None
 
 
