@@ -65,10 +65,6 @@ class CUDAGraphRunner:
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
 
-    @property
-    def capture_sizes(self) -> dict[str, list[int]]:
-        return {"decode": self.decode_sizes, "mixed": self.mixed_sizes}
-
     def _metadata(self, kind: str, size: int) -> AttentionMetadata:
         decode, buf = kind == "decode", self.buffers
         return AttentionMetadata(

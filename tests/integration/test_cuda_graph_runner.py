@@ -96,7 +96,7 @@ def test_graph_replays_of_mixed_and_decode_steps_match_hf(graphed_llm, tiny_mode
     from folovllm import SamplingParams
 
     llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160, async_scheduling=async_scheduling)
-    assert graphs.capture_sizes == {"decode": [1, 2, 4], "mixed": [16, 32, 64]}
+    assert (graphs.decode_sizes, graphs.mixed_sizes) == ([1, 2, 4], [16, 32, 64])
     assert {key: g.syncs for key, g in graphs.graphs.items() if g.syncs} == {}  # CUDA would refuse these captures
     # Five prompts for four seats and a 64-token budget: chunks, decodes mixed in, padded sizes, a queue.
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]
