@@ -355,17 +355,16 @@ def gemv_prologues(scale: dict) -> None:
             nw = nw[0]
             pair = lambda c: triton_gemv.gemv(fused_add_rms_norm(x, r, nw, 1e-6)[0], w, c)  # noqa: E731
             fused = lambda c: triton_gemv.gemv_add_rms_norm(x, r, nw, 1e-6, w, c)[0]  # noqa: E731
-        row, best = [], {}
+        pair_times, fused_times = {}, {}
         for config in [c for c in triton_gemv.CONFIGS if triton_gemv.fits(1, c)]:
             torch.testing.assert_close(fused(config), pair(config), rtol=2e-2, atol=2e-2)
-            t_pair, t_fused = graph_time(lambda: pair(config)), graph_time(lambda: fused(config))
-            row.append(f"{config}: {t_pair * 1e6:.1f} / {t_fused * 1e6:.1f}")
-            best["pair"] = min(best.get("pair", (float("inf"),)), (t_pair, config))
-            best["fused"] = min(best.get("fused", (float("inf"),)), (t_fused, config))
+            pair_times[config], fused_times[config] = graph_time(lambda: pair(config)), graph_time(lambda: fused(config))
+        row = [f"{c}: {pair_times[c] * 1e6:.1f} / {fused_times[c] * 1e6:.1f}" for c in pair_times]
         print(f"one row, {name:8s} {n}x{k}, two kernels / one, us by GEMV configuration: {', '.join(row)}; "
               f"the engine's: {triton_gemv.FUSED_GEMV_CONFIGS.get((n, k), 'two kernels')}")  # fmt: skip
-        if best["fused"][0] < best["pair"][0]:
-            wins[(n, k)] = (best["fused"][1], round(best["pair"][0] / best["fused"][0], 2))
+        best = min(fused_times, key=fused_times.get)
+        if fused_times[best] < min(pair_times.values()):
+            wins[(n, k)] = (best, round(min(pair_times.values()) / fused_times[best], 2))
     print(f"one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): {wins}")
 
 

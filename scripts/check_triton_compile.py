@@ -184,14 +184,12 @@ def _fused_cases():
 
 
 def _gemv_cases():
-    from folovllm.model_executor.layers.triton_gemv import GEMV_CONFIGS, gemv, gemv_add_rms_norm, gemv_silu_and_mul
+    from folovllm.model_executor.layers.triton_gemv import CONFIGS, GEMV_CONFIGS, fits, gemv, gemv_add_rms_norm, gemv_silu_and_mul
 
     for (n, k), config in GEMV_CONFIGS.items():
         for dtype in (BF16, FP16, FP32):
             x, w = torch.zeros(1, k, dtype=dtype), torch.zeros(n, k, dtype=dtype)
             yield f"one-row GEMV {n}x{k} at {config} ({dtype})", lambda: gemv(x, w, config)
-    from folovllm.model_executor.layers.triton_gemv import CONFIGS, fits
-
     # The prologues in every configuration (the engine's choice, FUSED_GEMV_CONFIGS, waits for the
     # H100's timings), bf16: the norm before q/k/v (gate/up differs only in N, a runtime value),
     # SiLU-and-mul before down.

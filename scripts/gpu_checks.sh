@@ -14,8 +14,8 @@
 # plan is two calls; reading call 1 takes minutes, by which time its machine has gone back (30 s
 # idle), so call 2 starts a fresh one:
 #   1. `TESTS_LIMIT=240 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench views` (timeout 560;
-#      views: the pageable-copy probe (1 s), prefill, then tail, batch-1 kernels, host; the call's limit cuts the last ones,
-#      and what they wrote to $OUT still comes back)
+#      views: the pageable-copy probe (1 s), prefill, then tail, batch-1 kernels, host; the call's
+#      limit cuts the last ones, and what they wrote to $OUT still comes back)
 #   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels` with what is left (~300 s): the
 #      second bench run checks the first reproduces; kernels re-times the sweeps and prints the two
 #      lines that fill tables the engine waits on: "one-row shapes where the fused GEMV beats the
