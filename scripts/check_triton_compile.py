@@ -75,11 +75,16 @@ def programs_per_sm(regs: int, num_warps: int, shared: int, arch: int) -> int:
     return min(sm_regs // (regs_per_warp * num_warps), sm_shared // (shared + 1024), sm_warps // num_warps, sm_blocks)
 
 
+# Every kernel compiled so far, in order: (name, compiled kernel).
+COMPILED: list = []
+
+
 def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch: int):
     max_shared = MAX_SHARED_BYTES.get(arch, 232_448)
 
     def wrapped(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        COMPILED.append((self.__name__, kernel))
         if kernel.metadata.shared > max_shared:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
@@ -228,6 +233,38 @@ def _gptq_cases():
                        lambda: gptq_gemm(x, qweight, qzeros, scales, bits, group_size, 1, g_idx))  # fmt: skip
 
 
+def _pdl_cases():
+    """The kernels of a decode step with programmatic dependent launch on (``folovllm.utils.pdl``): each
+    must wait for the kernel before (``griddepcontrol.wait``) and the one-row matmul must also prefetch
+    its weights into L2, before the wait."""
+    from folovllm.utils import pdl
+
+    def with_pdl(call, must_prefetch):
+        def run():
+            saved = pdl.ENABLED, pdl._sm_major
+            pdl.ENABLED, pdl._sm_major = True, lambda x: 9
+            start = len(COMPILED)
+            try:
+                call()
+            finally:
+                pdl.ENABLED, pdl._sm_major = saved
+            for name, kernel in COMPILED[start:]:
+                ptx = kernel.asm["ptx"]
+                if not kernel.metadata.launch_pdl or "griddepcontrol.wait" not in ptx:
+                    raise RuntimeError(f"{name} does not take part in programmatic dependent launch")
+                if must_prefetch and not ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait"):
+                    raise RuntimeError(f"{name} does not ask L2 for its weights before it waits")
+            if len(COMPILED) == start:
+                raise RuntimeError("nothing compiled")
+
+        return run
+
+    for cases in (_attention_cases, _fused_cases, _gemv_cases, _sampler_cases):
+        for name, call in cases():  # the bf16 model's kernels; the KV store runs only outside the fused path
+            if not re.search(r"torch\.float(16|32)\b", name) and not name.startswith("KV store"):
+                yield f"{name}, with PDL", with_pdl(call, must_prefetch="GEMV" in name)
+
+
 def _drawing(accept) -> torch.Generator:
     """A generator whose first draw, as ``gumbel_argmax`` makes it, satisfies ``accept``."""
     for seed in range(10_000):
@@ -288,7 +325,7 @@ def main() -> int:
     loops = None if args.loops is None else [name for name in args.loops.split(",") if name]
     JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, args.arch)
     failed, count, t0 = [], 0, time.perf_counter()
-    for cases in (_attention_cases, _fused_cases, _gemv_cases, _sampler_cases, _gptq_cases):
+    for cases in (_attention_cases, _fused_cases, _gemv_cases, _sampler_cases, _gptq_cases, _pdl_cases):
         for name, call in cases():
             if args.resources or loops is not None:
                 print(name)

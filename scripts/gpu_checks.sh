@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [bench] [kernels] [views] [fp8] [gptq] [chunked]   (default: tests bench)
+#   bash scripts/gpu_checks.sh [tests] [bench] [pdl] [kernels] [views] [fp8] [gptq] [chunked]   (default: tests bench)
 #
 # (`profile` = `kernels views`.) Each stage has its own time limit and writes its output to $OUT
 # (default: ./gpu_out), so a stage that runs long costs only itself. `bench` rewrites its part of
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
-# and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views.
+# and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
+# `pdl` is bench_pdl.py (programmatic dependent launch off / on: TPOT, TTFT, throughput, tokens).
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s a machine) included. Timed on 2026-11-27: the tests ~300 s in all before the GPU engine
 # tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s. A session's
 # plan is two calls; reading call 1 takes minutes, by which time its machine has gone back (30 s
 # idle), so call 2 starts a fresh one:
-#   1. `TESTS_LIMIT=240 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench views` (timeout 560;
-#      views: the pageable-copy probe (1 s), prefill, then tail, batch-1 kernels, host; the call's
-#      limit cuts the last ones, and what they wrote to $OUT still comes back)
-#   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels` with what is left (~300 s): the
-#      second bench run checks the first reproduces; kernels re-times the sweeps and prints the two
+#   1. `TESTS_LIMIT=240 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench pdl` (timeout 560):
+#      the tests (PDL's engine test among them: same tokens with it as without), bench on today's
+#      defaults, then PDL off / on. If PDL gains and changes no token, its default turns on
+#      (`folovllm.utils.pdl.ENABLED`) before call 2, so that call 2's bench measures it.
+#   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels views` with what is left (~300 s):
+#      the second bench run checks the first reproduces; kernels re-times the sweeps and prints the
 #      lines that fill tables the engine waits on: "one-row shapes where the fused GEMV beats the
 #      two kernels" (-> triton_gemv.FUSED_GEMV_CONFIGS) and "where the candidate skinny GEMM beats
 #      every library" (-> whether benchmarks/candidate_skinny_gemm.py moves into the package); and
-#      the FP8 decode row "V via registers" against the engine's loop (-> v_via_registers' default).
+#      the FP8 decode row "V via registers" against the engine's loop (-> v_via_registers' default);
+#      the views (pageable-copy probe, prefill, tail, batch-1 kernels, host) get what the call's
+#      limit leaves, and what they wrote to $OUT still comes back.
 # To time attention kernel changes against the versions before them in the same run, save the old
 # files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
 # and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
@@ -54,7 +58,7 @@ for stage in $stages; do
         # the kernels' tests first: they are quick and say the most when something breaks
         tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 \
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
-                   tests/unit/test_sampler.py tests/integration/test_gpu_engine.py ;;
+                   tests/unit/test_sampler.py tests/unit/test_pdl.py tests/integration/test_gpu_engine.py ;;
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                since=$(mktemp)
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1
@@ -70,6 +74,8 @@ for stage in $stages; do
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
+        # programmatic dependent launch off / on, two rounds (~60-80 s; not timed on a GPU yet)
+        pdl) run pdl ${PDL_LIMIT:-150} $PY benchmarks/bench_pdl.py ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;

@@ -84,6 +84,8 @@ GPU_STAGE_SCRIPTS = {
                       "streaming deltas + logprobs=5, flat_logprobs"]),
     "profile_logprobs": (["benchmarks/profile_step.py", "logprobs", "8"], ["FINAL_ONLY list of dicts", "DELTA      list of dicts"]),
     "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1"], ["identical tokens"]),
+    "pdl": (["benchmarks/bench_pdl.py", "--scale", "cpu", "--runs", "1"],
+            ["round 1, PDL off: TPOT ", "PDL off (asked for, not available here)", "greedy outputs equal to round 1 without PDL: 8/8"]),
     "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
     "gptq": (["benchmarks/bench_gptq.py", "--runs", "1"], ["TPOT, batch 1", "Weights read per decode step"]),
 }  # fmt: skip

@@ -79,6 +79,33 @@ def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monk
     assert out[0].outputs[0].token_ids[:3] == hf_greedy(tiny_model, [prompt], 8, device="cuda", dtype=torch.bfloat16)[0][:3]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs sm_90")
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_gpu_programmatic_dependent_launch_changes_no_token(tiny_model, monkeypatch, enforce_eager):
+    """With PDL (``folovllm.utils.pdl``) each kernel may launch before the one it reads from has
+    finished and waits for it inside: greedy and seeded tokens must be the ones without PDL, for one
+    sequence (every GEMV form, with its weight prefetch) and for several, in graphs and eagerly."""
+    from folovllm import LLM, SamplingParams
+    from folovllm.utils import pdl
+    from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_gemv
+
+    configs = {s: (4, 1024, 4) for s in linear_weight_shapes(tiny_model).values()}
+    seen = spy_on_gemv(monkeypatch, configs, fused_configs=configs)
+    prompts = [{"prompt_token_ids": p} for p in (list(range(40, 90)), [5, 17, 99, 3], [7] * 21)]
+    params = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True)]  # fmt: skip
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(pdl, "ENABLED", enabled)
+        llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
+        assert pdl.pdl_launch_args(torch.zeros(1, device="cuda"))["USE_PDL"] == enabled
+        runs = [llm.generate(prompts[:1], p, use_tqdm=False) + llm.generate(prompts, p, use_tqdm=False) for p in params]
+        results.append([o.outputs[0].token_ids for run in runs for o in run])
+        del llm
+    assert all(seen.values())
+    assert results[0] == results[1]
+
+
 def test_gpu_async_equals_sync_with_preemption(tiny_model):
     from folovllm import LLM, SamplingParams
 

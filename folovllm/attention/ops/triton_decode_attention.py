@@ -19,6 +19,7 @@ import triton.language as tl
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.device import dot_precision
+from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
 
 # Per-step values, not specialised on (a variant compiled for one would recompile for another):
@@ -51,7 +52,9 @@ def _decode_stage1_kernel(
     DOT_PRECISION: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     V_VIA_REGISTERS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(USE_PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -121,7 +124,9 @@ def _decode_stage2_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,  # MAX_KV_SPLITS, so that one variant serves every split count
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(USE_PDL)
     bh = tl.program_id(0)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
@@ -175,6 +180,7 @@ def paged_decode_attention(
         lse = torch.empty(num_seqs, num_heads, num_kv_splits, dtype=torch.float32, device=q.device)
     else:
         target, lse = out, out  # lse unused
+    pdl = pdl_launch_args(q)
     _decode_stage1_kernel[(num_seqs, num_kv_heads, num_kv_splits)](
         q, k_cache, v_cache, block_table, seq_lens, target, lse, scale, num_kv_splits,
         q.stride(0), q.stride(1), block_table.stride(0),
@@ -182,11 +188,11 @@ def paged_decode_attention(
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGE_SIZE=page_size, BLOCK_N=block_n,
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
-        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers,
+        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, **pdl,
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     if num_kv_splits > 1:
         _decode_stage2_kernel[(num_seqs * num_heads,)](
-            target, lse, out, num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=MAX_KV_SPLITS,
+            target, lse, out, num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=MAX_KV_SPLITS, **pdl,
         )  # fmt: skip
     return out

@@ -25,6 +25,7 @@ import triton.language as tl
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.common import cdiv
 from folovllm.utils.device import dot_precision
+from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
 
 # The block table's width (stride_bt) changes from step to step; specialising on it would compile
@@ -56,7 +57,9 @@ def _prefill_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous_kernel(USE_PDL)
     tile = tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // GROUP
@@ -210,7 +213,7 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
         BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
-        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
+        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), **pdl_launch_args(q),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -23,13 +23,15 @@ import triton
 import triton.language as tl
 
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
+from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
 
 @triton.jit
 def _add_rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, stride_x, stride_r, eps,
-    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -52,7 +54,7 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: t
     _add_rms_norm_kernel[(num_rows,)](
         x, residual if residual is not None else x, weight, out, res_out,
         x.stride(0), residual.stride(0) if residual is not None else 0, eps,
-        N=n, BLOCK=triton.next_power_of_2(n), HAS_RESIDUAL=residual is not None, num_warps=4,
+        N=n, BLOCK=triton.next_power_of_2(n), HAS_RESIDUAL=residual is not None, **pdl_launch_args(x), num_warps=4,
     )  # fmt: skip
     return out if residual is None else (out, res_out)
 
@@ -62,8 +64,9 @@ def _qk_norm_rope_store_kernel(
     q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
     stride_qt, stride_kt, stride_vt, eps,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr,
+    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    wait_for_previous_kernel(USE_PDL)
     t = tl.program_id(0)
     h = tl.program_id(1)  # 0..NUM_Q_HEADS-1 are q heads, the rest kv heads
     half = HEAD_DIM // 2
@@ -127,13 +130,14 @@ def fused_qk_norm_rope_store(
         q, k, v, q_weight if has_norm else q, k_weight if has_norm else k, cos_cache, sin_cache, positions, slot_mapping,
         q_out, k_cache, v_cache, q.stride(0), k.stride(0), v.stride(0), eps,
         NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, num_warps=1,
+        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, **pdl_launch_args(q), num_warps=1,
     )  # fmt: skip
     return q_out
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, N: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, N: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -149,5 +153,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     n = two_n // 2
     out = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
     block = min(1024, triton.next_power_of_2(n))
-    _silu_and_mul_kernel[(num_rows, triton.cdiv(n, block))](x, out, x.stride(0), N=n, BLOCK=block, num_warps=4)
+    _silu_and_mul_kernel[(num_rows, triton.cdiv(n, block))](
+        x, out, x.stride(0), N=n, BLOCK=block, **pdl_launch_args(x), num_warps=4
+    )
     return out

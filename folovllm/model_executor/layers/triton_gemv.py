@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from folovllm.utils.pdl import pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
+
 # (BLOCK_N, BLOCK_K, warps) that bench_kernels.py times; the last two are for 2-4 rows, whose
 # accumulator the others cannot hold.
 CONFIGS = [(4, 1024, 4), (4, 2048, 4), (8, 512, 4), (8, 1024, 4), (8, 1024, 8), (16, 512, 8), (4, 512, 8), (8, 256, 8)]
@@ -97,10 +99,17 @@ def _gemv_kernel(
     x_ptr, w_ptr, out_ptr, res_ptr, norm_w_ptr, res_out_ptr, M, N, K, stride_xm, stride_wn, stride_om, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr,
+    USE_PDL: tl.constexpr, LINE: tl.constexpr, LINES_PER_ROW: tl.constexpr,
 ):  # fmt: skip
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     n_mask, m_mask = offs_n < N, offs_m < M
+    if USE_PDL:
+        # No kernel writes the weights: this program's rows (LINE elements a 128-byte line) start
+        # coming into L2 while the kernel before, which computes the input, is still running.
+        lines = tl.minimum(tl.arange(0, LINES_PER_ROW) * LINE, K - 1)
+        prefetch_to_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn + lines[None, :])
+    wait_for_previous_kernel(USE_PDL)
     rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
     if PROLOGUE == ADD_RMS_NORM:
         rstd = _row_rstd(x_ptr, res_ptr, res_out_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL, BLOCK_ROW, eps)
@@ -129,11 +138,14 @@ def _launch(x, w, config, k, prologue=NONE, residual=None, norm_weight=None, eps
     block_n, block_k, warps = config
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     res_out = torch.empty(m, k, dtype=x.dtype, device=x.device) if residual is not None else out
+    pdl = pdl_launch_args(x)
+    line = 128 // w.element_size()
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, out, residual if residual is not None else x, norm_weight if norm_weight is not None else x, res_out,
         m, n, k, x.stride(0), w.stride(0), out.stride(0), eps,
         BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k,
         PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, BLOCK_ROW=triton.next_power_of_2(k) if prologue == ADD_RMS_NORM else 1,
+        LINE=line, LINES_PER_ROW=triton.next_power_of_2(triton.cdiv(k, line)) if pdl["USE_PDL"] else 1, **pdl,
         num_warps=warps,
     )  # fmt: skip
     return out, res_out

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from folovllm.utils.device import num_sms
+from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
 
 @triton.jit
@@ -35,7 +36,8 @@ def _race(best_val, best_idx, row_ptr, ids, hi, inv_t, u):
 # compile a second variant in the middle of a run. The chunk length varies with the batch size.
 @triton.jit(do_not_specialize=["seed", "chunk"])
 def _gumbel_argmax_kernel(
-    logits_ptr, temp_ptr, best_val_ptr, best_idx_ptr, stride, seed, chunk, V: tl.constexpr, BLOCK: tl.constexpr
+    logits_ptr, temp_ptr, best_val_ptr, best_idx_ptr, stride, seed, chunk, V: tl.constexpr, BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Program (row, split) scans vocabulary ids [split * chunk, (split + 1) * chunk) of its row.
 
@@ -43,6 +45,7 @@ def _gumbel_argmax_kernel(
     gives four draws (``tl.rand`` would make one and drop three; Philox was most of the loop), and
     the draw of an id does not depend on how the vocabulary is split (chunks start at multiples of 64).
     """
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     inv_t = 1.0 / tl.load(temp_ptr + row)
@@ -72,7 +75,10 @@ MAX_SPLITS = 64
 
 
 @triton.jit(do_not_specialize=["splits"])  # one compiled variant for every batch size
-def _pick_best_split_kernel(best_val_ptr, best_idx_ptr, out_ptr, splits, V: tl.constexpr, BLOCK_S: tl.constexpr):
+def _pick_best_split_kernel(
+    best_val_ptr, best_idx_ptr, out_ptr, splits, V: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr
+):
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_S)
     mask = offs < splits
@@ -110,8 +116,9 @@ def gumbel_argmax(
     best_idx = torch.empty(num_rows, splits, dtype=torch.int32, device=logits.device)
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())  # CPU draw: no device sync
+    pdl = pdl_launch_args(logits)
     _gumbel_argmax_kernel[(num_rows, splits)](
-        logits, temperature, best_val, best_idx, logits.stride(0), seed, chunk, V=vocab, BLOCK=block, num_warps=8
+        logits, temperature, best_val, best_idx, logits.stride(0), seed, chunk, V=vocab, BLOCK=block, **pdl, num_warps=8
     )
-    _pick_best_split_kernel[(num_rows,)](best_val, best_idx, out, splits, V=vocab, BLOCK_S=MAX_SPLITS)
+    _pick_best_split_kernel[(num_rows,)](best_val, best_idx, out, splits, V=vocab, BLOCK_S=MAX_SPLITS, **pdl)
     return out

@@ -1,0 +1,72 @@
+"""Programmatic dependent launch (PDL) between the Triton kernels of a step, on Hopper and later.
+
+Normally a kernel starts only once the kernel before it in the stream has finished and its writes
+are flushed. One sequence decoding Qwen3-0.6B runs ten kernels per decoder layer, ~290 per step,
+most of them a few microseconds long, so that gap is paid ~290 times. With PDL a kernel may be launched while the one before is
+still running; the kernel itself says from where on it needs that kernel's results:
+
+* ``gdc_launch_dependents`` (first thing in each kernel here): the next kernel may launch once
+  every program of this one has started;
+* ``gdc_wait``: block until the kernel before has finished and its writes are visible. Every
+  kernel here waits before it reads or writes anything another kernel touches, and before any
+  program can exit, so kernels still finish in stream order.
+
+What needs nothing from the kernel before runs ahead of the wait: the one-row matmul
+(``triton_gemv``) asks L2 for its weight rows there, while the norm or attention before it is still
+running. The kernels that do not take part (cuBLAS, torch's own) launch as usual, and a kernel
+launched with PDL after one of them simply waits for it.
+
+Off unless ``FOLOVLLM_PDL=1``, until a GPU run has measured it; it needs compute capability 9.0
+and a Triton that knows the ``launch_pdl`` option (3.3 or later).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+ENABLED = os.environ.get("FOLOVLLM_PDL", "0") == "1"
+
+_OFF = {"USE_PDL": False}
+_ON = {"USE_PDL": True, "launch_pdl": True}
+
+
+def pdl_launch_args(x: torch.Tensor) -> dict:
+    """The PDL arguments of a launch of a kernel on ``x``'s device: its ``USE_PDL`` constexpr, and
+    Triton's ``launch_pdl`` option when it is on."""
+    return _ON if ENABLED and _sm_major(x) >= 9 else _OFF
+
+
+def _sm_major(x: torch.Tensor) -> int:
+    """The compute capability's major version of ``x``'s device; 0 off CUDA or with an older Triton."""
+    if not x.is_cuda:
+        return 0
+    return _cuda_major(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_major(index: int) -> int:
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    if "launch_pdl" not in CUDAOptions.__dataclass_fields__:
+        return 0
+    return torch.cuda.get_device_capability(index)[0]
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+    """Let the next kernel launch, then wait for the one before to finish (a no-op without PDL)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def prefetch_to_l2(ptrs):
+    """Ask L2 for the 128-byte lines holding ``ptrs`` and move on: nothing waits for them and no
+    register receives them. (The output is a placeholder: inline assembly must have one.)"""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)

@@ -1,0 +1,166 @@
+"""Programmatic dependent launch: the switch, and the kernels' PDL variants run in the interpreter.
+
+The interpreter cannot execute ``griddepcontrol`` or an L2 prefetch, so these tests stand in
+Python functions for them that record each call. That checks what a CPU can: with PDL each
+program of every kernel of a step lets the next kernel launch and then waits, exactly once (a
+program that exits without waiting would let the kernel finish before the one it depends on),
+the results are those of the plain launch, and the one-row matmul prefetches every line of its
+weight. Whether the GPU overlaps the kernels is for ``benchmarks/`` to show.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from folovllm.utils import pdl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pdl_is_off_unless_asked_for_and_only_on_hopper_or_later(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    monkeypatch.setattr(pdl, "_sm_major", lambda x: 9)
+    assert pdl.pdl_launch_args(x) == {"USE_PDL": False}
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert pdl.pdl_launch_args(x) == {"USE_PDL": True, "launch_pdl": True}
+    monkeypatch.setattr(pdl, "_sm_major", lambda x: 8)  # an A100
+    assert pdl.pdl_launch_args(x) == {"USE_PDL": False}
+    monkeypatch.undo()
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert pdl.pdl_launch_args(x) == {"USE_PDL": False}  # a CPU tensor
+
+
+@pytest.mark.parametrize("value,expected", [(None, "False"), ("0", "False"), ("1", "True")])
+def test_the_switch_is_the_environment_variable(value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "FOLOVLLM_PDL"}
+    if value is not None:
+        env["FOLOVLLM_PDL"] = value
+    code = "from folovllm.utils import pdl; print(pdl.ENABLED)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == expected
+
+
+def test_a_triton_without_the_launch_option_gets_no_pdl(monkeypatch):
+    import dataclasses
+
+    from triton.backends.nvidia import compiler
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    assert pdl._cuda_major.__wrapped__(0) == (9 if "launch_pdl" in compiler.CUDAOptions.__dataclass_fields__ else 0)
+    monkeypatch.setattr(compiler, "CUDAOptions", dataclasses.make_dataclass("CUDAOptions", [("num_warps", int, 4)]))
+    assert pdl._cuda_major.__wrapped__(0) == 0
+
+
+@pytest.fixture
+def pdl_calls(monkeypatch):
+    """PDL on for CPU tensors, with Python stand-ins for the GPU-only calls. Yields the record:
+    the order of launch/wait calls, and the addresses the GEMV prefetched."""
+    from folovllm.model_executor.layers import triton_gemv
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter")
+    record = {"calls": [], "prefetched": []}
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    monkeypatch.setattr(pdl, "_sm_major", lambda x: 9)
+    monkeypatch.setattr(tl.extra.cuda, "gdc_launch_dependents", lambda *a, **k: record["calls"].append("launch"))
+    monkeypatch.setattr(tl.extra.cuda, "gdc_wait", lambda *a, **k: record["calls"].append("wait"))
+    monkeypatch.setattr(triton_gemv, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
+    return record
+
+
+def _run_both_ways(pdl_calls, monkeypatch, call, num_programs):
+    """``call()`` with PDL off, then on; the outputs must be equal, and each of the ``num_programs``
+    programs must have called launch, then wait, once."""
+    with monkeypatch.context() as m:
+        m.setattr(pdl, "ENABLED", False)
+        plain = call()
+        assert pdl_calls["calls"] == []
+    with_pdl = call()
+    for a, b in zip(plain if isinstance(plain, tuple) else (plain,), with_pdl if isinstance(with_pdl, tuple) else (with_pdl,)):
+        assert torch.equal(a, b)
+    assert pdl_calls["calls"] == ["launch", "wait"] * num_programs
+
+
+def test_every_program_of_the_element_wise_kernels_waits(pdl_calls, monkeypatch):
+    from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul
+
+    g = torch.Generator().manual_seed(0)
+    x, res, w = torch.randn(3, 64, generator=g), torch.randn(3, 64, generator=g), torch.randn(64, generator=g)
+    _run_both_ways(pdl_calls, monkeypatch, lambda: fused_add_rms_norm(x, res, w, 1e-6), num_programs=3)
+    pdl_calls["calls"].clear()
+    _run_both_ways(pdl_calls, monkeypatch, lambda: silu_and_mul(torch.arange(2 * 40.0).view(2, 40) / 9), num_programs=2)
+    pdl_calls["calls"].clear()
+
+    q, k, v = torch.randn(2, 4, 16, generator=g), torch.randn(2, 2, 16, generator=g), torch.randn(2, 2, 16, generator=g)
+    cos, sin = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+
+    def rope_store():
+        cache = torch.zeros(2, 2, 4, 2, 16)
+        out = fused_qk_norm_rope_store(q, k, v, w[:16], w[16:32], cos, sin, torch.tensor([3, 5]), 1e-6, cache[0], cache[1], torch.tensor([1, 2]))
+        return out, cache
+
+    _run_both_ways(pdl_calls, monkeypatch, rope_store, num_programs=2 * (4 + 2))
+
+
+@pytest.mark.parametrize("form", ["plain", "add_rms_norm", "silu_and_mul"])
+def test_the_gemv_prefetches_every_line_of_its_weight_before_it_waits(pdl_calls, monkeypatch, form):
+    from folovllm.model_executor.layers import triton_gemv
+
+    g = torch.Generator().manual_seed(1)
+    n, k, config = 37, 1024, (8, 256, 4)  # 37 rows: the last program's rows past N are clamped, not fetched
+    w = torch.randn(n, k, generator=g).half()
+    x = torch.randn(1, 2 * k if form == "silu_and_mul" else k, generator=g).half()
+    res, norm_w = torch.randn(1, k, generator=g).half(), torch.randn(k, generator=g).half()
+    call = {
+        "plain": lambda: triton_gemv.gemv(x, w, config),
+        "add_rms_norm": lambda: triton_gemv.gemv_add_rms_norm(x, res, norm_w, 1e-6, w, config),
+        "silu_and_mul": lambda: triton_gemv.gemv_silu_and_mul(x, w, config),
+    }[form]
+    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=triton.cdiv(n, config[0]))
+    addresses = np.concatenate([p.ravel() for p in pdl_calls["prefetched"]]).astype(np.int64) - w.data_ptr()
+    assert addresses.min() >= 0 and addresses.max() < w.nbytes  # nothing outside the weight
+    assert set(addresses // 128) == set(range(w.nbytes // 128))  # every 128-byte line of it
+
+
+def test_every_program_of_the_attention_kernels_waits(pdl_calls, monkeypatch):
+    from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
+    from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_tiles
+
+    g = torch.Generator().manual_seed(2)
+    k_cache, v_cache = torch.randn(6, 8, 2, 16, generator=g), torch.randn(6, 8, 2, 16, generator=g)
+    table = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
+    lens = torch.tensor([20, 0], dtype=torch.int32)  # the second row is a graph's padding: no keys, still waits
+    q = torch.randn(2, 4, 16, generator=g)
+    # stage 1: a program per (row, kv head, split); split, stage 2: one per (row, head)
+    for splits, programs in ((1, 2 * 2), (3, 2 * 2 * 3 + 2 * 4)):
+        pdl_calls["calls"].clear()
+        call = lambda s=splits: paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, num_kv_splits=s)  # noqa: E731
+        _run_both_ways(pdl_calls, monkeypatch, call, num_programs=programs)
+
+    pdl_calls["calls"].clear()
+    query_lens, seq_lens = [20, 3], [20, 9]
+    tiles = torch.from_numpy(prefill_tiles(query_lens, 16))
+    qp = torch.randn(sum(query_lens), 4, 16, generator=g)
+    qsl, sl = torch.tensor([0, 20, 23], dtype=torch.int32), torch.tensor(seq_lens, dtype=torch.int32)
+    call = lambda: paged_prefill_attention(qp, k_cache, v_cache, table, qsl, sl, tiles, 0.25, block_m=16, block_n=16)  # noqa: E731
+    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=len(tiles) * 4)
+
+
+def test_every_program_of_the_sampler_waits(pdl_calls, monkeypatch):
+    from folovllm.sample.ops.triton_sample import gumbel_argmax
+
+    logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(3))
+    call = lambda: gumbel_argmax(logits, torch.ones(2), torch.Generator().manual_seed(5), splits=3)  # noqa: E731
+    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=2 * 3 + 2)
