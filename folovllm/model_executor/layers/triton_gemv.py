@@ -21,6 +21,9 @@ At one row the kernels before a matmul are about as short as their launch. This 
 RMSNorm before q/k/v and gate/up, and SiLU-and-mul before down, as it loads its input (the prologue,
 below): seven kernels per layer instead of ten. The decoder layer (``dispatch.rms_norm_then_linear``,
 ``silu_and_mul_then_linear``) takes that path for the shapes in ``FUSED_GEMV_CONFIGS`` only.
+
+With programmatic dependent launch (``folovllm.utils.pdl``) each program asks L2 for its weight
+rows first, and only then waits for the kernel before, which computes its input.
 """
 
 from __future__ import annotations
