@@ -11,9 +11,6 @@ weight. Whether the GPU overlaps the kernels is for ``benchmarks/`` to show.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +20,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from folovllm.utils import pdl  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.python_process import python_prints  # noqa: E402
 
 
 def test_pdl_is_off_unless_asked_for_and_only_on_hopper_or_later(monkeypatch):
@@ -43,13 +39,7 @@ def test_pdl_is_off_unless_asked_for_and_only_on_hopper_or_later(monkeypatch):
 
 @pytest.mark.parametrize("value,expected", [(None, "False"), ("0", "False"), ("1", "True")])
 def test_the_switch_is_the_environment_variable(value, expected):
-    env = {k: v for k, v in os.environ.items() if k != "FOLOVLLM_PDL"}
-    if value is not None:
-        env["FOLOVLLM_PDL"] = value
-    code = "from folovllm.utils import pdl; print(pdl.ENABLED)"
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip() == expected
+    assert python_prints("from folovllm.utils import pdl; print(pdl.ENABLED)", {"FOLOVLLM_PDL": value}) == expected
 
 
 def test_a_triton_without_the_launch_option_gets_no_pdl(monkeypatch):

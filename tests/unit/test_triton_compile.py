@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.python_process import python_prints
+
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,10 +54,5 @@ def test_programs_per_sm_follows_cudas_occupancy_rules():
 
 @pytest.mark.parametrize("preset", [None, "0"])
 def test_importing_folovllm_keeps_tritons_fused_multiply_adds_unless_the_user_chose(preset):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_FP_FUSION"}
-    if preset is not None:
-        env["TRITON_DEFAULT_FP_FUSION"] = preset
     code = "import os, folovllm; print(os.environ['TRITON_DEFAULT_FP_FUSION'])"
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip() == (preset or "1")
+    assert python_prints(code, {"TRITON_DEFAULT_FP_FUSION": preset}) == (preset or "1")
