@@ -259,6 +259,7 @@ def prefill(runs: int = 5) -> None:
     # "first": the run that warms up; the first of all is the engine's first request, and each length's
     # first graph run is that graph's first replay (one-time costs show as first >> wall)
     print(f"{'tokens':>6} {'mode':>6} {'first ms':>8} {'wall ms':>8} {'GPU kernels ms':>15} {'kernels':>8}")
+    by_kernel = []
     for n in lengths:
         for i, (mode, sizes) in enumerate(modes):
             if graphs is None and i == 0:
@@ -278,7 +279,13 @@ def prefill(runs: int = 5) -> None:
                     torch.cuda.synchronize()
                 events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
                 gpu_ms, kernels = sum(e.time_range.elapsed_us() for e in events) / 1e3, len(events)
+                if n == lengths[1] and not by_kernel:  # the first mode that runs: graphs, if there are any
+                    by_kernel = _gpu_time_by_name(events)
             print(f"{n:>6} {mode:>6} {walls[0] * 1e3:>8.2f} {sorted(walls[1:])[runs // 2] * 1e3:>8.2f} {gpu_ms:>15.2f} {kernels:>8}")
+    if cuda:
+        print(f"the {lengths[1]}-token prompt's GPU time by kernel ({'graphs' if graphs else 'eager'}), largest first:")
+        for name, (us, count) in by_kernel[:15]:
+            print(f"  {us / 1e3:7.3f} ms  {count:4d} x  {name[:100]}")
     if graphs is not None:
         graphs.mixed_sizes = modes[0][1]
     n = lengths[1]
@@ -303,6 +310,16 @@ def prefill(runs: int = 5) -> None:
           f"(mean of {len(prompts)}, {'graphs on' if graphs else 'no graphs'}):")  # fmt: skip
     for label, secs in [*parts.items(), ("the rest of generate()", outside)]:
         print(f"  {label:44s} {secs / len(prompts) * 1e3:7.3f} ms")
+
+
+def _gpu_time_by_name(events) -> list[tuple[str, tuple[float, int]]]:
+    """(kernel name, (total us, calls)) of profiler device events, the longest total first."""
+    totals: dict[str, list] = {}
+    for e in events:
+        entry = totals.setdefault(e.name, [0.0, 0])
+        entry[0] += e.time_range.elapsed_us()
+        entry[1] += 1
+    return sorted(((name, (us, count)) for name, (us, count) in totals.items()), key=lambda item: -item[1][0])
 
 
 def pageable_copies() -> None:

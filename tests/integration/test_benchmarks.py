@@ -116,3 +116,15 @@ def test_candidate_skinny_gemm_matches_a_matmul():
         x = torch.randn(m, 300, generator=g).to(device)
         for config in CONFIGS:
             torch.testing.assert_close(skinny_gemm(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+def test_the_prefill_views_kernel_breakdown_sums_each_kernels_calls():
+    from types import SimpleNamespace
+
+    from benchmarks.profile_step import _gpu_time_by_name
+
+    def event(name, us):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event("gemm", 30.0), event("norm", 2.0), event("gemm", 25.0), event("attention", 40.0), event("norm", 3.0)]
+    assert _gpu_time_by_name(events) == [("gemm", (55.0, 2)), ("attention", (40.0, 1)), ("norm", (5.0, 2))]
