@@ -2,8 +2,9 @@
 
 Normally a kernel starts only once the kernel before it in the stream has finished and its writes
 are flushed. One sequence decoding Qwen3-0.6B runs ten kernels per decoder layer, ~290 per step,
-most of them a few microseconds long, so that gap is paid ~290 times. With PDL a kernel may be launched while the one before is
-still running; the kernel itself says from where on it needs that kernel's results:
+most of them a few microseconds long, so that gap is paid ~290 times. With PDL a kernel may be
+launched while the one before is still running; the kernel itself says from where on it needs
+that kernel's results:
 
 * ``gdc_launch_dependents`` (first thing in each kernel here): the next kernel may launch once
   every program of this one has started;
@@ -17,7 +18,7 @@ running. The kernels that do not take part (cuBLAS, torch's own) launch as usual
 launched with PDL after one of them simply waits for it.
 
 Off unless ``FOLOVLLM_PDL=1``, until a GPU run has measured it; it needs compute capability 9.0
-and a Triton that knows the ``launch_pdl`` option (3.3 or later).
+and a Triton whose CUDA launcher has the ``launch_pdl`` option (triton 3.6 has it).
 """
 
 from __future__ import annotations
