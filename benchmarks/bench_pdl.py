@@ -14,6 +14,7 @@ CPU: python benchmarks/bench_pdl.py --scale cpu   (checks the script; both setti
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import sys
@@ -51,13 +52,13 @@ def measure(model: str, device: str, scale: dict, enabled: bool) -> dict:
     long_prompt = [(7 * i + 3) % vocab for i in range(scale["ttft_len"])]
     ttfts = [ttft(llm, device, long_prompt) for _ in range(5)]
     llm.reset_prefix_cache()
-    outs = []
-    secs = timed(device, lambda: outs.extend(llm.generate(prompts, greedy, use_tqdm=False)))
+    outs, generate = [], functools.partial(llm.generate, prompts, greedy, use_tqdm=False)
+    secs = timed(device, lambda: outs.extend(generate()))
     del llm
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return dict(on=on, tpots=tpots, ttfts=ttfts, tok_s=wl.num_output_tokens / secs, tokens=[o.outputs[0].token_ids for o in outs])
+    return dict(on=on, tpots=tpots, ttfts=ttfts, tok_s=[wl.num_output_tokens / secs], tokens=[o.outputs[0].token_ids for o in outs])
 
 
 def main() -> None:
@@ -66,20 +67,18 @@ def main() -> None:
     for r in range(args.runs):
         for enabled in (False, True):
             m = measure(model, device, scale, enabled)
-            reference = reference if reference is not None else m["tokens"]
+            if reference is None:
+                reference = m["tokens"]
             same = sum(a == b for a, b in zip(m["tokens"], reference))
             label = f"round {r + 1}, PDL {'on ' if m['on'] else 'off'}{' (asked for, not available here)' if enabled and not m['on'] else ''}"
-            print(f"{label}: TPOT {ms_spread(m['tpots'])}; TTFT {ms_spread(m['ttfts'])}; {m['tok_s']:,.0f} output tok/s; "
+            print(f"{label}: TPOT {ms_spread(m['tpots'])}; TTFT {ms_spread(m['ttfts'])}; {m['tok_s'][0]:,.0f} output tok/s; "
                   f"greedy outputs equal to round 1 without PDL: {same}/{len(reference)}", flush=True)  # fmt: skip
             rows.append(m)
-    for what, key in (("TPOT", "tpots"), ("TTFT", "ttfts")):
+    for what, key in (("TPOT", "tpots"), ("TTFT", "ttfts"), ("throughput", "tok_s")):
         off = statistics.median(x for m in rows if not m["on"] for x in m[key])
         on = [x for m in rows if m["on"] for x in m[key]]
         if on:
             print(f"{what}, PDL on / off (medians over all rounds): {statistics.median(on) / off:.3f}")
-    on = [m["tok_s"] for m in rows if m["on"]]
-    if on:
-        print(f"throughput, PDL on / off (medians over all rounds): {statistics.median(on) / statistics.median(m['tok_s'] for m in rows if not m['on']):.3f}")
 
 
 if __name__ == "__main__":

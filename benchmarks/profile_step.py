@@ -314,12 +314,11 @@ def prefill(runs: int = 5) -> None:
 
 def _gpu_time_by_name(events) -> list[tuple[str, tuple[float, int]]]:
     """(kernel name, (total us, calls)) of profiler device events, the longest total first."""
-    totals: dict[str, list] = {}
+    totals: dict[str, tuple[float, int]] = {}
     for e in events:
-        entry = totals.setdefault(e.name, [0.0, 0])
-        entry[0] += e.time_range.elapsed_us()
-        entry[1] += 1
-    return sorted(((name, (us, count)) for name, (us, count) in totals.items()), key=lambda item: -item[1][0])
+        us, calls = totals.get(e.name, (0.0, 0))
+        totals[e.name] = (us + e.time_range.elapsed_us(), calls + 1)
+    return sorted(totals.items(), key=lambda item: -item[1][0])
 
 
 def pageable_copies() -> None:

@@ -2,11 +2,10 @@
 
 Each step the model runner writes its inputs (token ids, positions, cache slots, the attention
 metadata; the sampling settings when the batch changes) into the host side with numpy and copies
-what it wrote to the device. Allocating and
-pinning those arrays anew every step costs host time, and the first step of a new size can pay for a
-pinned allocation inside a user's request; vLLM's model runner keeps persistent buffers instead
-(``CpuGpuBuffer``), as here. The CUDA graphs read the device side directly: a replay needs no
-copies of its own.
+what it wrote to the device. Allocating and pinning those arrays anew every step costs host time,
+and the first step of a new size can pay for a pinned allocation inside a user's request; vLLM's
+model runner keeps persistent buffers instead (``CpuGpuBuffer``), as here. The CUDA graphs read
+the device side directly: a replay needs no copies of its own.
 
 On a GPU the host side is pinned, so the copy runs asynchronously and the host goes on. The next
 step writes the same host memory, so before it does the model runner waits until the copies that
