@@ -50,7 +50,7 @@ def test_fused_add_rms_norm_matches_torch(hidden, with_residual):
     torch.testing.assert_close(out.cpu(), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 16), (2, 1, 48), (16, 8, 128)])
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 2, 16), (2, 1, 48), (6, 3, 32), (16, 8, 128)])
 @pytest.mark.parametrize("with_norm", [True, False])
 def test_fused_qk_norm_rope_store_matches_torch(num_heads, num_kv_heads, head_dim, with_norm):
     """q comes back normed and rotated; k (normed, rotated) and v land in their cache slots; slot -1 writes nothing."""

@@ -60,55 +60,66 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: t
 
 
 @triton.jit
-def _qk_norm_rope_store_kernel(
-    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
-    stride_qt, stride_kt, stride_vt, eps,
-    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    HALF_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr, USE_PDL: tl.constexpr,
+def _norm_rope_heads(
+    src, w_ptr, cos, sin, eps, offs, mask, HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr,
 ):  # fmt: skip
-    wait_for_previous_kernel(USE_PDL)
-    t = tl.program_id(0)
-    h = tl.program_id(1)  # 0..NUM_Q_HEADS-1 are q heads, the rest kv heads
+    """Per-head RMSNorm, then RoPE, of the heads whose first elements ``src`` points at ([heads, 1]).
+
+    ``offs`` [1, half] runs over a head's first half; ``cos``, ``sin`` [1, half] are the token's.
+    Returns the two rotated halves in the model dtype, rounded where the unfused layers round.
+    """
     half = HEAD_DIM // 2
-    offs = tl.arange(0, HALF_BLOCK)
-    mask = offs < half
-    is_q = h < NUM_Q_HEADS
-    kvh = h - NUM_Q_HEADS
-    slot = tl.load(slot_ptr + t).to(tl.int64)
-    cache_row = slot * (NUM_KV_HEADS * HEAD_DIM) + kvh * HEAD_DIM
-    # (Both branches must give each name the same type: the q and k pointers share the model dtype.)
-    if is_q:
-        src = q_ptr + t * stride_qt + h * HEAD_DIM
-        w_ptr = qw_ptr
-    else:
-        src = k_ptr + t * stride_kt + kvh * HEAD_DIM
-        w_ptr = kw_ptr
     x1 = tl.load(src + offs, mask=mask, other=0.0)
     x2 = tl.load(src + half + offs, mask=mask, other=0.0)
     if HAS_NORM:
         f1 = x1.to(tl.float32)
         f2 = x2.to(tl.float32)
-        inv = tl.rsqrt((tl.sum(f1 * f1, 0) + tl.sum(f2 * f2, 0)) / HEAD_DIM + eps)
-        x1 = tl.load(w_ptr + offs, mask=mask) * (f1 * inv).to(x1.dtype)
-        x2 = tl.load(w_ptr + half + offs, mask=mask) * (f2 * inv).to(x2.dtype)
-    pos = tl.load(pos_ptr + t)
-    cos = tl.load(cos_ptr + pos * HEAD_DIM + offs, mask=mask, other=0.0)
-    sin = tl.load(sin_ptr + pos * HEAD_DIM + offs, mask=mask, other=0.0)
-    y1 = (x1.to(tl.float32) * cos - x2.to(tl.float32) * sin).to(x1.dtype)  # rounded to the model dtype, as unfused
+        inv = tl.rsqrt((tl.sum(f1 * f1, 1) + tl.sum(f2 * f2, 1)) / HEAD_DIM + eps)[:, None]
+        x1 = tl.load(w_ptr + offs, mask=offs < half) * (f1 * inv).to(x1.dtype)
+        x2 = tl.load(w_ptr + half + offs, mask=offs < half) * (f2 * inv).to(x2.dtype)
+    y1 = (x1.to(tl.float32) * cos - x2.to(tl.float32) * sin).to(x1.dtype)
     y2 = (x2.to(tl.float32) * cos + x1.to(tl.float32) * sin).to(x1.dtype)
-    if is_q:
-        dst = q_out_ptr + (t * NUM_Q_HEADS + h) * HEAD_DIM
-        tl.store(dst + offs, y1, mask=mask)
-        tl.store(dst + half + offs, y2, mask=mask)
-    else:
-        # (A runtime branch may not change the type of a name from before it: y1, y2 are only read here.)
-        store = offs < tl.where(slot >= 0, half, 0)  # slot -1: a padding token, nothing to cache
-        v1 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + offs, mask=store)
-        v2 = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + half + offs, mask=store)
-        tl.store(k_cache_ptr + cache_row + offs, to_cache_dtype(y1, k_cache_ptr), mask=store)
-        tl.store(k_cache_ptr + cache_row + half + offs, to_cache_dtype(y2, k_cache_ptr), mask=store)
-        tl.store(v_cache_ptr + cache_row + offs, to_cache_dtype(v1, v_cache_ptr), mask=store)
-        tl.store(v_cache_ptr + cache_row + half + offs, to_cache_dtype(v2, v_cache_ptr), mask=store)
+    return y1, y2
+
+
+@triton.jit
+def _qk_norm_rope_store_kernel(
+    q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, slot_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
+    stride_qt, stride_kt, stride_vt, eps,
+    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, Q_HEADS_BLOCK: tl.constexpr,
+    KV_HEADS_BLOCK: tl.constexpr, HALF_BLOCK: tl.constexpr, HEAD_BLOCK: tl.constexpr, HAS_NORM: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):  # fmt: skip
+    # One program per token, all its heads at once: the token's cos/sin are read once, and a
+    # 1024-token prompt is 1,024 programs (one wave on an H100), not 24,576 one-head ones.
+    wait_for_previous_kernel(USE_PDL)
+    t = tl.program_id(0)
+    half = HEAD_DIM // 2
+    offs = tl.arange(0, HALF_BLOCK)[None, :]
+    pos = tl.load(pos_ptr + t)
+    cos = tl.load(cos_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
+    sin = tl.load(sin_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
+
+    qh = tl.arange(0, Q_HEADS_BLOCK)[:, None]
+    q_mask = (qh < NUM_Q_HEADS) & (offs < half)
+    y1, y2 = _norm_rope_heads(q_ptr + t * stride_qt + qh * HEAD_DIM, qw_ptr, cos, sin, eps, offs, q_mask, HEAD_DIM, HAS_NORM)
+    dst = q_out_ptr + (t * NUM_Q_HEADS + qh) * HEAD_DIM
+    tl.store(dst + offs, y1, mask=q_mask)
+    tl.store(dst + half + offs, y2, mask=q_mask)
+
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    kvh = tl.arange(0, KV_HEADS_BLOCK)[:, None]
+    cached = kvh < tl.where(slot >= 0, NUM_KV_HEADS, 0)  # slot -1: a padding token, nothing to cache
+    k_mask = cached & (offs < half)
+    y1, y2 = _norm_rope_heads(k_ptr + t * stride_kt + kvh * HEAD_DIM, kw_ptr, cos, sin, eps, offs, k_mask, HEAD_DIM, HAS_NORM)
+    k_dst = k_cache_ptr + slot * (NUM_KV_HEADS * HEAD_DIM) + kvh * HEAD_DIM
+    tl.store(k_dst + offs, to_cache_dtype(y1, k_cache_ptr), mask=k_mask)
+    tl.store(k_dst + half + offs, to_cache_dtype(y2, k_cache_ptr), mask=k_mask)
+
+    d = tl.arange(0, HEAD_BLOCK)[None, :]
+    v_mask = cached & (d < HEAD_DIM)
+    v = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + d, mask=v_mask)
+    tl.store(v_cache_ptr + slot * (NUM_KV_HEADS * HEAD_DIM) + kvh * HEAD_DIM + d, to_cache_dtype(v, v_cache_ptr), mask=v_mask)
 
 
 def fused_qk_norm_rope_store(
@@ -126,11 +137,13 @@ def fused_qk_norm_rope_store(
     assert k.stride(1) == v.stride(1) == head_dim and k_cache.is_contiguous() and v_cache.is_contiguous()
     q_out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
     has_norm = q_weight is not None
-    _qk_norm_rope_store_kernel[(num_tokens, num_heads + num_kv_heads)](
+    _qk_norm_rope_store_kernel[(num_tokens,)](
         q, k, v, q_weight if has_norm else q, k_weight if has_norm else k, cos_cache, sin_cache, positions, slot_mapping,
         q_out, k_cache, v_cache, q.stride(0), k.stride(0), v.stride(0), eps,
         NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HAS_NORM=has_norm, **pdl_launch_args(q), num_warps=1,
+        Q_HEADS_BLOCK=triton.next_power_of_2(num_heads), KV_HEADS_BLOCK=triton.next_power_of_2(num_kv_heads),
+        HALF_BLOCK=triton.next_power_of_2(head_dim // 2), HEAD_BLOCK=triton.next_power_of_2(head_dim),
+        HAS_NORM=has_norm, **pdl_launch_args(q), num_warps=4,
     )  # fmt: skip
     return q_out
 
