@@ -4,15 +4,17 @@ at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0
 decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4 rows, a
 candidate skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
 RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through
-the prefill kernel's work list, the fused sampler with and without vocabulary splits, and last,
-the longest: the prefill kernel by tile shape, warps, pipeline stages and work-list order.
+the prefill kernel's work list, the fused sampler with and without vocabulary splits, the element-wise kernels at 1 to 1024 tokens
+against the bytes they move, and last, the longest: the prefill kernel by tile shape, warps,
+pipeline stages and work-list order.
 
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
                                                  # interpreter): checks the script, measures nothing
-    python benchmarks/bench_kernels.py --baseline DIR   # also time earlier versions of the attention
-        # kernels' files found in DIR (triton_prefill_attention.py, triton_decode_attention.py, saved
-        # with `git show REV:folovllm/attention/ops/NAME > DIR/NAME`), in turn with today's
+    python benchmarks/bench_kernels.py --baseline DIR   # also time earlier versions of the kernels'
+        # files found in DIR or below it (triton_prefill_attention.py, triton_decode_attention.py from
+        # folovllm/attention/ops, fused_kernels.py from folovllm/model_executor/layers, saved with
+        # `git show REV:PATH > DIR/NAME`), in turn with today's
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from folovllm.model_executor.layers import triton_gemv  # noqa: E402
-from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, silu_and_mul  # noqa: E402
+from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
 from benchmarks import candidate_skinny_gemm  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
@@ -60,14 +62,14 @@ SCALES = {
         # (BLOCK_N, num_stages, V widened in registers); the engine's: 128, 2, no
         fp8_decode_variants=[(64, 2, False), (128, 2, False), (128, 1, False), (64, 2, True), (128, 2, True)],
         mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
-        vocab=151_936, sampler_batches=(1, 8, 64, 256),
+        vocab=151_936, sampler_batches=(1, 8, 64, 256), element_wise_tokens=(1, 256, 1024),
     ),
     "smoke": dict(
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
         decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False), (32, 2, True)],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4, 8), prefill_matmul_rows=(16,),
-        mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3),
+        mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3), element_wise_tokens=(1, 5),
     ),
 }  # fmt: skip
 BLOCK_SIZE = 16
@@ -100,6 +102,7 @@ def main() -> None:
     gemv_prologues(scale)
     mixed_batch(scale)
     sampler(scale)
+    element_wise(scale, bw, baseline.get("fused"))
     for batch, qlen in scale["prefill"]:  # last: the longest section (a time limit may cut it short)
         args = prefill_inputs(scale, batch, qlen)
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
@@ -142,17 +145,22 @@ def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> N
         print(f"    {bm:3d}x{bn:<3d} {warps}w {stages}s: {' / '.join(rates)}")
 
 
+# The kernel files --baseline looks for, by the name this script gives each.
+BASELINE_FILES = {"prefill": "triton_prefill_attention.py", "decode": "triton_decode_attention.py", "fused": "fused_kernels.py"}
+
+
 def load_baseline() -> dict:
-    """``--baseline DIR``: {"prefill": module, "decode": module} for the kernel files found in DIR.
-    They import today's helpers (load_kv_tile and the rest), which must still take their calls."""
+    """``--baseline DIR``: {"prefill": module, "decode": module, "fused": module} for the kernel files
+    found in DIR or below it. They import today's helpers (load_kv_tile and the rest), which must still
+    take their calls."""
     if "--baseline" not in sys.argv:
         return {}
     folder = Path(sys.argv[sys.argv.index("--baseline") + 1])
     modules = {}
-    for name in ("prefill", "decode"):
-        path = folder / f"triton_{name}_attention.py"
-        if path.exists():
-            spec = importlib.util.spec_from_file_location(f"baseline_{name}_attention", path)
+    for name, file in BASELINE_FILES.items():
+        path = next(folder.rglob(file), None)
+        if path is not None:
+            spec = importlib.util.spec_from_file_location(f"baseline_{name}", path)
             modules[name] = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(modules[name])
     print(f"baseline kernels from {folder}: {', '.join(modules) or 'none found'}")
@@ -366,6 +374,37 @@ def gemv_prologues(scale: dict) -> None:
         if fused_times[best] < min(pair_times.values()):
             wins[(n, k)] = (best, round(min(pair_times.values()) / fused_times[best], 2))
     print(f"one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): {wins}")
+
+
+def element_wise(scale: dict, bw: float, baseline=None) -> None:
+    """The decoder layer's element-wise kernels at a decode batch's and a prompt's token counts, each
+    replayed from a graph, against the bytes it reads and writes at copy bandwidth; with a baseline
+    fused_kernels.py, its q/k norm + RoPE + cache write and today's in turn."""
+    dev, dtype, heads, kv_heads, d = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
+    hidden, inter = scale["matmuls"]["q/k/v"][1], scale["matmuls"]["down"][1]
+    size = torch.finfo(dtype).bits // 8
+    for t in scale["element_wise_tokens"]:
+        x, r, nw = torch.randn(t, hidden, dtype=dtype, device=dev), torch.randn(t, hidden, dtype=dtype, device=dev), torch.ones(hidden, dtype=dtype, device=dev)
+        gate_up = torch.randn(t, 2 * inter, dtype=dtype, device=dev)
+        q, k, v = torch.randn(t, (heads + 2 * kv_heads) * d, dtype=dtype, device=dev).split([heads * d, kv_heads * d, kv_heads * d], -1)
+        q, k, v = q.view(t, heads, d), k.view(t, kv_heads, d), v.view(t, kv_heads, d)
+        cache = torch.zeros(2, -(-t // BLOCK_SIZE), BLOCK_SIZE, kv_heads, d, dtype=dtype, device=dev)
+        cos, positions, slots = torch.randn(t + 1, d, device=dev), torch.arange(t, device=dev), torch.arange(t, device=dev)
+        rope_args = (q, k, v, nw[:d], nw[:d], cos, cos, positions, 1e-6, cache[0], cache[1], slots)
+        kernels = {
+            "add + RMSNorm": (lambda: fused_add_rms_norm(x, r, nw, 1e-6), 4 * t * hidden),
+            "SiLU and mul": (lambda: silu_and_mul(gate_up), 3 * t * inter),
+            "q/k norm + RoPE + KV write": (lambda: fused_qk_norm_rope_store(*rope_args), 2 * t * (heads + 2 * kv_heads) * d),
+        }
+        row = []
+        for name, (fn, elements) in kernels.items():
+            secs = graph_time(fn)
+            row.append(f"{name} {secs * 1e6:.1f} us ({elements * size / secs / bw:.0%} of copy bandwidth)")
+        print(f"element-wise, {t:5d} tokens: {'; '.join(row)}")
+        if baseline is not None:
+            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in
+                  in_turn([lambda: fused_qk_norm_rope_store(*rope_args), lambda: baseline.fused_qk_norm_rope_store(*rope_args)])]
+            print(f"    q/k norm + RoPE + KV write, today / baseline, us in turn: {us[0]} / {us[1]}")
 
 
 def mixed_batch(scale: dict) -> None:

@@ -1,36 +1,44 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [bench] [pdl] [kernels] [views] [fp8] [gptq] [chunked]   (default: tests bench)
+#   bash scripts/gpu_checks.sh [tests] [bench] [switches] [kernels] [views] [fp8] [gptq] [chunked]   (default: tests bench)
 #
 # (`profile` = `kernels views`.) Each stage has its own time limit and writes its output to $OUT
 # (default: ./gpu_out), so a stage that runs long costs only itself. `bench` rewrites its part of
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
-# `pdl` is bench_pdl.py (programmatic dependent launch off / on: TPOT, TTFT, throughput, tokens).
+# `switches` is bench_switches.py (the engine's off-by-default switches, PDL and the fused one-row
+# GEMV, each alone and together against none: TPOT, TTFT, throughput, tokens).
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s a machine) included. Timed on 2026-11-27: the tests ~300 s in all before the GPU engine
-# tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s. A session's
-# plan is two calls; reading call 1 takes minutes, by which time its machine has gone back (30 s
-# idle), so call 2 starts a fresh one:
-#   1. `TESTS_LIMIT=240 BENCH_LIMIT=110 bash scripts/gpu_checks.sh tests bench pdl` (timeout 560):
-#      the tests (PDL's engine test among them: same tokens with it as without), bench on today's
-#      defaults, then PDL off / on. If PDL gains and changes no token, its default turns on
-#      (`folovllm.utils.pdl.ENABLED`) before call 2, so that call 2's bench measures it.
-#   2. `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench kernels views` with what is left (~300 s):
-#      the second bench run checks the first reproduces; kernels re-times the sweeps and prints the
-#      lines that fill tables the engine waits on: "one-row shapes where the fused GEMV beats the
-#      two kernels" (-> triton_gemv.FUSED_GEMV_CONFIGS) and "where the candidate skinny GEMM beats
-#      every library" (-> whether benchmarks/candidate_skinny_gemm.py moves into the package); and
-#      the FP8 decode row "V via registers" against the engine's loop (-> v_via_registers' default);
-#      the views (pageable-copy probe, prefill, tail, batch-1 kernels, host) get what the call's
-#      limit leaves, and what they wrote to $OUT still comes back.
-# To time attention kernel changes against the versions before them in the same run, save the old
-# files where git ignores them and carry them to the device: for NAME in triton_prefill_attention.py
-# and triton_decode_attention.py, `git show REV:folovllm/attention/ops/NAME > .ab/NAME`, then
-# `BASELINE=.ab` for `kernels` (run's carry: [".ab"]). The old files import today's helpers
-# (load_kv_tile and the rest), so those must still take their calls.
+# tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s (before the
+# GEMV-prologue, skinny-GEMM, prompt-matmul and element-wise sections: more now, not re-timed).
+# Reading a call's output takes minutes, by which time its machine has gone back (30 s idle), so a
+# session's plan is two calls, the first deciding, the second measuring the decided defaults:
+#   1. `mkdir -p .ab && git show 0b6d334:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py`
+#      here, then on the device (carry [".ab"], timeout 560):
+#      `TESTS_LIMIT=200 SWITCHES_LIMIT=170 KERNELS_LIMIT=170 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
+#      - tests: every kernel's, then the GPU engine tests (PDL's among them: same tokens as without);
+#      - switches: no switch / pdl / fused_gemv / both, two rounds (~8 engines, ~15 s each, not timed
+#        on a GPU yet). A switch that gains and changes no token (PDL) or few (a fused norm sums in
+#        another order) turns on by default: `folovllm.utils.pdl.ENABLED`, `FUSED_GEMV_CONFIGS`;
+#      - kernels: the lines that fill what the engine waits on: "one-row shapes where the fused GEMV
+#        beats the two kernels" (its configurations for FUSED_GEMV_CONFIGS), "where the candidate
+#        skinny GEMM beats every library" (whether benchmarks/candidate_skinny_gemm.py moves into the
+#        package), the FP8 decode row "V via registers" (v_via_registers' default), "element-wise":
+#        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn. The
+#        prefill sweep comes last and may be cut (it was measured in full on 2026-11-27).
+#   2. With what is left (~300 s): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench views`:
+#      the figures of record on the decided defaults, twice (do they reproduce?), then the views
+#      (pageable-copy probe, prefill by kernel, tail, batch-1 kernels, host) as far as the limit
+#      allows; what they wrote to $OUT still comes back.
+# To time kernel changes against the versions before them in the same run, save the old files where
+# git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
+# folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py and
+# folovllm/model_executor/layers/fused_kernels.py, then `BASELINE=.ab` for `kernels` (run's carry:
+# [".ab"]). The old files import today's helpers (load_kv_tile and the rest), so those must still
+# take their calls.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -74,8 +82,8 @@ for stage in $stages; do
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
-        # programmatic dependent launch off / on, two rounds (~60-80 s; not timed on a GPU yet)
-        pdl) run pdl ${PDL_LIMIT:-150} $PY benchmarks/bench_pdl.py ;;
+        # PDL and the fused one-row GEMV, each alone and together against none, two rounds (not timed on a GPU yet)
+        switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;

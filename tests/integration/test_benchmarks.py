@@ -65,14 +65,15 @@ def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
 # on the CPU is not a measurement.) Also the CPU-only views of profile_step.py.
 GPU_STAGE_SCRIPTS = {
     # (today's kernels as their own baseline: the A/B's plumbing, not a comparison)
-    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm/attention/ops"],
-                      ["baseline kernels from folovllm/attention/ops: prefill, decode", "decode  B=", "prefill B=",
+    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm"],
+                      ["baseline kernels from folovllm: prefill, decode, fused", "decode  B=", "prefill B=",
                        "today / baseline, TFLOP/s in turn: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "candidate skinny GEMM (benchmarks/candidate_skinny_gemm.py), best of its configurations (BLOCK_N, BLOCK_K, warps, stages): M=8: ",
                        "... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): ",
                        "one row, q/k/v    64x32, two kernels / one, us by GEMV configuration: (4, 1024, 4): ", "one row, down ",
-                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x", "sampler B="]),
+                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x", "sampler B=",
+                       "element-wise,     1 tokens: add + RMSNorm ", "    q/k norm + RoPE + KV write, today / baseline, us in turn: "]),
     "profile_copies": (["benchmarks/profile_step.py", "copies"],
                        ["from pageable memory behind"] if torch.cuda.is_available() else ["pageable copies: needs a GPU"]),
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
@@ -84,8 +85,9 @@ GPU_STAGE_SCRIPTS = {
                       "streaming deltas + logprobs=5, flat_logprobs"]),
     "profile_logprobs": (["benchmarks/profile_step.py", "logprobs", "8"], ["FINAL_ONLY list of dicts", "DELTA      list of dicts"]),
     "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1"], ["identical tokens"]),
-    "pdl": (["benchmarks/bench_pdl.py", "--scale", "cpu", "--runs", "1"],
-            ["round 1, PDL off: TPOT ", "PDL off (asked for, not available here)", "greedy outputs equal to round 1 without PDL: 8/8"]),
+    "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
+                 ["round 1, no switch: TPOT ", "round 1, pdl (pdl: not available here): ", "round 1, fused_gemv: ",
+                  "greedy outputs equal to round 1 with no switch: 8/8", "pdl + fused_gemv / no switch (medians over all rounds): TPOT "]),
     "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
     "gptq": (["benchmarks/bench_gptq.py", "--runs", "1"], ["TPOT, batch 1", "Weights read per decode step"]),
 }  # fmt: skip

@@ -1,0 +1,119 @@
+"""The engine's off-by-default speed switches, each alone and all together, against none, in one process.
+
+Switches that wait for a GPU to say whether they help:
+
+* ``pdl``: programmatic dependent launch (``folovllm.utils.pdl``): each Triton kernel of a step
+  launches while the one before it still runs, and the one-row matmul fetches its weights into L2
+  meanwhile;
+* ``fused_gemv``: at one row, the RMSNorm (with the residual add) inside the q/k/v and gate/up
+  GEMVs and SiLU-and-mul inside down's (``triton_gemv.FUSED_GEMV_CONFIGS``, filled here with each
+  shape's plain GEMV configuration): seven kernels per layer instead of ten.
+
+Per setting (``--runs`` rounds, settings in turn within a round, so that drift shows between
+rounds): the batch-1 TPOT (3 runs of ``tpot_tokens``), the TTFT of one 1024-token prompt (5 runs),
+the throughput on nano-vllm's workload (one run), and how many greedy outputs equal those of round 1
+with no switch (PDL must change none; a fused norm sums in another order, so may change a few); last,
+each setting's medians over the rounds against no switch.
+
+GPU: python benchmarks/bench_switches.py               (Qwen3-0.6B shapes, bf16; PDL needs sm_90)
+CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL is not available there)
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.bench_all import ms_spread, ttft
+from benchmarks.common import nano_vllm_workload, parse_scaled_args, timed
+from folovllm import LLM, SamplingParams
+from folovllm.model_executor.layers import triton_gemv
+from folovllm.utils import pdl
+
+SCALES = {
+    "gpu": dict(preset="qwen3-0.6b", num_seqs=256, max_len=1024, ttft_len=1024, tpot_tokens=256),
+    "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
+}
+SWITCHES = ("pdl", "fused_gemv")
+# No switch, each alone, all of them.
+SETTINGS = [(), *((name,) for name in SWITCHES), SWITCHES]
+# The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
+FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
+
+
+def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
+    """Turn the switches in ``setting`` on and the others off (read at each launch, and baked into
+    the CUDA graphs an engine captures); returns those that took effect here."""
+    pdl.ENABLED = "pdl" in setting
+    fused = "fused_gemv" in setting
+    triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
+    on = pdl.pdl_launch_args(torch.zeros(1, device=device))["USE_PDL"]
+    return tuple(name for name in setting if name != "pdl" or on)
+
+
+def measure(model: str, device: str, scale: dict) -> dict:
+    llm = LLM(model, device=device, max_model_len=2 * scale["max_len"] + 64, async_scheduling=device == "cuda")
+    vocab = llm.llm_engine.config.model_config.get_vocab_size()
+    wl = nano_vllm_workload(scale["num_seqs"], 16, scale["max_len"], scale["max_len"], vocab)
+    prompts = [{"prompt_token_ids": p} for p in wl.prompts]
+    greedy = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=n) for n in wl.output_lens]
+    llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up, untimed
+    tpot_prompt = {"prompt_token_ids": wl.prompts[0][:32]}
+    tpots = []
+    for _ in range(3):
+        out = llm.generate([tpot_prompt], SamplingParams(max_tokens=scale["tpot_tokens"] + 1, ignore_eos=True), use_tqdm=False)[0]
+        tpots.append(out.metrics.mean_time_per_output_token)
+    long_prompt = [(7 * i + 3) % vocab for i in range(scale["ttft_len"])]
+    ttfts = [ttft(llm, device, long_prompt) for _ in range(5)]
+    llm.reset_prefix_cache()
+    outs, generate = [], functools.partial(llm.generate, prompts, greedy, use_tqdm=False)
+    secs = timed(device, lambda: outs.extend(generate()))
+    del llm
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return dict(tpots=tpots, ttfts=ttfts, tok_s=[wl.num_output_tokens / secs], tokens=[o.outputs[0].token_ids for o in outs])
+
+
+def label(setting: tuple[str, ...], took: tuple[str, ...]) -> str:
+    missing = [name for name in setting if name not in took]
+    return (" + ".join(setting) or "no switch") + (f" ({', '.join(missing)}: not available here)" if missing else "")
+
+
+def main() -> None:
+    args, device, scale, model = parse_scaled_args(SCALES, runs=2)  # --runs: rounds over every setting
+    by_setting, reference = {s: [] for s in SETTINGS}, None
+    try:
+        for r in range(args.runs):
+            for setting in SETTINGS:
+                took = apply(setting, device)
+                m = measure(model, device, scale)
+                reference = reference or m["tokens"]
+                same = sum(a == b for a, b in zip(m["tokens"], reference))
+                print(f"round {r + 1}, {label(setting, took)}: TPOT {ms_spread(m['tpots'])}; TTFT {ms_spread(m['ttfts'])}; "
+                      f"{m['tok_s'][0]:,.0f} output tok/s; greedy outputs equal to round 1 with no switch: "
+                      f"{same}/{len(reference)}", flush=True)  # fmt: skip
+                by_setting[setting].append(m)
+    finally:
+        apply((), device)
+    none = by_setting[()]
+    for setting in SETTINGS[1:]:
+        rows = by_setting[setting]
+        if not rows:
+            continue
+        ratios = []
+        for what, key in (("TPOT", "tpots"), ("TTFT", "ttfts"), ("throughput", "tok_s")):
+            base = statistics.median(x for m in none for x in m[key])
+            ratios.append(f"{what} {statistics.median(x for m in rows for x in m[key]) / base:.3f}")
+        print(f"{' + '.join(setting)} / no switch (medians over all rounds): {', '.join(ratios)}")
+
+
+if __name__ == "__main__":
+    main()
