@@ -89,6 +89,13 @@ def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
+        if self.__name__ == "_prefill_kernel" and arch == 90:
+            from folovllm.attention.ops.triton_prefill_attention import PROGRAMS_PER_SM
+
+            regs, local = _resource_usage(kernel.asm["cubin"])
+            held = programs_per_sm(regs, kernel.metadata.num_warps, kernel.metadata.shared, arch)
+            if local or held < PROGRAMS_PER_SM:  # its grid is PROGRAMS_PER_SM per SM: they must all run at once
+                raise RuntimeError(f"_prefill_kernel: {held} program(s) per SM, {local} bytes spilled; the grid assumes {PROGRAMS_PER_SM}")
         if show_resources:
             regs, local = _resource_usage(kernel.asm["cubin"])
             md = kernel.metadata
@@ -292,6 +299,13 @@ def _per_step_value_cases():
     yield "prefill attention, block-table widths 1..64", (prefill._prefill_kernel,), [
         lambda w=w: prefill.paged_prefill_attention(q, cache, cache, torch.zeros(2, w, dtype=torch.int32), qsl, lens, tiles, 0.1)
         for w in widths
+    ]
+    # 6 heads: 12, 18, 48 and 96 work items, multiples of 16 and not (two specialisations if it were specialised)
+    q6, cache2 = torch.zeros(4, 6, 128, dtype=BF16), torch.zeros(80, 16, 2, 128, dtype=BF16)
+    padded = [torch.cat([tiles, torch.full((n, 2), -1, dtype=torch.int32)]) for n in (0, 1, 6, 14)]
+    yield "prefill attention, work lists of 2..16 tiles", (prefill._prefill_kernel,), [
+        lambda t=t: prefill.paged_prefill_attention(q6, cache2, cache2, torch.zeros(2, 3, dtype=torch.int32), qsl, lens, t, 0.1)
+        for t in padded
     ]
     yield "decode attention, block-table widths 1..64", (decode._decode_stage1_kernel,), [
         lambda w=w: decode.paged_decode_attention(q[:2], cache, cache, torch.zeros(2, w, dtype=torch.int32), lens, 0.1)

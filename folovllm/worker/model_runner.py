@@ -232,7 +232,7 @@ class ModelRunner:
         query_lens = np.diff(qsl)
         max_query_len, max_seq_len = int(query_lens.max()), int(seq_lens.max())
         decode = max_query_len == 1
-        tiles = self.attn_backend.make_prefill_tiles(query_lens, self.model_config.get_head_dim()) if not decode else None
+        tiles = self.attn_backend.make_prefill_tiles(query_lens, seq_lens, self.model_config.get_head_dim()) if not decode else None
         if tiles is not None:
             num_tiles = self.graph_runner.tiles_for[graph_size] if graph_size is not None else len(tiles)
             tiles = buf.prefill_tiles.copy_to_gpu(tiles, num_tiles, fill=-1)

@@ -173,13 +173,18 @@ def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
     assert max(len(prefill_tiles(c, 16)) for c in itertools.product(range(0, 40), repeat=2) if sum(c) == 40) == 40 // 16 + 2
 
 
-def test_the_engines_prefill_work_list_starts_with_each_prompts_heaviest_tiles():
+def test_the_engines_prefill_work_list_starts_with_the_tiles_that_read_the_most_keys():
     import numpy as np
 
     from folovllm.attention.backends.triton_backend import TritonAttentionBackend
 
-    tiles = TritonAttentionBackend().make_prefill_tiles(np.array([130, 1, 70]), head_dim=128)  # 64-row tiles
-    assert tiles.tolist() == [[0, 2], [0, 1], [2, 1], [0, 0], [1, 0], [2, 0]]
+    backend, lens = TritonAttentionBackend(), np.array([130, 1, 70])
+    tiles = backend.make_prefill_tiles(lens, lens, head_dim=128)  # fresh prompts, 64-row tiles: 130, 128, 70, 64, 64, 1 keys
+    assert tiles.tolist() == [[0, 2], [0, 1], [2, 1], [0, 0], [2, 0], [1, 0]]
+    # beside a decode at context 900 and a chunk after 100 cached tokens, those come first
+    query_lens, seq_lens = np.array([130, 1, 70]), np.array([130, 900, 170])
+    tiles = backend.make_prefill_tiles(query_lens, seq_lens, head_dim=128)  # 130, 128, 64 / 900 / 164, 170 keys
+    assert tiles.tolist() == [[1, 0], [2, 1], [2, 0], [0, 2], [0, 1], [0, 0]]
 
 
 def test_prefill_attention_padding_tiles_do_nothing():
@@ -195,6 +200,53 @@ def test_prefill_attention_padding_tiles_do_nothing():
     empty = torch.full((4, 2), -1, dtype=torch.int32, device=DEVICE)
     paged_prefill_attention(q, k_cache, v_cache, block_table, *args, empty, 0.25, out=untouched, block_m=16, block_n=16)
     assert bool((untouched == 7.0).all())
+
+
+@pytest.mark.parametrize("max_programs", [1, 3, 8, 500])
+def test_prefill_attention_with_fewer_programs_than_work_items(max_programs):
+    """Each program walks the (tile, head) items in rounds until a padding row: any grid size, padding or
+    not, gives every row its attention (16 tiles x 4 heads here, 12 padding rows after them)."""
+    seq_lens, query_lens = [50, 70, 20, 9], [50, 37, 1, 9]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=max_programs)
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.25)
+    args = (torch.tensor(qsl, dtype=torch.int32, device=DEVICE), torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE))
+    for tiles in (_tiles(query_lens, 8), _tiles(query_lens, 8, pad_to=28)):
+        out = paged_prefill_attention(q, k_cache, v_cache, block_table, *args, tiles, 0.25, block_m=8, block_n=16,
+                                      max_programs=max_programs)  # fmt: skip
+        torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("max_programs", [1, 2, 5, 64, 100])
+def test_prefill_programs_take_each_work_item_once_heaviest_tiles_first(monkeypatch, max_programs):
+    """The order the programs take the items in, with the tile itself replaced by a recorder: every
+    (tile, head) once, none of the padding; each program's first item from the first round, the
+    first round the list's first items (its heaviest tiles, all heads), and rounds alternating in
+    direction, so no program takes the heaviest item of every round."""
+    import os
+
+    import folovllm.attention.ops.triton_prefill_attention as prefill
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter")
+    taken = []  # (program, sequence, query tile, head)
+
+    def record(b, m_block, h, *rest):
+        taken.append(tuple(int(x.handle.data.reshape(-1)[0]) for x in (prefill.tl.program_id(0), b, m_block, h)))
+
+    monkeypatch.setattr(prefill, "_prefill_item", record)
+    query_lens, heads = [40, 9, 1, 25], 4
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(query_lens, query_lens, heads, 2, 16, 8, seed=1)
+    tiles = torch.from_numpy(prefill_tiles(query_lens, 8, heaviest_first=True))
+    padded = torch.cat([tiles, torch.full((9, 2), -1, dtype=torch.int32)])
+    args = (torch.tensor(qsl, dtype=torch.int32), torch.tensor(query_lens, dtype=torch.int32))
+    paged_prefill_attention(q, k_cache, v_cache, block_table, *args, padded, 0.25, block_m=8, block_n=16, max_programs=max_programs)
+    items = [(b, m, h) for b, m in tiles.tolist() for h in range(heads)]  # the list's order, heads fastest
+    assert sorted(t[1:] for t in taken) == sorted(items)  # each once, no padding
+    programs = min(max_programs, len(padded) * heads)
+    by_program = {p: [items.index(t[1:]) for t in taken if t[0] == p] for p in range(programs)}
+    for p, order in by_program.items():
+        expected = [r * programs + (p if r % 2 == 0 else programs - 1 - p) for r in range(-(-len(items) // programs) + 1)]
+        assert order == [w for w in expected if w < len(items)], p
 
 
 def test_prefill_attention_does_not_depend_on_the_order_of_its_work_list():

@@ -52,7 +52,7 @@ class AttentionMetadata:
 class AttentionBackend(ABC):
     name: str
 
-    def make_prefill_tiles(self, query_lens: np.ndarray, head_dim: int) -> np.ndarray | None:
+    def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray | None:
         """The host-built work list a prefill step passes in ``prefill_tiles``, or None (the default) if unused."""
         return None
 

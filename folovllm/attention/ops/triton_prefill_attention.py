@@ -1,18 +1,22 @@
 """Triton paged prefill attention (flash attention over a varlen, paged context).
 
-Grid: (work tile, query head). The host lists the step's work as tiles, one
-per BLOCK_M query rows of one sequence (``prefill_tiles``); a program takes a
-tile and streams that sequence's keys/values out of the paged cache in BLOCK_N
-tiles, keeping a running max and sum (online softmax, in base 2), so the score
-matrix never exists in memory. Only the key tiles on the causal diagonal pay for
-the mask; the ones wholly before the tile's first query run a loop without it.
-Because it reads the context from the cache, the same kernel serves fresh
-prompts, later chunks of a chunked prefill, and mixed batches that also hold
-decode tokens.
+The host lists the step's work as tiles, one per BLOCK_M query rows of one
+sequence (``prefill_tiles``); a work item is a tile and one query head. A
+program takes an item and streams that sequence's keys/values out of the paged
+cache in BLOCK_N tiles, keeping a running max and sum (online softmax, in base
+2), so the score matrix never exists in memory. Only the key tiles on the
+causal diagonal pay for the mask; the ones wholly before the tile's first query
+run a loop without it. Because it reads the context from the cache, the same
+kernel serves fresh prompts, later chunks of a chunked prefill, and mixed
+batches that also hold decode tokens.
 
-The tile list is what lets a CUDA graph hold this kernel: the grid depends
-only on how many tiles a batch of T tokens can need (``max_prefill_tiles``),
-not on its sequences' lengths; rows (-1, -1) pad the list and do nothing.
+The tile list is what lets a CUDA graph hold this kernel: a graph's list is as
+long as a batch of T tokens can need (``max_prefill_tiles``), its unused rows
+(-1, -1) at the end. The grid is at most two programs per SM, whatever the
+list's length, and each program walks the items in rounds until it meets one of
+those rows: a padding row costs one load, not a program. (One program per item,
+the earlier grid, launched 4,352 programs for a 1024-token prompt in its graph,
+4,096 of them padding, each holding one of an SM's two slots for a few loads.)
 """
 
 from __future__ import annotations
@@ -24,15 +28,21 @@ import triton.language as tl
 
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.common import cdiv
-from folovllm.utils.device import dot_precision
+from folovllm.utils.device import dot_precision, num_sms
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
 
-# The block table's width (stride_bt) changes from step to step; specialising on it would compile
-# new variants while requests run.
-@triton.jit(do_not_specialize=["stride_bt"])
+# The engine's tile shapes hold two programs per SM on an H100 (registers and shared memory;
+# scripts/check_triton_compile.py checks it for sm_90): a grid of two per SM runs in one wave.
+PROGRAMS_PER_SM = 2
+
+
+# The block table's width (stride_bt) and the number of work items change from step to step;
+# specialising on them would compile new variants while requests run.
+@triton.jit(do_not_specialize=["stride_bt", "num_items"])
 def _prefill_kernel(
-    tiles_ptr,  # int32 [num_tiles, 2]: (sequence, query tile); sequence -1 = nothing to do
+    tiles_ptr,  # int32 [num_tiles, 2]: (sequence, query tile); the unused rows (-1, -1) come last
+    num_items,  # num_tiles * NUM_HEADS
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
@@ -49,6 +59,7 @@ def _prefill_kernel(
     stride_cb,
     stride_cs,
     stride_ch,
+    NUM_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -60,16 +71,38 @@ def _prefill_kernel(
     USE_PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(USE_PDL)
-    tile = tl.program_id(0)
-    h = tl.program_id(1)
-    kvh = h // GROUP
-    b = tl.load(tiles_ptr + 2 * tile)
-    live = b >= 0
-    b = tl.maximum(b, 0)  # a padding tile reads sequence 0's bounds, as tile 0 with no rows
-    m_block = tl.maximum(tl.load(tiles_ptr + 2 * tile + 1), 0)
+    # Item w is (tile w // NUM_HEADS, head w % NUM_HEADS): a tile's heads are neighbours, so the list's
+    # heaviest-first order holds across heads, and heads that share a kv head run side by side. Round r
+    # hands the programs items r * P .. r * P + P - 1, in reverse on odd rounds, so that no program
+    # gets the heaviest item of every round.
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    w = pid
+    r = pid * 0 + 1  # (a tensor from the start: loop-carried values keep their type)
+    b = tl.load(tiles_ptr + 2 * (w // NUM_HEADS), mask=w < num_items, other=-1)
+    while b >= 0:
+        _prefill_item(
+            b, tl.load(tiles_ptr + 2 * (w // NUM_HEADS) + 1), w % NUM_HEADS, q_ptr, k_cache_ptr, v_cache_ptr,
+            block_table_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr, scale, stride_qt, stride_qh, stride_ot,
+            stride_oh, stride_bt, stride_cb, stride_cs, stride_ch, GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_M,
+            BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE,
+        )  # fmt: skip
+        w = r * num_programs + tl.where(r % 2 == 0, pid, num_programs - 1 - pid)
+        r += 1
+        b = tl.load(tiles_ptr + 2 * (w // NUM_HEADS), mask=w < num_items, other=-1)
 
+
+@triton.jit
+def _prefill_item(
+    b, m_block, h, q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
+    scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """Query tile ``m_block`` of sequence ``b``, head ``h``: its rows' attention over the cached context."""
+    kvh = h // GROUP
     q_start = tl.load(query_start_loc_ptr + b)
-    query_len = tl.where(live, tl.load(query_start_loc_ptr + b + 1) - q_start, 0)  # a padding tile: no rows
+    query_len = tl.load(query_start_loc_ptr + b + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + b)
     context_before = seq_len - query_len  # tokens cached before this step
 
@@ -89,7 +122,6 @@ def _prefill_kernel(
     # its first query position are visible to every row and need no mask; only the tiles that
     # overlap the diagonal do.
     end = tl.minimum(seq_len, context_before + (m_block + 1) * BLOCK_M)
-    end = tl.where(m_block * BLOCK_M < query_len, end, 0)
     unmasked_end = tl.minimum((context_before + m_block * BLOCK_M) // BLOCK_N * BLOCK_N, end)
     qk_scale = scale * 1.4426950408889634  # log2(e): the softmax in base 2, exp2(x * log2(e)) = exp(x)
 
@@ -110,7 +142,7 @@ def _prefill_kernel(
             PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
         )  # fmt: skip
 
-    # Every row saw at least key 0, so l_i > 0 (a padding tile ran no loop, and stores nothing).
+    # Every row saw at least key 0, so l_i > 0.
     out = acc / l_i[:, None]
     tl.store(
         out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
@@ -154,15 +186,19 @@ def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
     return (64, 64) if head_dim <= 128 else (32, 32)
 
 
-def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False) -> np.ndarray:
+def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False, seq_lens=None) -> np.ndarray:
     """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), by default in batch order.
 
-    Under the causal mask a tile reads the keys up to its last row, so a prompt's later tiles do
-    more work. ``heaviest_first`` orders the list by tile index, highest first: for fresh prompts
-    the longest work starts first and the short tiles fill in at the end. The engine uses it:
-    ``bench_kernels.py`` timed it faster than batch order on an H100 for 16 1024-token prompts in
-    all 20 tile shapes, and within 1% either way for one prompt (64 x 64, the engine's tile: 276 ->
-    283 TFLOP/s for 16 prompts, 175 -> 177 for one).
+    Under the causal mask a tile reads its sequence's cached context and its own prompt's keys up
+    to its last row: ``seq_len - query_len + min((tile + 1) * block_m, query_len)`` keys, so a
+    prompt's later tiles, and the rows of a long context, do more work. ``heaviest_first`` orders
+    the list by that count, most first (``seq_lens`` default to ``query_lens``: fresh prompts, where
+    it is the tile index, highest first), so the longest work starts first and the short tiles fill
+    in at the end; the kernel's programs take the list in rounds (see ``_prefill_kernel``), which
+    balances only over a list in that order. The engine uses it: ``bench_kernels.py`` timed it (by
+    tile index) faster than batch order on an H100 for 16 1024-token prompts in all 20 tile shapes,
+    and within 1% either way for one prompt (64 x 64, the engine's tile: 276 -> 283 TFLOP/s for 16
+    prompts, 175 -> 177 for one).
     """
     query_lens = np.asarray(query_lens, dtype=np.int64)
     per_seq = cdiv(query_lens, block_m)
@@ -170,7 +206,9 @@ def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False) -> np.
     first = np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
     tiles = np.stack([seqs, np.arange(len(seqs)) - first], axis=1).astype(np.int32)
     if heaviest_first:
-        tiles = tiles[np.argsort(-tiles[:, 1], kind="stable")]
+        context = np.asarray(seq_lens, dtype=np.int64) - query_lens if seq_lens is not None else np.zeros_like(query_lens)
+        keys = context[seqs] + np.minimum((tiles[:, 1] + 1) * block_m, query_lens[seqs])
+        tiles = tiles[np.argsort(-keys, kind="stable")]
     return tiles
 
 
@@ -193,13 +231,16 @@ def paged_prefill_attention(
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    max_programs: int | None = None,
 ) -> torch.Tensor:
     """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache).
 
     ``tiles``: ``prefill_tiles(query_lens, block_m)`` on the device, possibly
-    padded with (-1, -1) rows; ``block_m`` must be the one it was built with
-    (default: ``prefill_block_sizes(head_dim)``). The tile and launch options
-    other than the defaults are for ``bench_kernels.py``'s sweep.
+    followed by (-1, -1) rows (none before a live one); ``block_m`` must be the
+    one it was built with (default: ``prefill_block_sizes(head_dim)``). The
+    tile and launch options other than the defaults, and ``max_programs`` (the
+    most programs launched; default two per SM), are for tests and
+    ``bench_kernels.py``'s sweep.
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -207,11 +248,13 @@ def paged_prefill_attention(
         out = torch.empty_like(q)
     block_d = max(16, triton.next_power_of_2(head_dim))
     default_m, default_n = prefill_block_sizes(head_dim)
-    _prefill_kernel[(tiles.shape[0], num_heads)](
-        tiles, q, k_cache, v_cache, block_table, query_start_loc, seq_lens, out, scale,
+    num_items = tiles.shape[0] * num_heads
+    num_programs = min(num_items, max_programs or PROGRAMS_PER_SM * num_sms(q.device))
+    _prefill_kernel[(num_programs,)](
+        tiles, num_items, q, k_cache, v_cache, block_table, query_start_loc, seq_lens, out, scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
+        NUM_HEADS=num_heads, GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
         BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), **pdl_launch_args(q),
         num_warps=num_warps, num_stages=num_stages,
