@@ -91,10 +91,12 @@ def main() -> None:
               f"({nbytes / t / bw:.0%} of copy bandwidth)")  # fmt: skip
     for batch, qlen in scale["prefill"]:
         args = prefill_inputs(scale, batch, qlen)
-        tiles = torch.from_numpy(prefill_tiles([qlen] * batch, prefill_block_sizes(head_dim)[0])).to(dev)
-        t = device_time(lambda: paged_prefill_attention(*args, tiles, head_dim**-0.5))
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
-        print(f"prefill B={batch:4d} len={qlen}: {t * 1e6:8.1f} us, {flops / t / 1e12:.1f} TFLOP/s (causal)")
+        for graph in (False, True):
+            tiles = engine_tiles(sys.modules[paged_prefill_attention.__module__], [qlen] * batch, head_dim, graph, dev)
+            t = device_time(lambda: paged_prefill_attention(*args, tiles, head_dim**-0.5))
+            print(f"prefill B={batch:4d} len={qlen}{', list as in a graph' if graph else ''}: {t * 1e6:8.1f} us, "
+                  f"{flops / t / 1e12:.1f} TFLOP/s (causal)")  # fmt: skip
         if "prefill" in baseline:
             prefill_today_and_baseline(scale, baseline["prefill"], args, [qlen] * batch, flops)
     decode_in_graphs(scale, bw, baseline.get("decode"))
@@ -167,16 +169,28 @@ def load_baseline() -> dict:
     return modules
 
 
+def engine_tiles(module, query_lens: list[int], head_dim: int, graph: bool, dev: str) -> torch.Tensor:
+    """The work list ``module``'s prefill kernel gets from the engine, heaviest first; with ``graph``,
+    padded with (-1, -1) rows to the bound a CUDA graph of that many tokens holds (256 sequences)."""
+    block_m = module.prefill_block_sizes(head_dim)[0]
+    tiles = torch.from_numpy(module.prefill_tiles(query_lens, block_m, heaviest_first=True))
+    if graph:
+        rows = module.max_prefill_tiles(sum(query_lens), 256, block_m)
+        tiles = torch.cat([tiles, torch.full((rows - len(tiles), 2), -1, dtype=torch.int32)])
+    return tiles.to(dev)
+
+
 def prefill_today_and_baseline(scale: dict, baseline, args: tuple, query_lens: list[int], flops: float) -> None:
     """TFLOP/s of today's prefill kernel and the baseline's, each with its own defaults (tile shape,
-    launch options, work list)."""
+    launch options), the engine's work list as it is eagerly and as a graph pads it."""
     head_dim = args[0].shape[-1]
-    calls = []
-    for module in (sys.modules[paged_prefill_attention.__module__], baseline):
-        tiles = torch.from_numpy(module.prefill_tiles(query_lens, module.prefill_block_sizes(head_dim)[0])).to(scale["dev"])
-        calls.append(functools.partial(module.paged_prefill_attention, *args, tiles, head_dim**-0.5))
-    rates = [", ".join(f"{flops / t / 1e12:.0f}" for t in times) for times in in_turn(calls, reps=10)]
-    print(f"    today / baseline, TFLOP/s in turn: {rates[0]} / {rates[1]}")
+    for graph in (False, True):
+        calls = []
+        for module in (sys.modules[paged_prefill_attention.__module__], baseline):
+            tiles = engine_tiles(module, query_lens, head_dim, graph, scale["dev"])
+            calls.append(functools.partial(module.paged_prefill_attention, *args, tiles, head_dim**-0.5))
+        rates = [", ".join(f"{flops / t / 1e12:.0f}" for t in times) for times in in_turn(calls, reps=10)]
+        print(f"    today / baseline{', list as in a graph' if graph else ''}, TFLOP/s in turn: {rates[0]} / {rates[1]}")
 
 
 def in_turn(calls: list, reps: int = 50) -> list[list[float]]:
