@@ -16,8 +16,8 @@
 # GEMV-prologue, skinny-GEMM, prompt-matmul and element-wise sections: more now, not re-timed).
 # Reading a call's output takes minutes, by which time its machine has gone back (30 s idle), so a
 # session's plan is two calls, the first deciding, the second measuring the decided defaults:
-#   1. `mkdir -p .ab && git show 0b6d334:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py`
-#      here, then on the device (carry [".ab"], timeout 560):
+#   1. Here: `mkdir -p .ab && for f in attention/ops/triton_prefill_attention.py model_executor/layers/fused_kernels.py;
+#      do git show 0b6d334:folovllm/$f > .ab/$(basename $f); done`, then on the device (carry [".ab"], timeout 560):
 #      `TESTS_LIMIT=200 SWITCHES_LIMIT=170 KERNELS_LIMIT=170 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
 #      - tests: every kernel's, then the GPU engine tests (PDL's among them: same tokens as without);
 #      - switches: no switch / pdl / fused_gemv / both, two rounds (~8 engines, ~15 s each, not timed
@@ -27,8 +27,10 @@
 #        beats the two kernels" (its configurations for FUSED_GEMV_CONFIGS), "where the candidate
 #        skinny GEMM beats every library" (whether benchmarks/candidate_skinny_gemm.py moves into the
 #        package), the FP8 decode row "V via registers" (v_via_registers' default), "element-wise":
-#        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn. The
-#        prefill sweep comes last and may be cut (it was measured in full on 2026-11-27).
+#        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn; and
+#        the prefill rows "list as in a graph": today's kernel (programs walk the list) against
+#        0b6d334's (a program per item, padding included), which is what says how much of TTFT the
+#        padding was. The prefill sweep comes last and may be cut (measured in full on 2026-11-27).
 #   2. With what is left (~300 s): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench views`:
 #      the figures of record on the decided defaults, twice (do they reproduce?), then the views
 #      (pageable-copy probe, prefill by kernel, tail, batch-1 kernels, host) as far as the limit
