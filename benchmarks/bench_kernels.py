@@ -398,10 +398,11 @@ def element_wise(scale: dict, bw: float, baseline=None) -> None:
     hidden, inter = scale["matmuls"]["q/k/v"][1], scale["matmuls"]["down"][1]
     size = torch.finfo(dtype).bits // 8
     for t in scale["element_wise_tokens"]:
-        x, r, nw = torch.randn(t, hidden, dtype=dtype, device=dev), torch.randn(t, hidden, dtype=dtype, device=dev), torch.ones(hidden, dtype=dtype, device=dev)
+        x, r = (torch.randn(t, hidden, dtype=dtype, device=dev) for _ in range(2))
+        nw = torch.ones(hidden, dtype=dtype, device=dev)
         gate_up = torch.randn(t, 2 * inter, dtype=dtype, device=dev)
-        q, k, v = torch.randn(t, (heads + 2 * kv_heads) * d, dtype=dtype, device=dev).split([heads * d, kv_heads * d, kv_heads * d], -1)
-        q, k, v = q.view(t, heads, d), k.view(t, kv_heads, d), v.view(t, kv_heads, d)
+        qkv = torch.randn(t, heads + 2 * kv_heads, d, dtype=dtype, device=dev)  # q, k, v: strided views, as in the model
+        q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
         cache = torch.zeros(2, -(-t // BLOCK_SIZE), BLOCK_SIZE, kv_heads, d, dtype=dtype, device=dev)
         cos, positions, slots = torch.randn(t + 1, d, device=dev), torch.arange(t, device=dev), torch.arange(t, device=dev)
         rope_args = (q, k, v, nw[:d], nw[:d], cos, cos, positions, 1e-6, cache[0], cache[1], slots)
