@@ -1,8 +1,8 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
-decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4 rows, a
-candidate skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
+decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4 rows, the
+skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
 RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through
 the prefill kernel's work list, the fused sampler with and without vocabulary splits, the element-wise kernels at 1 to 1024 tokens
 against the bytes they move, and last, the longest: the prefill kernel by tile shape, warps,
@@ -35,9 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from folovllm.model_executor.layers import triton_gemv  # noqa: E402
+from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm  # noqa: E402
 from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
-from benchmarks import candidate_skinny_gemm  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
@@ -305,7 +304,7 @@ def matmuls(scale: dict, bw: float) -> None:
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
     one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library: GEMV_CONFIGS
     few_row_wins = {}  # (N, K, M) for 2-4 rows, likewise (the engine sends only one row to the GEMV)
-    skinny_wins = {}  # (N, K, M) for 8 rows and more: the candidate tensor-core kernel, likewise
+    skinny_wins = {}  # (N, K, M) for 8 rows and more: the tensor-core skinny GEMM, likewise (SKINNY_GEMM_CONFIGS)
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
         library_best = {}  # rows -> the fastest library's time
@@ -346,16 +345,17 @@ def matmuls(scale: dict, bw: float) -> None:
         row = []
         for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():  # not the LM head: cuBLAS is near the floor there
             x = torch.randn(m, k, dtype=dtype, device=dev)
-            best, t = fastest_config(candidate_skinny_gemm.skinny_gemm, x, w, candidate_skinny_gemm.CONFIGS)
+            best, t = fastest_config(triton_skinny_gemm.skinny_gemm, x, w, triton_skinny_gemm.CONFIGS)
             row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%}) at {best}")
             if t < library_best[m]:
                 skinny_wins[(n, k, m)] = (best, round(library_best[m] / t, 2))
         if row:
-            print(f"matmul {name:8s} {n}x{k} candidate skinny GEMM (benchmarks/candidate_skinny_gemm.py), best of its configurations "
-                  f"(BLOCK_N, BLOCK_K, warps, stages): {', '.join(row)}")  # fmt: skip
+            print(f"matmul {name:8s} {n}x{k} skinny GEMM (triton_skinny_gemm.py), best of its configurations "
+                  f"(BLOCK_N, BLOCK_K, warps, stages): {', '.join(row)}; the engine's: "
+                  f"{triton_skinny_gemm.SKINNY_GEMM_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
     print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
-    print(f"... where the candidate skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): {skinny_wins}")
+    print(f"... where the skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): {skinny_wins}")
 
 
 def gemv_prologues(scale: dict) -> None:

@@ -7,13 +7,17 @@ Switches that wait for a GPU to say whether they help:
   meanwhile;
 * ``fused_gemv``: at one row, the RMSNorm (with the residual add) inside the q/k/v and gate/up
   GEMVs and SiLU-and-mul inside down's (``triton_gemv.FUSED_GEMV_CONFIGS``, filled here with each
-  shape's plain GEMV configuration): seven kernels per layer instead of ten.
+  shape's plain GEMV configuration): seven kernels per layer instead of ten;
+* ``skinny_gemm``: at 8 to 256 rows, the Triton skinny GEMM for o and down, the two projections
+  cuBLAS read at 23-34% of copy bandwidth (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``, filled here
+  with its first configuration; ``bench_kernels.py`` times them all).
 
 Per setting (``--runs`` rounds, settings in turn within a round, so that drift shows between
 rounds): the batch-1 TPOT (3 runs of ``tpot_tokens``), the TTFT of one 1024-token prompt (5 runs),
 the throughput on nano-vllm's workload (one run), and how many greedy outputs equal those of round 1
 with no switch (PDL must change none; a fused norm sums in another order, so may change a few); last,
-each setting's medians over the rounds against no switch.
+each setting's medians over the rounds against no switch (also when a time limit's Ctrl-C cuts
+the run: the settings measured so far).
 
 GPU: python benchmarks/bench_switches.py               (Qwen3-0.6B shapes, bf16; PDL needs sm_90)
 CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL is not available there)
@@ -34,18 +38,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.bench_all import ms_spread, ttft
 from benchmarks.common import nano_vllm_workload, parse_scaled_args, timed
 from folovllm import LLM, SamplingParams
-from folovllm.model_executor.layers import triton_gemv
+from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
 from folovllm.utils import pdl
 
 SCALES = {
     "gpu": dict(preset="qwen3-0.6b", num_seqs=256, max_len=1024, ttft_len=1024, tpot_tokens=256),
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
-SWITCHES = ("pdl", "fused_gemv")
+SWITCHES = ("pdl", "fused_gemv", "skinny_gemm")
 # No switch, each alone, all of them.
 SETTINGS = [(), *((name,) for name in SWITCHES), SWITCHES]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
+# o and down: 1,024 outputs each
+SKINNY = [(1024, 2048), (1024, 3072)]
 
 
 def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
@@ -54,6 +60,8 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     pdl.ENABLED = "pdl" in setting
     fused = "fused_gemv" in setting
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
+    skinny = "skinny_gemm" in setting
+    triton_skinny_gemm.SKINNY_GEMM_CONFIGS = {s: triton_skinny_gemm.CONFIGS[0] for s in SKINNY} if skinny else {}
     on = pdl.pdl_launch_args(torch.zeros(1, device=device))["USE_PDL"]
     return tuple(name for name in setting if name != "pdl" or on)
 
@@ -101,12 +109,14 @@ def main() -> None:
                       f"{m['tok_s'][0]:,.0f} output tok/s; greedy outputs equal to round 1 with no switch: "
                       f"{same}/{len(reference)}", flush=True)  # fmt: skip
                 by_setting[setting].append(m)
+    except KeyboardInterrupt:  # scripts/gpu_checks.sh's time limit: summarise what was measured
+        print("(cut short)")
     finally:
         apply((), device)
     none = by_setting[()]
     for setting in SETTINGS[1:]:
         rows = by_setting[setting]
-        if not rows:
+        if not rows or not none:
             continue
         ratios = []
         for what, key in (("TPOT", "tpots"), ("TTFT", "ttfts"), ("throughput", "tok_s")):

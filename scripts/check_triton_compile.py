@@ -214,6 +214,17 @@ def _gemv_cases():
         yield f"SiLU and mul + GEMV 1024x3072 at {config}", lambda w=w, x=x, c=config: gemv_silu_and_mul(x, w, c)
 
 
+def _skinny_cases():
+    from folovllm.model_executor.layers.triton_skinny_gemm import CONFIGS, skinny_gemm
+
+    # Every configuration at 64 rows a program (the most shared memory and registers), the first at 16 and 32 too
+    # (SKINNY_GEMM_CONFIGS, the engine's choice, waits for the H100's timings); K changes no compiled variant
+    w = torch.zeros(1024, 3072, dtype=BF16)
+    for config, m in [(c, 256) for c in CONFIGS] + [(CONFIGS[0], 8), (CONFIGS[0], 32)]:
+        x = torch.zeros(m, 3072, dtype=BF16)
+        yield f"skinny GEMM 1024x3072 at {config}, M={m}", lambda x=x, c=config: skinny_gemm(x, w, c)
+
+
 def _sampler_cases():
     from folovllm.sample.ops.triton_sample import gumbel_argmax
 
@@ -266,11 +277,12 @@ def _pdl_cases():
 
         return run
 
-    for cases in (_attention_cases, _fused_cases, _gemv_cases, _sampler_cases):
+    for cases in (_attention_cases, _fused_cases, _gemv_cases, _skinny_cases, _sampler_cases):
         # the bf16 model's kernels (the KV store runs only outside the fused path; the GEMV's
-        # prologues in one configuration: the others differ in block sizes only)
+        # prologues and the skinny GEMM in one configuration: the others differ in block sizes only)
         for name, call in cases():
-            if re.search(r"torch\.float(16|32)\b|^KV store|(RMSNorm|SiLU and mul) \+ GEMV .* at (?!\(4, 1024, 4\))", name) is None:
+            skip = r"torch\.float(16|32)\b|^KV store|(RMSNorm|SiLU and mul) \+ GEMV .* at (?!\(4, 1024, 4\))|skinny GEMM .*(?<!M=32)$"
+            if re.search(skip, name) is None:
                 yield f"{name}, with PDL", with_pdl(call, must_prefetch="GEMV" in name)
 
 
@@ -315,6 +327,12 @@ def _per_step_value_cases():
     yield "decode attention, split counts 2..64", (decode._decode_stage1_kernel, decode._decode_stage2_kernel), [
         lambda s=s: decode.paged_decode_attention(q[:2], cache, cache, table, lens, 0.1, num_kv_splits=s) for s in (2, 3, 16, 33, 64)
     ]
+    from folovllm.model_executor.layers import triton_skinny_gemm as skinny
+
+    w = torch.zeros(1024, 2048, dtype=BF16)
+    yield "skinny GEMM, 33..64 rows (one BLOCK_M)", (skinny._skinny_gemm_kernel,), [
+        lambda m=m: skinny.skinny_gemm(torch.zeros(m, 2048, dtype=BF16), w) for m in (33, 48, 63, 64)
+    ]
     logits = torch.zeros(64, 151_936, dtype=BF16)
     calls = [
         lambda b=b, splits=splits, seed=seed: sample.gumbel_argmax(logits[:b], torch.ones(b), _drawing(seed), splits=splits)
@@ -341,7 +359,7 @@ def main() -> int:
     loops = None if args.loops is None else [name for name in args.loops.split(",") if name]
     JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, args.arch)
     failed, count, t0 = [], 0, time.perf_counter()
-    for cases in (_attention_cases, _fused_cases, _gemv_cases, _sampler_cases, _gptq_cases, _pdl_cases):
+    for cases in (_attention_cases, _fused_cases, _gemv_cases, _skinny_cases, _sampler_cases, _gptq_cases, _pdl_cases):
         for name, call in cases():
             if args.resources or loops is not None:
                 print(name)

@@ -8,8 +8,8 @@
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
-# `switches` is bench_switches.py (the engine's off-by-default switches, PDL and the fused one-row
-# GEMV, each alone and together against none: TPOT, TTFT, throughput, tokens).
+# `switches` is bench_switches.py (the engine's off-by-default switches, PDL, the fused one-row GEMV
+# and the skinny GEMM, each alone and together against none: TPOT, TTFT, throughput, tokens).
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s a machine) included. Timed on 2026-11-27: the tests ~300 s in all before the GPU engine
 # tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s (before the
@@ -18,15 +18,15 @@
 # session's plan is two calls, the first deciding, the second measuring the decided defaults:
 #   1. Here: `mkdir -p .ab && for f in attention/ops/triton_prefill_attention.py model_executor/layers/fused_kernels.py;
 #      do git show 0b6d334:folovllm/$f > .ab/$(basename $f); done`, then on the device (carry [".ab"], timeout 560):
-#      `TESTS_LIMIT=200 SWITCHES_LIMIT=170 KERNELS_LIMIT=170 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
+#      `TESTS_LIMIT=180 SWITCHES_LIMIT=200 KERNELS_LIMIT=150 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
 #      - tests: every kernel's, then the GPU engine tests (PDL's among them: same tokens as without);
-#      - switches: no switch / pdl / fused_gemv / both, two rounds (~8 engines, ~15 s each, not timed
-#        on a GPU yet). A switch that gains and changes no token (PDL) or few (a fused norm sums in
-#        another order) turns on by default: `folovllm.utils.pdl.ENABLED`, `FUSED_GEMV_CONFIGS`;
-#      - kernels: the lines that fill what the engine waits on: "one-row shapes where the fused GEMV
-#        beats the two kernels" (its configurations for FUSED_GEMV_CONFIGS), "where the candidate
-#        skinny GEMM beats every library" (whether benchmarks/candidate_skinny_gemm.py moves into the
-#        package), the FP8 decode row "V via registers" (v_via_registers' default), "element-wise":
+#      - switches: no switch / pdl / fused_gemv / skinny_gemm / all three, two rounds (10 engines,
+#        ~15 s each, not timed on a GPU yet; a cut run still prints its ratios). A switch that gains
+#        and changes no token (PDL) or few (a fused norm sums in another order) turns on by default:
+#        `folovllm.utils.pdl.ENABLED`, `FUSED_GEMV_CONFIGS`, `SKINNY_GEMM_CONFIGS`;
+#      - kernels: the lines that fill those tables with the best configuration per shape: "one-row
+#        shapes where the fused GEMV beats the two kernels", "where the skinny GEMM beats every
+#        library"; the FP8 decode row "V via registers" (v_via_registers' default); "element-wise":
 #        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn; and
 #        the prefill rows "list as in a graph": today's kernel (programs walk the list) against
 #        0b6d334's (a program per item, padding included), which is what says how much of TTFT the
@@ -84,7 +84,7 @@ for stage in $stages; do
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
-        # PDL and the fused one-row GEMV, each alone and together against none, two rounds (not timed on a GPU yet)
+        # PDL, the fused one-row GEMV, the skinny GEMM: each alone and all together against none, two rounds
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;

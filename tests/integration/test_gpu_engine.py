@@ -106,6 +106,34 @@ def test_gpu_programmatic_dependent_launch_changes_no_token(tiny_model, monkeypa
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_gpu_skinny_gemm_serves_the_matmuls_of_a_decode_batch(tiny_model, monkeypatch, enforce_eager):
+    """The skinny GEMM configured for the tiny model's weight shapes (SKINNY_GEMM_CONFIGS is empty
+    until an H100 measures it): 12 sequences decoding (16 rows in a graph) call it for each shape,
+    and greedy output still agrees with HF in bf16."""
+    import folovllm.model_executor.layers.triton_skinny_gemm as skinny
+    from folovllm import LLM, SamplingParams
+    from tests.fixtures.tiny_models import linear_weight_shapes
+
+    shapes = set(linear_weight_shapes(tiny_model).values())
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {s: (16, 128, 4, 3) for s in shapes})
+    seen, kernel = set(), skinny.skinny_gemm
+
+    def spy(x, w, config):
+        seen.add(tuple(w.shape))
+        return kernel(x, w, config)
+
+    monkeypatch.setattr(skinny, "skinny_gemm", spy)
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=16, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
+    prompts = [list(range(10 + i, 30 + 2 * i)) for i in range(12)]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+                        use_tqdm=False)  # fmt: skip
+    assert seen == shapes
+    ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
+    for out, expected in zip(outs, ref):
+        assert out.outputs[0].token_ids[:3] == expected[:3]
+
+
 def test_gpu_async_equals_sync_with_preemption(tiny_model):
     from folovllm import LLM, SamplingParams
 

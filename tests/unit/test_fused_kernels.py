@@ -175,3 +175,28 @@ def test_gemv_bf16_matches_a_matmul_at_every_shape_the_engine_sends_it():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         torch.testing.assert_close(gemv(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)
+
+
+def test_skinny_gemm_matches_a_matmul():
+    """Every configuration, row counts on both sides of each BLOCK_M (16 to 64, and more rows than one
+    block), ragged N and K."""
+    from folovllm.model_executor.layers.triton_skinny_gemm import CONFIGS, skinny_gemm
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(37, 300, generator=g).to(DEVICE)  # outputs and K not multiples of any block
+    for m in (5, 17, 70):
+        x = torch.randn(m, 300, generator=g).to(DEVICE)
+        for config in CONFIGS:
+            torch.testing.assert_close(skinny_gemm(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_skinny_gemm_bf16_matches_a_matmul_at_qwen3_0_6b_shapes():
+    from folovllm.model_executor.layers.triton_skinny_gemm import CONFIGS, skinny_gemm
+
+    for n, k in ((1024, 2048), (1024, 3072), (4096, 1024)):
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        for m in (8, 100, 256):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            for config in CONFIGS:
+                torch.testing.assert_close(skinny_gemm(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)

@@ -136,6 +136,41 @@ def test_one_row_on_the_gpu_goes_to_the_triton_gemv_for_the_shapes_it_was_measur
     assert calls[1:] == [((1, 6), (11, 6), (8, 512, 4))]
 
 
+def test_8_to_256_rows_on_the_gpu_go_to_the_skinny_gemm_for_the_shapes_in_its_table(monkeypatch):
+    """The dispatch alone (no GPU here: use_fused_kernels is made to say yes, the kernels are spies):
+    one row stays with the GEMV, 8..256 rows of a listed bf16 shape without a bias take the skinny
+    GEMM, anything else F.linear."""
+    import folovllm.model_executor.layers.dispatch as dispatch
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+    import folovllm.model_executor.layers.triton_skinny_gemm as skinny
+
+    calls = []
+
+    def spy(name):
+        def kernel(x, w, config):
+            calls.append((name, x.shape[0], tuple(w.shape), config))
+            return x @ w.T
+
+        return kernel
+
+    monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
+    monkeypatch.setattr(triton_gemv, "gemv", spy("gemv"))
+    monkeypatch.setattr(skinny, "skinny_gemm", spy("skinny"))
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {(5, 6): (4, 1024, 4)})
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {(5, 6): (16, 128, 4, 3)})
+    layer, other, with_bias = ColumnParallelLinear(6, 5), ColumnParallelLinear(6, 7), ColumnParallelLinear(6, 5, bias=True)
+    for lay in (layer, other, with_bias):
+        nn.init.normal_(lay.weight)
+        lay.to(torch.bfloat16)
+    for m in (1, 7, 8, 256, 257):
+        x = torch.randn(m, 6, dtype=torch.bfloat16)
+        torch.testing.assert_close(layer(x), x @ layer.weight.T)
+        other(x)  # no configuration for its shape
+        with_bias(x)  # neither kernel adds a bias
+    layer.float()(torch.randn(8, 6))  # measured in bfloat16 only
+    assert calls == [("gemv", 1, (5, 6), (4, 1024, 4)), ("skinny", 8, (5, 6), (16, 128, 4, 3)), ("skinny", 256, (5, 6), (16, 128, 4, 3))]
+
+
 def test_the_norm_or_silu_before_a_one_row_gemv_runs_inside_it(monkeypatch):
     """rms_norm_then_linear and silu_and_mul_then_linear (the decoder layer's two seams): where the
     layer's shape has a fused GEMV configuration, the fused entry point takes the whole op (spies

@@ -148,6 +148,15 @@ def test_every_program_of_the_attention_kernels_waits(pdl_calls, monkeypatch):
     _run_both_ways(pdl_calls, monkeypatch, call, num_programs=2)  # two per SM, one SM here: each walks 6 of the 12 items
 
 
+def test_every_program_of_the_skinny_gemm_waits(pdl_calls, monkeypatch):
+    from folovllm.model_executor.layers.triton_skinny_gemm import skinny_gemm
+
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(20, 64, generator=g), torch.randn(40, 64, generator=g)
+    call = lambda: skinny_gemm(x, w, (16, 128, 4, 3))  # noqa: E731
+    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=3 * 1)  # 40 outputs in 16s, 20 rows in one 32-row block
+
+
 def test_every_program_of_the_sampler_waits(pdl_calls, monkeypatch):
     from folovllm.sample.ops.triton_sample import gumbel_argmax
 

@@ -1,6 +1,7 @@
 """Which kernel a layer's op takes: the fused Triton kernels for CUDA tensors (triton installed),
 and for an unquantized matmul of one row, the Triton GEMV where it was measured faster; with the
-RMSNorm or SiLU-and-mul before it inside, where that was measured faster than the two kernels."""
+RMSNorm or SiLU-and-mul before it inside, where that was measured faster than the two kernels; of
+8 to 256 rows, the Triton skinny GEMM where that was measured faster than cuBLAS."""
 
 from __future__ import annotations
 
@@ -29,13 +30,31 @@ def gemv_config(
     return None
 
 
+def skinny_gemm_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int, int] | None:
+    """The Triton skinny GEMM's configuration for ``x @ weight.T + bias``, or None where ``F.linear``
+    runs it: 8 to 256 rows of a 16-bit model on the GPU, without a bias, where
+    ``triton_skinny_gemm.SKINNY_GEMM_CONFIGS`` has the weight's shape."""
+    if bias is None and weight.element_size() == 2 and use_fused_kernels(x):
+        from folovllm.model_executor.layers import triton_skinny_gemm as skinny
+
+        if skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS:
+            return skinny.SKINNY_GEMM_CONFIGS.get(tuple(weight.shape))
+    return None
+
+
 def unquantized_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias``: the Triton GEMV where ``gemv_config`` gives it one, else ``F.linear``."""
+    """``x @ weight.T + bias``: the Triton GEMV where ``gemv_config`` gives it one, the skinny GEMM
+    where ``skinny_gemm_config`` does, else ``F.linear``."""
     config = gemv_config(x, weight, bias)
     if config is not None:
         from folovllm.model_executor.layers.triton_gemv import gemv
 
         return gemv(x, weight, config)
+    skinny = skinny_gemm_config(x, weight, bias)
+    if skinny is not None:
+        from folovllm.model_executor.layers.triton_skinny_gemm import skinny_gemm
+
+        return skinny_gemm(x, weight, skinny)
     return F.linear(x, weight, bias)
 
 
