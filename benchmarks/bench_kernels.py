@@ -127,7 +127,10 @@ def prefill_inputs(scale: dict, batch: int, qlen: int) -> tuple:
 def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> None:
     """TFLOP/s of the prefill kernel by tile shape, warps and pipeline stages, with its work list in
     batch order and heaviest tile first, replayed from a graph (the engine's: prefill_block_sizes,
-    4 warps, 2 stages, batch order). Few graph reps: 40 configurations per shape."""
+    4 warps, 2 stages, heaviest first). Few graph reps: 40 configurations per shape. One program per
+    work item, so that the hardware hands them out as SMs free up: the engine's grid of two programs
+    per SM, each taking several items, fits its own shape, and would run a shape that holds one
+    program per SM in two waves of whole item lists."""
     dev = scale["dev"]
     shapes, warp_counts, stage_counts = scale["prefill_sweep"]
     print(f"prefill B={len(query_lens):4d} len={query_lens[0]} in a graph, TFLOP/s, batch order / heaviest first:")
@@ -136,7 +139,9 @@ def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> N
         for heaviest_first in (False, True):
             tiles = torch.from_numpy(prefill_tiles(query_lens, bm, heaviest_first)).to(dev)
             try:
-                t = graph_time(lambda: attend(tiles, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages), reps=10)
+                call = functools.partial(attend, tiles, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                                         max_programs=len(tiles) * scale["heads"])  # fmt: skip
+                t = graph_time(call, reps=10)
                 rates.append(f"{flops / t / 1e12:5.0f}")
             except Exception as e:  # on the GPU: too much shared memory or registers for this shape
                 if dev != "cuda":
