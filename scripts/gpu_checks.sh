@@ -18,7 +18,7 @@
 # session's plan is two calls, the first deciding, the second measuring the decided defaults:
 #   1. Here: `mkdir -p .ab && for f in attention/ops/triton_prefill_attention.py model_executor/layers/fused_kernels.py;
 #      do git show 0b6d334:folovllm/$f > .ab/$(basename $f); done`, then on the device (carry [".ab"], timeout 560):
-#      `TESTS_LIMIT=180 SWITCHES_LIMIT=200 KERNELS_LIMIT=150 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
+#      `TESTS_LIMIT=200 SWITCHES_LIMIT=190 KERNELS_LIMIT=140 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
 #      - tests: every kernel's, then the GPU engine tests (PDL's among them: same tokens as without);
 #      - switches: no switch / pdl / fused_gemv / skinny_gemm / all three, two rounds (10 engines,
 #        ~15 s each, not timed on a GPU yet; a cut run still prints its ratios). A switch that gains
