@@ -1,12 +1,12 @@
 """Kernels alone, on a GPU: attention's achieved bandwidth (decode) and FLOP rate (prefill),
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
-decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4 rows, the
-skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
-RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through
-the prefill kernel's work list, the fused sampler with and without vocabulary splits, the element-wise kernels at 1 to 1024 tokens
-against the bytes they move, and last, the longest: the prefill kernel by tile shape, warps,
-pipeline stages and work-list order.
+decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4
+rows, the skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
+RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through the
+prefill kernel's work list, the fused sampler with and without vocabulary splits, the
+element-wise kernels at 1 to 1024 tokens against the bytes they move, and last, the longest: the
+prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's

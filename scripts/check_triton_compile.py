@@ -89,18 +89,19 @@ def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
-        if self.__name__ == "_prefill_kernel" and arch == 90:
+        check_prefill = self.__name__ == "_prefill_kernel" and arch == 90
+        if check_prefill or show_resources:
+            md = kernel.metadata
+            regs, local = _resource_usage(kernel.asm["cubin"])
+            held = programs_per_sm(regs, md.num_warps, md.shared, arch)
+        if check_prefill:
             from folovllm.attention.ops.triton_prefill_attention import PROGRAMS_PER_SM
 
-            regs, local = _resource_usage(kernel.asm["cubin"])
-            held = programs_per_sm(regs, kernel.metadata.num_warps, kernel.metadata.shared, arch)
             if local or held < PROGRAMS_PER_SM:  # its grid is PROGRAMS_PER_SM per SM: they must all run at once
                 raise RuntimeError(f"_prefill_kernel: {held} program(s) per SM, {local} bytes spilled; the grid assumes {PROGRAMS_PER_SM}")
         if show_resources:
-            regs, local = _resource_usage(kernel.asm["cubin"])
-            md = kernel.metadata
             print(f"    {self.__name__}: {regs} registers, {local} bytes of local memory (spills), {md.shared} bytes of "
-                  f"shared memory, {md.num_warps} warps: {programs_per_sm(regs, md.num_warps, md.shared, arch)} program(s) per SM")
+                  f"shared memory, {md.num_warps} warps: {held} program(s) per SM")
         if show_loops is not None and (not show_loops or self.__name__ in show_loops):
             for i, body in enumerate(_loop_bodies(kernel.asm["cubin"])):
                 top = ", ".join(f"{op} {n}" for op, n in body.most_common(8))

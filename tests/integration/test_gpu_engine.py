@@ -113,17 +113,11 @@ def test_gpu_skinny_gemm_serves_the_matmuls_of_a_decode_batch(tiny_model, monkey
     and greedy output still agrees with HF in bf16."""
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
     from folovllm import LLM, SamplingParams
-    from tests.fixtures.tiny_models import linear_weight_shapes
+    from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_weight_shapes
 
     shapes = set(linear_weight_shapes(tiny_model).values())
     monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {s: (16, 128, 4, 3) for s in shapes})
-    seen, kernel = set(), skinny.skinny_gemm
-
-    def spy(x, w, config):
-        seen.add(tuple(w.shape))
-        return kernel(x, w, config)
-
-    monkeypatch.setattr(skinny, "skinny_gemm", spy)
+    seen = spy_on_weight_shapes(monkeypatch, skinny, ("skinny_gemm",))["skinny_gemm"]
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=16, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
     prompts = [list(range(10 + i, 30 + 2 * i)) for i in range(12)]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),

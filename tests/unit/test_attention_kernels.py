@@ -187,11 +187,18 @@ def test_the_engines_prefill_work_list_starts_with_the_tiles_that_read_the_most_
     assert tiles.tolist() == [[1, 0], [2, 1], [2, 0], [0, 2], [0, 1], [0, 0]]
 
 
+def _program_of(item: int, programs: int) -> int:
+    """The prefill kernel's rule: round r hands items r * P .. r * P + P - 1 to programs 0 .. P - 1,
+    in reverse on odd rounds."""
+    r, i = divmod(item, programs)
+    return i if r % 2 == 0 else programs - 1 - i
+
+
 def test_the_kernels_rounds_over_the_engines_list_balance_a_mixed_step():
-    """The kernel's rule (program p takes item r * P + p on even rounds, r * P + P - 1 - p on odd ones;
-    the test above ties the kernel to it) over the engine's list, counted in key tiles per program on
-    an H100's 264 programs: a 768-token chunk among 255 decodes at contexts 100..2000 is within 2% of
-    a perfect split. (Sorted by tile index instead, the decodes sort last: 23% over.)"""
+    """The kernel's rule (``_program_of``; the test below ties the kernel to it) over the engine's
+    list, counted in key tiles per program on an H100's 264 programs: a 768-token chunk among 255
+    decodes at contexts 100..2000 is within 2% of a perfect split. (Sorted by tile index instead,
+    the decodes sort last: 23% over.)"""
     import numpy as np
 
     from folovllm.attention.backends.triton_backend import TritonAttentionBackend
@@ -204,8 +211,7 @@ def test_the_kernels_rounds_over_the_engines_list_balance_a_mixed_step():
     programs = 264
     load = np.zeros(programs)
     for w, key_tiles in enumerate(work):
-        r, i = divmod(w, programs)
-        load[i if r % 2 == 0 else programs - 1 - i] += key_tiles
+        load[_program_of(w, programs)] += key_tiles
     assert load.max() <= 1.02 * load.mean()
 
 
@@ -267,8 +273,7 @@ def test_prefill_programs_take_each_work_item_once_heaviest_tiles_first(monkeypa
     programs = min(max_programs, len(padded) * heads)
     by_program = {p: [items.index(t[1:]) for t in taken if t[0] == p] for p in range(programs)}
     for p, order in by_program.items():
-        expected = [r * programs + (p if r % 2 == 0 else programs - 1 - p) for r in range(-(-len(items) // programs) + 1)]
-        assert order == [w for w in expected if w < len(items)], p
+        assert order == [w for w in range(len(items)) if _program_of(w, programs) == p], p
 
 
 def test_prefill_attention_does_not_depend_on_the_order_of_its_work_list():

@@ -15,6 +15,11 @@ def use_fused_kernels(x: torch.Tensor) -> bool:
     return HAS_TRITON and x.is_cuda
 
 
+def _triton_matmul_may_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """What both Triton matmuls need: a 16-bit weight (they were measured in bfloat16), no bias, the GPU."""
+    return bias is None and weight.element_size() == 2 and use_fused_kernels(x)
+
+
 def gemv_config(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, fused: bool = False
 ) -> tuple[int, int, int] | None:  # fmt: skip
@@ -22,7 +27,7 @@ def gemv_config(
     The GEMV takes one row (a single sequence's decode step) of a 16-bit model on the GPU, without a
     bias, where ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat cuBLAS on an H100,
     in bfloat16); with ``fused``, the GEMV with the op before it inside, from ``FUSED_GEMV_CONFIGS``."""
-    if x.shape[0] == 1 and bias is None and weight.element_size() == 2 and use_fused_kernels(x):
+    if x.shape[0] == 1 and _triton_matmul_may_run(x, weight, bias):
         from folovllm.model_executor.layers import triton_gemv
 
         table = triton_gemv.FUSED_GEMV_CONFIGS if fused else triton_gemv.GEMV_CONFIGS
@@ -34,7 +39,7 @@ def skinny_gemm_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """The Triton skinny GEMM's configuration for ``x @ weight.T + bias``, or None where ``F.linear``
     runs it: 8 to 256 rows of a 16-bit model on the GPU, without a bias, where
     ``triton_skinny_gemm.SKINNY_GEMM_CONFIGS`` has the weight's shape."""
-    if bias is None and weight.element_size() == 2 and use_fused_kernels(x):
+    if _triton_matmul_may_run(x, weight, bias):
         from folovllm.model_executor.layers import triton_skinny_gemm as skinny
 
         if skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS:
