@@ -4,7 +4,7 @@ at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0
 decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4
 rows, the skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
 RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through the
-prefill kernel's work list, the fused sampler with and without vocabulary splits, the
+prefill kernel's work list, the fused temperature sampler, the
 element-wise kernels at 1 to 1024 tokens against the bytes they move, and last, the longest: the
 prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
@@ -13,8 +13,8 @@ prefill kernel by tile shape, warps, pipeline stages and work-list order.
                                                  # interpreter): checks the script, measures nothing
     python benchmarks/bench_kernels.py --baseline DIR   # also time earlier versions of the kernels'
         # files found in DIR or below it (triton_prefill_attention.py, triton_decode_attention.py from
-        # folovllm/attention/ops, fused_kernels.py from folovllm/model_executor/layers, saved with
-        # `git show REV:PATH > DIR/NAME`), in turn with today's
+        # folovllm/attention/ops, fused_kernels.py from folovllm/model_executor/layers, triton_sample.py
+        # from folovllm/sample/ops, saved with `git show REV:PATH > DIR/NAME`), in turn with today's
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
     matmuls(scale, bw)
     gemv_prologues(scale)
     mixed_batch(scale)
-    sampler(scale)
+    sampler(scale, bw, baseline.get("sample"))
     element_wise(scale, bw, baseline.get("fused"))
     for batch, qlen in scale["prefill"]:  # last: the longest section (a time limit may cut it short)
         args = prefill_inputs(scale, batch, qlen)
@@ -152,11 +152,14 @@ def prefill_sweep(scale: dict, attend, query_lens: list[int], flops: float) -> N
 
 
 # The kernel files --baseline looks for, by the name this script gives each.
-BASELINE_FILES = {"prefill": "triton_prefill_attention.py", "decode": "triton_decode_attention.py", "fused": "fused_kernels.py"}
+BASELINE_FILES = {
+    "prefill": "triton_prefill_attention.py", "decode": "triton_decode_attention.py", "fused": "fused_kernels.py",
+    "sample": "triton_sample.py",
+}  # fmt: skip
 
 
 def load_baseline() -> dict:
-    """``--baseline DIR``: {"prefill": module, "decode": module, "fused": module} for the kernel files
+    """``--baseline DIR``: {"prefill": module, "decode": module, ...} (BASELINE_FILES) for the kernel files
     found in DIR or below it. They import today's helpers (load_kv_tile and the rest), which must still
     take their calls."""
     if "--baseline" not in sys.argv:
@@ -450,16 +453,23 @@ def mixed_batch(scale: dict) -> None:
     print(f"mixed   1 x {prompt_len} prompt + {num_decodes} decodes (ctx {ctx}), {len(tiles)} tiles: {t * 1e6:8.1f} us")
 
 
-def sampler(scale: dict) -> None:
-    from folovllm.sample.ops.triton_sample import gumbel_argmax
+def sampler(scale: dict, bw: float, baseline=None) -> None:
+    """The fused temperature sampler at the engine's split count, replayed from a graph, against
+    reading its logits at copy bandwidth; with a baseline triton_sample.py, the two in turn."""
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
     dev, vocab = scale["dev"], scale["vocab"]
     for batch in scale["sampler_batches"]:
         logits = torch.randn(batch, vocab, dtype=scale["dtype"], device=dev)
         temperature = torch.full((batch,), 0.6, device=dev)
-        one = device_time(lambda: gumbel_argmax(logits, temperature, splits=1))
-        auto = device_time(lambda: gumbel_argmax(logits, temperature))
-        print(f"sampler B={batch:4d} vocab={vocab}: one program per row {one * 1e6:7.1f} us, split {auto * 1e6:7.1f} us")
+        t = graph_time(lambda: inverse_cdf_sample(logits, temperature))
+        print(f"sampler B={batch:4d} vocab={vocab}, in a graph: {t * 1e6:7.1f} us "
+              f"({logits.numel() * logits.element_size() / t / bw:.0%} of copy bandwidth)")  # fmt: skip
+        if baseline is not None:  # a file from before 2026-11-27 samples with gumbel_argmax
+            old = getattr(baseline, "gumbel_argmax", None) or baseline.inverse_cdf_sample
+            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in
+                  in_turn([lambda: inverse_cdf_sample(logits, temperature), lambda: old(logits, temperature)])]
+            print(f"    today / baseline ({old.__name__}), us in turn: {us[0]} / {us[1]}")
 
 
 if __name__ == "__main__":

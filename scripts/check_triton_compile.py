@@ -227,11 +227,11 @@ def _skinny_cases():
 
 
 def _sampler_cases():
-    from folovllm.sample.ops.triton_sample import gumbel_argmax
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
     for dtype in (BF16, FP32):
         logits = torch.zeros(3, 151_936, dtype=dtype)
-        yield f"Gumbel sampler, split ({dtype} logits)", lambda: gumbel_argmax(logits, torch.ones(3), splits=8)
+        yield f"sampler, split ({dtype} logits)", lambda: inverse_cdf_sample(logits, torch.ones(3), splits=8)
 
 
 def _gptq_cases():
@@ -288,7 +288,7 @@ def _pdl_cases():
 
 
 def _drawing(accept) -> torch.Generator:
-    """A generator whose first draw, as ``gumbel_argmax`` makes it, satisfies ``accept``."""
+    """A generator whose first draw, as ``inverse_cdf_sample`` makes it, satisfies ``accept``."""
     for seed in range(10_000):
         if accept(int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed)))):
             return torch.Generator().manual_seed(seed)
@@ -336,11 +336,11 @@ def _per_step_value_cases():
     ]
     logits = torch.zeros(64, 151_936, dtype=BF16)
     calls = [
-        lambda b=b, splits=splits, seed=seed: sample.gumbel_argmax(logits[:b], torch.ones(b), _drawing(seed), splits=splits)
+        lambda b=b, splits=splits, seed=seed: sample.inverse_cdf_sample(logits[:b], torch.ones(b), _drawing(seed), splits=splits)
         for b, splits in ((1, 1), (2, 3), (16, 16), (64, 64))
         for seed in (lambda x: x % 16 != 0, lambda x: x % 16 == 0)  # the kernel's seed: both specialisations
     ]
-    yield "Gumbel sampler, batch sizes 1..64, split counts 1..64, seeds", (sample._gumbel_argmax_kernel, sample._pick_best_split_kernel), calls
+    yield "sampler, batch sizes 1..64, split counts 1..64, seeds", (sample._block_sums_kernel, sample._draw_kernel), calls
     qweight, qzeros = torch.zeros(128, 512, dtype=torch.int32), torch.zeros(8, 64, dtype=torch.int32)
     scales = torch.zeros(8, 512, dtype=BF16)
     yield "GPTQ GEMM, M 1..16 (one BLOCK_M)", (gptq._gptq_gemm_kernel,), [

@@ -9,7 +9,10 @@ Order, as in vLLM v1:
 Random draws use the "exponential race": argmax(p / E) with E ~ Exp(1) is a
 sample from p, needs no host sync (unlike torch.multinomial), and lets a
 seeded row draw its E from its own generator, so its output does not depend
-on which other requests share the batch.
+on which other requests share the batch. On a GPU, a batch of plain
+temperature rows (no per-request seed) goes to two Triton kernels that invert
+the softmax's cumulative distribution instead (``ops/triton_sample.py``): two
+random numbers per row rather than one per vocabulary id.
 """
 
 from __future__ import annotations
@@ -69,9 +72,9 @@ class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logprobs = logits.float().log_softmax(dim=-1) if md.max_num_logprobs is not None else None
         if _fused_sampling_applies(logits, md):
-            from folovllm.sample.ops.triton_sample import gumbel_argmax
+            from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
-            sampled = gumbel_argmax(logits, md.temperature, self.host_generator)
+            sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator)
             return self._output(sampled, raw_logprobs, md)
         logits = logits.float()
         for row, stop_ids in md.min_tokens_stop_ids.items():

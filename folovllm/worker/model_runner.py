@@ -182,7 +182,7 @@ class ModelRunner:
 
         The profile run compiled the big-batch paths; these short steps add the
         small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
-        greedy, plain temperature (the fused Gumbel kernel on a GPU) and
+        greedy, plain temperature (the fused sampler kernels on a GPU) and
         top-k/top-p. Triton would otherwise compile them inside a user's
         request. Without CUDA graphs (``enforce_eager``) decode steps run the
         decode kernel eagerly too, split and unsplit: two decode steps compile

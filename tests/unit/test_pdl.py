@@ -158,8 +158,8 @@ def test_every_program_of_the_skinny_gemm_waits(pdl_calls, monkeypatch):
 
 
 def test_every_program_of_the_sampler_waits(pdl_calls, monkeypatch):
-    from folovllm.sample.ops.triton_sample import gumbel_argmax
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
     logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(3))
-    call = lambda: gumbel_argmax(logits, torch.ones(2), torch.Generator().manual_seed(5), splits=3)  # noqa: E731
+    call = lambda: inverse_cdf_sample(logits, torch.ones(2), torch.Generator().manual_seed(5), splits=3, block=64)  # noqa: E731
     _run_both_ways(pdl_calls, monkeypatch, call, num_programs=2 * 3 + 2)

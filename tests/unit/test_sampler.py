@@ -151,43 +151,78 @@ def test_mixed_greedy_and_random_rows(temperature):
     assert out[1] == alone[0]
 
 
-def test_fused_gumbel_kernel_matches_softmax_frequencies():
+def _chi2(draws: torch.Tensor, probs: torch.Tensor) -> float:
+    observed = torch.bincount(draws.cpu(), minlength=len(probs)).double()
+    expected = probs.double() * len(draws)
+    return ((observed - expected) ** 2 / expected).sum().item()
+
+
+def test_fused_sampler_matches_softmax_frequencies():
     """The Triton sampler (interpreter on CPU) against softmax(logits / T), by chi-square."""
     pytest.importorskip("triton")
-    from folovllm.sample.ops.triton_sample import gumbel_argmax
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits = torch.tensor([1.0, 0.5, 0.0, -0.5, 0.2, -1.0, 0.8, 0.1], device=device)
     n = 800  # each draw is one program: the interpreter is slow
     torch.manual_seed(0)
-    draws = gumbel_argmax(logits.repeat(n, 1), torch.full((n,), 0.7, device=device)).cpu()
-    observed = torch.bincount(draws, minlength=VOCAB).double()
-    expected = (logits.cpu() / 0.7).softmax(-1).double() * n
-    chi2 = ((observed - expected) ** 2 / expected).sum().item()
-    assert chi2 < 24.3, chi2
+    draws = inverse_cdf_sample(logits.repeat(n, 1), torch.full((n,), 0.7, device=device))
+    assert _chi2(draws, (logits.cpu() / 0.7).softmax(-1)) < 24.3  # 7 degrees of freedom, p = 0.001
     # a near-zero temperature is greedy; the same global seed repeats the draw
-    assert gumbel_argmax(logits.repeat(3, 1), torch.full((3,), 1e-4, device=device)).tolist() == [0, 0, 0]
+    assert inverse_cdf_sample(logits.repeat(3, 1), torch.full((3,), 1e-4, device=device)).tolist() == [0, 0, 0]
     torch.manual_seed(5)
-    a = gumbel_argmax(logits.repeat(16, 1), torch.ones(16, device=device))
+    a = inverse_cdf_sample(logits.repeat(16, 1), torch.ones(16, device=device))
     torch.manual_seed(5)
-    assert torch.equal(a, gumbel_argmax(logits.repeat(16, 1), torch.ones(16, device=device)))
+    assert torch.equal(a, inverse_cdf_sample(logits.repeat(16, 1), torch.ones(16, device=device)))
 
 
-def test_fused_gumbel_kernel_draws_the_same_however_the_vocabulary_is_split():
-    """Splits only share out the work: the noise of a (row, id) is fixed by the seed, so the winner is too."""
+def test_fused_sampler_frequencies_across_blocks():
+    """A row spread over many blocks (a last one cut short by the vocabulary's end), with -inf ids:
+    the first uniform picks the block, the second the id in it; chi-square over every id that can win."""
     pytest.importorskip("triton")
-    from folovllm.sample.ops.triton_sample import gumbel_argmax, num_vocab_splits
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vocab, n = 150, 500  # blocks of 32: 4 full ones and 22 ids in the fifth (each block is a loop step in the interpreter)
+    logits = torch.full((vocab,), float("-inf"))
+    live = torch.tensor([0, 5, 17, 40, 63, 64, 100, 131, 144, 149])  # first and last ids, block edges
+    logits[live] = torch.tensor([0.3, -0.2, 0.9, 0.0, 0.5, -0.6, 0.1, 0.7, -0.1, 0.4])  # least likely: 1.4% (7 of 500)
+    torch.manual_seed(2)
+    draws = inverse_cdf_sample(logits.repeat(n, 1).to(device), torch.full((n,), 0.5, device=device), splits=1, block=32)
+    assert set(draws.tolist()) <= set(live.tolist())
+    probs = (logits / 0.5).softmax(-1)[live]
+    assert _chi2(torch.searchsorted(live, draws.cpu()), probs) < 27.9  # 9 degrees of freedom, p = 0.001
+
+
+def test_fused_sampler_rows_far_below_zero_beside_empty_blocks():
+    """Blocks of -inf logits beside live logits far below zero (their exponentials underflow if scaled
+    against 0 instead of the row's largest): only live ids are drawn; a row of -inf draws id 0, in range."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.full((41, 300), float("-inf"))
+    logits[:40, 250], logits[:40, 260] = -150.0, -150.5  # blocks 0-2 (of 64 ids) hold no live id
+    torch.manual_seed(4)
+    draws = inverse_cdf_sample(logits.to(device), torch.ones(41, device=device), splits=2, block=64).tolist()
+    assert set(draws[:40]) == {250, 260} and draws[40] == 0
+
+
+def test_fused_sampler_draws_the_same_however_the_vocabulary_is_split():
+    """Splits only share out the block sums: the draw of a row is fixed by the seed and the logits."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample, num_vocab_splits
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(1)
-    logits = (torch.randn(6, 5000, generator=g) * 0.1).to(device)  # flat: the noise decides, winners spread over the splits
+    logits = (torch.randn(6, 5000, generator=g) * 0.1).to(device)  # flat: draws spread over the blocks
     temperature = torch.full((6,), 1.0, device=device)
     draws = []
     for splits in (1, 2, 3, 64):
         torch.manual_seed(11)
-        draws.append(gumbel_argmax(logits, temperature, splits=splits).cpu())
+        draws.append(inverse_cdf_sample(logits, temperature, splits=splits, block=256).cpu())
     assert all(torch.equal(draws[0], d) for d in draws[1:])
-    assert (draws[0] >= 2048).any()  # some winners sit beyond the first split
-    # Qwen3's vocabulary on an H100 (132 SMs): 64 splits for batch 1 and 8, 8 for 64 rows, 2 for 256
-    assert [num_vocab_splits(b, 151_936, 132, 2048) for b in (1, 8, 64, 256)] == [64, 64, 8, 2]
+    assert (draws[0] >= 2048).any()  # some draws sit beyond the first split's blocks
+    # Qwen3's vocabulary on an H100 (132 SMs): 64 splits for batch 1 and 8, 32 for 64 rows, 8 for 256
+    assert [num_vocab_splits(b, 151_936, 132, 2048) for b in (1, 8, 64, 256)] == [64, 64, 32, 8]
     assert num_vocab_splits(1, 100, 132, 128) == 1

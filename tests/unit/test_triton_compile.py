@@ -32,7 +32,7 @@ def test_every_kernel_variant_the_engine_uses_compiles_for_sm90():
     # the bf16 model's kernels also compile with programmatic dependent launch (the script checks the wait and the prefetch)
     for name in ("one-row GEMV 1024x2048 at (4, 2048, 4) (torch.bfloat16)", "SiLU and mul + GEMV 1024x3072 at (4, 1024, 4)",
                  "decode attention, 4 split(s) (torch.bfloat16 q, torch.float8_e4m3fn cache, 16/8 heads of 128)",
-                 "Gumbel sampler, split (torch.bfloat16 logits)"):  # fmt: skip
+                 "sampler, split (torch.bfloat16 logits)"):  # fmt: skip
         assert f"{name}, with PDL\n" in run.stdout, name
     # --loops read the SASS: prefill has an unmasked and a masked loop over key tiles inside its loop
     # over work items, decode one loop

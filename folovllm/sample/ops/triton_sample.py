@@ -1,14 +1,27 @@
-"""Triton kernel: temperature + Gumbel-max sampling in one pass over the logits.
+"""Triton kernels: temperature sampling from the logits, one random draw per row.
 
-For rows with no top-k / top-p / min-p and no per-request generator, sampling
-is ``argmax(logits / T + Gumbel noise)``. The torch version needs ~6 passes
-over a [batch, vocab] float32 tensor (cast, divide, draw, log, subtract,
-argmax); this kernel reads the (bf16) logits once and draws its noise with
-Triton's counter-based RNG. Drawing the noise is most of its work, so a row's
-vocabulary is split over several programs when the batch alone would leave
-SMs idle; a second, tiny kernel picks each row's winner among the splits.
-The seed is drawn from a host generator (the engine's, seeded by its
-``seed``; or torch's global one), so runs repeat.
+For rows with no top-k / top-p / min-p and no per-request generator, a token is
+drawn from softmax(logits / T) by inverting its cumulative distribution: pick a
+uniform u, walk the probabilities in vocabulary order, stop where their running
+sum passes u. The torch version (and the Gumbel / exponential race it replaced
+here) needs a random number per vocabulary id: 39 million per step for 256 rows
+of Qwen3's vocabulary, and drawing them was most of a compute-bound kernel. This
+needs one exponential per id and two random numbers per row.
+
+Two kernels, so that the walk does not read the whole row again:
+
+1. ``_block_sums_kernel``: for each BLOCK ids of a row, the largest scaled logit
+   m and the sum of exp(logit / T - m) over the block. A row's blocks are shared
+   out over ``splits`` programs when the batch alone would leave SMs idle.
+2. ``_draw_kernel`` (a program per row): the blocks' weights, sum_b * exp(m_b - M),
+   choose a block with one uniform; a second uniform chooses an id inside it by
+   the running sum of that block's exponentials. P(id) = P(block) * P(id | block)
+   = p(id); two uniforms, rather than one carried down, keep the second choice as
+   fine as the first when the chosen block holds little of the row's mass.
+
+The uniforms come from Triton's counter-based RNG, seeded from a host generator
+(the engine's, seeded by its ``seed``; or torch's global one), so runs repeat,
+and a row's draw depends neither on the batch beside it nor on ``splits``.
 """
 
 from __future__ import annotations
@@ -20,105 +33,111 @@ import triton.language as tl
 from folovllm.utils.device import num_sms
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
+LOG2E = tl.constexpr(1.4426950408889634)  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
+
 
 @triton.jit
-def _race(best_val, best_idx, row_ptr, ids, hi, inv_t, u):
-    """One quarter of a block: vocabulary ids ``ids`` (every fourth), their uniform draws ``u``."""
-    mask = ids < hi
-    x = tl.load(row_ptr + ids, mask=mask, other=float("-inf")).to(tl.float32)
-    score = x * inv_t - tl.log(-tl.log(tl.maximum(u, 1e-20)))
-    score = tl.where(mask, score, float("-inf"))
-    better = score > best_val
-    return tl.where(better, score, best_val), tl.where(better, ids, best_idx)
+def _scaled_logits(row_ptr, ids, V: tl.constexpr, scale):
+    """Logits of ``ids`` times log2(e) / T, in float32; ids past the vocabulary are -inf."""
+    return tl.load(row_ptr + ids, mask=ids < V, other=float("-inf")).to(tl.float32) * scale
 
 
-# A fresh random seed each step: left unspecialised, or one seed in 16 (divisible by 16) would
-# compile a second variant in the middle of a run. The chunk length varies with the batch size.
-@triton.jit(do_not_specialize=["seed", "chunk"])
-def _gumbel_argmax_kernel(
-    logits_ptr, temp_ptr, best_val_ptr, best_idx_ptr, stride, seed, chunk, V: tl.constexpr, BLOCK: tl.constexpr,
-    USE_PDL: tl.constexpr,
-):
-    """Program (row, split) scans vocabulary ids [split * chunk, (split + 1) * chunk) of its row.
-
-    The noise of id i comes from Philox counter (row, i // 4), output i % 4: one Philox evaluation
-    gives four draws (``tl.rand`` would make one and drop three; Philox was most of the loop), and
-    the draw of an id does not depend on how the vocabulary is split (chunks start at multiples of 64).
-    """
+# The number of blocks per program follows the batch size: not specialised on.
+@triton.jit(do_not_specialize=["blocks_per_program"])
+def _block_sums_kernel(
+    logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, stride, blocks_per_program,
+    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
+    """Program (row, split): blocks [split * blocks_per_program, ...) of its row."""
     wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
-    inv_t = 1.0 / tl.load(temp_ptr + row)
+    scale = LOG2E / tl.load(temp_ptr + row)
     row_ptr = logits_ptr + row.to(tl.int64) * stride
-    QUARTER: tl.constexpr = BLOCK // 4
-    best_val = tl.full([QUARTER], float("-inf"), dtype=tl.float32)
-    best_idx = tl.zeros([QUARTER], dtype=tl.int32)
-    lo = split * chunk
-    hi = tl.minimum(lo + chunk, V)
-    for start in range(lo, hi, BLOCK):
-        counters = start // 4 + tl.arange(0, QUARTER)
-        u0, u1, u2, u3 = tl.rand4x(seed, row * ((V + 3) // 4) + counters)
-        ids = 4 * counters
-        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids, hi, inv_t, u0)
-        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids + 1, hi, inv_t, u1)
-        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids + 2, hi, inv_t, u2)
-        best_val, best_idx = _race(best_val, best_idx, row_ptr, ids + 3, hi, inv_t, u3)
-    top = tl.max(best_val, 0)
-    # lowest index among the lanes holding the maximum
-    idx = tl.min(tl.where(best_val == top, best_idx, V), 0)
-    out = row * tl.num_programs(1) + split
-    tl.store(best_val_ptr + out, top)
-    tl.store(best_idx_ptr + out, idx)
+    first = split * blocks_per_program
+    for b in range(first, tl.minimum(first + blocks_per_program, NUM_BLOCKS)):
+        y = _scaled_logits(row_ptr, b * BLOCK + tl.arange(0, BLOCK), V, scale)
+        m = tl.max(y, 0)
+        tl.store(block_max_ptr + row * NUM_BLOCKS + b, m)
+        m = tl.where(m == float("-inf"), 0.0, m)  # a block of -inf logits: sum 0, not NaN
+        tl.store(block_sum_ptr + row * NUM_BLOCKS + b, tl.sum(tl.exp2(y - m), 0))
+
+
+@triton.jit(do_not_specialize=["seed"])  # a fresh seed each step (one in 16 would compile a second variant)
+def _draw_kernel(
+    logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, out_ptr, stride, seed,
+    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
+    wait_for_previous_kernel(USE_PDL)
+    row = tl.program_id(0)
+    u_block, u_id, _, _ = tl.rand4x(seed, row)
+    # Which block: by the blocks' shares of the row's sum of exponentials.
+    offs_b = tl.arange(0, BLOCK_B)
+    b_mask = offs_b < NUM_BLOCKS
+    m = tl.load(block_max_ptr + row * NUM_BLOCKS + offs_b, mask=b_mask, other=float("-inf"))
+    top = tl.max(m, 0)
+    top = tl.where(top == float("-inf"), 0.0, top)  # only a row of -inf logits; it draws id 0
+    w = tl.load(block_sum_ptr + row * NUM_BLOCKS + offs_b, mask=b_mask, other=0.0) * tl.exp2(m - top)
+    below = tl.sum((tl.cumsum(w, 0) <= u_block * tl.sum(w, 0)).to(tl.int32), 0)
+    # Rounding can leave the running sum a hair under u * total at the end: take the last block with weight.
+    b = tl.minimum(below, tl.max(tl.where(w > 0.0, offs_b, 0), 0))
+    # Which id in the block: the same walk over its own exponentials.
+    ids = b * BLOCK + tl.arange(0, BLOCK)
+    scale = LOG2E / tl.load(temp_ptr + row)
+    m_b = tl.load(block_max_ptr + row * NUM_BLOCKS + b)
+    m_b = tl.where(m_b == float("-inf"), 0.0, m_b)
+    e = tl.exp2(_scaled_logits(logits_ptr + row.to(tl.int64) * stride, ids, V, scale) - m_b)
+    below = tl.sum((tl.cumsum(e, 0) <= u_id * tl.sum(e, 0)).to(tl.int32), 0)
+    last = tl.max(tl.where(e > 0.0, tl.arange(0, BLOCK), 0), 0)
+    tl.store(out_ptr + row, (b * BLOCK + tl.minimum(below, last)).to(tl.int64))
 
 
 MAX_SPLITS = 64
-
-
-@triton.jit(do_not_specialize=["splits"])  # one compiled variant for every batch size
-def _pick_best_split_kernel(
-    best_val_ptr, best_idx_ptr, out_ptr, splits, V: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr
-):
-    wait_for_previous_kernel(USE_PDL)
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_S)
-    mask = offs < splits
-    vals = tl.load(best_val_ptr + row * splits + offs, mask=mask, other=float("-inf"))
-    idxs = tl.load(best_idx_ptr + row * splits + offs, mask=mask, other=V)
-    top = tl.max(vals, 0)
-    tl.store(out_ptr + row, tl.min(tl.where(vals == top, idxs, V), 0).to(tl.int64))
+# The block sums read the logits once and do little else, so the loads in flight set their pace:
+# at least 8 programs per SM where the vocabulary allows (16 fit: 32 registers, 4 warps).
+PROGRAMS_PER_SM = 8
 
 
 def num_vocab_splits(num_rows: int, vocab: int, num_sms: int, block: int) -> int:
-    """Enough programs for ~2 per SM, in powers of two (few compiled variants), each at least one block."""
+    """Programs per row for the block sums: PROGRAMS_PER_SM per SM or more in all, a power of two,
+    about two blocks each at least."""
     splits = 1
-    while num_rows * splits < 2 * num_sms and splits * 2 * block <= vocab and splits < MAX_SPLITS:
+    while num_rows * splits < PROGRAMS_PER_SM * num_sms and splits * 2 * block <= vocab and splits < MAX_SPLITS:
         splits *= 2
     return splits
 
 
-def gumbel_argmax(
-    logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator | None = None, splits: int | None = None
+def inverse_cdf_sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    generator: torch.Generator | None = None,
+    splits: int | None = None,
+    block: int = 2048,
 ) -> torch.Tensor:
     """One sample per row from softmax(logits / temperature); logits [B, V] with unit column stride.
 
-    ``generator`` (a CPU one; default: torch's global) draws the kernel's seed.
-    Each row's vocabulary is scanned in ``splits`` parts (default: enough to
-    fill the GPU; a batch of 1 would otherwise run on one SM), whose winners a
-    second kernel compares. The draw does not depend on ``splits``.
+    ``generator`` (a CPU one; default: torch's global) draws the kernels' seed. ``splits``: programs
+    per row for the block sums (default: enough to fill the GPU; a batch of 1 would otherwise run on
+    one SM); the draw does not depend on it. ``block`` (ids per block, a power of two; the draw does
+    depend on it) other than the default is for tests.
     """
     num_rows, vocab = logits.shape
-    block = min(2048, triton.next_power_of_2(vocab))
     assert splits is None or 1 <= splits <= MAX_SPLITS, splits
+    block = min(block, triton.next_power_of_2(vocab))
+    num_blocks = triton.cdiv(vocab, block)
     if splits is None:
         splits = num_vocab_splits(num_rows, vocab, num_sms(logits.device), block)
-    chunk = triton.cdiv(triton.cdiv(vocab, splits), 64) * 64  # split starts stay aligned for vector loads
-    best_val = torch.empty(num_rows, splits, dtype=torch.float32, device=logits.device)
-    best_idx = torch.empty(num_rows, splits, dtype=torch.int32, device=logits.device)
+    block_max = torch.empty(num_rows, num_blocks, dtype=torch.float32, device=logits.device)
+    block_sum = torch.empty(num_rows, num_blocks, dtype=torch.float32, device=logits.device)
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())  # CPU draw: no device sync
     pdl = pdl_launch_args(logits)
-    _gumbel_argmax_kernel[(num_rows, splits)](
-        logits, temperature, best_val, best_idx, logits.stride(0), seed, chunk, V=vocab, BLOCK=block, **pdl, num_warps=8
-    )
-    _pick_best_split_kernel[(num_rows,)](best_val, best_idx, out, splits, V=vocab, BLOCK_S=MAX_SPLITS, **pdl)
+    _block_sums_kernel[(num_rows, splits)](
+        logits, temperature, block_max, block_sum, logits.stride(0), triton.cdiv(num_blocks, splits),
+        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, **pdl, num_warps=4,
+    )  # fmt: skip
+    _draw_kernel[(num_rows,)](
+        logits, temperature, block_max, block_sum, out, logits.stride(0), seed,
+        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, BLOCK_B=max(16, triton.next_power_of_2(num_blocks)), **pdl, num_warps=8,
+    )  # fmt: skip
     return out
