@@ -16,8 +16,9 @@
 # GEMV-prologue, skinny-GEMM, prompt-matmul and element-wise sections: more now, not re-timed).
 # Reading a call's output takes minutes, by which time its machine has gone back (30 s idle), so a
 # session's plan is two calls, the first deciding, the second measuring the decided defaults:
-#   1. Here: `mkdir -p .ab && for f in attention/ops/triton_prefill_attention.py model_executor/layers/fused_kernels.py;
-#      do git show 0b6d334:folovllm/$f > .ab/$(basename $f); done`, then on the device (carry [".ab"], timeout 560):
+#   1. Here: `mkdir -p .ab && for f in attention/ops/triton_prefill_attention.py model_executor/layers/fused_kernels.py
+#      sample/ops/triton_sample.py; do git show 0b6d334:folovllm/$f > .ab/$(basename $f); done`, then on the device
+#      (carry [".ab"], timeout 560):
 #      `TESTS_LIMIT=200 SWITCHES_LIMIT=190 KERNELS_LIMIT=140 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
 #      - tests: every kernel's, then the GPU engine tests (PDL's among them: same tokens as without);
 #      - switches: no switch / pdl / fused_gemv / skinny_gemm / all three, two rounds (10 engines,
@@ -27,7 +28,8 @@
 #      - kernels: the lines that fill those tables with the best configuration per shape: "one-row
 #        shapes where the fused GEMV beats the two kernels", "where the skinny GEMM beats every
 #        library"; the FP8 decode row "V via registers" (v_via_registers' default); "element-wise":
-#        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn; and
+#        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn; the
+#        sampler (two uniforms per row, section 20) against 0b6d334's Gumbel-max kernel, in turn; and
 #        the prefill rows "list as in a graph": today's kernel (programs walk the list) against
 #        0b6d334's (a program per item, padding included), which is what says how much of TTFT the
 #        padding was. The prefill sweep comes last and may be cut (measured in full on 2026-11-27).
@@ -37,8 +39,9 @@
 #      allows; what they wrote to $OUT still comes back.
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
-# folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py and
-# folovllm/model_executor/layers/fused_kernels.py, then `BASELINE=.ab` for `kernels` (run's carry:
+# folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
+# folovllm/model_executor/layers/fused_kernels.py and folovllm/sample/ops/triton_sample.py, then
+# `BASELINE=.ab` for `kernels` (run's carry:
 # [".ab"]). The old files import today's helpers (load_kv_tile and the rest), so those must still
 # take their calls.
 set -u
