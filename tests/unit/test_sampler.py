@@ -226,3 +226,25 @@ def test_fused_sampler_draws_the_same_however_the_vocabulary_is_split():
     # Qwen3's vocabulary on an H100 (132 SMs): 64 splits for batch 1 and 8, 32 for 64 rows, 8 for 256
     assert [num_vocab_splits(b, 151_936, 132, 2048) for b in (1, 8, 64, 256)] == [64, 64, 32, 8]
     assert num_vocab_splits(1, 100, 132, 128) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Qwen3's vocabulary at scale: too slow for the interpreter")
+def test_fused_sampler_frequencies_at_qwen3_vocabulary_on_gpu():
+    """Qwen3's 151,936 ids (75 blocks of 2,048, the last one short), bf16 logits, 50,000 draws at the
+    engine's split count and at one split: chi-square over every id expected 5 times or more, the
+    rest pooled. (The rows are one row repeated by a zero stride; the kernels read it as any row.)"""
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+
+    vocab, n = 151_936, 50_000
+    g = torch.Generator(device="cuda").manual_seed(0)
+    row = (torch.randn(vocab, device="cuda", generator=g) * 2.0).to(torch.bfloat16)
+    probs = (row.float() / 0.8).softmax(-1).double().cpu()
+    keep = probs * n >= 5
+    for splits in (None, 1):
+        torch.manual_seed(9)
+        draws = inverse_cdf_sample(row.expand(n, vocab), torch.full((n,), 0.8, device="cuda"), splits=splits).cpu()
+        observed = torch.bincount(draws, minlength=vocab).double()
+        obs = torch.cat([observed[keep], observed[~keep].sum().view(1)])
+        exp = torch.cat([probs[keep], probs[~keep].sum().view(1)]) * n
+        chi2, dof = ((obs - exp) ** 2 / exp).sum().item(), len(obs) - 1
+        assert chi2 < dof + 4 * (2 * dof) ** 0.5, (splits, chi2, dof)  # ~p = 0.0001 by the normal approximation
