@@ -223,15 +223,16 @@ class ModelRunner:
         return num_kv_splits(num_seqs, self.num_kv_heads, max_seq_len, self.num_sms)
 
     def _make_metadata(
-        self, qsl: np.ndarray, seq_lens: np.ndarray, block_table: np.ndarray, slots: np.ndarray, graph_size: int | None
+        self, qsl: np.ndarray, seq_lens: np.ndarray, block_table: np.ndarray, slots: np.ndarray, graph_size: int | None,
+        decode: bool,
     ) -> AttentionMetadata:  # fmt: skip
         """The step's attention metadata, its arrays copied to the device buffers; for a CUDA graph,
         padded to the graph's size: padding tokens write no cache slot (-1), padding decode rows
-        have no context (0), and the work list's unused rows are (-1, -1)."""
+        have no context (0), and the work list's unused rows are (-1, -1). ``decode``: one query
+        token per sequence."""
         buf, num_seqs = self.buffers, len(seq_lens)
         query_lens = np.diff(qsl)
         max_query_len, max_seq_len = int(query_lens.max()), int(seq_lens.max())
-        decode = max_query_len == 1
         tiles = self.attn_backend.make_prefill_tiles(query_lens, seq_lens, self.model_config.get_head_dim()) if not decode else None
         if tiles is not None:
             num_tiles = self.graph_runner.tiles_for[graph_size] if graph_size is not None else len(tiles)
@@ -281,13 +282,14 @@ class ModelRunner:
         block_table = batch.block_table.gather(rows)
         slots = slot_mapping(block_table, batch_index, positions, self.block_size)
         num_tokens = len(positions)
+        decode = bool(counts.max() == 1)
         graph_size = None
         if self.graph_runner is not None:
-            graph_size = self.graph_runner.graph_size(num_tokens, num_seqs, decode=bool(counts.max() == 1))
+            graph_size = self.graph_runner.graph_size(num_tokens, num_seqs, decode=decode)
         if self.inputs_copied is not None:
             self.inputs_copied.synchronize()  # the last step's copies have read the host buffers
         buf = self.buffers
-        meta = self._make_metadata(qsl, ends, block_table, slots, graph_size)
+        meta = self._make_metadata(qsl, ends, block_table, slots, graph_size, decode)
         input_ids_dev = buf.input_ids.copy_to_gpu(input_ids, graph_size)[:num_tokens]
         if len(pending):
             src = [self.prev_sampled_rows[states[i].req_id] for i in batch_index[pending].tolist()]
