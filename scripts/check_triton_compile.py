@@ -232,6 +232,9 @@ def _sampler_cases():
     for dtype in (BF16, FP32):
         logits = torch.zeros(3, 151_936, dtype=dtype)
         yield f"sampler, split ({dtype} logits)", lambda: inverse_cdf_sample(logits, torch.ones(3), splits=8)
+        greedy = torch.tensor([True, False, True])
+        yield (f"sampler with greedy rows, split ({dtype} logits)",
+               lambda: inverse_cdf_sample(logits, torch.ones(3), splits=8, greedy=greedy))  # fmt: skip
 
 
 def _gptq_cases():
@@ -341,6 +344,12 @@ def _per_step_value_cases():
         for seed in (lambda x: x % 16 != 0, lambda x: x % 16 == 0)  # the kernel's seed: both specialisations
     ]
     yield "sampler, batch sizes 1..64, split counts 1..64, seeds", (sample._block_sums_kernel, sample._draw_kernel), calls
+    greedy = torch.arange(64) % 3 == 0
+    calls = [
+        lambda b=b, splits=splits: sample.inverse_cdf_sample(logits[:b], torch.ones(b), splits=splits, greedy=greedy[:b])
+        for b, splits in ((2, 1), (16, 16), (64, 64))
+    ]
+    yield "sampler with greedy rows, batch sizes 2..64", (sample._block_sums_kernel, sample._draw_kernel), calls
     qweight, qzeros = torch.zeros(128, 512, dtype=torch.int32), torch.zeros(8, 64, dtype=torch.int32)
     scales = torch.zeros(8, 512, dtype=BF16)
     yield "GPTQ GEMM, M 1..16 (one BLOCK_M)", (gptq._gptq_gemm_kernel,), [

@@ -10,9 +10,10 @@ Random draws use the "exponential race": argmax(p / E) with E ~ Exp(1) is a
 sample from p, needs no host sync (unlike torch.multinomial), and lets a
 seeded row draw its E from its own generator, so its output does not depend
 on which other requests share the batch. On a GPU, a batch of plain
-temperature rows (no per-request seed) goes to two Triton kernels that invert
-the softmax's cumulative distribution instead (``ops/triton_sample.py``): two
-random numbers per row rather than one per vocabulary id.
+temperature rows (no per-request seed; greedy rows may be among them) goes to
+two Triton kernels that invert the softmax's cumulative distribution instead
+(``ops/triton_sample.py``): two random numbers per row rather than one per
+vocabulary id.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Sampler(nn.Module):
         if _fused_sampling_applies(logits, md):
             from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
-            sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator)
+            sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator, greedy=md.greedy_mask)
             return self._output(sampled, raw_logprobs, md)
         logits = logits.float()
         for row, stop_ids in md.min_tokens_stop_ids.items():
@@ -112,11 +113,12 @@ class Sampler(nn.Module):
 
 
 def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
-    """Plain temperature sampling of every row, on a GPU: one fused kernel does it all."""
+    """Plain temperature sampling, greedy rows beside it or not, on a GPU: the fused kernels do it
+    all. (Every row greedy: one argmax is less work.)"""
     return (
         logits.is_cuda
         and HAS_TRITON
-        and md.all_random
+        and not md.all_greedy
         and not md.generators
         and md.top_k is None
         and md.top_p is None

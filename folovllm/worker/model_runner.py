@@ -182,8 +182,9 @@ class ModelRunner:
 
         The profile run compiled the big-batch paths; these short steps add the
         small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
-        greedy, plain temperature (the fused sampler kernels on a GPU) and
-        top-k/top-p. Triton would otherwise compile them inside a user's
+        greedy, plain temperature (the fused sampler kernels on a GPU), the
+        two side by side (their variant with greedy rows) and top-k/top-p.
+        Triton would otherwise compile them inside a user's
         request. Without CUDA graphs (``enforce_eager``) decode steps run the
         decode kernel eagerly too, split and unsplit: two decode steps compile
         both (graph capture compiles them otherwise). The dummy K/V land in
@@ -192,8 +193,12 @@ class ModelRunner:
         """
         generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
         states = [g.get_state() for g in generators]
-        for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=1.0), SamplingParams(top_k=8, top_p=0.9)):
-            self._dummy_run([min(8, self.max_model_len, self.config.scheduler_config.max_num_batched_tokens)], params)
+        budget = self.config.scheduler_config.max_num_batched_tokens
+        greedy, temperature = SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)
+        for params in (greedy, temperature, SamplingParams(top_k=8, top_p=0.9)):
+            self._dummy_run([min(8, self.max_model_len, budget)], params)
+        if self.max_num_seqs > 1:  # (the budget holds max_num_seqs tokens at least)
+            self._dummy_run([min(8, self.max_model_len, budget // 2)] * 2, [greedy, temperature])
         if self.config.enforce_eager:
             longest = min(self.max_model_len, self.kv_cache.shape[2] * self.block_size)  # the longest a sequence can get
             self._dummy_run([min(2, longest)], SamplingParams(temperature=0.0), decode=True)  # unsplit
@@ -202,13 +207,15 @@ class ModelRunner:
         for gen, state in zip(generators, states):
             gen.set_state(state)
 
-    def _dummy_run(self, lens: list[int], params: SamplingParams, decode: bool = False) -> None:
+    def _dummy_run(self, lens: list[int], params: SamplingParams | list[SamplingParams], decode: bool = False) -> None:
         """One step of dummy sequences (token 0) of ``lens`` tokens, in blocks 0, 1, ...; then forgets them.
-        A prefill of every token, or with ``decode`` only each sequence's last (the rest count as cached)."""
+        A prefill of every token, or with ``decode`` only each sequence's last (the rest count as cached).
+        ``params``: the sequences' sampling settings, one for all or a list of one each."""
         num_blocks = [cdiv(n, self.block_size) for n in lens]
         first_block = np.cumsum([0] + num_blocks)
+        each = params if isinstance(params, list) else [params] * len(lens)
         new_reqs = [
-            NewRequestData(-1 - i, [0] * n, params, list(range(first_block[i], first_block[i + 1])), n - 1 if decode else 0)
+            NewRequestData(-1 - i, [0] * n, each[i], list(range(first_block[i], first_block[i + 1])), n - 1 if decode else 0)
             for i, n in enumerate(lens)
         ]
         ids = [r.req_id for r in new_reqs]

@@ -273,5 +273,7 @@ def test_gpu_no_triton_kernel_compiles_after_start_up(tiny_model, enforce_eager)
         llm.generate(prompts, params, use_tqdm=False)
         llm.generate(prompts[:1], params, use_tqdm=False)
     llm.generate(prompts[-1:], SamplingParams(max_tokens=3, prompt_logprobs=1), use_tqdm=False)
+    greedy_and_random = [SamplingParams(temperature=0.8 * (i % 2), max_tokens=5, ignore_eos=True) for i in range(len(prompts))]
+    llm.generate(prompts, greedy_and_random, use_tqdm=False)  # the fused sampler's variant with greedy rows
     after = compiled_kernel_variants()
     assert {k: (before.get(k, 0), v) for k, v in after.items() if v != before.get(k, 0)} == {}

@@ -208,6 +208,28 @@ def test_fused_sampler_rows_far_below_zero_beside_empty_blocks():
     assert set(draws[:40]) == {250, 260} and draws[40] == 0
 
 
+def test_fused_sampler_greedy_rows_beside_random_ones():
+    """Greedy rows take torch.argmax's id (the lowest among equal maxima, across blocks too, and in
+    a block after the first); the random rows draw what they draw without greedy rows beside them."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(0))
+    logits[0, 250] = logits[0, 290] = 9.0  # a tie across blocks 3 and 4
+    logits[2, 3] = logits[2, 40] = 8.0  # a tie inside block 0
+    logits[4, 299] = 7.0  # the max in the last, short block
+    logits = logits.to(device)
+    greedy = torch.tensor([True, False, True, False, True, False], device=device)
+    temperature = torch.tensor([1.0, 0.7, 1.0, 1.3, 1.0, 0.9], device=device)
+    torch.manual_seed(1)
+    mixed = inverse_cdf_sample(logits, temperature, block=64, greedy=greedy).cpu()
+    torch.manual_seed(1)
+    alone = inverse_cdf_sample(logits, temperature, block=64).cpu()
+    assert mixed[0::2].tolist() == logits.argmax(-1)[0::2].tolist() == [250, 3, 299]
+    assert torch.equal(mixed[1::2], alone[1::2])
+
+
 def test_fused_sampler_draws_the_same_however_the_vocabulary_is_split():
     """Splits only share out the block sums: the draw of a row is fixed by the seed and the logits."""
     pytest.importorskip("triton")

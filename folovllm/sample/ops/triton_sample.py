@@ -45,10 +45,11 @@ def _scaled_logits(row_ptr, ids, V: tl.constexpr, scale):
 # The number of blocks per program follows the batch size: not specialised on.
 @triton.jit(do_not_specialize=["blocks_per_program"])
 def _block_sums_kernel(
-    logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, stride, blocks_per_program,
-    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, USE_PDL: tl.constexpr,
+    logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, block_arg_ptr, stride, blocks_per_program,
+    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, HAS_GREEDY: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    """Program (row, split): blocks [split * blocks_per_program, ...) of its row."""
+    """Program (row, split): blocks [split * blocks_per_program, ...) of its row. With greedy rows in
+    the batch, also each block's first id holding its max (a greedy row's temperature reads as 1)."""
     wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -57,7 +58,11 @@ def _block_sums_kernel(
     first = split * blocks_per_program
     for b in range(first, tl.minimum(first + blocks_per_program, NUM_BLOCKS)):
         y = _scaled_logits(row_ptr, b * BLOCK + tl.arange(0, BLOCK), V, scale)
-        m = tl.max(y, 0)
+        if HAS_GREEDY:
+            m, arg = tl.max(y, 0, return_indices=True)
+            tl.store(block_arg_ptr + row * NUM_BLOCKS + b, arg)
+        else:
+            m = tl.max(y, 0)
         tl.store(block_max_ptr + row * NUM_BLOCKS + b, m)
         m = tl.where(m == float("-inf"), 0.0, m)  # a block of -inf logits: sum 0, not NaN
         tl.store(block_sum_ptr + row * NUM_BLOCKS + b, tl.sum(tl.exp2(y - m), 0))
@@ -65,8 +70,9 @@ def _block_sums_kernel(
 
 @triton.jit(do_not_specialize=["seed"])  # a fresh seed each step (one in 16 would compile a second variant)
 def _draw_kernel(
-    logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, out_ptr, stride, seed,
-    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, USE_PDL: tl.constexpr,
+    logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, block_arg_ptr, greedy_ptr, out_ptr, stride, seed,
+    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, HAS_GREEDY: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
     wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
@@ -89,7 +95,12 @@ def _draw_kernel(
     e = tl.exp2(_scaled_logits(logits_ptr + row.to(tl.int64) * stride, ids, V, scale) - m_b)
     below = tl.sum((tl.cumsum(e, 0) <= u_id * tl.sum(e, 0)).to(tl.int32), 0)
     last = tl.max(tl.where(e > 0.0, tl.arange(0, BLOCK), 0), 0)
-    tl.store(out_ptr + row, (b * BLOCK + tl.minimum(below, last)).to(tl.int64))
+    token = b * BLOCK + tl.minimum(below, last)
+    if HAS_GREEDY:  # a greedy row takes the first block holding its max, and that block's first id holding it
+        best = tl.argmax(m, 0)
+        argmax = best * BLOCK + tl.load(block_arg_ptr + row * NUM_BLOCKS + best)
+        token = tl.where(tl.load(greedy_ptr + row).to(tl.int1), argmax, token)
+    tl.store(out_ptr + row, token.to(tl.int64))
 
 
 MAX_SPLITS = 64
@@ -113,8 +124,11 @@ def inverse_cdf_sample(
     generator: torch.Generator | None = None,
     splits: int | None = None,
     block: int = 2048,
+    greedy: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One sample per row from softmax(logits / temperature); logits [B, V] with unit column stride.
+    ``greedy`` (bool [B], or None for none): rows that take their argmax instead (lowest id among
+    equal maxima, as ``torch.argmax``); their temperature is read as a scale and should be positive.
 
     ``generator`` (a CPU one; default: torch's global) draws the kernels' seed. ``splits``: programs
     per row for the block sums (default: enough to fill the GPU; a batch of 1 would otherwise run on
@@ -129,15 +143,18 @@ def inverse_cdf_sample(
         splits = num_vocab_splits(num_rows, vocab, num_sms(logits.device), block)
     block_max = torch.empty(num_rows, num_blocks, dtype=torch.float32, device=logits.device)
     block_sum = torch.empty(num_rows, num_blocks, dtype=torch.float32, device=logits.device)
+    has_greedy = greedy is not None
+    block_arg = torch.empty(num_rows, num_blocks, dtype=torch.int32, device=logits.device) if has_greedy else block_sum
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())  # CPU draw: no device sync
     pdl = pdl_launch_args(logits)
     _block_sums_kernel[(num_rows, splits)](
-        logits, temperature, block_max, block_sum, logits.stride(0), triton.cdiv(num_blocks, splits),
-        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, **pdl, num_warps=4,
+        logits, temperature, block_max, block_sum, block_arg, logits.stride(0), triton.cdiv(num_blocks, splits),
+        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, HAS_GREEDY=has_greedy, **pdl, num_warps=4,
     )  # fmt: skip
     _draw_kernel[(num_rows,)](
-        logits, temperature, block_max, block_sum, out, logits.stride(0), seed,
-        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, BLOCK_B=max(16, triton.next_power_of_2(num_blocks)), **pdl, num_warps=8,
+        logits, temperature, block_max, block_sum, block_arg, greedy if has_greedy else out, out, logits.stride(0), seed,
+        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, BLOCK_B=max(16, triton.next_power_of_2(num_blocks)),
+        HAS_GREEDY=has_greedy, **pdl, num_warps=8,
     )  # fmt: skip
     return out
