@@ -270,3 +270,21 @@ def test_fused_sampler_frequencies_at_qwen3_vocabulary_on_gpu():
         exp = torch.cat([probs[keep], probs[~keep].sum().view(1)]) * n
         chi2, dof = ((obs - exp) ** 2 / exp).sum().item(), len(obs) - 1
         assert chi2 < dof + 4 * (2 * dof) ** 0.5, (splits, chi2, dof)  # ~p = 0.0001 by the normal approximation
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
+def test_sampler_sends_greedy_and_temperature_rows_to_the_fused_kernels_on_gpu(monkeypatch):
+    """A batch of greedy and unseeded temperature rows goes to the fused kernels with its greedy mask;
+    the greedy rows come back as torch.argmax's ids."""
+    from folovllm.sample.ops import triton_sample
+
+    calls = []
+    real = triton_sample.inverse_cdf_sample
+    monkeypatch.setattr(triton_sample, "inverse_cdf_sample", lambda *a, **k: calls.append(k.get("greedy")) or real(*a, **k))
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0.7), SamplingParams(temperature=0), SamplingParams(temperature=1.2)]
+    states = [CachedRequestState(i, i, [1, 2, 3], [], p, None, 3) for i, p in enumerate(params)]
+    md = build_sampling_metadata(states, 5000, torch.device("cuda"))
+    logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
+    out = Sampler()(logits, md).sampled_token_ids.cpu()
+    assert len(calls) == 1 and calls[0].tolist() == [True, False, True, False]
+    assert out[[0, 2]].tolist() == logits.float().argmax(-1)[[0, 2]].tolist()
