@@ -19,6 +19,9 @@ Two kernels, so that the walk does not read the whole row again:
    = p(id); two uniforms, rather than one carried down, keep the second choice as
    fine as the first when the chosen block holds little of the row's mass.
 
+Greedy rows may sit among them (a ``greedy`` mask): the first kernel then also
+keeps each block's first id holding its max, and a greedy row takes its argmax.
+
 The uniforms come from Triton's counter-based RNG, seeded from a host generator
 (the engine's, seeded by its ``seed``; or torch's global one), so runs repeat,
 and a row's draw depends neither on the batch beside it nor on ``splits``.
