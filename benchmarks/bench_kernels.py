@@ -464,13 +464,13 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
     for batch in scale["sampler_batches"]:
         logits = torch.randn(batch, vocab, dtype=scale["dtype"], device=dev)
         temperature = torch.full((batch,), 0.6, device=dev)
-        t = graph_time(lambda: inverse_cdf_sample(logits, temperature))
+        today = functools.partial(inverse_cdf_sample, logits, temperature)
+        t = graph_time(today)
         print(f"sampler B={batch:4d} vocab={vocab}, in a graph: {t * 1e6:7.1f} us "
               f"({logits.numel() * logits.element_size() / t / bw:.0%} of copy bandwidth)")  # fmt: skip
         if baseline is not None:  # a file from before 2026-11-27 samples with gumbel_argmax
             old = getattr(baseline, "gumbel_argmax", None) or baseline.inverse_cdf_sample
-            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in
-                  in_turn([lambda: inverse_cdf_sample(logits, temperature), lambda: old(logits, temperature)])]
+            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in in_turn([today, lambda: old(logits, temperature)])]
             print(f"    today / baseline ({old.__name__}), us in turn: {us[0]} / {us[1]}")
 
 

@@ -201,9 +201,9 @@ class ModelRunner:
             self._dummy_run([min(8, self.max_model_len, budget // 2)] * 2, [greedy, temperature])
         if self.config.enforce_eager:
             longest = min(self.max_model_len, self.kv_cache.shape[2] * self.block_size)  # the longest a sequence can get
-            self._dummy_run([min(2, longest)], SamplingParams(temperature=0.0), decode=True)  # unsplit
+            self._dummy_run([min(2, longest)], greedy, decode=True)  # unsplit
             if self._num_kv_splits(1, longest) > 1:  # one sequence at the longest context: split
-                self._dummy_run([longest], SamplingParams(temperature=0.0), decode=True)
+                self._dummy_run([longest], greedy, decode=True)
         for gen, state in zip(generators, states):
             gen.set_state(state)
 

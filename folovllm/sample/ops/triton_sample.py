@@ -71,6 +71,14 @@ def _block_sums_kernel(
         tl.store(block_sum_ptr + row * NUM_BLOCKS + b, tl.sum(tl.exp2(y - m), 0))
 
 
+@triton.jit
+def _walk(weights, offs, u):
+    """The first index where the running sum of ``weights`` passes ``u`` times their total. Rounding can
+    leave the running sum a hair under it at the end: then the last index with weight, never one past it."""
+    below = tl.sum((tl.cumsum(weights, 0) <= u * tl.sum(weights, 0)).to(tl.int32), 0)
+    return tl.minimum(below, tl.max(tl.where(weights > 0.0, offs, 0), 0))
+
+
 @triton.jit(do_not_specialize=["seed"])  # a fresh seed each step (one in 16 would compile a second variant)
 def _draw_kernel(
     logits_ptr, temp_ptr, block_max_ptr, block_sum_ptr, block_arg_ptr, greedy_ptr, out_ptr, stride, seed,
@@ -87,18 +95,14 @@ def _draw_kernel(
     top = tl.max(m, 0)
     top = tl.where(top == float("-inf"), 0.0, top)  # only a row of -inf logits; it draws id 0
     w = tl.load(block_sum_ptr + row * NUM_BLOCKS + offs_b, mask=b_mask, other=0.0) * tl.exp2(m - top)
-    below = tl.sum((tl.cumsum(w, 0) <= u_block * tl.sum(w, 0)).to(tl.int32), 0)
-    # Rounding can leave the running sum a hair under u * total at the end: take the last block with weight.
-    b = tl.minimum(below, tl.max(tl.where(w > 0.0, offs_b, 0), 0))
+    b = _walk(w, offs_b, u_block)
     # Which id in the block: the same walk over its own exponentials.
-    ids = b * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.arange(0, BLOCK)
     scale = LOG2E / tl.load(temp_ptr + row)
     m_b = tl.load(block_max_ptr + row * NUM_BLOCKS + b)
     m_b = tl.where(m_b == float("-inf"), 0.0, m_b)
-    e = tl.exp2(_scaled_logits(logits_ptr + row.to(tl.int64) * stride, ids, V, scale) - m_b)
-    below = tl.sum((tl.cumsum(e, 0) <= u_id * tl.sum(e, 0)).to(tl.int32), 0)
-    last = tl.max(tl.where(e > 0.0, tl.arange(0, BLOCK), 0), 0)
-    token = b * BLOCK + tl.minimum(below, last)
+    e = tl.exp2(_scaled_logits(logits_ptr + row.to(tl.int64) * stride, b * BLOCK + offs, V, scale) - m_b)
+    token = b * BLOCK + _walk(e, offs, u_id)
     if HAS_GREEDY:  # a greedy row takes the first block holding its max, and that block's first id holding it
         best = tl.argmax(m, 0)
         argmax = best * BLOCK + tl.load(block_arg_ptr + row * NUM_BLOCKS + best)
