@@ -1,10 +1,10 @@
-"""The engine's off-by-default speed switches, each alone and all together, against none, in one process.
+"""The engine's speed switches, each alone and all together, against none, in one process.
 
-Switches that wait for a GPU to say whether they help:
+Switches a GPU run decides on:
 
 * ``pdl``: programmatic dependent launch (``folovllm.utils.pdl``): each Triton kernel of a step
   launches while the one before it still runs, and the one-row matmul fetches its weights into L2
-  meanwhile;
+  meanwhile (on by default since the H100 run of 2026-11-27; "no switch" here turns it off);
 * ``fused_gemv``: at one row, the RMSNorm (with the residual add) inside the q/k/v and gate/up
   GEMVs and SiLU-and-mul inside down's (``triton_gemv.FUSED_GEMV_CONFIGS``, filled here with each
   shape's plain GEMV configuration): seven kernels per layer instead of ten;

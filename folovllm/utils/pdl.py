@@ -17,8 +17,10 @@ What needs nothing from the kernel before runs ahead of the wait: the one-row ma
 running. The kernels that do not take part (cuBLAS, torch's own) launch as usual, and a kernel
 launched with PDL after one of them simply waits for it.
 
-Off unless ``FOLOVLLM_PDL=1``, until a GPU run has measured it; it needs compute capability 9.0
-and a Triton whose CUDA launcher has the ``launch_pdl`` option (triton 3.6 has it).
+On by default (``FOLOVLLM_PDL=0`` turns it off) where it can run: compute capability 9.0 or later
+and a Triton whose CUDA launcher has the ``launch_pdl`` option (triton 3.6 has it). On an H100
+(2026-11-27, ``bench_switches.py``, two rounds) it took batch-1 TPOT down by 4.5% (median ratio
+0.955), left throughput and TTFT within noise (1.003, 1.031), and changed no greedy token.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-ENABLED = os.environ.get("FOLOVLLM_PDL", "0") == "1"
+ENABLED = os.environ.get("FOLOVLLM_PDL", "1") != "0"
 
 _OFF = {"USE_PDL": False}
 _ON = {"USE_PDL": True, "launch_pdl": True}

@@ -23,7 +23,7 @@ from folovllm.utils import pdl  # noqa: E402
 from tests.fixtures.python_process import python_prints  # noqa: E402
 
 
-def test_pdl_is_off_unless_asked_for_and_only_on_hopper_or_later(monkeypatch):
+def test_pdl_runs_only_when_enabled_and_only_on_hopper_or_later(monkeypatch):
     x = torch.zeros(1)
     monkeypatch.setattr(pdl, "ENABLED", False)
     monkeypatch.setattr(pdl, "_sm_major", lambda x: 9)
@@ -37,7 +37,7 @@ def test_pdl_is_off_unless_asked_for_and_only_on_hopper_or_later(monkeypatch):
     assert pdl.pdl_launch_args(x) == {"USE_PDL": False}  # a CPU tensor
 
 
-@pytest.mark.parametrize("value,expected", [(None, "False"), ("0", "False"), ("1", "True")])
+@pytest.mark.parametrize("value,expected", [(None, "True"), ("0", "False"), ("1", "True")])
 def test_the_switch_is_the_environment_variable(value, expected):
     assert python_prints("from folovllm.utils import pdl; print(pdl.ENABLED)", {"FOLOVLLM_PDL": value}) == expected
 
