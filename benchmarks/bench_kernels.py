@@ -58,7 +58,7 @@ SCALES = {
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
         prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
-        # (BLOCK_N, num_stages, V widened in registers); the engine's: 128, 2, no
+        # (BLOCK_N, num_stages, V widened in registers); the engine's: 128, 3, yes
         fp8_decode_variants=[(64, 2, False), (128, 2, False), (128, 1, False), (64, 2, True), (128, 2, True),
                              (64, 3, True), (128, 3, True)],
         mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
@@ -274,9 +274,9 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
         if cache_dtype == torch.float8_e4m3fn:
-            # SASS instructions per 128 keys (triton 3.6): 1,404 as the engine runs it (128 keys, 2 stages),
-            # 1,065 with V widened in registers (no byte-wise gather of V from shared memory); with it and
-            # 3 stages, 1,122 (128 keys) or 2 x 656 (64 keys), but 161 / 142 registers: 3 programs per SM, not 2
+            # SASS instructions per 128 keys (triton 3.6): 1,404 for 128 keys in 2 stages, 1,065 with V
+            # widened in registers (no byte-wise gather of V from shared memory); with it and 3 stages,
+            # 1,122 (128 keys: the engine's) or 2 x 656 (64 keys), 161 / 142 registers: 3 programs per SM
             row = []
             for block_n, stages, via_registers in scale["fp8_decode_variants"]:
                 t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
