@@ -89,6 +89,10 @@ def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
+        if self.__name__ == "_qk_norm_rope_store_kernel":  # one memory round trip, not one per load after a store
+            ptx = kernel.asm["ptx"]
+            if "st.global" in ptx and "ld.global" in ptx[ptx.index("st.global"):]:
+                raise RuntimeError(f"{self.__name__} loads after its first store")
         check_prefill = self.__name__ == "_prefill_kernel" and arch == 90
         if check_prefill or show_resources:
             md = kernel.metadata
