@@ -6,7 +6,8 @@
 (a) throughput on nano-vllm's workload (256 seqs, Qwen3-0.6B shapes, bf16), ``--runs`` times;
 (b) latency: TTFT of one 1024-token prompt (with the mixed-step CUDA graphs and
     without), TPOT at batch 1 over 256 tokens, start-up time (``LLM(...)`` to
-    ready), the first request after start-up against a warm one, and how many
+    ready, transformers already imported; the import, timed in a fresh process,
+    beside it), the first request after start-up against a warm one, and how many
     Triton kernel variants compiled after start-up (should be 0);
 (c) HF ``generate`` on the same workload in the same process;
 (d) the hardware floor of (a) and (b): bytes that must move (weights once
@@ -36,6 +37,7 @@ import random
 import re
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,6 +119,22 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new)
 
 
+def import_transformers() -> float:
+    """Import here what ``LLM(...)`` uses of transformers (its config and tokenizer classes), and
+    return the seconds a fresh Python process takes for that import.
+
+    ``LLM(...)`` imports them unless the script has already, and building a random checkpoint
+    imports them too: imported beforehand, and timed apart, the start-up row times the engine alone
+    whether or not this run built the checkpoint.
+    """
+    code = "import time; t = time.perf_counter(); from transformers import AutoConfig, AutoTokenizer; print(time.perf_counter() - t)"
+    secs = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    from transformers import AutoConfig, AutoTokenizer
+
+    del AutoConfig, AutoTokenizer
+    return secs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -142,6 +160,7 @@ def main() -> None:
     max_len = scale["max_len"]
     engine_kwargs = dict(device=device, dtype=scale["dtype"], max_model_len=2 * max_len + 64, enforce_eager=args.enforce_eager,
                          async_scheduling=not args.sync)  # fmt: skip
+    import_secs = import_transformers()
     t0 = time.perf_counter()
     llm = LLM(model, **engine_kwargs)
     sync(device)
@@ -252,7 +271,7 @@ def main() -> None:
          f"{ttft_floor * 1e3:.2f} ms", f"{ttft_floor / statistics.median(ttfts_eager):.0%}" if ttfts_eager else "-", "-"),
         ("(b) TPOT, batch 1", f"{tpot * 1e3:.2f} ms ({len(tpots)} runs, {min(tpots) * 1e3:.2f}-{max(tpots) * 1e3:.2f})",
          f"{tpot_floor * 1e3:.2f} ms", f"{tpot_floor / tpot:.0%}", "-"),
-        ("(b) start-up, `LLM(...)` to ready", f"{startup:.1f} s", "-", "-", "-"),
+        ("(b) start-up, `LLM(...)` to ready", f"{startup:.1f} s (+ {import_secs:.1f} s to import transformers)", "-", "-", "-"),
         ("(b) first request after start-up, 128-token prompt", f"{first_request * 1e3:.1f} ms",
          f"{warm_short_med * 1e3:.2f} ms (warm, median of {len(warm_short)})", f"{first_request / warm_short_med:.1f}x warm", "-"),
     ]  # fmt: skip

@@ -54,7 +54,9 @@ SCALES = {
         # the prefill sweep: (BLOCK_M, BLOCK_N) x warps x pipeline stages, each in batch and heaviest-first order
         prefill_sweep=([(32, 64), (64, 64), (128, 64), (64, 128), (128, 128)], (4, 8), (2, 3)),
         # (batch, context, split counts to try; the FP8 cache is tried at the last batch size)
-        decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)), (256, 1024, (1,))],
+        # (the workload's tail spends 30% of its time at 33-128 sequences: profile_step.py tail)
+        decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)),
+                          (32, 1024, (1, 2, 4, 8)), (96, 1024, (1, 2, 4)), (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
         prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
@@ -97,6 +99,13 @@ def main() -> None:
             t = device_time(lambda: paged_prefill_attention(*args, tiles, head_dim**-0.5))
             print(f"prefill B={batch:4d} len={qlen}{', list as in a graph' if graph else ''}: {t * 1e6:8.1f} us, "
                   f"{flops / t / 1e12:.1f} TFLOP/s (causal)")  # fmt: skip
+        # The sweep below launches a program per item, where heaviest first lost to batch order for 16
+        # prompts on 2026-11-27; the engine's programs walk the list in rounds instead.
+        today = sys.modules[paged_prefill_attention.__module__]
+        calls = [functools.partial(paged_prefill_attention, *args, engine_tiles(today, [qlen] * batch, head_dim, True, dev, order),
+                                   head_dim**-0.5) for order in (True, False)]  # fmt: skip
+        rates = [", ".join(f"{flops / t / 1e12:.0f}" for t in times) for times in in_turn(calls, reps=10)]
+        print(f"    list as in a graph, heaviest first (the engine's) / batch order, TFLOP/s in turn: {rates[0]} / {rates[1]}")
         if "prefill" in baseline:
             prefill_today_and_baseline(scale, baseline["prefill"], args, [qlen] * batch, flops)
     decode_in_graphs(scale, bw, baseline.get("decode"))
@@ -177,11 +186,12 @@ def load_baseline() -> dict:
     return modules
 
 
-def engine_tiles(module, query_lens: list[int], head_dim: int, graph: bool, dev: str) -> torch.Tensor:
-    """The work list ``module``'s prefill kernel gets from the engine, heaviest first; with ``graph``,
-    padded with (-1, -1) rows to the bound a CUDA graph of that many tokens holds (256 sequences)."""
+def engine_tiles(module, query_lens: list[int], head_dim: int, graph: bool, dev: str, heaviest_first: bool = True) -> torch.Tensor:
+    """The work list ``module``'s prefill kernel gets from the engine, heaviest first (or in batch
+    order); with ``graph``, padded with (-1, -1) rows to the bound a CUDA graph of that many tokens
+    holds (256 sequences)."""
     block_m = module.prefill_block_sizes(head_dim)[0]
-    tiles = torch.from_numpy(module.prefill_tiles(query_lens, block_m, heaviest_first=True))
+    tiles = torch.from_numpy(module.prefill_tiles(query_lens, block_m, heaviest_first=heaviest_first))
     if graph:
         rows = module.max_prefill_tiles(sum(query_lens), 256, block_m)
         tiles = torch.cat([tiles, torch.full((rows - len(tiles), 2), -1, dtype=torch.int32)])

@@ -156,6 +156,8 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
         finally:
             gc.callbacks.remove(gc_timer)
         engine.abort_request([str(i) for i in range(num_seqs)])
+        engine = None  # freed before the next kind's engine measures the GPU memory it may take
+        gc.collect()
 
 
 def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: int = 20) -> None:
