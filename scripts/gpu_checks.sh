@@ -8,35 +8,29 @@
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
-# `switches` is bench_switches.py (the engine's off-by-default switches, PDL, the fused one-row GEMV
+# `switches` is bench_switches.py (the engine's speed switches, PDL, the fused one-row GEMV
 # and the skinny GEMM, each alone and together against none: TPOT, TTFT, throughput, tokens).
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
-# (~30 s a machine) included. Timed on 2026-11-27: the tests ~300 s in all before the GPU engine
-# tests got a fixed small KV cache (less now, not re-timed), bench 100 s, kernels 50 s (before the
-# GEMV-prologue, skinny-GEMM, prompt-matmul and element-wise sections: more now, not re-timed).
-# Reading a call's output takes minutes, by which time its machine has gone back (30 s idle), so a
-# session's plan is two calls, the first deciding, the second measuring the decided defaults:
-#   1. Here: `mkdir -p .ab && for f in attention/ops/triton_prefill_attention.py model_executor/layers/fused_kernels.py
-#      sample/ops/triton_sample.py; do git show 0b6d334:folovllm/$f > .ab/$(basename $f); done`, then on the device
-#      (carry [".ab"], timeout 560):
-#      `TESTS_LIMIT=200 SWITCHES_LIMIT=190 KERNELS_LIMIT=140 BASELINE=.ab bash scripts/gpu_checks.sh tests switches kernels`
-#      - tests: every kernel's, then the GPU engine tests (PDL's among them: same tokens as without);
-#      - switches: no switch / pdl / fused_gemv / skinny_gemm / all three, two rounds (10 engines,
-#        ~15 s each, not timed on a GPU yet; a cut run still prints its ratios). A switch that gains
-#        and changes no token (PDL) or few (a fused norm sums in another order) turns on by default:
-#        `folovllm.utils.pdl.ENABLED`, `FUSED_GEMV_CONFIGS`, `SKINNY_GEMM_CONFIGS`;
-#      - kernels: the lines that fill those tables with the best configuration per shape: "one-row
-#        shapes where the fused GEMV beats the two kernels", "where the skinny GEMM beats every
-#        library"; the FP8 decode row "V via registers" (v_via_registers' default); "element-wise":
-#        the per-token q/k norm + RoPE + cache write against 0b6d334's per-head one, in turn; the
-#        sampler (two uniforms per row, section 20) against 0b6d334's Gumbel-max kernel, in turn; and
-#        the prefill rows "list as in a graph": today's kernel (programs walk the list) against
-#        0b6d334's (a program per item, padding included), which is what says how much of TTFT the
-#        padding was. The prefill sweep comes last and may be cut (measured in full on 2026-11-27).
-#   2. With what is left (~300 s): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench views`:
-#      the figures of record on the decided defaults, twice (do they reproduce?), then the views
-#      (pageable-copy probe, prefill by kernel, tail, batch-1 kernels, host) as far as the limit
-#      allows; what they wrote to $OUT still comes back.
+# (~30 s a machine) included. Timed on 2026-11-27 (fourteenth session, one machine): the kernel
+# tests ~150-200 s, after which the GPU engine tests had not reported one result when a 200 s limit
+# cut the stage (they still need timing); switches 127 s; kernels 73 s; bench 91-98 s; views:
+# copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
+# A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
+# so send the measuring call straight after the deciding one and read both afterwards.
+# The plan for the next session:
+#   1. Here: `mkdir -p .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py`
+#      (the q/k norm kernel before its loads moved ahead of its stores), then on the device (carry [".ab"],
+#      timeout 560): `TESTS_LIMIT=420 KERNELS_LIMIT=120 BASELINE=.ab bash scripts/gpu_checks.sh tests kernels`
+#      - tests: the kernel tests, then the GPU engine tests (not run on 2026-11-27: PDL is now on by
+#        default, and they include PDL's same-tokens test and the no-compile test with a mixed batch);
+#      - kernels: "element-wise" today / baseline (the load order: expected ~1.6 us at one token, was
+#        2.4), decode in a graph at batches 32 and 96 by split count (the workload's middle band, 30%
+#        of its time), the prefill list "heaviest first / batch order" in the engine's own launch.
+#   2. At once, on the warm machine (timeout ~300): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
+#      the figures of record twice, the start-up row now without the transformers import (printed
+#      beside it), the FP8 row with its new decode default.
+#   3. If time is left: `FOLOVLLM_PDL=0 bash scripts/gpu_checks.sh views` (the batch-1 kernel view
+#      needs PDL off to split a step by kernel; the host view).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,

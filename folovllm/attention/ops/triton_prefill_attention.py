@@ -195,10 +195,11 @@ def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False, seq_le
     the list by that count, most first (``seq_lens`` default to ``query_lens``: fresh prompts, where
     it is the tile index, highest first), so the longest work starts first and the short tiles fill
     in at the end; the kernel's programs take the list in rounds (see ``_prefill_kernel``), which
-    balances only over a list in that order. The engine uses it: ``bench_kernels.py`` timed it (by
-    tile index) faster than batch order on an H100 for 16 1024-token prompts in all 20 tile shapes,
-    and within 1% either way for one prompt (64 x 64, the engine's tile: 276 -> 283 TFLOP/s for 16
-    prompts, 175 -> 177 for one).
+    balances only over a list in that order. The engine uses it. Not settled: ``bench_kernels.py``'s
+    sweep (a program per item, not the engine's rounds) timed it faster than batch order on an H100
+    for 16 1024-token prompts in all 20 tile shapes in one session (64 x 64, the engine's tile: 276
+    -> 283 TFLOP/s) and slower in all 20 in a later one (267 -> 218); it now also times the
+    engine's own launch in both orders.
     """
     query_lens = np.asarray(query_lens, dtype=np.int64)
     per_seq = cdiv(query_lens, block_m)
