@@ -54,9 +54,11 @@ SCALES = {
         # the prefill sweep: (BLOCK_M, BLOCK_N) x warps x pipeline stages, each in batch and heaviest-first order
         prefill_sweep=([(32, 64), (64, 64), (128, 64), (64, 128), (128, 128)], (4, 8), (2, 3)),
         # (batch, context, split counts to try; the FP8 cache is tried at the last batch size)
-        # (the workload's tail spends 30% of its time at 33-128 sequences: profile_step.py tail)
+        # A (low, high) context: uneven, drawn uniformly, as in the throughput workload, which spends
+        # 30% of its time at 33-128 sequences (profile_step.py tail) with the long ones left.
         decode_in_graphs=[(1, 160, (1, 2, 4, 9, 16, 33)), (1, 600, (1, 2, 4, 8, 16, 33)), (1, 2048, (4, 8, 16, 33, 64)),
-                          (32, 1024, (1, 2, 4, 8)), (96, 1024, (1, 2, 4)), (256, 1024, (1,))],
+                          (32, (200, 2048), (1, 2, 4, 8)), (96, (200, 2048), (1, 2, 4)), (192, (200, 2048), (1, 2)),
+                          (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
         prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
@@ -69,7 +71,7 @@ SCALES = {
     "smoke": dict(
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
-        decode_in_graphs=[(1, 40, (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False), (32, 2, True)],
+        decode_in_graphs=[(1, 40, (1, 2)), (3, (8, 40), (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False), (32, 2, True)],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4, 8), prefill_matmul_rows=(16,),
         mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3), element_wise_tokens=(1, 5),
     ),
@@ -252,21 +254,27 @@ def graph_time(fn, reps: int = 50) -> float:
     return cuda_time(graph.replay, iters=10) / reps
 
 
-def decode_batch(dev: str, batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, block_size: int, dtype, cache_dtype):
-    """A decode step's inputs: ``batch`` sequences of ``ctx`` cached tokens in shuffled blocks (q, k/v caches, table, lengths)."""
-    nb = batch * -(-ctx // block_size)
+def decode_batch(dev: str, batch: int, ctx, heads: int, kv_heads: int, head_dim: int, block_size: int, dtype, cache_dtype):
+    """A decode step's inputs: ``batch`` sequences of ``ctx`` cached tokens (or, for a (low, high)
+    pair, lengths drawn uniformly from it, seeded) in shuffled blocks (q, k/v caches, table, lengths)."""
+    longest = ctx if isinstance(ctx, int) else ctx[1]
+    nb = batch * -(-longest // block_size)
     k_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
     v_cache = torch.randn(nb, block_size, kv_heads, head_dim, device=dev).to(cache_dtype)
     block_table = torch.randperm(nb, device=dev, dtype=torch.int32).view(batch, -1)
-    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+    if isinstance(ctx, int):
+        seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+    else:
+        seq_lens = torch.randint(ctx[0], ctx[1] + 1, (batch,), generator=torch.Generator().manual_seed(0), dtype=torch.int32).to(dev)
     q = torch.randn(batch, heads, head_dim, dtype=dtype, device=dev)
     return q, k_cache, v_cache, block_table, seq_lens
 
 
 def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
     """Decode attention as the engine runs it (replayed from a CUDA graph): the split-K factor at
-    batch 1 for short and long contexts (the engine's rule fixes it per graph batch size from
-    max_model_len), and the model's dtype against an FP8 cache at the largest batch (the FP8 cache
+    batch 1 for short and long contexts, and at middle batch sizes with uneven contexts (the engine's
+    rule fixes it per graph batch size from max_model_len), and the model's dtype against an FP8
+    cache at the largest batch (the FP8 cache
     also by keys per iteration and pipeline stages; with a baseline, today's kernel and the
     baseline's in turn, twice)."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
@@ -275,13 +283,14 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
     b, ctx, _, splits = cases[-1]
     for batch, ctx, cache_dtype, split_counts in cases + [(b, ctx, torch.float8_e4m3fn, splits)]:
         q, k_cache, v_cache, block_table, seq_lens = decode_batch(dev, batch, ctx, heads, kv_heads, head_dim, BLOCK_SIZE, dtype, cache_dtype)
-        nbytes = 2 * batch * ctx * kv_heads * head_dim * k_cache.element_size()
+        nbytes = 2 * int(seq_lens.sum()) * kv_heads * head_dim * k_cache.element_size()
         row = []
         for s in split_counts:
             t = graph_time(lambda s=s: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s))
             row.append(f"{s}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
         rule = {n: num_kv_splits(batch, kv_heads, n, sms) for n in (2048, 40960)}
-        print(f"decode in a graph B={batch:3d} ctx={ctx:5d} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
+        context = f"{ctx:5d}" if isinstance(ctx, int) else f"{ctx[0]}..{ctx[1]}"
+        print(f"decode in a graph B={batch:3d} ctx={context} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
         if cache_dtype == torch.float8_e4m3fn:
             # SASS instructions per 128 keys (triton 3.6): 1,404 for 128 keys in 2 stages, 1,065 with V

@@ -24,8 +24,8 @@
 #      - tests: the kernel tests, then the GPU engine tests (not run on 2026-11-27: PDL is now on by
 #        default, and they include PDL's same-tokens test and the no-compile test with a mixed batch);
 #      - kernels: "element-wise" today / baseline (the load order: expected ~1.6 us at one token, was
-#        2.4), decode in a graph at batches 32 and 96 by split count (the workload's middle band, 30%
-#        of its time), the prefill list "heaviest first / batch order" in the engine's own launch.
+#        2.4), decode in a graph at batches 32, 96 and 192 with uneven contexts by split count (the
+#        workload's middle band: 30% of its time), the prefill list "heaviest first / batch order" in the engine's own launch.
 #   2. At once, on the warm machine (timeout ~300): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
 #      the figures of record twice, the start-up row now without the transformers import (printed
 #      beside it), the FP8 row with its new decode default.
