@@ -36,7 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm  # noqa: E402
-from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
+from folovllm.model_executor.layers import fused_kernels  # noqa: E402
+from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, silu_and_mul  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
@@ -422,7 +423,7 @@ def gemv_prologues(scale: dict) -> None:
 def element_wise(scale: dict, bw: float, baseline=None) -> None:
     """The decoder layer's element-wise kernels at a decode batch's and a prompt's token counts, each
     replayed from a graph, against the bytes it reads and writes at copy bandwidth; with a baseline
-    fused_kernels.py, its q/k norm + RoPE + cache write and today's in turn."""
+    fused_kernels.py, each of its kernels and today's in turn."""
     dev, dtype, heads, kv_heads, d = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     hidden, inter = scale["matmuls"]["q/k/v"][1], scale["matmuls"]["down"][1]
     size = torch.finfo(dtype).bits // 8
@@ -435,20 +436,20 @@ def element_wise(scale: dict, bw: float, baseline=None) -> None:
         cache = torch.zeros(2, -(-t // BLOCK_SIZE), BLOCK_SIZE, kv_heads, d, dtype=dtype, device=dev)
         cos, positions, slots = torch.randn(t + 1, d, device=dev), torch.arange(t, device=dev), torch.arange(t, device=dev)
         rope_args = (q, k, v, nw[:d], nw[:d], cos, cos, positions, 1e-6, cache[0], cache[1], slots)
-        kernels = {
-            "add + RMSNorm": (lambda: fused_add_rms_norm(x, r, nw, 1e-6), 4 * t * hidden),
-            "SiLU and mul": (lambda: silu_and_mul(gate_up), 3 * t * inter),
-            "q/k norm + RoPE + KV write": (lambda: fused_qk_norm_rope_store(*rope_args), 2 * t * (heads + 2 * kv_heads) * d),
+        kernels = {  # name: (its function in fused_kernels.py, arguments, elements read and written)
+            "add + RMSNorm": ("fused_add_rms_norm", (x, r, nw, 1e-6), 4 * t * hidden),
+            "SiLU and mul": ("silu_and_mul", (gate_up,), 3 * t * inter),
+            "q/k norm + RoPE + KV write": ("fused_qk_norm_rope_store", rope_args, 2 * t * (heads + 2 * kv_heads) * d),
         }
         row = []
-        for name, (fn, elements) in kernels.items():
-            secs = graph_time(fn)
+        for name, (fn, args, elements) in kernels.items():
+            secs = graph_time(functools.partial(getattr(fused_kernels, fn), *args))
             row.append(f"{name} {secs * 1e6:.1f} us ({elements * size / secs / bw:.0%} of copy bandwidth)")
         print(f"element-wise, {t:5d} tokens: {'; '.join(row)}")
-        if baseline is not None:
-            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in
-                  in_turn([lambda: fused_qk_norm_rope_store(*rope_args), lambda: baseline.fused_qk_norm_rope_store(*rope_args)])]
-            print(f"    q/k norm + RoPE + KV write, today / baseline, us in turn: {us[0]} / {us[1]}")
+        for name, (fn, args, _) in kernels.items() if baseline is not None else ():
+            calls = [functools.partial(getattr(module, fn), *args) for module in (fused_kernels, baseline)]
+            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in in_turn(calls)]
+            print(f"    {name}, today / baseline, us in turn: {us[0]} / {us[1]}")
 
 
 def mixed_batch(scale: dict) -> None:

@@ -79,6 +79,17 @@ def programs_per_sm(regs: int, num_warps: int, shared: int, arch: int) -> int:
 COMPILED: list = []
 
 
+# Kernels whose every global load must come before their first global store. The compiler keeps a
+# load after a store it cannot tell apart from it, so a load placed after a store starts its trip
+# to memory one round trip late: at one token, the q/k norm kernel took 2.4 us instead of ~1.6 for
+# that (docs/dev/performance.md section 21). Not the prefill kernel, whose programs store one work
+# item's output before loading the next.
+LOADS_BEFORE_STORES = {
+    "_add_rms_norm_kernel", "_silu_and_mul_kernel", "_qk_norm_rope_store_kernel", "_store_kv_cache_kernel", "_gemv_kernel",
+    "_decode_stage1_kernel", "_decode_stage2_kernel", "_block_sums_kernel", "_draw_kernel",
+}  # fmt: skip
+
+
 def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch: int):
     max_shared = MAX_SHARED_BYTES.get(arch, 232_448)
 
@@ -89,7 +100,7 @@ def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch:
             raise RuntimeError(f"{self.__name__} needs {kernel.metadata.shared} bytes of shared memory, the GPU allows {max_shared}")
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
-        if self.__name__ == "_qk_norm_rope_store_kernel":  # one memory round trip, not one per load after a store
+        if self.__name__ in LOADS_BEFORE_STORES:
             ptx = kernel.asm["ptx"]
             if "st.global" in ptx and "ld.global" in ptx[ptx.index("st.global"):]:
                 raise RuntimeError(f"{self.__name__} loads after its first store")

@@ -35,6 +35,7 @@ def _add_rms_norm_kernel(
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
+    w = tl.load(w_ptr + offs, mask=mask)  # before any store (see _qk_norm_rope_store_kernel)
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         x = x + tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0)
@@ -42,7 +43,6 @@ def _add_rms_norm_kernel(
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, 0) / N
     normed = (xf * tl.rsqrt(var + eps)).to(x.dtype)
-    w = tl.load(w_ptr + offs, mask=mask)
     tl.store(out_ptr + row * N + offs, w * normed, mask=mask)
 
 

@@ -65,17 +65,15 @@ NONE, ADD_RMS_NORM, SILU_AND_MUL = tl.constexpr(0), tl.constexpr(1), tl.constexp
 
 
 @triton.jit
-def _row_rstd(x_ptr, res_ptr, res_out_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, eps):
-    """1 / RMS of each row of ``x (+ residual)``; program 0 also writes ``x + residual`` (the new residual)."""
+def _row_rstd(x_ptr, res_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr, eps):
+    """1 / RMS of each row of ``x (+ residual)``, and those rows (``x + residual``: the new residual)."""
     offs = tl.arange(0, BLOCK_ROW)
     mask = m_mask[:, None] & (offs[None, :] < K)
     x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs[None, :], mask=mask, other=0.0)
     if HAS_RESIDUAL:
         x = x + tl.load(res_ptr + offs_m[:, None] * K + offs[None, :], mask=mask, other=0.0)
-        if tl.program_id(0) == 0:
-            tl.store(res_out_ptr + offs_m[:, None] * K + offs[None, :], x, mask=mask)
     xf = x.to(tl.float32)
-    return tl.rsqrt(tl.sum(xf * xf, 1) / K + eps)
+    return tl.rsqrt(tl.sum(xf * xf, 1) / K + eps), x
 
 
 @triton.jit
@@ -115,7 +113,7 @@ def _gemv_kernel(
     wait_for_previous_kernel(USE_PDL)
     rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
     if PROLOGUE == ADD_RMS_NORM:
-        rstd = _row_rstd(x_ptr, res_ptr, res_out_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL, BLOCK_ROW, eps)
+        rstd, rows = _row_rstd(x_ptr, res_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL, BLOCK_ROW, eps)
     acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -127,6 +125,12 @@ def _gemv_kernel(
     out = tl.sum(acc, axis=2)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_mask[:, None] & n_mask[None, :])  # fmt: skip
+    if PROLOGUE == ADD_RMS_NORM and HAS_RESIDUAL:
+        # Program 0 writes the new residual last: a store before the loop would hold back the loop's
+        # loads (see _qk_norm_rope_store_kernel).
+        if tl.program_id(0) == 0:
+            offs = tl.arange(0, BLOCK_ROW)
+            tl.store(res_out_ptr + offs_m[:, None] * K + offs[None, :], rows, mask=m_mask[:, None] & (offs[None, :] < K))
 
 
 def fits(m: int, config: tuple[int, int, int]) -> bool:
