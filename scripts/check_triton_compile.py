@@ -212,12 +212,17 @@ def _fused_cases():
 
 
 def _gemv_cases():
-    from folovllm.model_executor.layers.triton_gemv import CONFIGS, GEMV_CONFIGS, fits, gemv, gemv_add_rms_norm, gemv_silu_and_mul
+    from folovllm.model_executor.layers.triton_gemv import (
+        CONFIGS, FEW_ROWS_GEMV_CONFIGS, GEMV_CONFIGS, fits, gemv, gemv_add_rms_norm, gemv_silu_and_mul,
+    )  # fmt: skip
 
     for (n, k), config in GEMV_CONFIGS.items():
         for dtype in (BF16, FP16, FP32):
             x, w = torch.zeros(1, k, dtype=dtype), torch.zeros(n, k, dtype=dtype)
             yield f"one-row GEMV {n}x{k} at {config} ({dtype})", lambda: gemv(x, w, config)
+    for (n, k, rows), config in FEW_ROWS_GEMV_CONFIGS.items():
+        x, w = torch.zeros(rows, k, dtype=BF16), torch.zeros(n, k, dtype=BF16)
+        yield f"{rows}-row GEMV {n}x{k} at {config} ({BF16})", lambda x=x, w=w, c=config: gemv(x, w, c)
     # The prologues in every configuration (the engine's choice, FUSED_GEMV_CONFIGS, waits for the
     # H100's timings), bf16: the norm before q/k/v (gate/up differs only in N, a runtime value),
     # SiLU-and-mul before down.
@@ -351,6 +356,12 @@ def _per_step_value_cases():
     w = torch.zeros(1024, 2048, dtype=BF16)
     yield "skinny GEMM, 33..64 rows (one BLOCK_M)", (skinny._skinny_gemm_kernel,), [
         lambda m=m: skinny.skinny_gemm(torch.zeros(m, 2048, dtype=BF16), w) for m in (33, 48, 63, 64)
+    ]
+    from folovllm.model_executor.layers import triton_gemv
+
+    w = torch.zeros(1024, 3072, dtype=BF16)
+    yield "GEMV, 3 and 4 rows (one BLOCK_M)", (triton_gemv._gemv_kernel,), [
+        lambda m=m: triton_gemv.gemv(torch.zeros(m, 3072, dtype=BF16), w, (4, 512, 8)) for m in (4, 3)
     ]
     logits = torch.zeros(64, 151_936, dtype=BF16)
     calls = [

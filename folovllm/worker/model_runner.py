@@ -186,8 +186,9 @@ class ModelRunner:
         two side by side (their variant with greedy rows) and top-k/top-p.
         Triton would otherwise compile them inside a user's
         request. Without CUDA graphs (``enforce_eager``) decode steps run the
-        decode kernel eagerly too, split and unsplit: two decode steps compile
-        both (graph capture compiles them otherwise). The dummy K/V land in
+        decode kernel eagerly too, split and unsplit, and the GEMV at 1, 2 and 4
+        rows: four decode steps compile them (graph capture compiles them
+        otherwise). The dummy K/V land in
         blocks no request owns yet, and the sampler's generators are put back,
         so seeded runs do not change.
         """
@@ -204,6 +205,9 @@ class ModelRunner:
             self._dummy_run([min(2, longest)], greedy, decode=True)  # unsplit
             if self._num_kv_splits(1, longest) > 1:  # one sequence at the longest context: split
                 self._dummy_run([longest], greedy, decode=True)
+            for n in (2, 4):  # the GEMV's 2- and 4-row variants (3 rows run as 4)
+                if n <= self.max_num_seqs:
+                    self._dummy_run([min(2, longest)] * n, greedy, decode=True)
         for gen, state in zip(generators, states):
             gen.set_state(state)
 

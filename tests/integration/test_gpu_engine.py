@@ -79,6 +79,34 @@ def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monk
     assert out[0].outputs[0].token_ids[:3] == hf_greedy(tiny_model, [prompt], 8, device="cuda", dtype=torch.bfloat16)[0][:3]
 
 
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_gpu_gemv_serves_o_and_down_at_2_to_4_rows(tiny_model, monkeypatch, enforce_eager):
+    """FEW_ROWS_GEMV_CONFIGS set for the tiny model's o and down shapes at 2 and 4 rows (its entries are
+    Qwen3-0.6B's): batches of 2 and 3 sequences (3 runs as 4) call the GEMV for those shapes only,
+    compile nothing after start-up (the warm-up compiles the eager variants), and greedy output
+    still agrees with HF in bf16."""
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+    from folovllm import LLM, SamplingParams
+    from folovllm.utils.triton_variants import compiled_kernel_variants
+    from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_weight_shapes
+
+    shapes = linear_weight_shapes(tiny_model)
+    few_rows = {(*shapes[name], rows): config for name in ("o", "down") for rows, config in ((2, (4, 1024, 4)), (4, (4, 512, 8)))}
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {})
+    monkeypatch.setattr(triton_gemv, "FEW_ROWS_GEMV_CONFIGS", few_rows)
+    seen = spy_on_weight_shapes(monkeypatch, triton_gemv, ("gemv",))["gemv"]
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
+    before = compiled_kernel_variants()
+    prompts = [[5, 17, 99, 3], list(range(40, 90)), [7] * 21]
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    outs = [o for n in (2, 3) for o in llm.generate([{"prompt_token_ids": p} for p in prompts[:n]], greedy, use_tqdm=False)]
+    assert compiled_kernel_variants() == before
+    assert seen == {shapes["o"], shapes["down"]}
+    ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
+    for out, expected in zip(outs, ref[:2] + ref):
+        assert out.outputs[0].token_ids[:3] == expected[:3]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs sm_90")
 @pytest.mark.parametrize("enforce_eager", [True, False])
 def test_gpu_programmatic_dependent_launch_changes_no_token(tiny_model, monkeypatch, enforce_eager):

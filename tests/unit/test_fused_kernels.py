@@ -16,6 +16,7 @@ from folovllm.model_executor.layers.layernorm import RMSNorm  # noqa: E402
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding  # noqa: E402
 from folovllm.model_executor.layers.triton_gemv import (  # noqa: E402
     CONFIGS,
+    FEW_ROWS_GEMV_CONFIGS,
     GEMV_CONFIGS,
     fits,
     gemv,
@@ -122,10 +123,10 @@ def test_fused_kernels_bf16_match_torch_layers_on_gpu():
 
 
 def test_gemv_matches_a_matmul_in_every_configuration():
-    """Every configuration the benchmark times, at 1-3 rows, columns and K that no block divides."""
+    """Every configuration the benchmark times, at 1-4 rows, columns and K that no block divides."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(37, 300, generator=g).to(DEVICE)
-    for m in (1, 2, 3):
+    for m in (1, 2, 3, 4):
         x = torch.randn(m, 300, generator=g).to(DEVICE)
         configs = [c for c in CONFIGS if fits(m, c)]
         assert configs
@@ -171,9 +172,11 @@ def test_gemv_with_the_norm_or_silu_inside_equals_the_two_kernels(dtype):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gemv_bf16_matches_a_matmul_at_every_shape_the_engine_sends_it():
-    for (n, k), config in GEMV_CONFIGS.items():
+    cases = [(n, k, 1, config) for (n, k), config in GEMV_CONFIGS.items()]
+    cases += [(n, k, m, config) for (n, k, rows), config in FEW_ROWS_GEMV_CONFIGS.items() for m in range(rows // 2 + 1, rows + 1)]
+    for n, k, m, config in cases:
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         torch.testing.assert_close(gemv(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)
 
 

@@ -136,6 +136,33 @@ def test_one_row_on_the_gpu_goes_to_the_triton_gemv_for_the_shapes_it_was_measur
     assert calls[1:] == [((1, 6), (11, 6), (8, 512, 4))]
 
 
+def test_two_to_four_rows_go_to_the_gemv_where_that_row_count_was_measured_faster(monkeypatch):
+    """The dispatch alone, as above: 2 and 4 rows take their own configuration, 3 rows the 4-row one
+    (the kernel rounds its rows up to a power of two); 5 rows, and the GEMV with the norm inside, stay
+    with the library."""
+    import folovllm.model_executor.layers.dispatch as dispatch
+    import folovllm.model_executor.layers.triton_gemv as triton_gemv
+
+    calls = []
+
+    def spy(x, w, config):
+        calls.append((x.shape[0], config))
+        return x @ w.T
+
+    monkeypatch.setattr(dispatch, "use_fused_kernels", lambda x: True)
+    monkeypatch.setattr(triton_gemv, "gemv", spy)
+    monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {})
+    monkeypatch.setattr(triton_gemv, "FEW_ROWS_GEMV_CONFIGS", {(5, 6, 2): (4, 1024, 4), (5, 6, 4): (4, 512, 8)})
+    layer = ColumnParallelLinear(6, 5)
+    nn.init.normal_(layer.weight)
+    layer.to(torch.bfloat16)
+    for m in (1, 2, 3, 4, 5):
+        x = torch.randn(m, 6, dtype=torch.bfloat16)
+        torch.testing.assert_close(layer(x), x @ layer.weight.T)
+    assert calls == [(2, (4, 1024, 4)), (3, (4, 512, 8)), (4, (4, 512, 8))]
+    assert dispatch.gemv_config(torch.randn(2, 6, dtype=torch.bfloat16), layer.weight, fused=True) is None
+
+
 def test_8_to_256_rows_on_the_gpu_go_to_the_skinny_gemm_for_the_shapes_in_its_table(monkeypatch):
     """The dispatch alone (no GPU here: use_fused_kernels is made to say yes, the kernels are spies):
     one row stays with the GEMV, 8..256 rows of a listed bf16 shape without a bias take the skinny

@@ -26,12 +26,17 @@ def gemv_config(
     """The Triton GEMV's configuration for ``x @ weight.T + bias``, or None where ``F.linear`` runs it.
     The GEMV takes one row (a single sequence's decode step) of a 16-bit model on the GPU, without a
     bias, where ``triton_gemv.GEMV_CONFIGS`` has the weight's shape (where it beat cuBLAS on an H100,
-    in bfloat16); with ``fused``, the GEMV with the op before it inside, from ``FUSED_GEMV_CONFIGS``."""
-    if x.shape[0] == 1 and _triton_matmul_may_run(x, weight, bias):
+    in bfloat16), and 2-4 rows where ``FEW_ROWS_GEMV_CONFIGS`` has the shape and the row count
+    rounded up to a power of two; with ``fused``, one row only, the GEMV with the op before it
+    inside, from ``FUSED_GEMV_CONFIGS``."""
+    rows = x.shape[0]
+    if rows <= 4 and _triton_matmul_may_run(x, weight, bias):
         from folovllm.model_executor.layers import triton_gemv
 
-        table = triton_gemv.FUSED_GEMV_CONFIGS if fused else triton_gemv.GEMV_CONFIGS
-        return table.get(tuple(weight.shape))
+        if rows == 1:
+            return (triton_gemv.FUSED_GEMV_CONFIGS if fused else triton_gemv.GEMV_CONFIGS).get(tuple(weight.shape))
+        if not fused:
+            return triton_gemv.FEW_ROWS_GEMV_CONFIGS.get((*weight.shape, 1 << (rows - 1).bit_length()))
     return None
 
 

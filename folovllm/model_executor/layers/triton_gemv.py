@@ -2,8 +2,9 @@
 
 ``dispatch.unquantized_gemm`` (the unquantized linear layers and the LM head) sends a one-row
 input here, on CUDA, when the weight's shape has an entry in ``GEMV_CONFIGS``: the shapes where
-``bench_kernels.py`` timed this kernel faster than cuBLAS and cuBLASLt at one row. Every other
-call goes to ``F.linear``.
+``bench_kernels.py`` timed this kernel faster than cuBLAS and cuBLASLt at one row; and an input of
+2-4 rows where ``FEW_ROWS_GEMV_CONFIGS`` has the shape and row count. Every other call goes to
+``F.linear``.
 
 Why a kernel of its own: at one row cuBLAS read Qwen3-0.6B's o and down weights at 0.75-0.8 TB/s
 on an H100 that copies at 3.0 (0.36 ms of a ~1.10 ms batch-1 step). A matrix-vector product is a
@@ -47,6 +48,17 @@ GEMV_CONFIGS: dict[tuple[int, int], tuple[int, int, int]] = {
     (6144, 1024): (8, 512, 4),  # gate/up: 4.3 us, cuBLAS 4.9
     (1024, 3072): (4, 2048, 4),  # down: 3.2 us, cuBLAS 6.1
     (151936, 1024): (8, 1024, 4),  # the (tied) LM head: 100.4 us, cuBLAS 111.4
+}
+
+# (N, K, rows) -> the configuration at 2 or 4 rows (3 rows run as 4: the kernel rounds its rows up
+# to a power of two), where bench_kernels.py's line "... and at 2-4 rows" had the GEMV faster than
+# cuBLAS and cuBLASLt on an H100 (2026-11-27): o and down, whose 1,024 outputs cuBLAS reads at
+# 21-34% of copy bandwidth at any row count up to 64.
+FEW_ROWS_GEMV_CONFIGS: dict[tuple[int, int, int], tuple[int, int, int]] = {
+    (1024, 2048, 2): (4, 1024, 4),  # o: 3.0 us, cuBLAS(Lt) 4.8
+    (1024, 2048, 4): (4, 512, 8),  # o: 4.3 us, cuBLAS 4.9
+    (1024, 3072, 2): (4, 1024, 4),  # down: 3.5 us, cuBLAS 6.1
+    (1024, 3072, 4): (4, 512, 8),  # down: 5.2 us, cuBLAS 6.1
 }
 
 # Weight shape (N, K) -> the configuration of the GEMV with the op before it inside (the RMSNorm before
