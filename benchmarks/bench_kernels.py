@@ -333,7 +333,7 @@ def matmuls(scale: dict, bw: float) -> None:
     dev, dtype = scale["dev"], scale["dtype"]
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
     one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library: GEMV_CONFIGS
-    few_row_wins = {}  # (N, K, M) for 2-4 rows, likewise (the engine sends only one row to the GEMV)
+    few_row_wins = {}  # (N, K, M) for 2-4 rows, likewise (FEW_ROWS_GEMV_CONFIGS)
     skinny_wins = {}  # (N, K, M) for 8 rows and more: the tensor-core skinny GEMM, likewise (SKINNY_GEMM_CONFIGS)
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
@@ -370,8 +370,10 @@ def matmuls(scale: dict, bw: float) -> None:
                     one_row_wins[(n, k)] = best
                 else:
                     few_row_wins[(n, k, m)] = best
+        few_rows = {rows: c for (n2, k2, rows), c in triton_gemv.FEW_ROWS_GEMV_CONFIGS.items() if (n2, k2) == (n, k)}
         print(f"matmul {name:8s} {n}x{k} Triton GEMV (triton_gemv.py), best of its configurations "
-              f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}; the engine's at M=1: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
+              f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}; the engine's at M=1: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}"
+              f", at 2-4 rows: {few_rows or 'cuBLAS'}")  # fmt: skip
         row = []
         for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():  # not the LM head: cuBLAS is near the floor there
             x = torch.randn(m, k, dtype=dtype, device=dev)
@@ -383,6 +385,15 @@ def matmuls(scale: dict, bw: float) -> None:
             print(f"matmul {name:8s} {n}x{k} skinny GEMM (triton_skinny_gemm.py), best of its configurations "
                   f"(BLOCK_N, BLOCK_K, warps, stages): {', '.join(row)}; the engine's: "
                   f"{triton_skinny_gemm.SKINNY_GEMM_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
+        # The same product asked of the library the other way round, weight @ x.T (N rows, M columns),
+        # then transposed back: its choice of tiles for 1,024 x 256 may differ from 256 x 1,024's.
+        row = []
+        for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():
+            x = torch.randn(m, k, dtype=dtype, device=dev)
+            t = graph_time(lambda: torch.mm(w, x.t()).t().contiguous())
+            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
+        if row:
+            print(f"matmul {name:8s} {n}x{k} as (weight @ x.T).T, torch's default library, transposing copy included: {', '.join(row)}")
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
     print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
     print(f"... where the skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): {skinny_wins}")

@@ -25,7 +25,9 @@
 #        default, and they include PDL's same-tokens test and the no-compile test with a mixed batch);
 #      - kernels: "element-wise" today / baseline (the load order: expected ~1.6 us at one token, was
 #        2.4), decode in a graph at batches 32, 96 and 192 with uneven contexts by split count (the
-#        workload's middle band: 30% of its time), the prefill list "heaviest first / batch order" in the engine's own launch.
+#        workload's middle band: 30% of its time), the prefill list "heaviest first / batch order" in the
+#        engine's own launch, and o and down at 8-256 rows asked of cuBLAS as (weight @ x.T).T (it reads
+#        them at 21-34% of copy bandwidth: a tile choice that leaves SMs idle?).
 #   2. At once, on the warm machine (timeout ~300): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
 #      the figures of record twice, the start-up row now without the transformers import (printed
 #      beside it), the FP8 row with its new decode default.

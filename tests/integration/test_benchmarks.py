@@ -71,6 +71,7 @@ GPU_STAGE_SCRIPTS = {
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "skinny GEMM (triton_skinny_gemm.py), best of its configurations (BLOCK_N, BLOCK_K, warps, stages): M=8: ",
                        "; the engine's: cuBLAS", "... where the skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): ",
+                       "as (weight @ x.T).T, torch's default library, transposing copy included: M=8: ", ", at 2-4 rows: ",
                        "one row, q/k/v    64x32, two kernels / one, us by GEMV configuration: (4, 1024, 4): ", "one row, down ",
                        "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x", "sampler B=",
                        "element-wise,     1 tokens: add + RMSNorm ", "    q/k norm + RoPE + KV write, today / baseline, us in turn: ",
