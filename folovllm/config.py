@@ -255,6 +255,15 @@ class ParallelConfig:
             raise ValueError(f"tensor_parallel_size={tp} needs {tp} GPUs, but {torch.cuda.device_count()} are visible")
 
 
+def check_kv_cache_dtype_on_device(cache_dtype: str, device: torch.device) -> None:
+    """An FP8 cache on a GPU needs compute capability 8.9 or later: Triton converts float8_e4m3fn
+    from there on, and its kernels would fail to compile at start-up on an older GPU (an A100)."""
+    if KV_CACHE_DTYPES[cache_dtype] is not None and device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            raise _bad("kv_cache_dtype", cache_dtype, f"needs a GPU of compute capability 8.9 or later; this one is {major}.{minor}")
+
+
 @dataclass
 class EngineConfig:
     """Everything the engine needs, composed; resolves device and dtype."""
@@ -268,6 +277,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.device_obj = resolve_device(self.device)
+        check_kv_cache_dtype_on_device(self.cache_config.cache_dtype, self.device_obj)
         self.dtype = self.model_config.get_torch_dtype(self.device_obj)
         self.scheduler_config.set_max_model_len(self.model_config.max_model_len)
         self.parallel_config.check_model(self.model_config, self.device_obj)

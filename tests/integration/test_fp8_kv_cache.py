@@ -48,3 +48,23 @@ def test_fp8_cache_is_exact_under_chunking_preemption_and_async(tiny_model):
 def test_unknown_kv_cache_dtype_is_refused(tiny_model):
     with pytest.raises(ValueError, match=r"kv_cache_dtype must be one of \['auto', 'fp8', 'fp8_e4m3'\], got 'fp8_e5m2'"):
         LLM(str(tiny_model), device="cpu", kv_cache_dtype="fp8_e5m2")
+
+
+def test_an_fp8_cache_on_a_gpu_older_than_sm89_is_refused_before_anything_compiles(tiny_model, monkeypatch):
+    """Triton's kernels convert float8_e4m3fn from compute capability 8.9 on; on an A100 they would fail
+    to compile inside start-up. No GPU here: the device and its capability are made up."""
+    import torch
+
+    import folovllm.config
+    from folovllm.config import check_kv_cache_dtype_on_device
+
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
+    monkeypatch.setattr(folovllm.config, "resolve_device", lambda device: gpu)
+    with pytest.raises(ValueError, match=r"kv_cache_dtype needs a GPU of compute capability 8.9 or later; this one is 8.0, got 'fp8'"):
+        LLM(str(tiny_model), device="cuda", kv_cache_dtype="fp8")
+    check_kv_cache_dtype_on_device("auto", gpu)  # a cache in the model's dtype runs anywhere
+    check_kv_cache_dtype_on_device("fp8", torch.device("cpu"))  # torch's reference kernels on the CPU
+    for capability in ((8, 9), (9, 0)):  # an L40S, an H100
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        check_kv_cache_dtype_on_device("fp8_e4m3", gpu)
