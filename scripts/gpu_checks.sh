@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [bench] [switches] [kernels] [views] [fp8] [gptq] [chunked]   (default: tests bench)
+#   bash scripts/gpu_checks.sh [tests] [engine] [bench] [switches] [kernels] [views] [fp8] [gptq] [chunked]
+#   (default: tests engine bench)
 #
-# (`profile` = `kernels views`.) Each stage has its own time limit and writes its output to $OUT
+# (`profile` = `kernels views`.) `tests` are the kernels' GPU tests, `engine` the GPU engine tests
+# (tests/integration/test_gpu_engine.py). Each stage has its own time limit and writes its output to $OUT
 # (default: ./gpu_out), so a stage that runs long costs only itself. `bench` rewrites its part of
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
@@ -19,15 +21,16 @@
 # so send the measuring call straight after the deciding one and read both afterwards.
 # The plan for the next session:
 #   1. Here: `mkdir -p .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py`
-#      (the q/k norm kernel before its loads moved ahead of its stores), then on the device (carry [".ab"],
-#      timeout 560): `TESTS_LIMIT=420 KERNELS_LIMIT=120 BASELINE=.ab bash scripts/gpu_checks.sh tests kernels`
-#      - tests: the kernel tests, then the GPU engine tests (not run on 2026-11-27: PDL is now on by
-#        default, and they include PDL's same-tokens test and the no-compile test with a mixed batch);
+#      (the element-wise kernels before their loads moved ahead of their stores), then on the device (carry
+#      [".ab"], timeout 570): `ENGINE_LIMIT=240 KERNELS_LIMIT=120 TESTS_LIMIT=180 BASELINE=.ab bash scripts/gpu_checks.sh engine kernels tests`
+#      - engine: the GPU engine tests, first (not run on 2026-11-27: PDL is now on by default, and they
+#        include PDL's same-tokens test, the no-compile test with a mixed batch, the 2-4-row GEMV);
 #      - kernels: "element-wise" today / baseline (the load order: expected ~1.6 us at one token, was
 #        2.4), decode in a graph at batches 32, 96 and 192 with uneven contexts by split count (the
 #        workload's middle band: 30% of its time), the prefill list "heaviest first / batch order" in the
 #        engine's own launch, and o and down at 8-256 rows asked of cuBLAS as (weight @ x.T).T (it reads
-#        them at 21-34% of copy bandwidth: a tile choice that leaves SMs idle?).
+#        them at 21-34% of copy bandwidth: a tile choice that leaves SMs idle?);
+#      - tests: the kernels' GPU tests (all passed on 2026-11-27 in ~150-200 s; last, as the cut-able one).
 #   2. At once, on the warm machine (timeout ~300): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
 #      the figures of record twice, the start-up row now without the transformers import (printed
 #      beside it), the FP8 row with its new decode default.
@@ -43,7 +46,7 @@
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
-stages=${*:-tests bench}
+stages=${*:-tests engine bench}
 stages=${stages//profile/kernels views}
 runs=0
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # logs keep what ran before a time-out
@@ -64,10 +67,12 @@ $PY -c "import torch, triton, transformers; print(torch.__version__, triton.__ve
 cat "$OUT/gpu.txt"
 for stage in $stages; do
     case $stage in
-        # the kernels' tests first: they are quick and say the most when something breaks
-        tests) run tests ${TESTS_LIMIT:-540} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 \
+        # the kernels' GPU tests (~150-200 s on an H100, 2026-11-27)
+        tests) run tests ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 \
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
-                   tests/unit/test_sampler.py tests/unit/test_pdl.py tests/integration/test_gpu_engine.py ;;
+                   tests/unit/test_sampler.py tests/unit/test_pdl.py ;;
+        # -v: a cut run still shows which tests passed and which one it was in
+        engine) run engine ${ENGINE_LIMIT:-300} $PY -m pytest -v -p no:cacheprovider -rfE --durations=12 tests/integration/test_gpu_engine.py ;;
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                since=$(mktemp)
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1
