@@ -42,6 +42,7 @@ from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
+from folovllm.attention.ops import triton_prefill_attention  # noqa: E402
 from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
 from folovllm.utils.device import num_sms  # noqa: E402
 
@@ -98,16 +99,15 @@ def main() -> None:
         args = prefill_inputs(scale, batch, qlen)
         flops = 4 * batch * heads * head_dim * qlen * qlen / 2
         for graph in (False, True):
-            tiles = engine_tiles(sys.modules[paged_prefill_attention.__module__], [qlen] * batch, head_dim, graph, dev)
+            tiles = engine_tiles(triton_prefill_attention, [qlen] * batch, head_dim, graph, dev)
             t = device_time(lambda: paged_prefill_attention(*args, tiles, head_dim**-0.5))
             print(f"prefill B={batch:4d} len={qlen}{', list as in a graph' if graph else ''}: {t * 1e6:8.1f} us, "
                   f"{flops / t / 1e12:.1f} TFLOP/s (causal)")  # fmt: skip
         # The sweep below launches a program per item, where heaviest first lost to batch order for 16
         # prompts on 2026-11-27; the engine's programs walk the list in rounds instead.
-        today = sys.modules[paged_prefill_attention.__module__]
-        calls = [functools.partial(paged_prefill_attention, *args, engine_tiles(today, [qlen] * batch, head_dim, True, dev, order),
-                                   head_dim**-0.5) for order in (True, False)]  # fmt: skip
-        rates = [", ".join(f"{flops / t / 1e12:.0f}" for t in times) for times in in_turn(calls, reps=10)]
+        calls = [functools.partial(paged_prefill_attention, *args, engine_tiles(triton_prefill_attention, [qlen] * batch, head_dim,
+                                   True, dev, order), head_dim**-0.5) for order in (True, False)]  # fmt: skip
+        rates = in_turn(calls, lambda t: f"{flops / t / 1e12:.0f}", reps=10)
         print(f"    list as in a graph, heaviest first (the engine's) / batch order, TFLOP/s in turn: {rates[0]} / {rates[1]}")
         if "prefill" in baseline:
             prefill_today_and_baseline(scale, baseline["prefill"], args, [qlen] * batch, flops)
@@ -207,21 +207,26 @@ def prefill_today_and_baseline(scale: dict, baseline, args: tuple, query_lens: l
     head_dim = args[0].shape[-1]
     for graph in (False, True):
         calls = []
-        for module in (sys.modules[paged_prefill_attention.__module__], baseline):
+        for module in (triton_prefill_attention, baseline):
             tiles = engine_tiles(module, query_lens, head_dim, graph, scale["dev"])
             calls.append(functools.partial(module.paged_prefill_attention, *args, tiles, head_dim**-0.5))
-        rates = [", ".join(f"{flops / t / 1e12:.0f}" for t in times) for times in in_turn(calls, reps=10)]
+        rates = in_turn(calls, lambda t: f"{flops / t / 1e12:.0f}", reps=10)
         print(f"    today / baseline{', list as in a graph' if graph else ''}, TFLOP/s in turn: {rates[0]} / {rates[1]}")
 
 
-def in_turn(calls: list, reps: int = 50) -> list[list[float]]:
-    """Seconds per call of each of ``calls`` (today's kernel, the baseline's), each replayed from a
-    graph, in turn, twice: an A/B in one process, so both see the same machine."""
+def microseconds(secs: float) -> str:
+    return f"{secs * 1e6:.1f}"
+
+
+def in_turn(calls: list, show=microseconds, reps: int = 50) -> list[str]:
+    """Each of ``calls`` (today's kernel, the baseline's) replayed from a graph, in turn, twice: an A/B
+    in one process, so both see the same machine. Returns each call's two timings, as ``show``
+    writes seconds per call."""
     times = [[] for _ in calls]
     for _ in range(2):
         for call, out in zip(calls, times):
             out.append(graph_time(call, reps=reps))
-    return times
+    return [", ".join(map(show, t)) for t in times]
 
 
 def device_time(fn) -> float:
@@ -307,7 +312,7 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         if baseline is not None and batch == b:
             calls = [functools.partial(kernel, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=split_counts[0])
                      for kernel in (paged_decode_attention, baseline.paged_decode_attention)]  # fmt: skip
-            us = [", ".join(f"{t * 1e6:.1f}" for t in times) for times in in_turn(calls)]
+            us = in_turn(calls)
             print(f"    today / baseline, us in turn: {us[0]} / {us[1]}")
 
 
@@ -374,8 +379,10 @@ def matmuls(scale: dict, bw: float) -> None:
         print(f"matmul {name:8s} {n}x{k} Triton GEMV (triton_gemv.py), best of its configurations "
               f"(BLOCK_N, BLOCK_K, warps): {', '.join(row)}; the engine's at M=1: {triton_gemv.GEMV_CONFIGS.get((n, k), 'cuBLAS')}"
               f", at 2-4 rows: {few_rows or 'cuBLAS'}")  # fmt: skip
+        # 8 rows and more, not the LM head (cuBLAS is near the floor there)
+        batch_rows = [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else []
         row = []
-        for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():  # not the LM head: cuBLAS is near the floor there
+        for m in batch_rows:
             x = torch.randn(m, k, dtype=dtype, device=dev)
             best, t = fastest_config(triton_skinny_gemm.skinny_gemm, x, w, triton_skinny_gemm.CONFIGS)
             row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%}) at {best}")
@@ -388,7 +395,7 @@ def matmuls(scale: dict, bw: float) -> None:
         # The same product asked of the library the other way round, weight @ x.T (N rows, M columns),
         # then transposed back: its choice of tiles for 1,024 x 256 may differ from 256 x 1,024's.
         row = []
-        for m in [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else ():
+        for m in batch_rows:
             x = torch.randn(m, k, dtype=dtype, device=dev)
             t = graph_time(lambda: torch.mm(w, x.t()).t().contiguous())
             row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%})")
@@ -459,7 +466,7 @@ def element_wise(scale: dict, bw: float, baseline=None) -> None:
         print(f"element-wise, {t:5d} tokens: {'; '.join(row)}")
         for name, (fn, args, _) in kernels.items() if baseline is not None else ():
             calls = [functools.partial(getattr(module, fn), *args) for module in (fused_kernels, baseline)]
-            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in in_turn(calls)]
+            us = in_turn(calls)
             print(f"    {name}, today / baseline, us in turn: {us[0]} / {us[1]}")
 
 
@@ -501,7 +508,7 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
               f"({logits.numel() * logits.element_size() / t / bw:.0%} of copy bandwidth)")  # fmt: skip
         if baseline is not None:  # a file from before 2026-11-27 samples with gumbel_argmax
             old = getattr(baseline, "gumbel_argmax", None) or baseline.inverse_cdf_sample
-            us = [", ".join(f"{x * 1e6:.1f}" for x in times) for times in in_turn([today, lambda: old(logits, temperature)])]
+            us = in_turn([today, lambda: old(logits, temperature)])
             print(f"    today / baseline ({old.__name__}), us in turn: {us[0]} / {us[1]}")
 
 

@@ -1,7 +1,7 @@
 """Which kernel a layer's op takes: the fused Triton kernels for CUDA tensors (triton installed),
-and for an unquantized matmul of one row, the Triton GEMV where it was measured faster; with the
-RMSNorm or SiLU-and-mul before it inside, where that was measured faster than the two kernels; of
-8 to 256 rows, the Triton skinny GEMM where that was measured faster than cuBLAS."""
+and for an unquantized matmul of one to four rows, the Triton GEMV where it was measured faster;
+at one row with the RMSNorm or SiLU-and-mul before it inside, where that was measured faster than
+the two kernels; of 8 to 256 rows, the Triton skinny GEMM where that was measured faster than cuBLAS."""
 
 from __future__ import annotations
 
@@ -31,12 +31,14 @@ def gemv_config(
     inside, from ``FUSED_GEMV_CONFIGS``."""
     rows = x.shape[0]
     if rows <= 4 and _triton_matmul_may_run(x, weight, bias):
+        import triton
+
         from folovllm.model_executor.layers import triton_gemv
 
         if rows == 1:
             return (triton_gemv.FUSED_GEMV_CONFIGS if fused else triton_gemv.GEMV_CONFIGS).get(tuple(weight.shape))
-        if not fused:
-            return triton_gemv.FEW_ROWS_GEMV_CONFIGS.get((*weight.shape, 1 << (rows - 1).bit_length()))
+        if not fused:  # the rows as the kernel's BLOCK_M rounds them
+            return triton_gemv.FEW_ROWS_GEMV_CONFIGS.get((*weight.shape, triton.next_power_of_2(rows)))
     return None
 
 

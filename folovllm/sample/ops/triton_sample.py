@@ -40,6 +40,12 @@ LOG2E = tl.constexpr(1.4426950408889634)  # the kernels work in base 2: exp(x) =
 
 
 @triton.jit
+def _finite_max(m):
+    """A max over no live logit (-inf) read as 0, so that exp2(logit - max) is 0 there, not NaN."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
 def _scaled_logits(row_ptr, ids, V: tl.constexpr, scale):
     """Logits of ``ids`` times log2(e) / T, in float32; ids past the vocabulary are -inf."""
     return tl.load(row_ptr + ids, mask=ids < V, other=float("-inf")).to(tl.float32) * scale
@@ -67,7 +73,7 @@ def _block_sums_kernel(
         else:
             m = tl.max(y, 0)
         tl.store(block_max_ptr + row * NUM_BLOCKS + b, m)
-        m = tl.where(m == float("-inf"), 0.0, m)  # a block of -inf logits: sum 0, not NaN
+        m = _finite_max(m)  # a block of -inf logits: sum 0
         tl.store(block_sum_ptr + row * NUM_BLOCKS + b, tl.sum(tl.exp2(y - m), 0))
 
 
@@ -93,14 +99,14 @@ def _draw_kernel(
     b_mask = offs_b < NUM_BLOCKS
     m = tl.load(block_max_ptr + row * NUM_BLOCKS + offs_b, mask=b_mask, other=float("-inf"))
     top = tl.max(m, 0)
-    top = tl.where(top == float("-inf"), 0.0, top)  # only a row of -inf logits; it draws id 0
+    top = _finite_max(top)  # only a row of -inf logits; it draws id 0
     w = tl.load(block_sum_ptr + row * NUM_BLOCKS + offs_b, mask=b_mask, other=0.0) * tl.exp2(m - top)
     b = _walk(w, offs_b, u_block)
     # Which id in the block: the same walk over its own exponentials.
     offs = tl.arange(0, BLOCK)
     scale = LOG2E / tl.load(temp_ptr + row)
     m_b = tl.load(block_max_ptr + row * NUM_BLOCKS + b)
-    m_b = tl.where(m_b == float("-inf"), 0.0, m_b)
+    m_b = _finite_max(m_b)
     e = tl.exp2(_scaled_logits(logits_ptr + row.to(tl.int64) * stride, b * BLOCK + offs, V, scale) - m_b)
     token = b * BLOCK + _walk(e, offs, u_id)
     if HAS_GREEDY:  # a greedy row takes the first block holding its max, and that block's first id holding it
