@@ -12,8 +12,11 @@ Switches a GPU run decides on:
   cuBLAS read at 23-34% of copy bandwidth (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``, filled here
   with its first configuration; ``bench_kernels.py`` times them all).
 
-Per setting (``--runs`` rounds, settings in turn within a round, so that drift shows between
-rounds): the batch-1 TPOT (3 runs of ``tpot_tokens``), the TTFT of one 1024-token prompt (5 runs),
+First, in one engine, a batch-1 decode step's forward and logits captured as a CUDA graph under
+each setting and replayed in turn (``step_graphs_in_turn``): the GPU time per step each setting
+gives, free of the spread between engines that decided nothing for the fused GEMV on 2026-11-27.
+Then per setting, an engine of its own (``--runs`` rounds, settings in turn within a round, so
+that drift shows between rounds): the batch-1 TPOT (3 runs of ``tpot_tokens``), the TTFT of one 1024-token prompt (5 runs),
 the throughput on nano-vllm's workload (one run), and how many greedy outputs equal those of round 1
 with no switch (PDL must change none; a fused norm sums in another order, so may change a few); last,
 each setting's medians over the rounds against no switch (also when a time limit's Ctrl-C cuts
@@ -40,6 +43,7 @@ from benchmarks.common import nano_vllm_workload, parse_scaled_args, timed
 from folovllm import LLM, SamplingParams
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
 from folovllm.utils import pdl
+from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
 
 SCALES = {
     "gpu": dict(preset="qwen3-0.6b", num_seqs=256, max_len=1024, ttft_len=1024, tpot_tokens=256),
@@ -90,6 +94,53 @@ def measure(model: str, device: str, scale: dict) -> dict:
     return dict(tpots=tpots, ttfts=ttfts, tok_s=[wl.num_output_tokens / secs], tokens=[o.outputs[0].token_ids for o in outs])
 
 
+def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, reps: int = 50) -> None:
+    """A batch-1 decode step's forward and logits, captured as a CUDA graph under each setting in
+    one engine and replayed in turn: the GPU time each setting gives that step, without the spread
+    between engines that the TPOT rows carry (on the H100, one engine's TPOT differed from the next
+    one's with the same setting by up to 6%). On the CPU: eager calls, a check of the script."""
+    llm = LLM(model, device=device, max_model_len=2 * scale["max_len"] + 64, async_scheduling=False)
+    engine = llm.llm_engine
+    runner = engine.executor.worker.model_runner
+    vocab = engine.config.model_config.get_vocab_size()
+    engine.add_request("step", [(7 * i + 3) % vocab for i in range(32)], SamplingParams(max_tokens=10_000, ignore_eos=True))
+    for _ in range(scale["tpot_tokens"] // 2):  # the prompt, then decoding to about the TPOT rows' mean context
+        engine.step()
+    so = engine.scheduler.schedule()
+    with torch.inference_mode():
+        runner._update_states(so)
+        inputs = runner._prepare_inputs(so)
+        meta = inputs.attn_metadata
+        if runner.graph_runner is not None:  # the engine's own batch-1 graph metadata (split count, block table)
+            runner.graph_runner.block_table[:1, : meta.block_table.shape[1]].copy_(meta.block_table)
+            meta = runner.graph_runner._metadata("decode", 1)
+
+        def forward() -> torch.Tensor:
+            return runner.model.compute_logits(runner.model(inputs.input_ids, inputs.positions, meta))
+
+        calls, pool = {}, None
+        for setting in SETTINGS:
+            took = apply(setting, device)
+            forward()  # compiles this setting's kernels outside the capture
+            if device == "cuda":
+                graph, _, pool = CUDAGraphRunner._capture_graph(forward, pool)
+                calls[label(setting, took)] = graph.replay
+            else:
+                calls[label(setting, took)] = forward
+        apply((), device)
+        times = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                times[name].append(timed(device, lambda: [call() for _ in range(reps)]) / reps)
+    del llm, engine, runner
+    gc.collect()
+    base = statistics.median(times[label((), ())])
+    print(f"batch-1 step (forward + logits) as one graph per setting, one engine, {rounds} rounds of {reps} replays in turn:")
+    for name, t in times.items():
+        us = ", ".join(f"{x * 1e6:.1f}" for x in t)
+        print(f"  {name}: {statistics.median(t) * 1e6:.1f} us ({us}); / no switch {statistics.median(t) / base:.3f}")
+
+
 def label(setting: tuple[str, ...], took: tuple[str, ...]) -> str:
     missing = [name for name in setting if name not in took]
     return (" + ".join(setting) or "no switch") + (f" ({', '.join(missing)}: not available here)" if missing else "")
@@ -97,6 +148,10 @@ def label(setting: tuple[str, ...], took: tuple[str, ...]) -> str:
 
 def main() -> None:
     args, device, scale, model = parse_scaled_args(SCALES, runs=2)  # --runs: rounds over every setting
+    try:
+        step_graphs_in_turn(model, device, scale)
+    finally:
+        apply((), device)
     by_setting, reference = {s: [] for s in SETTINGS}, None
     try:
         for r in range(args.runs):

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmarks.bench_throughput as bench  # noqa: E402
-from benchmarks.common import get_checkpoint, nano_vllm_workload, sync, timed  # noqa: E402
+from benchmarks.common import get_checkpoint, measure_copy_bandwidth, nano_vllm_workload, sync, timed  # noqa: E402
 
 
 def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False, async_scheduling: bool = False, **params):
@@ -375,7 +375,10 @@ def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
 
 
 def tail() -> None:
-    """The throughput workload step by step: how much of its time goes to which kind of step."""
+    """The throughput workload step by step: how much of its time goes to which kind of step, and
+    each kind's floor (bench_all's: a decode step reads every weight once and each sequence's whole
+    K/V context, at the measured copy bandwidth; steps with prompt tokens are not in the floor)."""
+    from benchmarks.bench_roofline import model_bytes
     from folovllm import LLM, SamplingParams
 
     cuda = torch.cuda.is_available()
@@ -387,15 +390,20 @@ def tail() -> None:
     wl = nano_vllm_workload(num_seqs, 100 if cuda else 16, max_len, max_len, vocab)
     for i, (p, n) in enumerate(zip(wl.prompts, wl.output_lens)):
         engine.add_request(str(i), p, SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n))
+    weight_bytes, kv_per_token = model_bytes(llm)
+    bw = measure_copy_bandwidth("cuda" if cuda else "cpu", nbytes=(1 << 30) if cuda else (1 << 26))
     launch = engine._launch
-    steps = []  # (has prompt tokens, sequences, seconds since the previous launch)
+    steps = []  # (has prompt tokens, sequences, seconds since the previous launch, tokens of K/V context read)
     last = [time.perf_counter()]
 
     def timed_launch():
         so, handle = launch()
         now = time.perf_counter()
         prompts = bool(so.scheduled_new_reqs) or any(n > 1 for n in so.num_scheduled_tokens.values())
-        steps.append((prompts, len(so.num_scheduled_tokens), now - last[0]))
+        cached = so.scheduled_cached_reqs
+        computed = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs} | dict(zip(cached.req_ids, cached.num_computed_tokens))
+        context = sum(computed[r] + n for r, n in so.num_scheduled_tokens.items())
+        steps.append((prompts, len(so.num_scheduled_tokens), now - last[0], context))
         last[0] = now
         return so, handle
 
@@ -409,9 +417,13 @@ def tail() -> None:
               "decode, 1-8 seqs": lambda p, b: not p and b <= 8}  # fmt: skip
     print(f"{num_seqs} sequences, {wl.num_output_tokens:,} output tokens in {total:.2f} s ({wl.num_output_tokens / total:,.0f} tok/s), {len(steps)} steps")
     for name, match in groups.items():
-        chosen = [(b, dt) for p, b, dt in steps if match(p, b)]
-        secs = sum(dt for _, dt in chosen)
-        print(f"  {name:20s} {len(chosen):5d} steps {secs:7.3f} s ({secs / total:4.0%}), {sum(b for b, _ in chosen):8,d} sequence-steps")
+        chosen = [(b, dt, ctx) for p, b, dt, ctx in steps if match(p, b)]
+        secs = sum(dt for _, dt, _ in chosen)
+        line = f"  {name:20s} {len(chosen):5d} steps {secs:7.3f} s ({secs / total:4.0%}), {sum(b for b, _, _ in chosen):8,d} sequence-steps"
+        if name.startswith("decode") and chosen:
+            floor = sum(weight_bytes + kv_per_token * ctx for _, _, ctx in chosen) / bw
+            line += f", floor {floor:.3f} s ({floor / secs:.0%} of it reached), {secs / len(chosen) * 1e3:.2f} ms a step against {floor / len(chosen) * 1e3:.2f}"
+        print(line)
 
 
 if __name__ == "__main__":
