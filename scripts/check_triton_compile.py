@@ -275,10 +275,15 @@ def _gptq_cases():
                        lambda: gptq_gemm(x, qweight, qzeros, scales, bits, group_size, 1, g_idx))  # fmt: skip
 
 
+# Kernels that read inputs no kernel writes before they wait for the kernel before (with PDL), and
+# how many such loads their PTX must issue ahead of the wait: position, slot, cos, sin; the length.
+LOADS_BEFORE_WAIT = {"_qk_norm_rope_store_kernel": 4, "_decode_stage1_kernel": 1}
+
+
 def _pdl_cases():
     """The kernels of a decode step with programmatic dependent launch on (``folovllm.utils.pdl``): each
-    must wait for the kernel before (``griddepcontrol.wait``) and the one-row matmul must also prefetch
-    its weights into L2, before the wait."""
+    must wait for the kernel before (``griddepcontrol.wait``); the one-row matmul must also prefetch
+    its weights into L2, and those in ``LOADS_BEFORE_WAIT`` load their inputs, before the wait."""
     from folovllm.utils import pdl
 
     def with_pdl(call, must_prefetch):
@@ -296,6 +301,9 @@ def _pdl_cases():
                     raise RuntimeError(f"{name} does not take part in programmatic dependent launch")
                 if must_prefetch and not ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait"):
                     raise RuntimeError(f"{name} does not ask L2 for its weights before it waits")
+                early = ptx[: ptx.index("griddepcontrol.wait")].count("ld.global")
+                if early < LOADS_BEFORE_WAIT.get(name, 0):
+                    raise RuntimeError(f"{name} loads {early} input(s) before it waits, not {LOADS_BEFORE_WAIT[name]}")
             if len(COMPILED) == start:
                 raise RuntimeError("nothing compiled")
 

@@ -6,16 +6,20 @@ most of them a few microseconds long, so that gap is paid ~290 times. With PDL a
 launched while the one before is still running; the kernel itself says from where on it needs
 that kernel's results:
 
-* ``gdc_launch_dependents`` (first thing in each kernel here): the next kernel may launch once
-  every program of this one has started;
+* ``gdc_launch_dependents``: the next kernel may launch once every program of this one has
+  started;
 * ``gdc_wait``: block until the kernel before has finished and its writes are visible. Every
-  kernel here waits before it reads or writes anything another kernel touches, and before any
-  program can exit, so kernels still finish in stream order.
+  kernel here waits before it reads anything another kernel writes, before it writes anything,
+  and before any program can exit, so kernels still finish in stream order.
 
 What needs nothing from the kernel before runs ahead of the wait: the one-row matmul
 (``triton_gemv``) asks L2 for its weight rows there, while the norm or attention before it is still
-running. The kernels that do not take part (cuBLAS, torch's own) launch as usual, and a kernel
-launched with PDL after one of them simply waits for it.
+running; the q/k norm kernel reads its token's position and cos/sin, and the decode kernel its
+sequence's length. Those are the step's inputs, which the host copies in before the step's first
+kernel, and constant tables: no kernel writes them, so no kernel still running can be writing
+them (a launched-early kernel may overlap more than the one kernel before it, since that one also
+started early). The kernels that do not take part (cuBLAS, torch's own, copies) launch as usual,
+and a kernel launched with PDL after one of them simply waits for it.
 
 On by default (``FOLOVLLM_PDL=0`` turns it off) where it can run: compute capability 9.0 or later
 and a Triton whose CUDA launcher has the ``launch_pdl`` option (triton 3.6 has it). On an H100

@@ -54,15 +54,17 @@ def _decode_stage1_kernel(
     V_VIA_REGISTERS: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    wait_for_previous_kernel(USE_PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
 
+    # The sequence's length is no kernel's output (the host copies it in): read before the wait, so
+    # that with PDL its round trip overlaps the kernel before (which writes q and this step's K/V).
     seq_len = tl.load(seq_lens_ptr + b)
     per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
+    wait_for_previous_kernel(USE_PDL)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)

@@ -98,12 +98,17 @@ def _qk_norm_rope_store_kernel(
     # Every load comes before the first store: the compiler keeps a load after a store it cannot
     # tell apart from it, so loads of k and v placed after q's stores would each start one more
     # round trip to memory late (at one token, 2.4 us against 1.6 for one program per head).
-    wait_for_previous_kernel(USE_PDL)
+    # The position, the slot and the position's cos/sin are no kernel's output (the host copies the
+    # first two in, the table never changes): read before the wait, with PDL the two round trips of
+    # position, then cos/sin, overlap the end of the kernel before instead of following it.
     t = tl.program_id(0)
     half = HEAD_DIM // 2
     offs = tl.arange(0, HALF_BLOCK)[None, :]
     pos = tl.load(pos_ptr + t)
     slot = tl.load(slot_ptr + t).to(tl.int64)
+    cos = tl.load(cos_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
+    sin = tl.load(sin_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
+    wait_for_previous_kernel(USE_PDL)
     qh = tl.arange(0, Q_HEADS_BLOCK)[:, None]
     q_mask = (qh < NUM_Q_HEADS) & (offs < half)
     q1, q2 = _load_halves(q_ptr + t * stride_qt + qh * HEAD_DIM, offs, q_mask, HEAD_DIM)
@@ -113,8 +118,6 @@ def _qk_norm_rope_store_kernel(
     d = tl.arange(0, HEAD_BLOCK)[None, :]
     v_mask = (kvh < NUM_KV_HEADS) & (d < HEAD_DIM)
     v = tl.load(v_ptr + t * stride_vt + kvh * HEAD_DIM + d, mask=v_mask)
-    cos = tl.load(cos_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
-    sin = tl.load(sin_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
 
     y1, y2 = _norm_rope_heads(q1, q2, qw_ptr, cos, sin, eps, offs, HEAD_DIM, HAS_NORM)
     ky1, ky2 = _norm_rope_heads(k1, k2, kw_ptr, cos, sin, eps, offs, HEAD_DIM, HAS_NORM)
