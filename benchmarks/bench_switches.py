@@ -1,10 +1,11 @@
-"""The engine's speed switches, each alone and all together, against none, in one process.
+"""The engine's speed switches, each alone, against the engine's defaults, in one process.
 
 Switches a GPU run decides on:
 
-* ``pdl``: programmatic dependent launch (``folovllm.utils.pdl``): each Triton kernel of a step
-  launches while the one before it still runs, and the one-row matmul fetches its weights into L2
-  meanwhile (on by default since the H100 run of 2026-11-27; "no switch" here turns it off);
+* ``no_pdl``: programmatic dependent launch (``folovllm.utils.pdl``) off. With it, each Triton
+  kernel of a step launches while the one before it still runs, and reads what no kernel writes
+  (weights into L2, the step's positions and lengths) meanwhile; on by default since the H100 run
+  of 2026-11-27, which measured it against no switch;
 * ``fused_gemv``: at one row, the RMSNorm (with the residual add) inside the q/k/v and gate/up
   GEMVs and SiLU-and-mul inside down's (``triton_gemv.FUSED_GEMV_CONFIGS``, filled here with each
   shape's plain GEMV configuration): seven kernels per layer instead of ten;
@@ -18,9 +19,9 @@ gives, free of the spread between engines that decided nothing for the fused GEM
 Then per setting, an engine of its own (``--runs`` rounds, settings in turn within a round, so
 that drift shows between rounds): the batch-1 TPOT (3 runs of ``tpot_tokens``), the TTFT of one 1024-token prompt (5 runs),
 the throughput on nano-vllm's workload (one run), and how many greedy outputs equal those of round 1
-with no switch (PDL must change none; a fused norm sums in another order, so may change a few); last,
-each setting's medians over the rounds against no switch (also when a time limit's Ctrl-C cuts
-the run: the settings measured so far).
+with the defaults (PDL must change none; a fused norm sums in another order, so may change a few);
+last, each setting's medians over the rounds against the defaults (also when a time limit's Ctrl-C
+cuts the run: the settings measured so far).
 
 GPU: python benchmarks/bench_switches.py               (Qwen3-0.6B shapes, bf16; PDL needs sm_90)
 CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL is not available there)
@@ -49,9 +50,10 @@ SCALES = {
     "gpu": dict(preset="qwen3-0.6b", num_seqs=256, max_len=1024, ttft_len=1024, tpot_tokens=256),
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
-SWITCHES = ("pdl", "fused_gemv", "skinny_gemm")
-# No switch, each alone, all of them.
-SETTINGS = [(), *((name,) for name in SWITCHES), SWITCHES]
+PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
+SWITCHES = ("no_pdl", "fused_gemv", "skinny_gemm")
+# The defaults, then each switch alone.
+SETTINGS = [(), *((name,) for name in SWITCHES)]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down: 1,024 outputs each
@@ -61,13 +63,14 @@ SKINNY = [(1024, 2048), (1024, 3072)]
 def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     """Turn the switches in ``setting`` on and the others off (read at each launch, and baked into
     the CUDA graphs an engine captures); returns those that took effect here."""
-    pdl.ENABLED = "pdl" in setting
+    pdl.ENABLED = True
+    pdl_here = pdl.pdl_launch_args(torch.zeros(1, device=device))["USE_PDL"]
+    pdl.ENABLED = PDL_DEFAULT and "no_pdl" not in setting
     fused = "fused_gemv" in setting
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = {s: triton_skinny_gemm.CONFIGS[0] for s in SKINNY} if skinny else {}
-    on = pdl.pdl_launch_args(torch.zeros(1, device=device))["USE_PDL"]
-    return tuple(name for name in setting if name != "pdl" or on)
+    return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
 
 
 def measure(model: str, device: str, scale: dict) -> dict:
@@ -138,12 +141,12 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
     print(f"batch-1 step (forward + logits) as one graph per setting, one engine, {rounds} rounds of {reps} replays in turn:")
     for name, t in times.items():
         us = ", ".join(f"{x * 1e6:.1f}" for x in t)
-        print(f"  {name}: {statistics.median(t) * 1e6:.1f} us ({us}); / no switch {statistics.median(t) / base:.3f}")
+        print(f"  {name}: {statistics.median(t) * 1e6:.1f} us ({us}); / defaults {statistics.median(t) / base:.3f}")
 
 
 def label(setting: tuple[str, ...], took: tuple[str, ...]) -> str:
     missing = [name for name in setting if name not in took]
-    return (" + ".join(setting) or "no switch") + (f" ({', '.join(missing)}: not available here)" if missing else "")
+    return (" + ".join(setting) or "defaults") + (f" ({', '.join(missing)}: not available here)" if missing else "")
 
 
 def main() -> None:
@@ -161,7 +164,7 @@ def main() -> None:
                 reference = reference or m["tokens"]
                 same = sum(a == b for a, b in zip(m["tokens"], reference))
                 print(f"round {r + 1}, {label(setting, took)}: TPOT {ms_spread(m['tpots'])}; TTFT {ms_spread(m['ttfts'])}; "
-                      f"{m['tok_s'][0]:,.0f} output tok/s; greedy outputs equal to round 1 with no switch: "
+                      f"{m['tok_s'][0]:,.0f} output tok/s; greedy outputs equal to round 1 with the defaults: "
                       f"{same}/{len(reference)}", flush=True)  # fmt: skip
                 by_setting[setting].append(m)
     except KeyboardInterrupt:  # scripts/gpu_checks.sh's time limit: summarise what was measured
@@ -177,7 +180,7 @@ def main() -> None:
         for what, key in (("TPOT", "tpots"), ("TTFT", "ttfts"), ("throughput", "tok_s")):
             base = statistics.median(x for m in none for x in m[key])
             ratios.append(f"{what} {statistics.median(x for m in rows for x in m[key]) / base:.3f}")
-        print(f"{' + '.join(setting)} / no switch (medians over all rounds): {', '.join(ratios)}")
+        print(f"{' + '.join(setting)} / defaults (medians over all rounds): {', '.join(ratios)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [engine] [bench] [switches] [kernels] [views] [fp8] [gptq] [chunked]
+#   bash scripts/gpu_checks.sh [tests] [engine] [bench] [switches] [step] [kernels] [views] [fp8] [gptq] [chunked]
 #   (default: tests engine bench)
 #
 # (`profile` = `kernels views`.) `tests` are the kernels' GPU tests, `engine` the GPU engine tests
@@ -10,8 +10,9 @@
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
-# `switches` is bench_switches.py (the engine's speed switches, PDL, the fused one-row GEMV
-# and the skinny GEMM, each alone and together against none: TPOT, TTFT, throughput, tokens).
+# `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV
+# and the skinny GEMM, each alone against the defaults: a batch-1 step's GPU time in one engine,
+# then TPOT, TTFT, throughput, tokens per engine); `step` is its first part alone.
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s a machine) included. Timed on 2026-11-27 (fourteenth session, one machine): the kernel
 # tests ~150-200 s, after which the GPU engine tests had not reported one result when a 200 s limit
@@ -88,8 +89,11 @@ for stage in $stages; do
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
-        # PDL, the fused one-row GEMV, the skinny GEMM: each alone and all together against none, two rounds
+        # PDL off, the fused one-row GEMV, the skinny GEMM, each alone against the defaults: first a
+        # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;
+        # only the first part (one engine: ~30-40 s expected, not yet timed)
+        step) run step ${STEP_LIMIT:-90} $PY benchmarks/bench_switches.py --runs 0 ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;

@@ -89,9 +89,9 @@ GPU_STAGE_SCRIPTS = {
     "profile_logprobs": (["benchmarks/profile_step.py", "logprobs", "8"], ["FINAL_ONLY list of dicts", "DELTA      list of dicts"]),
     "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1"], ["identical tokens"]),
     "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
-                 ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "round 1, no switch: TPOT ", "round 1, pdl (pdl: not available here): ", "round 1, fused_gemv: ", "round 1, skinny_gemm: ",
-                  "greedy outputs equal to round 1 with no switch: 8/8",
-                  "pdl + fused_gemv + skinny_gemm / no switch (medians over all rounds): TPOT "]),
+                 ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "round 1, defaults: TPOT ",
+                  "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, skinny_gemm: ",
+                  "greedy outputs equal to round 1 with the defaults: 8/8", "skinny_gemm / defaults (medians over all rounds): TPOT "]),
     "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
     "gptq": (["benchmarks/bench_gptq.py", "--runs", "1"], ["TPOT, batch 1", "Weights read per decode step"]),
 }  # fmt: skip
