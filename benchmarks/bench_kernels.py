@@ -41,6 +41,7 @@ from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, sil
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
+from folovllm.attention.backends.triton_backend import TritonAttentionBackend  # noqa: E402
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
 from folovllm.attention.ops import triton_prefill_attention  # noqa: E402
 from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
@@ -298,6 +299,14 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         context = f"{ctx:5d}" if isinstance(ctx, int) else f"{ctx[0]}..{ctx[1]}"
         print(f"decode in a graph B={batch:3d} ctx={context} {str(cache_dtype).split('.')[-1]:13s} by splits: {', '.join(row)}"
               f" [engine's rule: {rule[2048]} at max_model_len 2048, {rule[40960]} at 40960]")  # fmt: skip
+        if not isinstance(ctx, int):  # uneven contexts: the programs started in batch order, then longest first
+            order = torch.from_numpy(TritonAttentionBackend().make_decode_order(seq_lens.cpu().numpy())).to(dev)
+            row = []
+            for s in split_counts:
+                attend = functools.partial(paged_decode_attention, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=s)
+                us = in_turn([attend, functools.partial(attend, seq_order=order)])
+                row.append(f"{s}: {us[0]} / {us[1]}")
+            print(f"    batch order / longest first (LONGEST_FIRST), us in turn, by splits: {'; '.join(row)}")
         if cache_dtype == torch.float8_e4m3fn:
             # SASS instructions per 128 keys (triton 3.6): 1,404 for 128 keys in 2 stages, 1,065 with V
             # widened in registers (no byte-wise gather of V from shared memory); with it and 3 stages,

@@ -9,6 +9,8 @@ Switches a GPU run decides on:
 * ``fused_gemv``: at one row, the RMSNorm (with the residual add) inside the q/k/v and gate/up
   GEMVs and SiLU-and-mul inside down's (``triton_gemv.FUSED_GEMV_CONFIGS``, filled here with each
   shape's plain GEMV configuration): seven kernels per layer instead of ten;
+* ``longest_first``: decode steps start their sequences' attention programs longest first
+  (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
 * ``skinny_gemm``: at 8 to 256 rows, the Triton skinny GEMM for o and down, the two projections
   cuBLAS read at 23-34% of copy bandwidth (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``, filled here
   with its first configuration; ``bench_kernels.py`` times them all).
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.bench_all import ms_spread, ttft
 from benchmarks.common import nano_vllm_workload, parse_scaled_args, timed
 from folovllm import LLM, SamplingParams
+from folovllm.attention.ops import triton_decode_attention
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
 from folovllm.utils import pdl
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
@@ -51,9 +54,11 @@ SCALES = {
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
-SWITCHES = ("no_pdl", "fused_gemv", "skinny_gemm")
+SWITCHES = ("no_pdl", "fused_gemv", "longest_first", "skinny_gemm")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
+# Those that change a batch-1 step (the skinny GEMM takes 8 rows and more; the order, several sequences).
+STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",)]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down: 1,024 outputs each
@@ -68,6 +73,7 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     pdl.ENABLED = PDL_DEFAULT and "no_pdl" not in setting
     fused = "fused_gemv" in setting
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
+    triton_decode_attention.LONGEST_FIRST = "longest_first" in setting  # read by the next engine's backend
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = {s: triton_skinny_gemm.CONFIGS[0] for s in SKINNY} if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
@@ -122,7 +128,7 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
             return runner.model.compute_logits(runner.model(inputs.input_ids, inputs.positions, meta))
 
         calls, pool = {}, None
-        for setting in SETTINGS:
+        for setting in STEP_SETTINGS:
             took = apply(setting, device)
             forward()  # compiles this setting's kernels outside the capture
             if device == "cuda":
@@ -135,8 +141,6 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
         for _ in range(rounds):
             for name, call in calls.items():
                 times[name].append(timed(device, lambda: [call() for _ in range(reps)]) / reps)
-    del llm, engine, runner
-    gc.collect()
     base = statistics.median(times[label((), ())])
     print(f"batch-1 step (forward + logits) as one graph per setting, one engine, {rounds} rounds of {reps} replays in turn:")
     for name, t in times.items():
@@ -155,6 +159,9 @@ def main() -> None:
         step_graphs_in_turn(model, device, scale)
     finally:
         apply((), device)
+    gc.collect()  # that engine's memory, before the next ones measure what they may take
+    if device == "cuda":
+        torch.cuda.empty_cache()
     by_setting, reference = {s: [] for s in SETTINGS}, None
     try:
         for r in range(args.runs):

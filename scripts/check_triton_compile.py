@@ -184,6 +184,10 @@ def _attention_cases():
         for splits in (1, 4):
             yield (f"decode attention, {splits} split(s) ({name})",
                    lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s))  # fmt: skip
+            if dtype == BF16 and cache_dtype != FP8 and heads == 16:  # LONGEST_FIRST's variants, the model's dtype
+                yield (f"decode attention, {splits} split(s), longest first ({name})",
+                       lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s,
+                                                               seq_order=torch.tensor([1, 0], dtype=torch.int32)))  # fmt: skip
         if cache_dtype == FP8:  # a variant bench_kernels.py times (the engine's widens V in registers)
             yield (f"decode attention, 1 split, V through shared memory ({name})",
                    lambda: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, v_via_registers=False))  # fmt: skip

@@ -10,9 +10,10 @@
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
-# `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV
-# and the skinny GEMM, each alone against the defaults: a batch-1 step's GPU time in one engine,
-# then TPOT, TTFT, throughput, tokens per engine); `step` is its first part alone.
+# `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
+# decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
+# step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
+# first part alone.
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s a machine) included. Timed on 2026-11-27 (fourteenth session, one machine): the kernel
 # tests ~150-200 s, after which the GPU engine tests had not reported one result when a 200 s limit
@@ -89,7 +90,7 @@ for stage in $stages; do
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
-        # PDL off, the fused one-row GEMV, the skinny GEMM, each alone against the defaults: first a
+        # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;
         # only the first part (one engine: ~30-40 s expected, not yet timed)

@@ -52,6 +52,7 @@ class CUDAGraphRunner:
     ) -> None:  # fmt: skip
         self.model = model
         self.buffers = buffers
+        self.decode_order = attn_backend.orders_decode_rows
         self.max_model_len = max_model_len
         self.num_kv_splits_fn = num_kv_splits_fn
         self.decode_sizes = _ladder(_DECODE_LADDER, max_num_seqs)
@@ -78,6 +79,7 @@ class CUDAGraphRunner:
             seq_lens_cpu=[],
             num_kv_splits=self.num_kv_splits_fn(size, self.max_model_len) if decode else 1,
             prefill_tiles=None if decode else buf.prefill_tiles.gpu[: self.tiles_for[size]],
+            decode_order=buf.decode_order.gpu[:size] if decode and self.decode_order else None,
         )
 
     @torch.inference_mode()
@@ -98,6 +100,7 @@ class CUDAGraphRunner:
         buf.slot_mapping.gpu.fill_(-1)
         buf.seq_lens.gpu.zero_()
         buf.prefill_tiles.gpu.fill_(-1)
+        buf.decode_order.gpu.copy_(torch.arange(len(buf.decode_order.gpu), dtype=torch.int32))
         pool = None
         # Largest first, so that smaller graphs reuse its memory.
         keys = sorted([("mixed", t) for t in self.mixed_sizes] + [("decode", b) for b in self.decode_sizes], key=lambda k: -k[1])

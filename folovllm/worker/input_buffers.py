@@ -61,6 +61,8 @@ class InputBuffers:
         # A step's [sequences, widest block list] table, laid out for that step's width.
         self.block_table = buffer(max_num_seqs * max_blocks_per_seq, dtype=torch.int32)
         self.prefill_tiles = buffer(max(max_prefill_tiles, 1), 2, dtype=torch.int32)
+        # The decode kernel's program order (a permutation of a decode step's rows, padding rows included).
+        self.decode_order = buffer(max_num_seqs, dtype=torch.int32)
         self.logits_indices = buffer(max_num_seqs, dtype=torch.int64)
         # Decodes whose input token the device holds (async scheduling): their rows, and the rows
         # of the last step's sampled tokens that fill them.

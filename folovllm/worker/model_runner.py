@@ -248,6 +248,11 @@ class ModelRunner:
         if tiles is not None:
             num_tiles = self.graph_runner.tiles_for[graph_size] if graph_size is not None else len(tiles)
             tiles = buf.prefill_tiles.copy_to_gpu(tiles, num_tiles, fill=-1)
+        order = None
+        if decode and self.attn_backend.orders_decode_rows:
+            # a graph's padding rows (no context) run last, each as itself
+            padding = np.arange(num_seqs, graph_size or num_seqs, dtype=np.int32)
+            order = buf.decode_order.copy_to_gpu(np.concatenate([self.attn_backend.make_decode_order(seq_lens), padding]))[:num_seqs]
         return AttentionMetadata(
             max_query_len=max_query_len,
             max_seq_len=max_seq_len,
@@ -259,6 +264,7 @@ class ModelRunner:
             seq_lens_cpu=seq_lens.tolist(),
             num_kv_splits=self._num_kv_splits(num_seqs, max_seq_len),
             prefill_tiles=tiles,
+            decode_order=order,
         )
 
     def _update_states(self, so: SchedulerOutput) -> None:

@@ -156,3 +156,35 @@ def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monke
         "gemv_add_rms_norm": {shapes["qkv"], shapes["gate_up"]},
         "gemv_silu_and_mul": {shapes["down"]},
     }
+
+
+def test_decode_programs_longest_first_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
+    """With ``LONGEST_FIRST`` every decode step hands the kernel its sequences longest first (a graph's
+    padding rows last, each as itself), replayed and eager, and the tokens stay HF's."""
+    import folovllm.attention.backends.triton_backend as triton_backend
+    from folovllm import SamplingParams
+
+    monkeypatch.setattr(triton_backend.triton_decode_attention, "LONGEST_FIRST", True)
+    calls = []
+
+    def spy(q, k_cache, v_cache, block_table, seq_lens, scale, seq_order=None, **kwargs):
+        calls.append((seq_lens.tolist(), None if seq_order is None else seq_order.tolist()))
+        return paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, seq_order=seq_order, **kwargs)
+
+    paged_decode_attention = triton_backend.paged_decode_attention
+    monkeypatch.setattr(triton_backend, "paged_decode_attention", spy)
+    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17])]  # 3 sequences: graph 4, one padding row
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    for eager in (False, True):
+        if eager:
+            graphs.decode_sizes = []
+        calls.clear()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
+        steps = [(lens, order) for lens, order in calls if any(lens)]  # not the capture's (all rows empty)
+        assert steps and all(order is not None and sorted(order) == list(range(len(lens))) for lens, order in steps), steps
+        assert all([lens[i] for i in order] == sorted(lens, reverse=True) for lens, order in steps), steps
+        assert any(order != sorted(order) for _, order in steps), steps  # the 40-token prompt is not first
+        if not eager:
+            assert any(len(lens) == 4 and lens[3] == 0 and order[3] == 3 for lens, order in steps), steps  # padding row last

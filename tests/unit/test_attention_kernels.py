@@ -6,6 +6,7 @@ TRITON_INTERPRET=1), so CI checks the kernels' logic without a GPU.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,30 @@ def test_decode_attention_with_the_most_splits_matches_reference():
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
     with pytest.raises(AssertionError):
         paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=MAX_KV_SPLITS + 1)
+
+
+@pytest.mark.parametrize("num_kv_splits", [1, 3])
+def test_decode_attention_in_a_given_program_order_gives_each_sequence_its_own_output(num_kv_splits):
+    """With ``seq_order`` (grid row i works on sequence order[i], kv head fastest), each sequence's
+    output is still its own, the same as in batch order; a padding row (no context) anywhere in it."""
+    from folovllm.attention.backends.triton_backend import TritonAttentionBackend
+
+    seq_lens = [37, 130, 0, 5, 70]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, [1] * 5, 4, 2, 32, 16, seed=5)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    plain = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits)
+    longest_first = TritonAttentionBackend().make_decode_order(np.array(seq_lens))
+    assert longest_first.tolist() == [1, 4, 0, 3, 2]
+    for order in (longest_first, np.array([2, 0, 4, 1, 3], dtype=np.int32)):
+        out = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits,
+                                     seq_order=torch.from_numpy(order).to(DEVICE))  # fmt: skip
+        torch.testing.assert_close(out, plain, atol=0, rtol=0)
+    if num_kv_splits == 1:  # the programs follow the order: one naming sequence 1 five times writes its rows only
+        out = torch.full_like(plain, float("nan"))
+        ones = torch.ones(5, dtype=torch.int32, device=DEVICE)
+        paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, out=out, seq_order=ones)
+        torch.testing.assert_close(out[1], plain[1], atol=0, rtol=0)
+        assert out[[0, 2, 3, 4]].isnan().all()
 
 
 def test_decode_split_rule_fills_the_sms_without_splits_shorter_than_a_key_tile():

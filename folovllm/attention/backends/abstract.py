@@ -43,6 +43,9 @@ class AttentionMetadata:
     num_kv_splits: int = 1
     # The prefill kernel's work list (see AttentionBackend.make_prefill_tiles); None when unused.
     prefill_tiles: torch.Tensor | None = None
+    # A decode step's sequences in the order their programs start (AttentionBackend.make_decode_order),
+    # int32 [B] on the device; None: batch order.
+    decode_order: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -51,6 +54,8 @@ class AttentionMetadata:
 
 class AttentionBackend(ABC):
     name: str
+    # Whether decode steps pass ``make_decode_order``'s order in ``AttentionMetadata.decode_order``.
+    orders_decode_rows: bool = False
 
     def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray | None:
         """The host-built work list a prefill step passes in ``prefill_tiles``, or None (the default) if unused."""
@@ -59,6 +64,10 @@ class AttentionBackend(ABC):
     def max_prefill_tiles(self, num_tokens: int, max_num_seqs: int, head_dim: int) -> int:
         """The most rows ``make_prefill_tiles`` can return for a batch of ``num_tokens``: a CUDA graph's buffer."""
         return 0
+
+    def make_decode_order(self, seq_lens: np.ndarray) -> np.ndarray:
+        """A decode step's sequences in the order their programs should start (``orders_decode_rows`` only)."""
+        raise NotImplementedError
 
     @abstractmethod
     def forward(

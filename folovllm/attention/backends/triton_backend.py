@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.attention.ops import triton_decode_attention
 from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
 from folovllm.attention.ops.triton_kv_store import store_kv_cache
 from folovllm.attention.ops.triton_prefill_attention import max_prefill_tiles, paged_prefill_attention, prefill_block_sizes, prefill_tiles
@@ -13,6 +14,13 @@ from folovllm.attention.ops.triton_prefill_attention import max_prefill_tiles, p
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+
+    def __init__(self) -> None:
+        self.orders_decode_rows = triton_decode_attention.LONGEST_FIRST
+
+    def make_decode_order(self, seq_lens: np.ndarray) -> np.ndarray:
+        # longest first (ties in batch order)
+        return np.argsort(-seq_lens, kind="stable").astype(np.int32)
 
     def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray:
         # heaviest first: the kernel's programs take the list in rounds, balanced only in that order
@@ -27,7 +35,7 @@ class TritonAttentionBackend(AttentionBackend):
         if attn_metadata.max_query_len == 1:
             return paged_decode_attention(
                 q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
-                num_kv_splits=attn_metadata.num_kv_splits,
+                num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order,
             )  # fmt: skip
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,

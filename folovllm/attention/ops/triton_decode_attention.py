@@ -8,6 +8,11 @@ stage 2 merges them. Splitting matters when there are few sequences: batch 1
 of a model with 8 kv heads would otherwise keep only 8 SMs busy. The split
 count is a plain argument, so two compiled variants (split or not) serve
 every batch size; stage 2 merges up to MAX_KV_SPLITS in one fixed block.
+
+With a ``seq_order`` (longest first, ``LONGEST_FIRST``), the grid is (kv head, row, split) and
+row i works on sequence ``seq_order[i]``: the GPU starts programs in grid order, so a batch of
+uneven contexts starts its longest sequences' programs first and its shortest last, where batch
+order can start a long one last and leave it running alone at the end of the kernel.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
 
+# Whether the engine's decode steps pass a longest-first ``seq_order`` (read when an attention
+# backend is made). Off until an H100 has timed it: a model of the GPU's program starts (the dev
+# log's section 22) has batch order lose 2-3% of the kernel at 150-256 uneven sequences, up to 9%
+# at ~90, and longest first with the kv head fastest in the grid lose ~1%.
+LONGEST_FIRST = False
+
+
 # Per-step values, not specialised on (a variant compiled for one would recompile for another):
 # the block table's width (eager steps) and the split count (it follows the batch size).
 @triton.jit(do_not_specialize=["stride_bt", "num_splits"])
@@ -31,6 +43,7 @@ def _decode_stage1_kernel(
     v_cache_ptr,
     block_table_ptr,
     seq_lens_ptr,
+    seq_order_ptr,  # [B] int32, the sequence of each grid row (ORDERED only)
     out_ptr,  # [B, H, D] when not SPLIT, else partial out [B, H, num_splits, D]
     lse_ptr,  # [B, H, num_splits] (unused when not SPLIT)
     scale,
@@ -52,14 +65,20 @@ def _decode_stage1_kernel(
     DOT_PRECISION: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
     V_VIA_REGISTERS: tl.constexpr,
+    ORDERED: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
+    if ORDERED:
+        kvh = tl.program_id(0)
+        b = tl.load(seq_order_ptr + tl.program_id(1))
+    else:
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
     split = tl.program_id(2)
 
-    # The sequence's length is no kernel's output (the host copies it in): read before the wait, so
-    # that with PDL its round trip overlaps the kernel before (which writes q and this step's K/V).
+    # The sequence's length (and order) are no kernel's output (the host copies them in): read before
+    # the wait, so that with PDL their round trips overlap the kernel before (which writes q and this
+    # step's K/V).
     seq_len = tl.load(seq_lens_ptr + b)
     per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
@@ -161,10 +180,12 @@ def paged_decode_attention(
     num_stages: int | None = None,
     block_n: int | None = None,
     v_via_registers: bool | None = None,
+    seq_order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``num_stages``, ``block_n`` (keys per
-    iteration, a multiple of the page size) and ``v_via_registers`` (see the kernel) other than the
-    defaults are for ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
+    """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``seq_order``: int32 [B], a permutation of
+    the sequences, the order in which their programs start (see the module). ``num_stages``,
+    ``block_n`` (keys per iteration, a multiple of the page size) and ``v_via_registers`` (see the
+    kernel) other than the defaults are for ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -191,14 +212,16 @@ def paged_decode_attention(
     else:
         target, lse = out, out  # lse unused
     pdl = pdl_launch_args(q)
-    _decode_stage1_kernel[(num_seqs, num_kv_heads, num_kv_splits)](
-        q, k_cache, v_cache, block_table, seq_lens, target, lse, scale, num_kv_splits,
+    ordered = seq_order is not None
+    grid = (num_kv_heads, num_seqs, num_kv_splits) if ordered else (num_seqs, num_kv_heads, num_kv_splits)
+    _decode_stage1_kernel[grid](
+        q, k_cache, v_cache, block_table, seq_lens, seq_order if ordered else seq_lens, target, lse, scale, num_kv_splits,
         q.stride(0), q.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGE_SIZE=page_size, BLOCK_N=block_n,
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
-        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, **pdl,
+        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, ORDERED=ordered, **pdl,
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     if num_kv_splits > 1:
