@@ -318,8 +318,8 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
                                                               v_via_registers=via_registers))  # fmt: skip
                 row.append(f"{block_n} keys x {stages}{' V via registers' if via_registers else ''}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
             print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
-        if baseline is not None and batch == b:
-            calls = [functools.partial(kernel, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=split_counts[0])
+        if baseline is not None and batch in (1, b):  # at the engine's split count for max_model_len 2048
+            calls = [functools.partial(kernel, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=rule[2048])
                      for kernel in (paged_decode_attention, baseline.paged_decode_attention)]  # fmt: skip
             us = in_turn(calls)
             print(f"    today / baseline, us in turn: {us[0]} / {us[1]}")

@@ -21,23 +21,25 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session:
-#   1. Here: `mkdir -p .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py`
-#      (the element-wise kernels before their loads moved ahead of their stores), then on the device (carry
-#      [".ab"], timeout 570): `ENGINE_LIMIT=240 KERNELS_LIMIT=120 TESTS_LIMIT=180 BASELINE=.ab bash scripts/gpu_checks.sh engine kernels tests`
-#      - engine: the GPU engine tests, first (not run on 2026-11-27: PDL is now on by default, and they
-#        include PDL's same-tokens test, the no-compile test with a mixed batch, the 2-4-row GEMV);
-#      - kernels: "element-wise" today / baseline (the load order: expected ~1.6 us at one token, was
-#        2.4), decode in a graph at batches 32, 96 and 192 with uneven contexts by split count (the
-#        workload's middle band: 30% of its time), the prefill list "heaviest first / batch order" in the
-#        engine's own launch, and o and down at 8-256 rows asked of cuBLAS as (weight @ x.T).T (it reads
-#        them at 21-34% of copy bandwidth: a tile choice that leaves SMs idle?);
-#      - tests: the kernels' GPU tests (all passed on 2026-11-27 in ~150-200 s; last, as the cut-able one).
-#   2. At once, on the warm machine (timeout ~300): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
-#      the figures of record twice, the start-up row now without the transformers import (printed
-#      beside it), the FP8 row with its new decode default.
-#   3. If time is left: `FOLOVLLM_PDL=0 bash scripts/gpu_checks.sh views` (the batch-1 kernel view
-#      needs PDL off to split a step by kernel; the host view).
+# The plan for the next session (written in the fifteenth, which had no GPU):
+#   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
+#      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
+#      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
+#      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
+#      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=60 KERNELS_LIMIT=130 TESTS_LIMIT=150 BASELINE=.ab
+#      bash scripts/gpu_checks.sh engine step kernels tests`
+#      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
+#        also the 2-4-row GEMV and longest first);
+#      - step: the fused one-row GEMV and PDL off against the defaults, a batch-1 step in one engine (if the
+#        fused GEMV wins clearly, fill FUSED_GEMV_CONFIGS as bench_switches.apply does and rerun bench);
+#      - kernels: element-wise and decode at batch 1, today / baseline; "batch order / longest first" at
+#        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
+#        o and down asked of cuBLAS transposed;
+#      - tests: the kernels' GPU tests (last: the cut-able one).
+#   2. At once, on the warm machine (timeout ~250): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
+#      the figures of record twice, the start-up row without the transformers import (printed beside it),
+#      the FP8 row with its new decode default.
+#   3. If time is left: `switches` (longest first on the whole workload), or `FOLOVLLM_PDL=0 ... views`.
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
