@@ -6,7 +6,8 @@
     python benchmarks/profile_step.py cprofile      # host-side cProfile of the whole run
     python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off; wall by call
-    python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held
+    python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held, against their floor
+    python benchmarks/profile_step.py prompts       # the throughput workload's first step (prompts only): wall, GPU, by kernel
     python benchmarks/profile_step.py copies        # does a copy from pageable host memory wait for the GPU?
 
 Every view also runs on the CPU (a small model; kernels then lists operators): a check of the script
@@ -314,6 +315,62 @@ def prefill(runs: int = 5) -> None:
         print(f"  {label:44s} {secs / len(prompts) * 1e3:7.3f} ms")
 
 
+def prompt_step() -> None:
+    """The throughput workload's first step (its first prompts, up to the token budget, eagerly: more
+    tokens than the largest graph): wall time against the GPU's kernel time, and that by kernel. Its
+    nine such steps took 0.43 s of the 7.0 s run on the H100 (2026-11-27), about twice what their
+    FLOPs need at the measured matmul rate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from folovllm import LLM, SamplingParams
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    num_seqs, max_len = (256, 1024) if cuda else (16, 64)
+    model = get_checkpoint(None, "qwen3-0.6b" if cuda else "small", device)
+    llm = LLM(model, max_model_len=2 * max_len + 64, device=device, async_scheduling=False)  # one step, then its results
+    engine = llm.llm_engine
+    vocab = engine.config.model_config.get_vocab_size()
+    wl = nano_vllm_workload(num_seqs, 100 if cuda else 16, max_len, max_len, vocab)
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n) for n in wl.output_lens]
+    llm.generate([{"prompt_token_ids": p} for p in wl.prompts[:8]], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
+    llm.reset_prefix_cache()
+    for i, (p, sp) in enumerate(zip(wl.prompts, params)):
+        engine.add_request(str(i), p, sp)
+    engine.step()  # the first prompts, untimed (the allocator's first blocks of this size)
+    engine.abort_request([str(i) for i in range(num_seqs)])
+    llm.reset_prefix_cache()
+    for i, (p, sp) in enumerate(zip(wl.prompts, params)):
+        engine.add_request(f"again-{i}", p, sp)
+    tokens = []
+    schedule = engine.scheduler.schedule
+
+    def counting_schedule():
+        so = schedule()
+        tokens.append((so.total_num_scheduled_tokens, len(so.num_scheduled_tokens)))
+        return so
+
+    engine.scheduler.schedule = counting_schedule
+    wall = timed(device, engine.step)
+    gpu_ms, by_kernel = float("nan"), []
+    if cuda:
+        engine.abort_request([f"again-{i}" for i in range(num_seqs)])
+        llm.reset_prefix_cache()
+        for i, (p, sp) in enumerate(zip(wl.prompts, params)):
+            engine.add_request(f"profiled-{i}", p, sp)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            engine.step()
+            torch.cuda.synchronize()
+        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu_ms, by_kernel = sum(e.time_range.elapsed_us() for e in events) / 1e3, _gpu_time_by_name(events)
+    engine.scheduler.schedule = schedule
+    num_tokens, seqs = tokens[0]
+    print(f"the first step of the throughput workload: {num_tokens:,} tokens of {seqs} prompts, wall {wall * 1e3:.2f} ms, "
+          f"GPU kernels {gpu_ms:.2f} ms")  # fmt: skip
+    for name, (us, count) in by_kernel[:15]:
+        print(f"  {us / 1e3:7.3f} ms  {count:4d} x  {name[:100]}")
+
+
 def _gpu_time_by_name(events) -> list[tuple[str, tuple[float, int]]]:
     """(kernel name, (total us, calls)) of profiler device events, the longest total first."""
     totals: dict[str, tuple[float, int]] = {}
@@ -442,6 +499,8 @@ if __name__ == "__main__":
         prefill()
     elif mode == "tail":
         tail()
+    elif mode == "prompts":
+        prompt_step()
     elif mode == "copies":
         pageable_copies()
     else:

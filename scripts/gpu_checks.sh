@@ -9,7 +9,7 @@
 # (default: ./gpu_out), so a stage that runs long costs only itself. `bench` rewrites its part of
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
-# and matmul libraries); `views` are profile_step.py's prefill, tail, batch-1 kernel and host views;
+# and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, batch-1 kernel and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
 # decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
@@ -90,8 +90,9 @@ for stage in $stages; do
         views) run profile_copies 20 $PY benchmarks/profile_step.py copies
                run profile_prefill 90 $PY benchmarks/profile_step.py prefill
                run profile_tail 75 $PY benchmarks/profile_step.py tail
+               run profile_prompts 60 $PY benchmarks/profile_step.py prompts
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
-               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 320 s in all
+               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 380 s in all
         # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;

@@ -83,6 +83,7 @@ GPU_STAGE_SCRIPTS = {
     "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["first ms", "GPU kernels ms", "2048  eager", "of which the step's inputs", "wait for the sampled token", "the rest of generate()"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs", "of it reached"]),
+    "profile_prompts": (["benchmarks/profile_step.py", "prompts"], ["the first step of the throughput workload: "]),
     "profile_breakdown": (["benchmarks/profile_step.py", "breakdown"], ["update+outputs"]),
     "profile_host": (["benchmarks/profile_step.py", "host", "4"],
                      ["generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5",
