@@ -239,8 +239,8 @@ class ModelRunner:
     ) -> AttentionMetadata:  # fmt: skip
         """The step's attention metadata, its arrays copied to the device buffers; for a CUDA graph,
         padded to the graph's size: padding tokens write no cache slot (-1), padding decode rows
-        have no context (0), and the work list's unused rows are (-1, -1). ``decode``: one query
-        token per sequence."""
+        have no context (0) and come last, as themselves, in a decode order, and the work list's
+        unused rows are (-1, -1). ``decode``: one query token per sequence."""
         buf, num_seqs = self.buffers, len(seq_lens)
         query_lens = np.diff(qsl)
         max_query_len, max_seq_len = int(query_lens.max()), int(seq_lens.max())

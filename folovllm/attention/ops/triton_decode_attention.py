@@ -30,7 +30,7 @@ from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 # Whether the engine's decode steps pass a longest-first ``seq_order`` (read when an attention
 # backend is made). Off until an H100 has timed it: a model of the GPU's program starts (the dev
 # log's section 22) has batch order lose 2-3% of the kernel at 150-256 uneven sequences, up to 9%
-# at ~90, and longest first with the kv head fastest in the grid lose ~1%.
+# at ~90, and longest first with the kv head fastest in the grid lose 0-3%.
 LONGEST_FIRST = False
 
 
