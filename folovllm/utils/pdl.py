@@ -6,8 +6,8 @@ most of them a few microseconds long, so that gap is paid ~290 times. With PDL a
 launched while the one before is still running; the kernel itself says from where on it needs
 that kernel's results:
 
-* ``gdc_launch_dependents``: the next kernel may launch once every program of this one has
-  started;
+* ``gdc_launch_dependents``: the next kernel may launch once every program of this one has issued
+  it (first thing in each kernel here);
 * ``gdc_wait``: block until the kernel before has finished and its writes are visible. Every
   kernel here waits before it reads anything another kernel writes, before it writes anything,
   and before any program can exit, so kernels still finish in stream order.
@@ -65,10 +65,20 @@ def _cuda_major(index: int) -> int:
 
 
 @triton.jit
-def wait_for_previous_kernel(USE_PDL: tl.constexpr):
-    """Let the next kernel launch, then wait for the one before to finish (a no-op without PDL)."""
+def launch_next_kernel(USE_PDL: tl.constexpr):
+    """Let the next kernel launch (a no-op without PDL): first thing in a kernel that reads something
+    before it waits, so that those reads do not hold its successor back."""
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr, LAUNCHED: tl.constexpr = False):
+    """Let the next kernel launch (unless ``launch_next_kernel`` has, ``LAUNCHED``), then wait for the
+    one before to finish and its writes to be visible (a no-op without PDL)."""
+    if USE_PDL:
+        if not LAUNCHED:
+            tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
 
 

@@ -57,6 +57,7 @@ def test_a_triton_without_the_launch_option_gets_no_pdl(monkeypatch):
 def pdl_calls(monkeypatch):
     """PDL on for CPU tensors, with Python stand-ins for the GPU-only calls. Yields the record:
     the order of launch/wait calls, and the addresses the GEMV prefetched."""
+    from folovllm.attention.ops import triton_decode_attention
     from folovllm.model_executor.layers import triton_gemv
 
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -67,6 +68,7 @@ def pdl_calls(monkeypatch):
     monkeypatch.setattr(tl.extra.cuda, "gdc_launch_dependents", lambda *a, **k: record["calls"].append("launch"))
     monkeypatch.setattr(tl.extra.cuda, "gdc_wait", lambda *a, **k: record["calls"].append("wait"))
     monkeypatch.setattr(triton_gemv, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
+    monkeypatch.setattr(triton_decode_attention, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
     return record
 
 
@@ -146,6 +148,27 @@ def test_every_program_of_the_attention_kernels_waits(pdl_calls, monkeypatch):
     qsl, sl = torch.tensor([0, 20, 23], dtype=torch.int32), torch.tensor(seq_lens, dtype=torch.int32)
     call = lambda: paged_prefill_attention(qp, k_cache, v_cache, table, qsl, sl, tiles, 0.25, block_m=16, block_n=16)  # noqa: E731
     _run_both_ways(pdl_calls, monkeypatch, call, num_programs=2)  # two per SM, one SM here: each walks 6 of the 12 items
+
+
+@pytest.mark.parametrize("splits,positions", [(1, range(8)), (3, range(20))])
+def test_the_decode_kernel_prefetches_each_splits_first_key_tile(pdl_calls, monkeypatch, splits, positions):
+    """Before it waits, each program with keys asks L2 for its first tile of K and V rows (8 keys a
+    tile here): one split, keys 0-7 of the 20; three, keys 0-7, 8-15 and 16-19. The padding row
+    (no keys) asks for nothing."""
+    from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
+
+    g = torch.Generator().manual_seed(5)
+    k_cache, v_cache = torch.randn(6, 8, 2, 16, generator=g), torch.randn(6, 8, 2, 16, generator=g)  # 64-byte rows
+    table = torch.tensor([[4, 0, 2], [3, 1, 5]], dtype=torch.int32)
+    lens = torch.tensor([20, 0], dtype=torch.int32)
+    q = torch.randn(2, 4, 16, generator=g)
+    call = lambda: paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, num_kv_splits=splits, block_n=8)  # noqa: E731
+    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=2 * 2 * splits + (2 * 4 if splits > 1 else 0))
+    addresses = np.concatenate([p.ravel() for p in pdl_calls["prefetched"]]).astype(np.int64)
+    rows = {(int(table[0, p // 8]) * 8 + p % 8) * 2 + kvh for p in positions for kvh in range(2)}  # row = (block, slot, kv head)
+    for cache in (k_cache, v_cache):
+        mine = addresses[(addresses >= cache.data_ptr()) & (addresses < cache.data_ptr() + cache.nbytes)] - cache.data_ptr()
+        assert set(mine // 64) == rows and len(mine) == len(addresses) // 2
 
 
 def test_every_program_of_the_skinny_gemm_waits(pdl_calls, monkeypatch):

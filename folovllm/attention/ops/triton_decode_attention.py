@@ -24,7 +24,7 @@ import triton.language as tl
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.device import dot_precision
-from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
+from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
 
 
 # Whether the engine's decode steps pass a longest-first ``seq_order`` (read when an attention
@@ -67,7 +67,10 @@ def _decode_stage1_kernel(
     V_VIA_REGISTERS: tl.constexpr,
     ORDERED: tl.constexpr,
     USE_PDL: tl.constexpr,
+    LINE: tl.constexpr,  # cache elements per 128-byte line
+    LINES_PER_ROW: tl.constexpr,  # lines per key row of one kv head
 ):
+    launch_next_kernel(USE_PDL)
     if ORDERED:
         kvh = tl.program_id(0)
         b = tl.load(seq_order_ptr + tl.program_id(1))
@@ -83,7 +86,18 @@ def _decode_stage1_kernel(
     per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
-    wait_for_previous_kernel(USE_PDL)
+    if USE_PDL:
+        if start < end:
+            # The first key tile's K and V start coming into L2 while the kernel before still runs. No
+            # kernel writes the block table; the kernel before does write this step's own K/V row, but
+            # into L2, which the prefetch only fills: the loads after the wait read the written row.
+            pos = tl.minimum(start + tl.arange(0, BLOCK_N), end - 1)
+            blocks = tl.load(block_table_ptr + b * stride_bt + pos // PAGE_SIZE)
+            rows = blocks.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
+            lines = tl.minimum(tl.arange(0, LINES_PER_ROW) * LINE, HEAD_DIM - 1)
+            prefetch_to_l2(k_cache_ptr + rows[:, None] + lines[None, :])
+            prefetch_to_l2(v_cache_ptr + rows[:, None] + lines[None, :])
+    wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -222,6 +236,7 @@ def paged_decode_attention(
         PAGE_SIZE=page_size, BLOCK_N=block_n,
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, ORDERED=ordered, **pdl,
+        LINE=128 // k_cache.element_size(), LINES_PER_ROW=triton.cdiv(head_dim * k_cache.element_size(), 128),
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     if num_kv_splits > 1:

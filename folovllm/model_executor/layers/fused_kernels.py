@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
-from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
+from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, wait_for_previous_kernel
 
 
 @triton.jit
@@ -98,6 +98,7 @@ def _qk_norm_rope_store_kernel(
     # Every load comes before the first store: the compiler keeps a load after a store it cannot
     # tell apart from it, so loads of k and v placed after q's stores would each start one more
     # round trip to memory late (at one token, 2.4 us against 1.6 for one program per head).
+    launch_next_kernel(USE_PDL)
     # The position, the slot and the position's cos/sin are no kernel's output (the host copies the
     # first two in, the table never changes): read before the wait, with PDL the two round trips of
     # position, then cos/sin, overlap the end of the kernel before instead of following it.
@@ -108,7 +109,7 @@ def _qk_norm_rope_store_kernel(
     slot = tl.load(slot_ptr + t).to(tl.int64)
     cos = tl.load(cos_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
     sin = tl.load(sin_ptr + pos * HEAD_DIM + offs, mask=offs < half, other=0.0)
-    wait_for_previous_kernel(USE_PDL)
+    wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
     qh = tl.arange(0, Q_HEADS_BLOCK)[:, None]
     q_mask = (qh < NUM_Q_HEADS) & (offs < half)
     q1, q2 = _load_halves(q_ptr + t * stride_qt + qh * HEAD_DIM, offs, q_mask, HEAD_DIM)

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.utils.pdl import pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
+from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
 
 # (BLOCK_N, BLOCK_K, warps) that bench_kernels.py times; the last two are for 2-4 rows, whose
 # accumulator the others cannot hold.
@@ -114,6 +114,7 @@ def _gemv_kernel(
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_ROW: tl.constexpr,
     USE_PDL: tl.constexpr, LINE: tl.constexpr, LINES_PER_ROW: tl.constexpr,
 ):  # fmt: skip
+    launch_next_kernel(USE_PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     n_mask, m_mask = offs_n < N, offs_m < M
@@ -122,7 +123,7 @@ def _gemv_kernel(
         # coming into L2 while the kernel before, which computes the input, is still running.
         lines = tl.minimum(tl.arange(0, LINES_PER_ROW) * LINE, K - 1)
         prefetch_to_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn + lines[None, :])
-    wait_for_previous_kernel(USE_PDL)
+    wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
     rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
     if PROLOGUE == ADD_RMS_NORM:
         rstd, rows = _row_rstd(x_ptr, res_ptr, offs_m, m_mask, K, stride_xm, HAS_RESIDUAL, BLOCK_ROW, eps)
