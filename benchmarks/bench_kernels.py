@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm  # noqa: E402
 from folovllm.model_executor.layers import fused_kernels  # noqa: E402
-from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, silu_and_mul  # noqa: E402
+from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
 from folovllm.attention.backends.triton_backend import TritonAttentionBackend  # noqa: E402
-from folovllm.attention.ops.triton_decode_attention import paged_decode_attention  # noqa: E402
+from folovllm.attention.ops.triton_decode_attention import NewTokenKV, paged_decode_attention  # noqa: E402
 from folovllm.attention.ops import triton_prefill_attention  # noqa: E402
 from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
 from folovllm.utils.device import num_sms  # noqa: E402
@@ -318,11 +318,40 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
                                                               v_via_registers=via_registers))  # fmt: skip
                 row.append(f"{block_n} keys x {stages}{' V via registers' if via_registers else ''}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
             print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
+        if cache_dtype == dtype and batch in (1, b):
+            new_token_in_turn(q, k_cache, v_cache, block_table, seq_lens, rule[2048])
         if baseline is not None and batch in (1, b):  # at the engine's split count for max_model_len 2048
             calls = [functools.partial(kernel, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=rule[2048])
                      for kernel in (paged_decode_attention, baseline.paged_decode_attention)]  # fmt: skip
             us = in_turn(calls)
             print(f"    today / baseline, us in turn: {us[0]} / {us[1]}")
+
+
+def new_token_in_turn(q, k_cache, v_cache, block_table, seq_lens, splits: int) -> None:
+    """A decode step's attention from its raw q/k/v: the q/k norm + RoPE + cache-write kernel, then
+    the decode kernel (the engine's default), against the decode kernel doing all of it
+    (``FUSE_NEW_TOKEN``), from graphs, in turn."""
+    num_seqs, heads, head_dim = q.shape
+    kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    g = torch.Generator(device=q.device).manual_seed(0)
+    qkv = torch.randn(num_seqs, (heads + 2 * kv_heads) * head_dim, device=q.device, dtype=q.dtype, generator=g)
+    raw_q, raw_k, raw_v = (t.view(num_seqs, -1, head_dim) for t in qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1))
+    w = torch.ones(head_dim, device=q.device, dtype=q.dtype)
+    angles = torch.outer(torch.arange(4096.0, device=q.device), 1.0 / 10000 ** (torch.arange(0, head_dim, 2, device=q.device) / head_dim))
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    positions = (seq_lens - 1).clamp(min=0).long()
+    rows = torch.arange(num_seqs, device=q.device)
+    slots = block_table[rows, positions // block_size].long() * block_size + positions % block_size
+
+    def two_kernels():
+        q_ready = fused_qk_norm_rope_store(raw_q, raw_k, raw_v, w, w, cos, sin, positions, 1e-6, k_cache, v_cache, slots)
+        return paged_decode_attention(q_ready, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=splits)
+
+    new = NewTokenKV(raw_k, raw_v, w, w, cos, sin, positions, slots, 1e-6)
+    one = functools.partial(paged_decode_attention, raw_q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5, num_kv_splits=splits,
+                            new_token=new)  # fmt: skip
+    us = in_turn([two_kernels, one])
+    print(f"    q/k norm + RoPE + cache write, then decode / all in the decode kernel (FUSE_NEW_TOKEN), us in turn: {us[0]} / {us[1]}")
 
 
 def fastest_config(kernel, x: torch.Tensor, w: torch.Tensor, configs: list) -> tuple[Any, float]:

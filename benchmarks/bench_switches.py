@@ -9,6 +9,8 @@ Switches a GPU run decides on:
 * ``fused_gemv``: at one row, the RMSNorm (with the residual add) inside the q/k/v and gate/up
   GEMVs and SiLU-and-mul inside down's (``triton_gemv.FUSED_GEMV_CONFIGS``, filled here with each
   shape's plain GEMV configuration): seven kernels per layer instead of ten;
+* ``fuse_new_token``: decode steps norm, rotate and cache their new k and v inside the decode
+  attention kernel (``triton_decode_attention.FUSE_NEW_TOKEN``): nine kernels per layer instead of ten;
 * ``longest_first``: decode steps start their sequences' attention programs longest first
   (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
 * ``skinny_gemm``: at 8 to 256 rows, the Triton skinny GEMM for o and down, the two projections
@@ -54,11 +56,11 @@ SCALES = {
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
-SWITCHES = ("no_pdl", "fused_gemv", "longest_first", "skinny_gemm")
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "longest_first", "skinny_gemm")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
 # Those that change a batch-1 step (the skinny GEMM takes 8 rows and more; the order, several sequences).
-STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",)]
+STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("fused_gemv", "fuse_new_token")]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down: 1,024 outputs each
@@ -74,6 +76,7 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     fused = "fused_gemv" in setting
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
     triton_decode_attention.LONGEST_FIRST = "longest_first" in setting  # read by the next engine's backend
+    triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = {s: triton_skinny_gemm.CONFIGS[0] for s in SKINNY} if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
@@ -130,6 +133,7 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
         calls, pool = {}, None
         for setting in STEP_SETTINGS:
             took = apply(setting, device)
+            runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
             forward()  # compiles this setting's kernels outside the capture
             if device == "cuda":
                 graph, _, pool = CUDAGraphRunner._capture_graph(forward, pool)

@@ -160,7 +160,7 @@ def _loop_bodies(cubin: bytes) -> list[Counter]:
 
 
 def _attention_cases():
-    from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
+    from folovllm.attention.ops.triton_decode_attention import NewTokenKV, paged_decode_attention
     from folovllm.attention.ops.triton_kv_store import store_kv_cache
     from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles
 
@@ -188,6 +188,14 @@ def _attention_cases():
                 yield (f"decode attention, {splits} split(s), longest first ({name})",
                        lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s,
                                                                seq_order=torch.tensor([1, 0], dtype=torch.int32)))  # fmt: skip
+            if dtype == BF16 and heads == 16:  # FUSE_NEW_TOKEN's variants: raw q/k/v as views of the q/k/v projection
+                qkv = torch.zeros(2, (heads + 2 * kv_heads) * head_dim, dtype=dtype)
+                raw_q, raw_k, raw_v = (t.view(2, -1, head_dim) for t in qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1))
+                w, table_cs = torch.ones(head_dim, dtype=dtype), torch.zeros(64, head_dim)
+                new = NewTokenKV(raw_k, raw_v, w, w, table_cs, table_cs, torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), 1e-6)
+                yield (f"decode attention, {splits} split(s), new token fused in ({name})",
+                       lambda s=splits, new=new, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1, num_kv_splits=s,
+                                                                                     new_token=new))  # fmt: skip
         if cache_dtype == FP8:  # a variant bench_kernels.py times (the engine's widens V in registers)
             yield (f"decode attention, 1 split, V through shared memory ({name})",
                    lambda: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, v_via_registers=False))  # fmt: skip

@@ -188,3 +188,32 @@ def test_decode_programs_longest_first_in_replayed_and_eager_steps(graphed_llm, 
         assert any(order != sorted(order) for _, order in steps), steps  # the 40-token prompt is not first
         if not eager:
             assert any(len(lens) == 4 and lens[3] == 0 and order[3] == 3 for lens, order in steps), steps  # padding row last
+
+
+def test_decode_steps_with_the_new_token_fused_into_attention_match_hf(graphed_llm, tiny_model, monkeypatch):
+    """With ``FUSE_NEW_TOKEN`` every decode step, replayed or eager, hands attention the raw q/k/v
+    (the decode kernel norms, rotates and caches this step's k and v) and the tokens stay HF's;
+    steps with prompt tokens keep the separate norm + RoPE + cache-write kernel."""
+    import folovllm.attention.backends.triton_backend as triton_backend
+    from folovllm import SamplingParams
+
+    monkeypatch.setattr(triton_backend.triton_decode_attention, "FUSE_NEW_TOKEN", True)
+    monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path, in the interpreter
+    fused_calls = []
+
+    def spy(*args, new_token=None, **kwargs):
+        fused_calls.append(new_token is not None)
+        return paged_decode_attention(*args, new_token=new_token, **kwargs)
+
+    paged_decode_attention = triton_backend.paged_decode_attention
+    monkeypatch.setattr(triton_backend, "paged_decode_attention", spy)
+    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17])]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    for eager in (False, True):
+        if eager:
+            graphs.decode_sizes = []
+        fused_calls.clear()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
+        assert fused_calls and all(fused_calls), fused_calls

@@ -125,6 +125,48 @@ def test_decode_attention_in_a_given_program_order_gives_each_sequence_its_own_o
         assert out[[0, 2, 3, 4]].isnan().all()
 
 
+@pytest.mark.parametrize("dtype,cache_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float16),
+                                               (torch.float16, torch.float8_e4m3fn)])  # fmt: skip
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("num_kv_splits", [1, 3])
+def test_decode_attention_with_the_new_token_fused_in_matches_the_two_kernels(dtype, cache_dtype, norm, num_kv_splits):
+    """``new_token``: the decode kernel norms and rotates the raw q and k, writes k and v to their
+    slots, and takes this step's key from registers. Against the q/k norm + RoPE + cache-write
+    kernel followed by the plain decode kernel: the same cache (v bit for bit; k up to the RMS's sum
+    order, one half at a time there) and the same outputs (also up to the new key's product, a sum
+    here and a matmul there). Sequences of 1 token (only the new key), a padding row (slot -1, no
+    context), splits whose last is the new key alone."""
+    from folovllm.attention.ops.triton_decode_attention import NewTokenKV
+    from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope_store
+
+    seq_lens = [1, 37, 0, 65, 130]
+    heads, kv_heads, head_dim, block_size = 4, 2, 32, 16
+    _, k_cache, v_cache, block_table, _ = _random_paged_batch(seq_lens, [1] * 5, heads, kv_heads, head_dim, block_size, seed=9)
+    k_cache, v_cache = k_cache.to(cache_dtype), v_cache.to(cache_dtype)
+    g = torch.Generator().manual_seed(10)
+    qkv = torch.randn(5, (heads + 2 * kv_heads) * head_dim, generator=g).to(dtype).to(DEVICE)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k, v = q.view(5, heads, head_dim), k.view(5, kv_heads, head_dim), v.view(5, kv_heads, head_dim)
+    weights = [(1 + 0.1 * torch.randn(head_dim, generator=g)).to(dtype).to(DEVICE) for _ in range(2)] if norm else [None, None]
+    angles = torch.outer(torch.arange(256.0), 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim))
+    cos, sin = torch.cat([angles, angles], -1).cos().to(DEVICE), torch.cat([angles, angles], -1).sin().to(DEVICE)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    positions = (lens - 1).clamp(min=0).long()
+    slots = torch.tensor([int(block_table[i, (n - 1) // block_size]) * block_size + (n - 1) % block_size if n else -1
+                          for i, n in enumerate(seq_lens)], device=DEVICE)  # fmt: skip
+    caches = k_cache.clone(), v_cache.clone()
+    q_ready = fused_qk_norm_rope_store(q, k, v, *weights, cos, sin, positions, 1e-6, *caches, slots)
+    two_kernels = paged_decode_attention(q_ready, *caches, block_table, lens, 0.2, num_kv_splits=num_kv_splits)
+    fused = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits, block_n=32,
+                                   new_token=NewTokenKV(k, v, *weights, cos, sin, positions, slots, 1e-6))  # fmt: skip
+    reference = paged_decode_attention(q_ready, *caches, block_table, lens, 0.2, num_kv_splits=num_kv_splits, block_n=32)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert torch.equal(v_cache.view(torch.uint8), caches[1].view(torch.uint8))
+    torch.testing.assert_close(k_cache.float(), caches[0].float(), atol=tol if cache_dtype != torch.float8_e4m3fn else 0.07, rtol=tol)
+    torch.testing.assert_close(fused, reference, atol=tol, rtol=tol)
+    torch.testing.assert_close(fused, two_kernels, atol=tol, rtol=tol)
+
+
 def test_decode_split_rule_fills_the_sms_without_splits_shorter_than_a_key_tile():
     from folovllm.attention.backends.abstract import MAX_KV_SPLITS, num_kv_splits
 

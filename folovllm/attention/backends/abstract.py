@@ -56,6 +56,9 @@ class AttentionBackend(ABC):
     name: str
     # Whether decode steps pass ``make_decode_order``'s order in ``AttentionMetadata.decode_order``.
     orders_decode_rows: bool = False
+    # Whether decode steps hand the raw q, k, v to ``decode_with_new_token`` (which norms, rotates and
+    # caches them itself) instead of running the q/k norm + RoPE + cache-write kernel first.
+    fuses_new_token: bool = False
 
     def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray | None:
         """The host-built work list a prefill step passes in ``prefill_tiles``, or None (the default) if unused."""

@@ -7,7 +7,7 @@ import torch
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
 from folovllm.attention.ops import triton_decode_attention
-from folovllm.attention.ops.triton_decode_attention import paged_decode_attention
+from folovllm.attention.ops.triton_decode_attention import NewTokenKV, paged_decode_attention
 from folovllm.attention.ops.triton_kv_store import store_kv_cache
 from folovllm.attention.ops.triton_prefill_attention import max_prefill_tiles, paged_prefill_attention, prefill_block_sizes, prefill_tiles
 
@@ -17,6 +17,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     def __init__(self) -> None:
         self.orders_decode_rows = triton_decode_attention.LONGEST_FIRST
+        self.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN
 
     def make_decode_order(self, seq_lens: np.ndarray) -> np.ndarray:
         # longest first (ties in batch order)
@@ -40,4 +41,12 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
             attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale,
+        )  # fmt: skip
+
+    def decode_with_new_token(self, q, new_token: NewTokenKV, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float):
+        """A decode step's attention from the raw q, with this step's k and v normed, rotated and cached
+        by the decode kernel itself (``fuses_new_token``)."""
+        return paged_decode_attention(
+            q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
+            num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order, new_token=new_token,
         )  # fmt: skip

@@ -17,11 +17,14 @@ order can start a long one last and leave it running alone at the end of the ker
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
+from folovllm.attention.ops.triton_kv_store import to_cache_dtype
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
 from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
@@ -32,6 +35,41 @@ from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_
 # log's section 22) has batch order lose 2-3% of the kernel at 150-256 uneven sequences, up to 9%
 # at ~90, and longest first with the kv head fastest in the grid lose 0-3%.
 LONGEST_FIRST = False
+
+# Whether decode steps hand this kernel the step's raw q, k and v (``NewTokenKV``) instead of running
+# the q/k norm + RoPE + cache-write kernel before it: one kernel less per layer. Off until an H100
+# has timed it (section 22 of the dev log).
+FUSE_NEW_TOKEN = False
+
+
+class NewTokenKV(NamedTuple):
+    """What the q/k norm + RoPE + cache-write kernel would do before a decode step, for the decode
+    kernel to do itself: ``k``, ``v`` [B, KVH, D] are this step's raw rows (strided views of the
+    q/k/v projection), normed (with ``k_weight``; None for no norm), rotated and written to
+    ``slot_mapping``'s slots by the split that holds each sequence's last position."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    q_weight: torch.Tensor | None
+    k_weight: torch.Tensor | None
+    cos_cache: torch.Tensor
+    sin_cache: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    eps: float
+
+
+@triton.jit
+def _norm_rope(x, x_rot, w, w_rot, cos, sin, sign, eps, HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Per-head RMSNorm, then RoPE, of heads given whole ([rows, D]) and rotated by half a head
+    (``x_rot[d] = x[(d + D/2) % D]``, the weight likewise): the rounding of ``_norm_rope_heads`` in
+    fused_kernels.py, which takes the two halves apart (the RMS may differ in its last bit: its sum
+    runs over each half, then adds them)."""
+    if HAS_NORM:
+        inv = tl.rsqrt(tl.sum(x.to(tl.float32) * x.to(tl.float32), 1) / HEAD_DIM + eps)[:, None]
+        x_rot = w_rot * (x_rot.to(tl.float32) * inv).to(x_rot.dtype)
+        x = w * (x.to(tl.float32) * inv).to(x.dtype)
+    return (x.to(tl.float32) * cos + sign * x_rot.to(tl.float32) * sin).to(x.dtype)
 
 
 # Per-step values, not specialised on (a variant compiled for one would recompile for another):
@@ -54,6 +92,17 @@ def _decode_stage1_kernel(
     stride_cb,
     stride_cs,
     stride_ch,
+    k_new_ptr,  # FUSED: this step's raw k and v rows, [B, KVH, D] with row strides stride_kt, stride_vt
+    v_new_ptr,
+    stride_kt,
+    stride_vt,
+    qw_ptr,  # FUSED and HAS_NORM: the q and k RMSNorm weights [D]
+    kw_ptr,
+    cos_ptr,  # FUSED: the RoPE tables [max_position, D], each sequence's position and cache slot [B]
+    sin_ptr,
+    pos_ptr,
+    slot_ptr,
+    eps,
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -69,6 +118,8 @@ def _decode_stage1_kernel(
     USE_PDL: tl.constexpr,
     LINE: tl.constexpr,  # cache elements per 128-byte line
     LINES_PER_ROW: tl.constexpr,  # lines per key row of one kv head
+    FUSED: tl.constexpr,  # q, k_new, v_new raw: norm, rotate and cache this step's token here (NewTokenKV)
+    HAS_NORM: tl.constexpr,
 ):
     launch_next_kernel(USE_PDL)
     if ORDERED:
@@ -86,6 +137,20 @@ def _decode_stage1_kernel(
     per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    last = end  # the loop's keys end here
+    if FUSED:
+        # The split holding the last position reads this step's key from registers, not the cache.
+        owner = (start < end) & (end == seq_len)
+        last = tl.where(owner, end - 1, end)
+        half = HEAD_DIM // 2
+        rot = tl.where(offs_d < half, offs_d + half, offs_d - half)  # each dim's RoPE partner
+        sign = tl.where(offs_d < half, -1.0, 1.0)[None, :]
+        token_pos = tl.load(pos_ptr + b)
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+        cos = tl.load(cos_ptr + token_pos * HEAD_DIM + offs_d, mask=d_mask, other=0.0)[None, :]
+        sin = tl.load(sin_ptr + token_pos * HEAD_DIM + offs_d, mask=d_mask, other=0.0)[None, :]
     if USE_PDL:
         if start < end:
             # The first key tile's K and V start coming into L2 while the kernel before still runs. No
@@ -100,23 +165,41 @@ def _decode_stage1_kernel(
     wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
 
     offs_g = tl.arange(0, BLOCK_G)
-    offs_d = tl.arange(0, BLOCK_D)
     heads = kvh * GROUP + offs_g
     g_mask = offs_g < GROUP
-    d_mask = offs_d < HEAD_DIM
-    q = tl.load(
-        q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-        mask=g_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )
+    q_rows = q_ptr + b * stride_qt + heads[:, None] * stride_qh
+    q_mask = g_mask[:, None] & d_mask[None, :]
+    q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
+    if FUSED:
+        # q as the norm + RoPE kernel would have left it
+        q_rot = tl.load(q_rows + rot[None, :], mask=q_mask, other=0.0)
+        qw = 1.0
+        qw_rot = 1.0
+        kw = 1.0
+        kw_rot = 1.0
+        if HAS_NORM:
+            qw, qw_rot = tl.load(qw_ptr + offs_d, mask=d_mask)[None, :], tl.load(qw_ptr + rot, mask=d_mask)[None, :]
+            kw, kw_rot = tl.load(kw_ptr + offs_d, mask=d_mask)[None, :], tl.load(kw_ptr + rot, mask=d_mask)[None, :]
+        q = _norm_rope(q, q_rot, qw, qw_rot, cos, sin, sign, eps, HEAD_DIM, HAS_NORM)
     q = to_compute_dtype(q, COMPUTE_DTYPE)
+    if FUSED:
+        # This step's k and v as the cache will hold them, and the new key's scores, here, before the
+        # loop: used after it, q would be held in a second layout through the loop (168 registers
+        # against 94 in a bf16 model, 3 programs per SM instead of 5).
+        k_row = k_new_ptr + b * stride_kt + kvh * HEAD_DIM
+        k_new = tl.load(k_row + offs_d, mask=d_mask, other=0.0)[None, :]
+        k_new = _norm_rope(k_new, tl.load(k_row + rot, mask=d_mask, other=0.0)[None, :], kw, kw_rot, cos, sin, sign, eps, HEAD_DIM,
+                           HAS_NORM)  # fmt: skip
+        k_new = to_cache_dtype(k_new, k_cache_ptr)
+        v_new = to_cache_dtype(tl.load(v_new_ptr + b * stride_vt + kvh * HEAD_DIM + offs_d, mask=d_mask, other=0.0)[None, :], v_cache_ptr)
+        qk_new = tl.sum(q.to(tl.float32) * k_new.to(q.dtype).to(tl.float32), 1) * scale
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
+    for n0 in range(start, last, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
-        valid = pos < end
+        valid = pos < last
         k, v = load_kv_tile(
             k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, pos, valid, kvh, offs_d, d_mask,
             stride_cb, stride_cs, stride_ch, PAGE_SIZE,
@@ -137,6 +220,18 @@ def _decode_stage1_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+    if FUSED:  # written after the loop's loads (a load after a store would wait for it)
+        dst = (slot // PAGE_SIZE) * stride_cb + (slot % PAGE_SIZE) * stride_cs + kvh * stride_ch + offs_d[None, :]
+        cached = offs_d[None, :] < tl.where((slot >= 0) & owner, HEAD_DIM, 0)  # slot -1: a padding row
+        tl.store(k_cache_ptr + dst, k_new, mask=cached)
+        tl.store(v_cache_ptr + dst, v_new, mask=cached)
+        if owner:  # the new key: one more key of the online softmax
+            m_new = tl.maximum(m_i, qk_new)
+            p = tl.exp(qk_new - m_new)
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + p
+            acc = acc * alpha[:, None] + p.to(q.dtype).to(tl.float32)[:, None] * v_new.to(q.dtype).to(tl.float32)
+            m_i = m_new
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # empty split or padding row
     out = acc / l_safe[:, None]
@@ -195,9 +290,11 @@ def paged_decode_attention(
     block_n: int | None = None,
     v_via_registers: bool | None = None,
     seq_order: torch.Tensor | None = None,
+    new_token: NewTokenKV | None = None,
 ) -> torch.Tensor:
     """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``seq_order``: int32 [B], a permutation of
-    the sequences, the order in which their programs start (see the module). ``num_stages``,
+    the sequences, the order in which their programs start (see the module). ``new_token``: q is raw
+    (before its norm and RoPE) and this step's K/V are not in the cache yet (``NewTokenKV``). ``num_stages``,
     ``block_n`` (keys per iteration, a multiple of the page size) and ``v_via_registers`` (see the
     kernel) other than the defaults are for ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
@@ -228,15 +325,23 @@ def paged_decode_attention(
     pdl = pdl_launch_args(q)
     ordered = seq_order is not None
     grid = (num_kv_heads, num_seqs, num_kv_splits) if ordered else (num_seqs, num_kv_heads, num_kv_splits)
+    nt = new_token
+    fused = nt is not None
+    has_norm = fused and nt.q_weight is not None
+    if fused:
+        assert nt.k.stride(1) == nt.v.stride(1) == head_dim and q.stride(2) == 1 and k_cache.is_contiguous(), "heads contiguous"
     _decode_stage1_kernel[grid](
         q, k_cache, v_cache, block_table, seq_lens, seq_order if ordered else seq_lens, target, lse, scale, num_kv_splits,
         q.stride(0), q.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        *((nt.k, nt.v, nt.k.stride(0), nt.v.stride(0), nt.q_weight if has_norm else q, nt.k_weight if has_norm else q,
+           nt.cos_cache, nt.sin_cache, nt.positions, nt.slot_mapping, nt.eps) if fused else (q, q, 0, 0, q, q, q, q, q, q, 0.0)),
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d,
         PAGE_SIZE=page_size, BLOCK_N=block_n,
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, ORDERED=ordered, **pdl,
         LINE=128 // k_cache.element_size(), LINES_PER_ROW=triton.cdiv(head_dim * k_cache.element_size(), 128),
+        FUSED=fused, HAS_NORM=has_norm,
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     if num_kv_splits > 1:

@@ -26,3 +26,8 @@ class Attention(nn.Module):
         """q: [T, H, D], k/v: [T, KVH, D] -> [T, H, D]. k = v = None: the caller has written them into the cache."""
         assert self.kv_cache is not None, "KV cache not bound; call ModelRunner.initialize_kv_cache first"
         return self.backend.forward(q, k, v, self.kv_cache[0], self.kv_cache[1], attn_metadata, self.scale)
+
+    def decode_with_new_token(self, q: torch.Tensor, new_token, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """A decode step from the raw q, k and v (``AttentionBackend.fuses_new_token``): the backend norms,
+        rotates and caches this step's k and v itself (``new_token``: a ``NewTokenKV``)."""
+        return self.backend.decode_with_new_token(q, new_token, self.kv_cache[0], self.kv_cache[1], attn_metadata, self.scale)

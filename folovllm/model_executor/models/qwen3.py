@@ -56,9 +56,14 @@ class Qwen3Attention(nn.Module):
             from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope_store
 
             rope, cache = self.rotary_emb, self.attn.kv_cache
+            weights = (self.q_norm.weight, self.k_norm.weight) if self.q_norm else (None, None)
+            if attn_metadata.max_query_len == 1 and self.attn.backend.fuses_new_token:  # one kernel does it all
+                from folovllm.attention.ops.triton_decode_attention import NewTokenKV
+
+                new_token = NewTokenKV(k, v, *weights, rope.cos_cache, rope.sin_cache, positions, attn_metadata.slot_mapping, self.eps)
+                return self.o_proj(self.attn.decode_with_new_token(q, new_token, attn_metadata).reshape(-1, self.q_size))
             q = fused_qk_norm_rope_store(
-                q, k, v, self.q_norm.weight if self.q_norm else None, self.k_norm.weight if self.k_norm else None,
-                rope.cos_cache, rope.sin_cache, positions, self.eps, cache[0], cache[1], attn_metadata.slot_mapping,
+                q, k, v, *weights, rope.cos_cache, rope.sin_cache, positions, self.eps, cache[0], cache[1], attn_metadata.slot_mapping,
             )  # fmt: skip
             out = self.attn(q, None, None, attn_metadata)  # this step's k and v are in the cache already
         else:
