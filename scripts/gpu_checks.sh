@@ -11,7 +11,7 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, batch-1 kernel and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
-# decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
+# the new token in the decode kernel, decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
 # first part alone.
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
@@ -29,10 +29,12 @@
 #      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=60 KERNELS_LIMIT=130 TESTS_LIMIT=150 BASELINE=.ab
 #      bash scripts/gpu_checks.sh engine step kernels tests`
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
-#        also the 2-4-row GEMV and longest first);
-#      - step: the fused one-row GEMV and PDL off against the defaults, a batch-1 step in one engine (if the
-#        fused GEMV wins clearly, fill FUSED_GEMV_CONFIGS as bench_switches.apply does and rerun bench);
-#      - kernels: element-wise and decode at batch 1, today / baseline; "batch order / longest first" at
+#        also the 2-4-row GEMV, longest first and the new token in the decode kernel);
+#      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN) and both
+#        against the defaults, a batch-1 step in one engine (a clear win: turn it on, as bench_switches.apply
+#        does, and rerun bench);
+#      - kernels: element-wise and decode at batch 1, today / baseline; two kernels / one for the new token;
+#        "batch order / longest first" at
 #        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
 #        o and down asked of cuBLAS transposed;
 #      - tests: the kernels' GPU tests (last: the cut-able one).
