@@ -158,62 +158,51 @@ def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monke
     }
 
 
-def test_decode_programs_longest_first_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
-    """With ``LONGEST_FIRST`` every decode step hands the kernel its sequences longest first (a graph's
-    padding rows last, each as itself), replayed and eager, and the tokens stay HF's."""
+def _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record) -> list[list]:
+    """Three uneven prompts (a 4-graph with one padding row) through an engine with graphs, then with
+    decode steps eager, each against HF; ``record(args, kwargs)`` of every decode-attention call, per run."""
     import folovllm.attention.backends.triton_backend as triton_backend
     from folovllm import SamplingParams
 
-    monkeypatch.setattr(triton_backend.triton_decode_attention, "LONGEST_FIRST", True)
-    calls = []
-
-    def spy(q, k_cache, v_cache, block_table, seq_lens, scale, seq_order=None, **kwargs):
-        calls.append((seq_lens.tolist(), None if seq_order is None else seq_order.tolist()))
-        return paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale, seq_order=seq_order, **kwargs)
-
-    paged_decode_attention = triton_backend.paged_decode_attention
-    monkeypatch.setattr(triton_backend, "paged_decode_attention", spy)
+    attend, runs = triton_backend.paged_decode_attention, [[]]  # the first: the graphs' capture
+    monkeypatch.setattr(triton_backend, "paged_decode_attention", lambda *a, **kw: runs[-1].append(record(a, kw)) or attend(*a, **kw))
     llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
-    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17])]  # 3 sequences: graph 4, one padding row
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17])]
     for eager in (False, True):
         if eager:
             graphs.decode_sizes = []
-        calls.clear()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        runs.append([])
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
         assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
-        steps = [(lens, order) for lens, order in calls if any(lens)]  # not the capture's (all rows empty)
+    return runs[1:]
+
+
+def test_decode_programs_longest_first_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
+    """With ``LONGEST_FIRST`` every decode step hands the kernel its sequences longest first (a graph's
+    padding rows last, each as itself), replayed and eager, and the tokens stay HF's."""
+    from folovllm.attention.ops import triton_decode_attention
+
+    monkeypatch.setattr(triton_decode_attention, "LONGEST_FIRST", True)
+
+    def record(args, kwargs):
+        order = kwargs.get("seq_order")
+        return args[4].tolist(), None if order is None else order.tolist()  # (sequence lengths, order)
+
+    replayed, eager = _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record)
+    for steps in (replayed, eager):
         assert steps and all(order is not None and sorted(order) == list(range(len(lens))) for lens, order in steps), steps
         assert all([lens[i] for i in order] == sorted(lens, reverse=True) for lens, order in steps), steps
         assert any(order != sorted(order) for _, order in steps), steps  # the 40-token prompt is not first
-        if not eager:
-            assert any(len(lens) == 4 and lens[3] == 0 and order[3] == 3 for lens, order in steps), steps  # padding row last
+    assert any(len(lens) == 4 and lens[3] == 0 and order[3] == 3 for lens, order in replayed), replayed  # padding row last
 
 
 def test_decode_steps_with_the_new_token_fused_into_attention_match_hf(graphed_llm, tiny_model, monkeypatch):
     """With ``FUSE_NEW_TOKEN`` every decode step, replayed or eager, hands attention the raw q/k/v
     (the decode kernel norms, rotates and caches this step's k and v) and the tokens stay HF's;
     steps with prompt tokens keep the separate norm + RoPE + cache-write kernel."""
-    import folovllm.attention.backends.triton_backend as triton_backend
-    from folovllm import SamplingParams
+    from folovllm.attention.ops import triton_decode_attention
 
-    monkeypatch.setattr(triton_backend.triton_decode_attention, "FUSE_NEW_TOKEN", True)
+    monkeypatch.setattr(triton_decode_attention, "FUSE_NEW_TOKEN", True)
     monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path, in the interpreter
-    fused_calls = []
-
-    def spy(*args, new_token=None, **kwargs):
-        fused_calls.append(new_token is not None)
-        return paged_decode_attention(*args, new_token=new_token, **kwargs)
-
-    paged_decode_attention = triton_backend.paged_decode_attention
-    monkeypatch.setattr(triton_backend, "paged_decode_attention", spy)
-    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
-    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17])]
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    for eager in (False, True):
-        if eager:
-            graphs.decode_sizes = []
-        fused_calls.clear()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
-        assert fused_calls and all(fused_calls), fused_calls
+    for calls in _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, lambda args, kwargs: kwargs.get("new_token") is not None):
+        assert calls and all(calls), calls

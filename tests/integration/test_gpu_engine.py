@@ -189,30 +189,17 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-def test_gpu_decode_programs_longest_first_match_hf(tiny_model, monkeypatch, enforce_eager):
-    """LONGEST_FIRST: the decode kernel's grid with the kv head fastest, rows through the order (5
-    uneven sequences: the 8-graph with 3 padding rows, or eagerly)."""
+@pytest.mark.parametrize("switch,backend_flag", [("LONGEST_FIRST", "orders_decode_rows"), ("FUSE_NEW_TOKEN", "fuses_new_token")])
+def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_eager, switch, backend_flag):
+    """The decode kernel's switches, each on: LONGEST_FIRST (the grid with the kv head fastest, rows
+    through the order) and FUSE_NEW_TOKEN (this step's k and v normed, rotated and cached inside the
+    kernel); 5 uneven sequences: the 8-graph with 3 padding rows, or eagerly; split and unsplit."""
     from folovllm import LLM, SamplingParams
     from folovllm.attention.ops import triton_decode_attention
 
-    monkeypatch.setattr(triton_decode_attention, "LONGEST_FIRST", True)
+    monkeypatch.setattr(triton_decode_attention, switch, True)
     llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
-    assert llm.llm_engine.executor.worker.model_runner.attn_backend.orders_decode_rows
-    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33])]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 20, device="cuda")
-
-
-@pytest.mark.parametrize("enforce_eager", [True, False])
-def test_gpu_new_token_fused_into_decode_attention_matches_hf(tiny_model, monkeypatch, enforce_eager):
-    """FUSE_NEW_TOKEN: decode steps norm, rotate and cache this step's k and v inside the decode kernel
-    (5 uneven sequences: graphs with padding rows, or eagerly; split and unsplit)."""
-    from folovllm import LLM, SamplingParams
-    from folovllm.attention.ops import triton_decode_attention
-
-    monkeypatch.setattr(triton_decode_attention, "FUSE_NEW_TOKEN", True)
-    llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
-    assert llm.llm_engine.executor.worker.model_runner.attn_backend.fuses_new_token
+    assert getattr(llm.llm_engine.executor.worker.model_runner.attn_backend, backend_flag)
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33])]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 20, device="cuda")
