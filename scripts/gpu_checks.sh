@@ -26,7 +26,7 @@
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=60 KERNELS_LIMIT=130 TESTS_LIMIT=150 BASELINE=.ab
+#      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=90 KERNELS_LIMIT=130 TESTS_LIMIT=120 BASELINE=.ab
 #      bash scripts/gpu_checks.sh engine step kernels tests`
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
 #        also the 2-4-row GEMV, longest first and the new token in the decode kernel);
