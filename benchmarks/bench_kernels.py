@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm  # noqa: E402
 from folovllm.model_executor.layers import fused_kernels  # noqa: E402
 from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
+from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
@@ -337,8 +338,8 @@ def new_token_in_turn(q, k_cache, v_cache, block_table, seq_lens, splits: int) -
     qkv = torch.randn(num_seqs, (heads + 2 * kv_heads) * head_dim, device=q.device, dtype=q.dtype, generator=g)
     raw_q, raw_k, raw_v = (t.view(num_seqs, -1, head_dim) for t in qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1))
     w = torch.ones(head_dim, device=q.device, dtype=q.dtype)
-    angles = torch.outer(torch.arange(4096.0, device=q.device), 1.0 / 10000 ** (torch.arange(0, head_dim, 2, device=q.device) / head_dim))
-    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    rope = RotaryEmbedding(head_dim, 4096, 10000.0).to(q.device)
+    cos, sin = rope.cos_cache, rope.sin_cache
     positions = (seq_lens - 1).clamp(min=0).long()
     rows = torch.arange(num_seqs, device=q.device)
     slots = block_table[rows, positions // block_size].long() * block_size + positions % block_size

@@ -133,6 +133,7 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
         calls, pool = {}, None
         for setting in STEP_SETTINGS:
             took = apply(setting, device)
+            # the backend read FUSE_NEW_TOKEN when this engine was made; the model asks it at each call
             runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
             forward()  # compiles this setting's kernels outside the capture
             if device == "cuda":

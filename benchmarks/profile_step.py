@@ -244,8 +244,6 @@ def prefill(runs: int = 5) -> None:
     """Is a prefill bound by the host or the GPU? Wall time of a 1-token request against the GPU kernel
     time inside it; then that wall time split by the engine's calls (the worker's share is the host's
     launch work on a GPU, everything on the CPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
     from folovllm import LLM, SamplingParams
     from folovllm.worker.runner_output import AsyncGPUModelRunnerOutput
 
@@ -262,7 +260,7 @@ def prefill(runs: int = 5) -> None:
     # "first": the run that warms up; the first of all is the engine's first request, and each length's
     # first graph run is that graph's first replay (one-time costs show as first >> wall)
     print(f"{'tokens':>6} {'mode':>6} {'first ms':>8} {'wall ms':>8} {'GPU kernels ms':>15} {'kernels':>8}")
-    by_kernel = []
+    kernel_events = []  # the by-kernel view's prompt
     for n in lengths:
         for i, (mode, sizes) in enumerate(modes):
             if graphs is None and i == 0:
@@ -277,18 +275,15 @@ def prefill(runs: int = 5) -> None:
             gpu_ms, kernels = float("nan"), 0
             if cuda:
                 llm.reset_prefix_cache()
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    llm.generate([{"prompt_token_ids": [(5 * j + n) % vocab for j in range(n)]}], params, use_tqdm=False)
-                    torch.cuda.synchronize()
-                events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+                events = _gpu_kernel_events(lambda: llm.generate([{"prompt_token_ids": [(5 * j + n) % vocab for j in range(n)]}],
+                                                                 params, use_tqdm=False))  # fmt: skip
                 gpu_ms, kernels = sum(e.time_range.elapsed_us() for e in events) / 1e3, len(events)
-                if n == lengths[1] and not by_kernel:  # the first mode that runs: graphs, if there are any
-                    by_kernel = _gpu_time_by_name(events)
+                if n == lengths[1] and not kernel_events:  # the first mode that runs: graphs, if there are any
+                    kernel_events = events
             print(f"{n:>6} {mode:>6} {walls[0] * 1e3:>8.2f} {sorted(walls[1:])[runs // 2] * 1e3:>8.2f} {gpu_ms:>15.2f} {kernels:>8}")
     if cuda:
         print(f"the {lengths[1]}-token prompt's GPU time by kernel ({'graphs' if graphs else 'eager'}), largest first:")
-        for name, (us, count) in by_kernel[:15]:
-            print(f"  {us / 1e3:7.3f} ms  {count:4d} x  {name[:100]}")
+        _print_by_kernel(kernel_events)
     if graphs is not None:
         graphs.mixed_sizes = modes[0][1]
     n = lengths[1]
@@ -320,8 +315,6 @@ def prompt_step() -> None:
     tokens than the largest graph): wall time against the GPU's kernel time, and that by kernel. Its
     nine such steps took 0.43 s of the 7.0 s run on the H100 (2026-11-27), about twice what their
     FLOPs need at the measured matmul rate."""
-    from torch.profiler import ProfilerActivity, profile
-
     from folovllm import LLM, SamplingParams
 
     cuda = torch.cuda.is_available()
@@ -334,14 +327,19 @@ def prompt_step() -> None:
     wl = nano_vllm_workload(num_seqs, 100 if cuda else 16, max_len, max_len, vocab)
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n) for n in wl.output_lens]
     llm.generate([{"prompt_token_ids": p} for p in wl.prompts[:8]], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
-    llm.reset_prefix_cache()
-    for i, (p, sp) in enumerate(zip(wl.prompts, params)):
-        engine.add_request(str(i), p, sp)
+    ids = []
+
+    def fresh_workload(run: str) -> None:
+        """The workload's requests again (the last run's dropped), none of their prompts cached."""
+        engine.abort_request(ids)
+        llm.reset_prefix_cache()
+        ids[:] = [f"{run}-{i}" for i in range(num_seqs)]
+        for req_id, p, sp in zip(ids, wl.prompts, params):
+            engine.add_request(req_id, p, sp)
+
+    fresh_workload("untimed")
     engine.step()  # the first prompts, untimed (the allocator's first blocks of this size)
-    engine.abort_request([str(i) for i in range(num_seqs)])
-    llm.reset_prefix_cache()
-    for i, (p, sp) in enumerate(zip(wl.prompts, params)):
-        engine.add_request(f"again-{i}", p, sp)
+    fresh_workload("timed")
     tokens = []
     schedule = engine.scheduler.schedule
 
@@ -352,22 +350,30 @@ def prompt_step() -> None:
 
     engine.scheduler.schedule = counting_schedule
     wall = timed(device, engine.step)
-    gpu_ms, by_kernel = float("nan"), []
+    events = []
     if cuda:
-        engine.abort_request([f"again-{i}" for i in range(num_seqs)])
-        llm.reset_prefix_cache()
-        for i, (p, sp) in enumerate(zip(wl.prompts, params)):
-            engine.add_request(f"profiled-{i}", p, sp)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            engine.step()
-            torch.cuda.synchronize()
-        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        gpu_ms, by_kernel = sum(e.time_range.elapsed_us() for e in events) / 1e3, _gpu_time_by_name(events)
+        fresh_workload("profiled")
+        events = _gpu_kernel_events(engine.step)
     engine.scheduler.schedule = schedule
     num_tokens, seqs = tokens[0]
+    gpu_ms = sum(e.time_range.elapsed_us() for e in events) / 1e3 if cuda else float("nan")
     print(f"the first step of the throughput workload: {num_tokens:,} tokens of {seqs} prompts, wall {wall * 1e3:.2f} ms, "
           f"GPU kernels {gpu_ms:.2f} ms")  # fmt: skip
-    for name, (us, count) in by_kernel[:15]:
+    _print_by_kernel(events)
+
+
+def _gpu_kernel_events(fn) -> list:
+    """The profiler's GPU events of ``fn()``, the GPU drained before the profiler stops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def _print_by_kernel(events, top: int = 15) -> None:
+    for name, (us, count) in _gpu_time_by_name(events)[:top]:
         print(f"  {us / 1e3:7.3f} ms  {count:4d} x  {name[:100]}")
 
 

@@ -315,11 +315,11 @@ def _pdl_cases():
                 if not kernel.metadata.launch_pdl or "griddepcontrol.wait" not in ptx:
                     raise RuntimeError(f"{name} does not take part in programmatic dependent launch")
                 wait = ptx.index("griddepcontrol.wait")
-                if ptx[:wait].count("ld.global") > 0 and not ptx.index("griddepcontrol.launch_dependents") < ptx.index("ld.global"):
+                early = ptx[:wait].count("ld.global")
+                if early and not ptx.index("griddepcontrol.launch_dependents") < ptx.index("ld.global"):
                     raise RuntimeError(f"{name} loads before it lets the next kernel launch")
                 if name in PREFETCH_BEFORE_WAIT and "prefetch.global.L2" not in ptx[:wait]:
                     raise RuntimeError(f"{name} does not ask L2 for data before it waits")
-                early = ptx[:wait].count("ld.global")
                 if early < LOADS_BEFORE_WAIT.get(name, 0):
                     raise RuntimeError(f"{name} loads {early} input(s) before it waits, not {LOADS_BEFORE_WAIT[name]}")
             if len(COMPILED) == start:

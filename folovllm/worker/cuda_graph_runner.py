@@ -52,7 +52,7 @@ class CUDAGraphRunner:
     ) -> None:  # fmt: skip
         self.model = model
         self.buffers = buffers
-        self.decode_order = attn_backend.orders_decode_rows
+        self.orders_decode_rows = attn_backend.orders_decode_rows
         self.max_model_len = max_model_len
         self.num_kv_splits_fn = num_kv_splits_fn
         self.decode_sizes = _ladder(_DECODE_LADDER, max_num_seqs)
@@ -79,7 +79,7 @@ class CUDAGraphRunner:
             seq_lens_cpu=[],
             num_kv_splits=self.num_kv_splits_fn(size, self.max_model_len) if decode else 1,
             prefill_tiles=None if decode else buf.prefill_tiles.gpu[: self.tiles_for[size]],
-            decode_order=buf.decode_order.gpu[:size] if decode and self.decode_order else None,
+            decode_order=buf.decode_order.gpu[:size] if decode and self.orders_decode_rows else None,
         )
 
     @torch.inference_mode()

@@ -138,6 +138,7 @@ def test_decode_attention_with_the_new_token_fused_in_matches_the_two_kernels(dt
     context), splits whose last is the new key alone."""
     from folovllm.attention.ops.triton_decode_attention import NewTokenKV
     from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope_store
+    from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding
 
     seq_lens = [1, 37, 0, 65, 130]
     heads, kv_heads, head_dim, block_size = 4, 2, 32, 16
@@ -148,8 +149,8 @@ def test_decode_attention_with_the_new_token_fused_in_matches_the_two_kernels(dt
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q, k, v = q.view(5, heads, head_dim), k.view(5, kv_heads, head_dim), v.view(5, kv_heads, head_dim)
     weights = [(1 + 0.1 * torch.randn(head_dim, generator=g)).to(dtype).to(DEVICE) for _ in range(2)] if norm else [None, None]
-    angles = torch.outer(torch.arange(256.0), 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim))
-    cos, sin = torch.cat([angles, angles], -1).cos().to(DEVICE), torch.cat([angles, angles], -1).sin().to(DEVICE)
+    rope = RotaryEmbedding(head_dim, 256, 10000.0).to(DEVICE)
+    cos, sin = rope.cos_cache, rope.sin_cache
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     positions = (lens - 1).clamp(min=0).long()
     slots = torch.tensor([int(block_table[i, (n - 1) // block_size]) * block_size + (n - 1) % block_size if n else -1

@@ -34,18 +34,16 @@ class TritonAttentionBackend(AttentionBackend):
         if k is not None:
             store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
         if attn_metadata.max_query_len == 1:
-            return paged_decode_attention(
-                q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
-                num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order,
-            )  # fmt: skip
+            return self.decode_with_new_token(q, None, k_cache, v_cache, attn_metadata, scale)
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
             attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale,
         )  # fmt: skip
 
-    def decode_with_new_token(self, q, new_token: NewTokenKV, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float):
+    def decode_with_new_token(self, q, new_token: NewTokenKV | None, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float):
         """A decode step's attention from the raw q, with this step's k and v normed, rotated and cached
-        by the decode kernel itself (``fuses_new_token``)."""
+        by the decode kernel itself (``fuses_new_token``); without ``new_token``, from a q normed and
+        rotated and K/V cached before (``forward``'s decode steps)."""
         return paged_decode_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
             num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order, new_token=new_token,

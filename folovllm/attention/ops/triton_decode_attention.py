@@ -25,7 +25,7 @@ import triton.language as tl
 
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
-from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, to_compute_dtype
 from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
 
@@ -157,8 +157,7 @@ def _decode_stage1_kernel(
             # kernel writes the block table; the kernel before does write this step's own K/V row, but
             # into L2, which the prefetch only fills: the loads after the wait read the written row.
             pos = tl.minimum(start + tl.arange(0, BLOCK_N), end - 1)
-            blocks = tl.load(block_table_ptr + b * stride_bt + pos // PAGE_SIZE)
-            rows = blocks.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
+            rows = kv_row_offsets(block_table_ptr + b * stride_bt, pos, None, kvh, stride_cb, stride_cs, stride_ch, PAGE_SIZE)
             lines = tl.minimum(tl.arange(0, LINES_PER_ROW) * LINE, HEAD_DIM - 1)
             prefetch_to_l2(k_cache_ptr + rows[:, None] + lines[None, :])
             prefetch_to_l2(v_cache_ptr + rows[:, None] + lines[None, :])

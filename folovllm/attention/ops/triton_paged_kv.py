@@ -32,6 +32,18 @@ def to_compute_dtype(q, COMPUTE_DTYPE: tl.constexpr):
 
 
 @triton.jit
+def kv_row_offsets(block_table_row_ptr, pos, valid, kvh, stride_cb, stride_cs, stride_ch, PAGE_SIZE: tl.constexpr):
+    """Where kv head ``kvh``'s K (or V) rows of token positions ``pos`` of one sequence start in the
+    paged cache, in elements: position p lives in block ``block_table[p // PAGE_SIZE]`` at offset
+    ``p % PAGE_SIZE``. ``valid`` masks the block-table reads (None: all in range)."""
+    if valid is None:
+        block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE)
+    else:
+        block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE, mask=valid, other=0)
+    return block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
+
+
+@triton.jit
 def load_kv_tile(
     k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, valid, kvh, offs_d, d_mask,
     stride_cb, stride_cs, stride_ch, PAGE_SIZE: tl.constexpr,
@@ -42,13 +54,11 @@ def load_kv_tile(
     ``p % PAGE_SIZE``; rows where ``valid`` is false come back as zeros.
     ``valid=None``: every position is in range, and the loads check none of them.
     """
+    offs_kv = kv_row_offsets(block_table_row_ptr, pos, valid, kvh, stride_cb, stride_cs, stride_ch, PAGE_SIZE)
     if valid is None:
-        block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE)
         kv_mask = tl.broadcast_to(d_mask[None, :], (pos.shape[0], offs_d.shape[0]))
     else:
-        block_ids = tl.load(block_table_row_ptr + pos // PAGE_SIZE, mask=valid, other=0)
         kv_mask = valid[:, None] & d_mask[None, :]
-    offs_kv = block_ids.to(tl.int64) * stride_cb + (pos % PAGE_SIZE) * stride_cs + kvh * stride_ch
     k = tl.load(k_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_cache_ptr + offs_kv[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
     return k, v
