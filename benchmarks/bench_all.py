@@ -7,7 +7,7 @@
 (b) latency: TTFT of one 1024-token prompt (with the mixed-step CUDA graphs and
     without), TPOT at batch 1 over 256 tokens, start-up time (``LLM(...)`` to
     ready, transformers already imported; the import, timed in a fresh process,
-    beside it), the first request after start-up against a warm one, and how many
+    beside it; below the table, the engine's start-up phases), the first request after start-up against a warm one, and how many
     Triton kernel variants compiled after start-up (should be 0);
 (c) HF ``generate`` on the same workload in the same process;
 (d) the hardware floor of (a) and (b): bytes that must move (weights once
@@ -166,6 +166,7 @@ def main() -> None:
     sync(device)
     startup = time.perf_counter() - t0
     engine = llm.llm_engine
+    phases = engine.startup_seconds
     runner = engine.executor.worker.model_runner
     variants_at_start = compiled_kernel_variants()
     vocab = engine.config.model_config.get_vocab_size()
@@ -289,6 +290,8 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |",
         *[f"| {' | '.join(r)} |" for r in rows],
         "",
+        f"Start-up by phase: {', '.join(f'{name} {secs:.2f} s' for name, secs in phases.items())}; the config and "
+        f"the rest {startup - sum(phases.values()):.2f} s.",
         f"Triton kernel variants compiled after start-up (by any request above): {sum(compiled.values())}"
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(compiled.items()))})" if compiled else "") + ".",
         "",

@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py host [N]      # host work per decode step without the model: generate, streaming, logprobs
     python benchmarks/profile_step.py logprobs [N]  # the same for logprobs=5, list-of-dicts against flat logprobs, per output kind
     python benchmarks/profile_step.py cprofile      # host-side cProfile of the whole run
-    python benchmarks/profile_step.py kernels [B]   # torch.profiler kernel table of steady decode steps at batch B (256)
+    python benchmarks/profile_step.py kernels [B]   # kernel table of steady decode steps at batch B (256); idle gaps between kernels
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off; wall by call
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held, against their floor
     python benchmarks/profile_step.py prompts       # the throughput workload's first step (prompts only): wall, GPU, by kernel
@@ -238,6 +238,31 @@ def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) ->
         sync(device)
     sort_by = "cuda_time_total" if cuda else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=60))
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    _print_idle_gaps([e for e in prof.events() if e.device_type == kind], steps)
+
+
+# Idle gaps by length (us): launch latency between a graph's kernels is a few us; the GPU waiting
+# for the host (a sync, a late launch) is tens of us or more.
+GAP_BUCKETS = ((0, 2), (2, 5), (5, 20), (20, 100), (100, float("inf")))
+
+
+def _print_idle_gaps(events, steps: int) -> None:
+    """How long the device sat idle between the events (kernels, copies) of ``steps`` steps, by gap
+    length: many short gaps are the launch latency between kernels, which fusing and PDL shorten;
+    long ones, the device waiting for the host. The profiler's own tracing adds a little to each."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events)
+    busy_until, gaps = spans[0][1], []
+    for start, end in spans[1:]:
+        if start > busy_until:
+            gaps.append(start - busy_until)
+        busy_until = max(busy_until, end)
+    span = busy_until - spans[0][0]
+    print(f"busy {(span - sum(gaps)) / steps / 1e3:.3f} ms and idle {sum(gaps) / steps / 1e3:.3f} ms a step "
+          f"({len(spans) / steps:.0f} events a step), the idle time by gap length:")  # fmt: skip
+    for low, high in GAP_BUCKETS:
+        chosen = [g for g in gaps if low <= g < high]
+        print(f"  {low:3.0f}-{high:<4.0f} us: {len(chosen) / steps:6.1f} gaps a step, {sum(chosen) / steps / 1e3:.3f} ms a step")
 
 
 def prefill(runs: int = 5) -> None:

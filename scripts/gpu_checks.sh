@@ -9,7 +9,7 @@
 # (default: ./gpu_out), so a stage that runs long costs only itself. `bench` rewrites its part of
 # docs/benchmarks.md and docs/roofline.png (bench_all.py, FP8 section included; `fp8` is the longer
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
-# and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, batch-1 kernel and host views;
+# and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, kernel (256 and 1 sequences, idle gaps) and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
 # the new token in the decode kernel, decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
@@ -41,7 +41,10 @@
 #   2. At once, on the warm machine (timeout ~250): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
 #      the figures of record twice, the start-up row without the transformers import (printed beside it),
 #      the FP8 row with its new decode default.
-#   3. If time is left: `switches` (longest first on the whole workload), or `FOLOVLLM_PDL=0 ... views`.
+#      The start-up row now has the engine's phases below the table (tokenizer, load model, memory
+#      profile, KV cache, warm-up, CUDA graphs; the config and the rest): what the 11.4-14.3 s was.
+#   3. If time is left: `views` (the 256-sequence kernel view's idle gaps: what the widest band's
+#      ~0.4 ms a step unaccounted for is), `switches` (longest first on the whole workload).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
@@ -93,8 +96,9 @@ for stage in $stages; do
                run profile_prefill 90 $PY benchmarks/profile_step.py prefill
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_prompts 60 $PY benchmarks/profile_step.py prompts
+               run profile_decode256 75 $PY benchmarks/profile_step.py kernels 256
                run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
-               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 380 s in all
+               run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 455 s in all
         # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         freeze_gc_heap()  # what exists before this engine, out of the garbage collector's sight (see gc_utils)
+        start = time.perf_counter()
         self.config = config
         mc = config.model_config
         self.tokenizer = None
@@ -62,8 +63,15 @@ class LLMEngine:
                     f"vocab_size={mc.get_vocab_size()}: it is not this model's tokenizer"
                 )
         self.eos_token_ids = get_eos_token_ids(mc.model, self.tokenizer, mc.revision)
+        tokenizer_secs = time.perf_counter() - start
         executor_class = {"mp": MultiprocExecutor, "uni": UniProcExecutor, "external_launcher": ExecutorWithExternalLauncher}
         self.executor = executor_class[config.parallel_config.distributed_executor_backend](config)
+        # Where this engine's start-up went (rank 0's worker for the device phases), in seconds.
+        self.startup_seconds = {"tokenizer": tokenizer_secs, **self.executor.worker.startup_seconds}
+        logger.info(
+            "Engine started in %.2f s: %s", time.perf_counter() - start,
+            ", ".join(f"{name} {secs:.2f} s" for name, secs in self.startup_seconds.items()),
+        )  # fmt: skip
 
         block_size = config.cache_config.block_size
         num_blocks = self.executor.num_kv_blocks

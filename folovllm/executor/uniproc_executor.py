@@ -24,10 +24,13 @@ def start_worker(worker: Worker) -> int:
 
     Every rank of a tensor-parallel group runs exactly these steps, in this order (they meet in collectives).
     """
-    worker.load_model()
-    num_blocks = worker.determine_num_kv_blocks()
-    worker.initialize_kv_cache(num_blocks)
-    worker.compile_or_warm_up_model()
+    with worker.timed_phase("load model"):
+        worker.load_model()
+    with worker.timed_phase("memory profile"):
+        num_blocks = worker.determine_num_kv_blocks()
+    with worker.timed_phase("KV cache"):
+        worker.initialize_kv_cache(num_blocks)
+    worker.compile_or_warm_up_model()  # times its warm-up and its graph capture
     return num_blocks
 
 

@@ -9,9 +9,12 @@ smallest number of KV blocks any of them can hold.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -74,6 +77,17 @@ class Worker:
             init_distributed_environment(world_size, rank, distributed_init_method, backend)
         set_random_seed(config.model_config.seed)  # the same on every rank: they sample identically
         self.model_runner = ModelRunner(config, self.device)
+        # Seconds each start-up phase took, in order (the engine logs them; bench_all prints them).
+        self.startup_seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed_phase(self, name: str) -> Iterator[None]:
+        """Time one start-up phase into ``startup_seconds``, the device's queue drained at its end."""
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.startup_seconds[name] = time.perf_counter() - start
 
     def load_model(self) -> None:
         self.model_runner.load_model()
@@ -143,9 +157,11 @@ class Worker:
         self.model_runner.initialize_kv_cache(num_blocks)
 
     def compile_or_warm_up_model(self) -> None:
-        if self.device.type == "cuda":  # on the CPU nothing compiles: no Triton kernel runs there
-            self.model_runner.warm_up()
-        self.model_runner.capture_model()
+        with self.timed_phase("warm-up"):
+            if self.device.type == "cuda":  # on the CPU nothing compiles: no Triton kernel runs there
+                self.model_runner.warm_up()
+        with self.timed_phase("CUDA graphs"):
+            self.model_runner.capture_model()
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)

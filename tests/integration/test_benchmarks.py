@@ -24,7 +24,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmarks\n") and text.endswith("## History\n\nkept\n") and "old figures" not in text
-    for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "first request after start-up",
+    for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "Start-up by phase: tokenizer ", "first request after start-up",
                 "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype"):  # fmt: skip
         assert row in text, row
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -81,7 +81,7 @@ GPU_STAGE_SCRIPTS = {
                        "    q/k norm + RoPE + cache write, then decode / all in the decode kernel (FUSE_NEW_TOKEN), us in turn: "]),
     "profile_copies": (["benchmarks/profile_step.py", "copies"],
                        ["from pageable memory behind"] if torch.cuda.is_available() else ["pageable copies: needs a GPU"]),
-    "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total"]),
+    "profile_kernels": (["benchmarks/profile_step.py", "kernels", "4"], ["Self CPU time total", "the idle time by gap length", "100-inf  us:"]),
     "profile_prefill": (["benchmarks/profile_step.py", "prefill"], ["first ms", "GPU kernels ms", "2048  eager", "of which the step's inputs", "wait for the sampled token", "the rest of generate()"]),
     "profile_tail": (["benchmarks/profile_step.py", "tail"], ["decode, 1-8 seqs", "of it reached"]),
     "profile_prompts": (["benchmarks/profile_step.py", "prompts"], ["the first step of the throughput workload: "]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 
@@ -188,7 +189,15 @@ def test_startup_logs_cache_size_and_concurrency(tiny_model):
     handler = Collect()
     logging.getLogger("folovllm").addHandler(handler)
     try:
-        LLM(str(tiny_model), device="cpu", block_size=8, num_gpu_blocks_override=32, max_model_len=128)
+        start = time.perf_counter()
+        llm = LLM(str(tiny_model), device="cpu", block_size=8, num_gpu_blocks_override=32, max_model_len=128)
+        elapsed = time.perf_counter() - start
     finally:
         logging.getLogger("folovllm").removeHandler(handler)
     assert any("32 blocks x 8 tokens = 256 tokens" in r and "max concurrency at max_model_len=128: 2.00x" in r for r in records)
+    # The start-up phases, in the order they ran, each timed once, together within the whole LLM(...).
+    phases = llm.llm_engine.startup_seconds
+    assert list(phases) == ["tokenizer", "load model", "memory profile", "KV cache", "warm-up", "CUDA graphs"]
+    assert all(secs >= 0 for secs in phases.values()) and sum(phases.values()) <= elapsed
+    assert phases["load model"] > 0
+    assert any(r.startswith("Engine started in ") and "load model " in r for r in records)
