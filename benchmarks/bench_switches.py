@@ -11,6 +11,9 @@ Switches a GPU run decides on:
   shape's plain GEMV configuration): seven kernels per layer instead of ten;
 * ``fuse_new_token``: decode steps norm, rotate and cache their new k and v inside the decode
   attention kernel (``triton_decode_attention.FUSE_NEW_TOKEN``): nine kernels per layer instead of ten;
+* ``merge_in_last_split``: split decode steps merge the splits in the last split program to finish
+  (``triton_decode_attention.MERGE_IN_LAST_SPLIT``) instead of a second kernel: one kernel less
+  per layer at 1-32 sequences;
 * ``longest_first``: decode steps start their sequences' attention programs longest first
   (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
 * ``skinny_gemm``: at 8 to 256 rows, the Triton skinny GEMM for o and down, the two projections
@@ -56,11 +59,12 @@ SCALES = {
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
-SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "longest_first", "skinny_gemm")
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "skinny_gemm")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
 # Those that change a batch-1 step (the skinny GEMM takes 8 rows and more; the order, several sequences).
-STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("fused_gemv", "fuse_new_token")]
+STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("merge_in_last_split",), ("fused_gemv", "fuse_new_token"),
+                 ("fused_gemv", "fuse_new_token", "merge_in_last_split")]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down: 1,024 outputs each
@@ -77,6 +81,7 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
     triton_decode_attention.LONGEST_FIRST = "longest_first" in setting  # read by the next engine's backend
     triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
+    triton_decode_attention.MERGE_IN_LAST_SPLIT = "merge_in_last_split" in setting  # likewise
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = {s: triton_skinny_gemm.CONFIGS[0] for s in SKINNY} if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
@@ -131,10 +136,13 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
             return runner.model.compute_logits(runner.model(inputs.input_ids, inputs.positions, meta))
 
         calls, pool = {}, None
+        counters = torch.zeros(runner.num_kv_heads, dtype=torch.int32, device=device)  # one sequence's split counts
         for setting in STEP_SETTINGS:
             took = apply(setting, device)
             # the backend read FUSE_NEW_TOKEN when this engine was made; the model asks it at each call
             runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
+            # the engine's buffers have split counts only if the switch was on when it was made
+            meta.split_counters = counters if triton_decode_attention.MERGE_IN_LAST_SPLIT else None
             forward()  # compiles this setting's kernels outside the capture
             if device == "cuda":
                 graph, _, pool = CUDAGraphRunner._capture_graph(forward, pool)

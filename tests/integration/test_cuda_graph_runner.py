@@ -206,3 +206,23 @@ def test_decode_steps_with_the_new_token_fused_into_attention_match_hf(graphed_l
     monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path, in the interpreter
     for calls in _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, lambda args, kwargs: kwargs.get("new_token") is not None):
         assert calls and all(calls), calls
+
+
+def test_decode_splits_merged_in_the_last_split_program_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
+    """With ``MERGE_IN_LAST_SPLIT`` every decode step, replayed or eager, hands the decode kernel the
+    engine's one buffer of split counts (the one the graphs captured), zero before every call (the
+    kernel leaves them so), and the tokens stay HF's. The graphs split (they are sized for
+    max_model_len); the eager steps' contexts are too short to."""
+    from folovllm.attention.ops import triton_decode_attention
+
+    monkeypatch.setattr(triton_decode_attention, "MERGE_IN_LAST_SPLIT", True)
+
+    def record(args, kwargs):
+        counters = kwargs["split_counters"]
+        return kwargs["num_kv_splits"], counters.data_ptr(), int(counters.count_nonzero())
+
+    replayed, eager = _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record)
+    calls = replayed + eager
+    assert replayed and eager and len({ptr for _, ptr, _ in calls}) == 1, calls
+    assert all(nonzero == 0 for _, _, nonzero in calls), calls
+    assert any(splits > 1 for splits, _, _ in replayed), replayed

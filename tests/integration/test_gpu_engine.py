@@ -189,11 +189,14 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-@pytest.mark.parametrize("switch,backend_flag", [("LONGEST_FIRST", "orders_decode_rows"), ("FUSE_NEW_TOKEN", "fuses_new_token")])
+@pytest.mark.parametrize("switch,backend_flag", [("LONGEST_FIRST", "orders_decode_rows"), ("FUSE_NEW_TOKEN", "fuses_new_token"),
+                                                 ("MERGE_IN_LAST_SPLIT", "merges_decode_splits")])  # fmt: skip
 def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_eager, switch, backend_flag):
     """The decode kernel's switches, each on: LONGEST_FIRST (the grid with the kv head fastest, rows
-    through the order) and FUSE_NEW_TOKEN (this step's k and v normed, rotated and cached inside the
-    kernel); 5 uneven sequences: the 8-graph with 3 padding rows, or eagerly; split and unsplit."""
+    through the order), FUSE_NEW_TOKEN (this step's k and v normed, rotated and cached inside the
+    kernel) and MERGE_IN_LAST_SPLIT (no second kernel: programs on other SMs hand over their partial
+    results through memory); 5 uneven sequences: the 8-graph with 3 padding rows, or eagerly; split
+    and unsplit."""
     from folovllm import LLM, SamplingParams
     from folovllm.attention.ops import triton_decode_attention
 

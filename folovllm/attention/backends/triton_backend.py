@@ -18,6 +18,7 @@ class TritonAttentionBackend(AttentionBackend):
     def __init__(self) -> None:
         self.orders_decode_rows = triton_decode_attention.LONGEST_FIRST
         self.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN
+        self.merges_decode_splits = triton_decode_attention.MERGE_IN_LAST_SPLIT
 
     def make_decode_order(self, seq_lens: np.ndarray) -> np.ndarray:
         # longest first (ties in batch order)
@@ -47,4 +48,5 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_decode_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
             num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order, new_token=new_token,
+            split_counters=attn_metadata.split_counters,
         )  # fmt: skip

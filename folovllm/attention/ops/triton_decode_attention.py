@@ -9,6 +9,13 @@ of a model with 8 kv heads would otherwise keep only 8 SMs busy. The split
 count is a plain argument, so two compiled variants (split or not) serve
 every batch size; stage 2 merges up to MAX_KV_SPLITS in one fixed block.
 
+With ``split_counters`` (``MERGE_IN_LAST_SPLIT``), there is no stage 2: each split program,
+its partial stored, counts itself in on an int32 per (sequence, kv head), and the one that
+arrives last merges all of them (the same merge, so the same output) and sets the count back to
+zero for the next call. The order between programs is CUTLASS's split-K semaphore's: a block-wide
+barrier after the stores, one thread's atomic add with acquire-release semantics at GPU scope,
+another barrier (Triton's, handing the count to every thread), then loads that bypass L1.
+
 With a ``seq_order`` (longest first, ``LONGEST_FIRST``), the grid is (kv head, row, split) and
 row i works on sequence ``seq_order[i]``: the GPU starts programs in grid order, so a batch of
 uneven contexts starts its longest sequences' programs first and its shortest last, where batch
@@ -41,6 +48,11 @@ LONGEST_FIRST = False
 # has timed it (section 22 of the dev log).
 FUSE_NEW_TOKEN = False
 
+# Whether the engine's split decode steps merge the splits in the last split program to finish
+# (``split_counters``) instead of a second kernel: one launch less per layer at the batch sizes
+# that split (1-32 sequences on an H100). Off until an H100 has timed it.
+MERGE_IN_LAST_SPLIT = False
+
 
 class NewTokenKV(NamedTuple):
     """What the q/k norm + RoPE + cache-write kernel would do before a decode step, for the decode
@@ -72,6 +84,29 @@ def _norm_rope(x, x_rot, w, w_rot, cos, sin, sign, eps, HEAD_DIM: tl.constexpr, 
     return (x.to(tl.float32) * cos + sign * x_rot.to(tl.float32) * sin).to(x.dtype)
 
 
+@triton.jit
+def _merge_splits(partial_ptr, lse_ptr, out_ptr, bh, num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One (sequence, head) row of the output: its splits' partial outputs weighted by their
+    log-sum-exps. The loads skip L1 (``.cg``): in the last-split merge, other SMs wrote them."""
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < num_splits
+    lse = tl.load(lse_ptr + bh * num_splits + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # all splits empty (padding row)
+    w = tl.exp(lse - lse_max)
+    parts = tl.load(
+        partial_ptr + (bh * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    w_sum = tl.sum(w, 0)
+    w_sum = tl.where(w_sum == 0.0, 1.0, w_sum)
+    out = tl.sum(parts * w[:, None], 0) / w_sum
+    tl.store(out_ptr + bh * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
 # Per-step values, not specialised on (a variant compiled for one would recompile for another):
 # the block table's width (eager steps) and the split count (it follows the batch size).
 @triton.jit(do_not_specialize=["stride_bt", "num_splits"])
@@ -84,6 +119,8 @@ def _decode_stage1_kernel(
     seq_order_ptr,  # [B] int32, the sequence of each grid row (ORDERED only)
     out_ptr,  # [B, H, D] when not SPLIT, else partial out [B, H, num_splits, D]
     lse_ptr,  # [B, H, num_splits] (unused when not SPLIT)
+    merged_ptr,  # MERGE_IN_LAST: [B, H, D], the output
+    counter_ptr,  # MERGE_IN_LAST: int32 [B * KVH], zero between calls
     scale,
     num_splits,
     stride_qt,
@@ -120,6 +157,8 @@ def _decode_stage1_kernel(
     LINES_PER_ROW: tl.constexpr,  # lines per key row of one kv head
     FUSED: tl.constexpr,  # q, k_new, v_new raw: norm, rotate and cache this step's token here (NewTokenKV)
     HAS_NORM: tl.constexpr,
+    MERGE_IN_LAST: tl.constexpr,  # SPLIT: the last split program to finish merges (no stage 2)
+    BLOCK_S: tl.constexpr,  # MERGE_IN_LAST: MAX_KV_SPLITS
 ):
     launch_next_kernel(USE_PDL)
     if ORDERED:
@@ -243,6 +282,13 @@ def _decode_stage1_kernel(
         tl.store(out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=store_mask)
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
         tl.store(lse_ptr + row, lse, mask=g_mask)
+        if MERGE_IN_LAST:
+            tl.debug_barrier()  # every thread's share stored before the count goes up
+            counter = counter_ptr + b * (NUM_HEADS // GROUP) + kvh
+            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
+                tl.store(counter, 0)  # every split has arrived: no program touches it again in this call
+                for g in tl.static_range(GROUP):
+                    _merge_splits(out_ptr, lse_ptr, merged_ptr, b * NUM_HEADS + kvh * GROUP + g, num_splits, HEAD_DIM, BLOCK_D, BLOCK_S)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -257,23 +303,7 @@ def _decode_stage2_kernel(
     USE_PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(USE_PDL)
-    bh = tl.program_id(0)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < num_splits
-    lse = tl.load(lse_ptr + bh * num_splits + offs_s, mask=s_mask, other=float("-inf"))
-    lse_max = tl.max(lse, 0)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # all splits empty (padding row)
-    w = tl.exp(lse - lse_max)
-    parts = tl.load(
-        partial_ptr + (bh * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
-        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
-        other=0.0,
-    )
-    w_sum = tl.sum(w, 0)
-    w_sum = tl.where(w_sum == 0.0, 1.0, w_sum)
-    out = tl.sum(parts * w[:, None], 0) / w_sum
-    tl.store(out_ptr + bh * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    _merge_splits(partial_ptr, lse_ptr, out_ptr, tl.program_id(0), num_splits, HEAD_DIM, BLOCK_D, BLOCK_S)
 
 
 def paged_decode_attention(
@@ -290,10 +320,13 @@ def paged_decode_attention(
     v_via_registers: bool | None = None,
     seq_order: torch.Tensor | None = None,
     new_token: NewTokenKV | None = None,
+    split_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``seq_order``: int32 [B], a permutation of
     the sequences, the order in which their programs start (see the module). ``new_token``: q is raw
-    (before its norm and RoPE) and this step's K/V are not in the cache yet (``NewTokenKV``). ``num_stages``,
+    (before its norm and RoPE) and this step's K/V are not in the cache yet (``NewTokenKV``).
+    ``split_counters``: int32, zeros, at least B * KVH: split runs merge in their last split program
+    (see the module), and leave them zero. ``num_stages``,
     ``block_n`` (keys per iteration, a multiple of the page size) and ``v_via_registers`` (see the
     kernel) other than the defaults are for ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
@@ -322,6 +355,9 @@ def paged_decode_attention(
     else:
         target, lse = out, out  # lse unused
     pdl = pdl_launch_args(q)
+    merge_in_last = num_kv_splits > 1 and split_counters is not None
+    if merge_in_last:
+        assert split_counters.dtype == torch.int32 and split_counters.numel() >= num_seqs * num_kv_heads, "a count per (sequence, kv head)"
     ordered = seq_order is not None
     grid = (num_kv_heads, num_seqs, num_kv_splits) if ordered else (num_seqs, num_kv_heads, num_kv_splits)
     nt = new_token
@@ -330,7 +366,8 @@ def paged_decode_attention(
     if fused:
         assert nt.k.stride(1) == nt.v.stride(1) == head_dim and q.stride(2) == 1 and k_cache.is_contiguous(), "heads contiguous"
     _decode_stage1_kernel[grid](
-        q, k_cache, v_cache, block_table, seq_lens, seq_order if ordered else seq_lens, target, lse, scale, num_kv_splits,
+        q, k_cache, v_cache, block_table, seq_lens, seq_order if ordered else seq_lens, target, lse,
+        out, split_counters if merge_in_last else seq_lens, scale, num_kv_splits,
         q.stride(0), q.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         *((nt.k, nt.v, nt.k.stride(0), nt.v.stride(0), nt.q_weight if has_norm else q, nt.k_weight if has_norm else q,
@@ -340,10 +377,10 @@ def paged_decode_attention(
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, ORDERED=ordered, **pdl,
         LINE=128 // k_cache.element_size(), LINES_PER_ROW=triton.cdiv(head_dim * k_cache.element_size(), 128),
-        FUSED=fused, HAS_NORM=has_norm,
+        FUSED=fused, HAS_NORM=has_norm, MERGE_IN_LAST=merge_in_last, BLOCK_S=MAX_KV_SPLITS,
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
-    if num_kv_splits > 1:
+    if num_kv_splits > 1 and not merge_in_last:
         _decode_stage2_kernel[(num_seqs * num_heads,)](
             target, lse, out, num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=MAX_KV_SPLITS, **pdl,
         )  # fmt: skip
