@@ -21,7 +21,7 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session (written in the fifteenth, which had no GPU):
+# The plan for the next session (written in the fifteenth and sixteenth, which had no GPU):
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
@@ -29,13 +29,16 @@
 #      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=90 KERNELS_LIMIT=130 TESTS_LIMIT=120 BASELINE=.ab
 #      bash scripts/gpu_checks.sh engine step kernels tests`
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
-#        also the 2-4-row GEMV, longest first and the new token in the decode kernel);
-#      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN) and both
-#        against the defaults, a batch-1 step in one engine (a clear win: turn it on, as bench_switches.apply
-#        does, and rerun bench);
+#        also the 2-4-row GEMV, longest first, the new token in the decode kernel and the splits merged
+#        in their last program: the one switch whose memory ordering only a GPU exercises);
+#      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN), the
+#        splits merged in their last program (MERGE_IN_LAST_SPLIT), the first two together and all three,
+#        against the defaults, a batch-1 step in one engine (a clear win: turn it on, as
+#        bench_switches.apply does, and rerun bench);
 #      - kernels: element-wise and decode at batch 1, today / baseline; two kernels / one for the new token;
 #        "batch order / longest first" at
 #        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
+#        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
 #        o and down asked of cuBLAS transposed;
 #      - tests: the kernels' GPU tests (last: the cut-able one).
 #   2. At once, on the warm machine (timeout ~250): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
