@@ -259,7 +259,7 @@ def _decode_stage1_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     if FUSED:  # written after the loop's loads (a load after a store would wait for it)
-        dst = (slot // PAGE_SIZE) * stride_cb + (slot % PAGE_SIZE) * stride_cs + kvh * stride_ch + offs_d[None, :]
+        dst = slot * stride_cs + kvh * stride_ch + offs_d[None, :]  # a contiguous cache: slot = block * PAGE_SIZE + offset
         cached = offs_d[None, :] < tl.where((slot >= 0) & owner, HEAD_DIM, 0)  # slot -1: a padding row
         tl.store(k_cache_ptr + dst, k_new, mask=cached)
         tl.store(v_cache_ptr + dst, v_new, mask=cached)
