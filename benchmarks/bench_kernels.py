@@ -2,7 +2,7 @@
 decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 against an FP8 cache
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
 decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4
-rows, the skinny GEMM at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
+rows, the skinny GEMM by tiling and K split at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
 RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through the
 prefill kernel's work list, the fused temperature sampler, the
 element-wise kernels at 1 to 1024 tokens against the bytes they move, and last, the longest: the
@@ -64,7 +64,7 @@ SCALES = {
                           (32, (200, 2048), (1, 2, 4, 8)), (96, (200, 2048), (1, 2, 4)), (192, (200, 2048), (1, 2)),
                           (256, 1024, (1,))],
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
-        matmul_rows=(1, 2, 4, 8, 32, 64, 128, 256),
+        matmul_rows=(1, 2, 4, 8, 16, 32, 64, 128, 256),  # from 8 up, the skinny GEMM's row buckets
         prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
         # (BLOCK_N, num_stages, V widened in registers); the engine's: 128, 3, yes
         fp8_decode_variants=[(64, 2, False), (128, 2, False), (128, 1, False), (64, 2, True), (128, 2, True),
@@ -363,13 +363,19 @@ def new_token_in_turn(q, k_cache, v_cache, block_table, seq_lens, splits: int) -
     print(f"    q/k norm + RoPE + cache write, then decode / all in the decode kernel (FUSE_NEW_TOKEN), us in turn: {us[0]} / {us[1]}")
 
 
-def fastest_config(kernel, x: torch.Tensor, w: torch.Tensor, configs: list) -> tuple[Any, float]:
+def config_times(kernel, x: torch.Tensor, w: torch.Tensor, configs: list) -> dict[Any, float]:
     """``kernel(x, w, config)`` in each configuration, checked against F.linear, then timed from a
-    graph: the fastest configuration and its seconds per call."""
+    graph: seconds per call by configuration."""
     times = {}
     for config in configs:
         torch.testing.assert_close(kernel(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)
         times[config] = graph_time(lambda: kernel(x, w, config))
+    return times
+
+
+def fastest_config(kernel, x: torch.Tensor, w: torch.Tensor, configs: list) -> tuple[Any, float]:
+    """The fastest of ``config_times`` and its seconds per call."""
+    times = config_times(kernel, x, w, configs)
     best = min(times, key=times.get)
     return best, times[best]
 
@@ -386,7 +392,7 @@ def matmuls(scale: dict, bw: float) -> None:
     libraries = ("cublas", "cublaslt") if dev == "cuda" else ("default",)
     one_row_wins = {}  # (N, K) -> the GEMV configuration faster at one row than every library: GEMV_CONFIGS
     few_row_wins = {}  # (N, K, M) for 2-4 rows, likewise (FEW_ROWS_GEMV_CONFIGS)
-    skinny_wins = {}  # (N, K, M) for 8 rows and more: the tensor-core skinny GEMM, likewise (SKINNY_GEMM_CONFIGS)
+    skinny_wins, skinny_gains = {}, {}  # (N, K, rows) from 8 rows up: the skinny GEMM, likewise (SKINNY_GEMM_CONFIGS)
     for name, (n, k) in scale["matmuls"].items():
         w = torch.randn(n, k, dtype=dtype, device=dev) / k**0.5
         library_best = {}  # rows -> the fastest library's time
@@ -429,16 +435,18 @@ def matmuls(scale: dict, bw: float) -> None:
         # 8 rows and more, not the LM head (cuBLAS is near the floor there)
         batch_rows = [m for m in scale["matmul_rows"] if m >= 8] if n < 100_000 else []
         row = []
-        for m in batch_rows:
+        for m in batch_rows:  # each a power of two: the table's row buckets
             x = torch.randn(m, k, dtype=dtype, device=dev)
-            best, t = fastest_config(triton_skinny_gemm.skinny_gemm, x, w, triton_skinny_gemm.CONFIGS)
-            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%}) at {best}")
+            times = config_times(triton_skinny_gemm.skinny_gemm, x, w, triton_skinny_gemm.sweep_configs(m))
+            best = min(times, key=times.get)
+            t, unsplit = times[best], min(t for c, t in times.items() if c[3] == 1)
+            row.append(f"M={m}: {t * 1e6:.1f} us ({w.numel() * w.element_size() / t / bw:.0%}) at {best}, unsplit {unsplit * 1e6:.1f} us")
             if t < library_best[m]:
-                skinny_wins[(n, k, m)] = (best, round(library_best[m] / t, 2))
+                skinny_wins[(n, k, m)], skinny_gains[(n, k, m)] = best, round(library_best[m] / t, 2)
         if row:
+            engine = {m: triton_skinny_gemm.SKINNY_GEMM_CONFIGS.get((n, k, m), "cuBLAS") for m in batch_rows}
             print(f"matmul {name:8s} {n}x{k} skinny GEMM (triton_skinny_gemm.py), best of its configurations "
-                  f"(BLOCK_N, BLOCK_K, warps, stages): {', '.join(row)}; the engine's: "
-                  f"{triton_skinny_gemm.SKINNY_GEMM_CONFIGS.get((n, k), 'cuBLAS')}")  # fmt: skip
+                  f"(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): {', '.join(row)}; the engine's: {engine}")  # fmt: skip
         # The same product asked of the library the other way round, weight @ x.T (N rows, M columns),
         # then transposed back: its choice of tiles for 1,024 x 256 may differ from 256 x 1,024's.
         row = []
@@ -450,7 +458,8 @@ def matmuls(scale: dict, bw: float) -> None:
             print(f"matmul {name:8s} {n}x{k} as (weight @ x.T).T, torch's default library, transposing copy included: {', '.join(row)}")
     print(f"matmul shapes where the GEMV beats every library at one row, with its best configuration: {one_row_wins}")
     print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
-    print(f"... where the skinny GEMM beats every library, (N, K, rows): (configuration, speed-up): {skinny_wins}")
+    print(f"... where the skinny GEMM beats every library, (N, K, rows): configuration: {skinny_wins}")
+    print(f"    by how much (library time / its time): {skinny_gains}")
 
 
 def gemv_prologues(scale: dict) -> None:

@@ -16,9 +16,10 @@ Switches a GPU run decides on:
   per layer at 1-32 sequences;
 * ``longest_first``: decode steps start their sequences' attention programs longest first
   (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
-* ``skinny_gemm``: at 8 to 256 rows, the Triton skinny GEMM for o and down, the two projections
-  cuBLAS read at 23-34% of copy bandwidth (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``, filled here
-  with its first configuration; ``bench_kernels.py`` times them all).
+* ``skinny_gemm``: at 5 to 256 rows, the Triton skinny GEMM (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``):
+  by default for o and down, the two projections cuBLAS read at 21-34% of copy bandwidth, K split
+  4 ways, a guess; ``SKINNY_CONFIGS="{(N, K, rows): config, ...}"`` in the environment gives it
+  the table ``bench_kernels.py`` prints ("where the skinny GEMM beats every library") instead.
 
 First, in one engine, a batch-1 decode step's forward and logits captured as a CUDA graph under
 each setting and replayed in turn (``step_graphs_in_turn``): the GPU time per step each setting
@@ -36,8 +37,10 @@ CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL i
 
 from __future__ import annotations
 
+import ast
 import functools
 import gc
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -62,13 +65,16 @@ PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
 SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "skinny_gemm")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
-# Those that change a batch-1 step (the skinny GEMM takes 8 rows and more; the order, several sequences).
+# Those that change a batch-1 step (the skinny GEMM takes 5 rows and more; the order, several sequences).
 STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("merge_in_last_split",), ("fused_gemv", "fuse_new_token"),
                  ("fused_gemv", "fuse_new_token", "merge_in_last_split")]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
-# o and down: 1,024 outputs each
-SKINNY = [(1024, 2048), (1024, 3072)]
+# o and down (1,024 outputs each) at every row bucket, K split 4 ways: a guess until bench_kernels.py
+# has chosen (its table, passed in SKINNY_CONFIGS, replaces it)
+SKINNY = ast.literal_eval(os.environ.get("SKINNY_CONFIGS", "None")) or {
+    (n, k, rows): (min(128, max(16, rows)), 64, 64, 4, 4, 4) for n, k in ((1024, 2048), (1024, 3072)) for rows in (8, 16, 32, 64, 128, 256)
+}
 
 
 def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
@@ -83,7 +89,7 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
     triton_decode_attention.MERGE_IN_LAST_SPLIT = "merge_in_last_split" in setting  # likewise
     skinny = "skinny_gemm" in setting
-    triton_skinny_gemm.SKINNY_GEMM_CONFIGS = {s: triton_skinny_gemm.CONFIGS[0] for s in SKINNY} if skinny else {}
+    triton_skinny_gemm.SKINNY_GEMM_CONFIGS = dict(SKINNY) if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
 
 

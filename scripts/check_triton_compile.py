@@ -86,7 +86,7 @@ COMPILED: list = []
 # item's output before loading the next.
 LOADS_BEFORE_STORES = {
     "_add_rms_norm_kernel", "_silu_and_mul_kernel", "_qk_norm_rope_store_kernel", "_store_kv_cache_kernel", "_gemv_kernel",
-    "_decode_stage1_kernel", "_decode_stage2_kernel", "_block_sums_kernel", "_draw_kernel",
+    "_decode_stage1_kernel", "_decode_stage2_kernel", "_block_sums_kernel", "_draw_kernel", "_skinny_gemm_kernel",
 }  # fmt: skip
 
 
@@ -262,12 +262,17 @@ def _gemv_cases():
 
 
 def _skinny_cases():
-    from folovllm.model_executor.layers.triton_skinny_gemm import CONFIGS, skinny_gemm
+    from folovllm.model_executor.layers.triton_skinny_gemm import skinny_gemm, sweep_configs
 
-    # Every configuration at 64 rows a program (the most shared memory and registers), the first at 16 and 32 too
-    # (SKINNY_GEMM_CONFIGS, the engine's choice, waits for the H100's timings); K changes no compiled variant
+    # Each compiled variant bench_kernels.py sweeps (the split count is an argument: one variant
+    # serves every split), split 4 ways, at the rows it is swept at (SKINNY_GEMM_CONFIGS, the
+    # engine's choice, waits for the H100's timings); K changes no compiled variant
     w = torch.zeros(1024, 3072, dtype=BF16)
-    for config, m in [(c, 256) for c in CONFIGS] + [(CONFIGS[0], 8), (CONFIGS[0], 32)]:
+    variants = {}
+    for rows in (8, 16, 32, 64, 128, 256):
+        for c in sweep_configs(rows):
+            variants.setdefault((c[:3], c[4:]), ((*c[:3], 4, *c[4:]), rows))
+    for config, m in variants.values():
         x = torch.zeros(m, 3072, dtype=BF16)
         yield f"skinny GEMM 1024x3072 at {config}, M={m}", lambda x=x, c=config: skinny_gemm(x, w, c)
 
@@ -305,7 +310,7 @@ def _gptq_cases():
 # how many such loads their PTX must issue ahead of the wait: position, slot, cos, sin; the length.
 LOADS_BEFORE_WAIT = {"_qk_norm_rope_store_kernel": 4, "_decode_stage1_kernel": 1}
 # Kernels that ask L2 for what they will read before they wait: weights; the first key tile.
-PREFETCH_BEFORE_WAIT = {"_gemv_kernel", "_decode_stage1_kernel"}
+PREFETCH_BEFORE_WAIT = {"_gemv_kernel", "_decode_stage1_kernel", "_skinny_gemm_kernel"}
 
 
 def _pdl_cases():
@@ -345,7 +350,7 @@ def _pdl_cases():
         # the bf16 model's kernels (the KV store runs only outside the fused path; the GEMV's
         # prologues and the skinny GEMM in one configuration: the others differ in block sizes only)
         for name, call in cases():
-            skip = r"torch\.float(16|32)\b|^KV store|(RMSNorm|SiLU and mul) \+ GEMV .* at (?!\(4, 1024, 4\))|skinny GEMM .*(?<!M=32)$"
+            skip = r"torch\.float(16|32)\b|^KV store|(RMSNorm|SiLU and mul) \+ GEMV .* at (?!\(4, 1024, 4\))|skinny GEMM .* at (?!\(64, 64, 64, 4, 4, 4\))"
             if re.search(skip, name) is None:
                 yield f"{name}, with PDL", with_pdl(call)
 
@@ -399,8 +404,9 @@ def _per_step_value_cases():
     from folovllm.model_executor.layers import triton_skinny_gemm as skinny
 
     w = torch.zeros(1024, 2048, dtype=BF16)
-    yield "skinny GEMM, 33..64 rows (one BLOCK_M)", (skinny._skinny_gemm_kernel,), [
-        lambda m=m: skinny.skinny_gemm(torch.zeros(m, 2048, dtype=BF16), w) for m in (33, 48, 63, 64)
+    yield "skinny GEMM, 129..256 rows, split 1..8 ways", (skinny._skinny_gemm_kernel,), [
+        lambda m=m, s=s: skinny.skinny_gemm(torch.zeros(m, 2048, dtype=BF16), w, (128, 64, 64, s, 4, 4))
+        for m, s in ((129, 4), (200, 1), (256, 8), (256, 2))
     ]
     from folovllm.model_executor.layers import triton_gemv
 

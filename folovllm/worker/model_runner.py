@@ -188,7 +188,8 @@ class ModelRunner:
         Triton would otherwise compile them inside a user's
         request. Without CUDA graphs (``enforce_eager``) decode steps run the
         decode kernel eagerly too, split and unsplit, and the GEMV at 1, 2 and 4
-        rows: four decode steps compile them (graph capture compiles them
+        rows: four decode steps compile them, and prompts of 32 to 256 tokens the
+        skinny GEMM's configurations by row count (graph capture compiles them
         otherwise). The dummy K/V land in
         blocks no request owns yet, and the sampler's generators are put back,
         so seeded runs do not change.
@@ -209,6 +210,9 @@ class ModelRunner:
             for n in (2, 4):  # the GEMV's 2- and 4-row variants (3 rows run as 4)
                 if n <= self.max_num_seqs:
                     self._dummy_run([min(2, longest)] * n, greedy, decode=True)
+            for n in (32, 64, 128, 256):  # the skinny GEMM's row buckets beyond the 8 and 16 above
+                if n <= min(budget, longest):
+                    self._dummy_run([n], greedy)
         for gen, state in zip(generators, states):
             gen.set_state(state)
 

@@ -135,23 +135,32 @@ def test_gpu_programmatic_dependent_launch_changes_no_token(tiny_model, monkeypa
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-def test_gpu_skinny_gemm_serves_the_matmuls_of_a_decode_batch(tiny_model, monkeypatch, enforce_eager):
-    """The skinny GEMM configured for the tiny model's weight shapes (SKINNY_GEMM_CONFIGS is empty
-    until an H100 measures it): 12 sequences decoding (16 rows in a graph) call it for each shape,
-    and greedy output still agrees with HF in bf16."""
+def test_gpu_skinny_gemm_serves_the_matmuls_of_decode_batches_and_short_prompts(tiny_model, monkeypatch, enforce_eager):
+    """The skinny GEMM configured for the tiny model's weight shapes at every row bucket
+    (SKINNY_GEMM_CONFIGS is empty until an H100 measures it), K split 2-4 ways (the tiny model's K
+    is 64-128, hence 16- and 32-wide steps), another tiling per pair of buckets: 12 sequences
+    decoding (16 rows in a graph) and prompts of 40 to 190 tokens call it for each shape, nothing
+    compiles after start-up (the warm-up or graph capture compiles each bucket's variant), and
+    greedy output still agrees with HF in bf16."""
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
     from folovllm import LLM, SamplingParams
+    from folovllm.utils.triton_variants import compiled_kernel_variants
     from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_weight_shapes
 
     shapes = set(linear_weight_shapes(tiny_model).values())
-    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {s: (16, 128, 4, 3) for s in shapes})
+    tilings = {8: (16, 32, 16, 4, 4, 2), 16: (16, 32, 16, 4, 4, 2), 32: (32, 64, 32, 2, 4, 3), 64: (32, 64, 32, 2, 4, 3),
+               128: (64, 64, 16, 4, 4, 3), 256: (64, 64, 16, 4, 4, 3)}  # fmt: skip
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {(*s, rows): c for s in shapes for rows, c in tilings.items()})
     seen = spy_on_weight_shapes(monkeypatch, skinny, ("skinny_gemm",))["skinny_gemm"]
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=16, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
-    prompts = [list(range(10 + i, 30 + 2 * i)) for i in range(12)]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
-                        use_tqdm=False)  # fmt: skip
+    before = compiled_kernel_variants()
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    batches = [[list(range(10 + i, 30 + 2 * i)) for i in range(12)], [list(range(40))], [list(range(3, 103))],
+               [list(range(5, 55)), list(range(7, 67)), list(range(9, 89))]]  # fmt: skip
+    outs = [o for prompts in batches for o in llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)]
+    assert compiled_kernel_variants() == before
     assert seen == shapes
-    ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
+    ref = hf_greedy(tiny_model, [p for prompts in batches for p in prompts], 8, device="cuda", dtype=torch.bfloat16)
     for out, expected in zip(outs, ref):
         assert out.outputs[0].token_ids[:3] == expected[:3]
 

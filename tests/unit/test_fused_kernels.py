@@ -180,26 +180,41 @@ def test_gemv_bf16_matches_a_matmul_at_every_shape_the_engine_sends_it():
         torch.testing.assert_close(gemv(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)
 
 
-def test_skinny_gemm_matches_a_matmul():
-    """Every configuration, row counts on both sides of each BLOCK_M (16 to 64, and more rows than one
-    block), ragged N and K."""
-    from folovllm.model_executor.layers.triton_skinny_gemm import CONFIGS, skinny_gemm
+def test_skinny_gemm_matches_a_matmul_in_every_tiling_it_is_swept_in():
+    """Each tiling bench_kernels.py sweeps (row and output tiles, K steps, splits), at row counts on
+    both sides of a row tile, ragged N and K: with K = 300 an 8-way split of 64-wide steps is 5
+    shares, the last one short."""
+    from folovllm.model_executor.layers.triton_skinny_gemm import skinny_gemm, sweep_configs
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(37, 300, generator=g).to(DEVICE)  # outputs and K not multiples of any block
+    tilings = {c[:4]: c for rows in (8, 16, 32, 64, 128, 256) for c in sweep_configs(rows)}
     for m in (5, 17, 70):
         x = torch.randn(m, 300, generator=g).to(DEVICE)
-        for config in CONFIGS:
-            torch.testing.assert_close(skinny_gemm(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
+        for config in tilings.values():
+            torch.testing.assert_close(skinny_gemm(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4, msg=f"{config} at {m} rows")
+
+
+def test_skinny_gemm_split_programs_leave_their_counters_for_the_next_call():
+    """The last program at each tile sets its count back to zero: a second and third call, other
+    inputs and another tile grid, still find the program that completes each tile (with a count
+    left over, no program would, or the wrong one would sum partials not yet written)."""
+    from folovllm.model_executor.layers.triton_skinny_gemm import skinny_gemm
+
+    g = torch.Generator().manual_seed(1)
+    for m, n, config in ((40, 70, (16, 32, 64, 4, 4, 3)), (40, 70, (16, 32, 64, 4, 4, 3)), (9, 100, (16, 64, 64, 2, 4, 4))):
+        w = torch.randn(n, 256, generator=g).to(DEVICE)
+        x = torch.randn(m, 256, generator=g).to(DEVICE)
+        torch.testing.assert_close(skinny_gemm(x, w, config), x @ w.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_skinny_gemm_bf16_matches_a_matmul_at_qwen3_0_6b_shapes():
-    from folovllm.model_executor.layers.triton_skinny_gemm import CONFIGS, skinny_gemm
+    from folovllm.model_executor.layers.triton_skinny_gemm import rows_bucket, skinny_gemm, sweep_configs
 
     for n, k in ((1024, 2048), (1024, 3072), (4096, 1024)):
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         for m in (8, 100, 256):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            for config in CONFIGS:
+            for config in sweep_configs(rows_bucket(m)):
                 torch.testing.assert_close(skinny_gemm(x, w, config), torch.nn.functional.linear(x, w), rtol=2e-2, atol=2e-2)

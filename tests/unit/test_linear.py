@@ -163,10 +163,11 @@ def test_two_to_four_rows_go_to_the_gemv_where_that_row_count_was_measured_faste
     assert dispatch.gemv_config(torch.randn(2, 6, dtype=torch.bfloat16), layer.weight, fused=True) is None
 
 
-def test_8_to_256_rows_on_the_gpu_go_to_the_skinny_gemm_for_the_shapes_in_its_table(monkeypatch):
+def test_5_to_256_rows_on_the_gpu_go_to_the_skinny_gemm_for_the_shapes_and_row_counts_in_its_table(monkeypatch):
     """The dispatch alone (no GPU here: use_fused_kernels is made to say yes, the kernels are spies):
-    one row stays with the GEMV, 8..256 rows of a listed bf16 shape without a bias take the skinny
-    GEMM, anything else F.linear."""
+    one row stays with the GEMV, 5..256 rows of a listed bf16 shape without a bias take the skinny
+    GEMM in the configuration of their power-of-two bucket (5-8 rows share 8's; a bucket without an
+    entry stays with F.linear), anything else F.linear."""
     import folovllm.model_executor.layers.dispatch as dispatch
     import folovllm.model_executor.layers.triton_gemv as triton_gemv
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
@@ -184,18 +185,20 @@ def test_8_to_256_rows_on_the_gpu_go_to_the_skinny_gemm_for_the_shapes_in_its_ta
     monkeypatch.setattr(triton_gemv, "gemv", spy("gemv"))
     monkeypatch.setattr(skinny, "skinny_gemm", spy("skinny"))
     monkeypatch.setattr(triton_gemv, "GEMV_CONFIGS", {(5, 6): (4, 1024, 4)})
-    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {(5, 6): (16, 128, 4, 3)})
+    eight, large = (16, 64, 64, 4, 4, 4), (128, 64, 64, 2, 4, 4)
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {(5, 6, 8): eight, (5, 6, 256): large})
     layer, other, with_bias = ColumnParallelLinear(6, 5), ColumnParallelLinear(6, 7), ColumnParallelLinear(6, 5, bias=True)
     for lay in (layer, other, with_bias):
         nn.init.normal_(lay.weight)
         lay.to(torch.bfloat16)
-    for m in (1, 7, 8, 256, 257):
+    for m in (1, 4, 5, 8, 9, 129, 256, 257):
         x = torch.randn(m, 6, dtype=torch.bfloat16)
         torch.testing.assert_close(layer(x), x @ layer.weight.T)
         other(x)  # no configuration for its shape
         with_bias(x)  # neither kernel adds a bias
     layer.float()(torch.randn(8, 6))  # measured in bfloat16 only
-    assert calls == [("gemv", 1, (5, 6), (4, 1024, 4)), ("skinny", 8, (5, 6), (16, 128, 4, 3)), ("skinny", 256, (5, 6), (16, 128, 4, 3))]
+    assert calls == [("gemv", 1, (5, 6), (4, 1024, 4)), ("skinny", 5, (5, 6), eight), ("skinny", 8, (5, 6), eight),
+                     ("skinny", 129, (5, 6), large), ("skinny", 256, (5, 6), large)]  # fmt: skip
 
 
 def test_the_norm_or_silu_before_a_one_row_gemv_runs_inside_it(monkeypatch):

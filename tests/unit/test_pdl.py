@@ -58,7 +58,7 @@ def pdl_calls(monkeypatch):
     """PDL on for CPU tensors, with Python stand-ins for the GPU-only calls. Yields the record:
     the order of launch/wait calls, and the addresses the GEMV prefetched."""
     from folovllm.attention.ops import triton_decode_attention
-    from folovllm.model_executor.layers import triton_gemv
+    from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs Triton's interpreter")
@@ -69,6 +69,7 @@ def pdl_calls(monkeypatch):
     monkeypatch.setattr(tl.extra.cuda, "gdc_wait", lambda *a, **k: record["calls"].append("wait"))
     monkeypatch.setattr(triton_gemv, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
     monkeypatch.setattr(triton_decode_attention, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
+    monkeypatch.setattr(triton_skinny_gemm, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
     return record
 
 
@@ -171,13 +172,19 @@ def test_the_decode_kernel_prefetches_each_splits_first_key_tile(pdl_calls, monk
         assert set(mine // 64) == rows and len(mine) == len(addresses) // 2
 
 
-def test_every_program_of_the_skinny_gemm_waits(pdl_calls, monkeypatch):
+def test_every_program_of_the_skinny_gemm_waits_and_prefetches_its_splits_weight_lines(pdl_calls, monkeypatch):
     from folovllm.model_executor.layers.triton_skinny_gemm import skinny_gemm
 
     g = torch.Generator().manual_seed(4)
-    x, w = torch.randn(20, 64, generator=g), torch.randn(40, 64, generator=g)
-    call = lambda: skinny_gemm(x, w, (16, 128, 4, 3))  # noqa: E731
-    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=3 * 1)  # 40 outputs in 16s, 20 rows in one 32-row block
+    x, w = torch.randn(20, 1200, generator=g), torch.randn(40, 1200, generator=g)
+    call = lambda: skinny_gemm(x, w, (16, 32, 64, 2, 4, 3))  # noqa: E731
+    # 40 outputs in 32s, 20 rows in 16s, K = 1200 in 2 shares of 10 steps of 64
+    _run_both_ways(pdl_calls, monkeypatch, call, num_programs=2 * 2 * 2)
+    addresses = np.concatenate([p.ravel() for p in pdl_calls["prefetched"]]).astype(np.int64) - w.data_ptr()
+    rows, cols = np.divmod(addresses // w.element_size(), 1200)
+    # every weight row, each from both shares' first 8 lines of 32 float32s: columns 0..224 and 640..864
+    assert set(rows) == set(range(40))
+    assert set(cols) == {c for start in (0, 640) for c in range(start, start + 8 * 32, 32)}
 
 
 def test_every_program_of_the_sampler_waits(pdl_calls, monkeypatch):

@@ -206,20 +206,24 @@ def test_warm_up_leaves_no_request_behind_and_does_not_shift_seeded_sampling(tin
     assert outputs[0] == outputs[1]
 
 
-def test_eager_warm_up_also_runs_the_decode_kernel_split_and_unsplit_and_2_and_4_row_steps(tiny_model):
-    """Without CUDA graphs nothing captures the decode kernel or the GEMV, so the warm-up runs a decode
-    step of a short sequence (no split), one of a sequence at the longest context (split, on a GPU's
-    SMs), and decode steps of 2 and 4 sequences (the GEMV's variants for 2 and 3-4 rows)."""
+def test_eager_warm_up_also_runs_the_decode_kernel_split_and_unsplit_and_each_matmul_row_bucket(tiny_model):
+    """Without CUDA graphs nothing captures the decode kernel or the matmul kernels, so the warm-up
+    runs a decode step of a short sequence (no split), one of a sequence at the longest context
+    (split, on a GPU's SMs), decode steps of 2 and 4 sequences (the GEMV's variants for 2 and 3-4
+    rows), and prompts of 8 to 256 tokens (the skinny GEMM's row buckets)."""
     llm = LLM(str(tiny_model), device="cpu", enforce_eager=True)
     runner = llm.llm_engine.executor.worker.model_runner
     runner.num_sms = 132  # an H100's: the CPU's 1 never splits
     steps = []
     make_metadata = runner._make_metadata
-    runner._make_metadata = lambda *a: steps.append(make_metadata(*a)) or steps[-1]
+    num_tokens = []  # each step's, from its query start locations (the metadata's are reused buffers)
+    runner._make_metadata = lambda *a: num_tokens.append(int(a[0][-1])) or steps.append(make_metadata(*a)) or steps[-1]
     runner.warm_up()
     decodes = [(m.max_seq_len, m.num_kv_splits) for m in steps if m.max_query_len == 1]
     assert decodes[0] == (2, 1) and decodes[1][0] == runner.max_model_len and decodes[1][1] > 1, decodes
     assert [m.num_seqs for m in steps if m.max_query_len == 1] == [1, 1, 2, 4]
+    prompt_tokens = {n for n, m in zip(num_tokens, steps) if m.max_query_len > 1}
+    assert {8, 16, 32, 64, 128, 256} <= prompt_tokens, prompt_tokens
     assert not runner.input_batch.requests and runner.prev_sampled is None
     prompts = [list(range(10, 10 + n)) for n in (3, 17)]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=6), use_tqdm=False)

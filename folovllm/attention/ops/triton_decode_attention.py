@@ -12,9 +12,7 @@ every batch size; stage 2 merges up to MAX_KV_SPLITS in one fixed block.
 With ``split_counters`` (``MERGE_IN_LAST_SPLIT``), there is no stage 2: each split program,
 its partial stored, counts itself in on an int32 per (sequence, kv head), and the one that
 arrives last merges all of them (the same merge, so the same output) and sets the count back to
-zero for the next call. The order between programs is CUTLASS's split-K semaphore's: a block-wide
-barrier after the stores, one thread's atomic add with acquire-release semantics at GPU scope,
-another barrier (Triton's, handing the count to every thread), then loads that bypass L1.
+zero for the next call (``arrival_count.arrived_last``: how the programs order their memory).
 
 With a ``seq_order`` (longest first, ``LONGEST_FIRST``), the grid is (kv head, row, split) and
 row i works on sequence ``seq_order[i]``: the GPU starts programs in grid order, so a batch of
@@ -33,6 +31,7 @@ import triton.language as tl
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, to_compute_dtype
+from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
 
@@ -283,10 +282,7 @@ def _decode_stage1_kernel(
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
         tl.store(lse_ptr + row, lse, mask=g_mask)
         if MERGE_IN_LAST:
-            tl.debug_barrier()  # every thread's share stored before the count goes up
-            counter = counter_ptr + b * (NUM_HEADS // GROUP) + kvh
-            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-                tl.store(counter, 0)  # every split has arrived: no program touches it again in this call
+            if arrived_last(counter_ptr + b * (NUM_HEADS // GROUP) + kvh, num_splits):
                 for g in tl.static_range(GROUP):
                     _merge_splits(out_ptr, lse_ptr, merged_ptr, b * NUM_HEADS + kvh * GROUP + g, num_splits, HEAD_DIM, BLOCK_D, BLOCK_S)
 

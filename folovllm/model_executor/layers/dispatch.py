@@ -1,7 +1,7 @@
 """Which kernel a layer's op takes: the fused Triton kernels for CUDA tensors (triton installed),
 and for an unquantized matmul of one to four rows, the Triton GEMV where it was measured faster;
 at one row with the RMSNorm or SiLU-and-mul before it inside, where that was measured faster than
-the two kernels; of 8 to 256 rows, the Triton skinny GEMM where that was measured faster than cuBLAS."""
+the two kernels; of 5 to 256 rows, the Triton skinny GEMM where that was measured faster than cuBLAS."""
 
 from __future__ import annotations
 
@@ -42,15 +42,15 @@ def gemv_config(
     return None
 
 
-def skinny_gemm_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, int, int, int] | None:
+def skinny_gemm_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[int, ...] | None:
     """The Triton skinny GEMM's configuration for ``x @ weight.T + bias``, or None where ``F.linear``
-    runs it: 8 to 256 rows of a 16-bit model on the GPU, without a bias, where
-    ``triton_skinny_gemm.SKINNY_GEMM_CONFIGS`` has the weight's shape."""
+    runs it: 5 to 256 rows of a 16-bit model on the GPU, without a bias, where
+    ``triton_skinny_gemm.SKINNY_GEMM_CONFIGS`` has the weight's shape and the rows' power-of-two bucket."""
     if _triton_matmul_may_run(x, weight, bias):
         from folovllm.model_executor.layers import triton_skinny_gemm as skinny
 
         if skinny.MIN_ROWS <= x.shape[0] <= skinny.MAX_ROWS:
-            return skinny.SKINNY_GEMM_CONFIGS.get(tuple(weight.shape))
+            return skinny.SKINNY_GEMM_CONFIGS.get((*weight.shape, skinny.rows_bucket(x.shape[0])))
     return None
 
 
