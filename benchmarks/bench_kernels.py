@@ -11,6 +11,8 @@ prefill kernel by tile shape, warps, pipeline stages and work-list order.
     python benchmarks/bench_kernels.py
     python benchmarks/bench_kernels.py --smoke   # every section at toy sizes on the CPU (Triton's
                                                  # interpreter): checks the script, measures nothing
+    python benchmarks/bench_kernels.py --skinny-table FILE   # also write the skinny GEMM's winning
+        # configurations there, as a Python dict (for bench_switches.py --skinny-configs)
     python benchmarks/bench_kernels.py --baseline DIR   # also time earlier versions of the kernels'
         # files found in DIR or below it (triton_prefill_attention.py, triton_decode_attention.py from
         # folovllm/attention/ops, fused_kernels.py from folovllm/model_executor/layers, triton_sample.py
@@ -460,6 +462,8 @@ def matmuls(scale: dict, bw: float) -> None:
     print(f"... and at 2-4 rows, (N, K, rows): {few_row_wins}")
     print(f"... where the skinny GEMM beats every library, (N, K, rows): configuration: {skinny_wins}")
     print(f"    by how much (library time / its time): {skinny_gains}")
+    if "--skinny-table" in sys.argv:  # for bench_switches.py --skinny-configs, and SKINNY_GEMM_CONFIGS
+        Path(sys.argv[sys.argv.index("--skinny-table") + 1]).write_text(repr(skinny_wins) + "\n")
 
 
 def gemv_prologues(scale: dict) -> None:

@@ -18,8 +18,8 @@ Switches a GPU run decides on:
   (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
 * ``skinny_gemm``: at 5 to 256 rows, the Triton skinny GEMM (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``):
   by default for o and down, the two projections cuBLAS read at 21-34% of copy bandwidth, K split
-  4 ways, a guess; ``SKINNY_CONFIGS="{(N, K, rows): config, ...}"`` in the environment gives it
-  the table ``bench_kernels.py`` prints ("where the skinny GEMM beats every library") instead.
+  4 ways, a guess; ``--skinny-configs FILE`` gives it the table ``bench_kernels.py --skinny-table
+  FILE`` wrote (where the skinny GEMM beat every library) instead.
 
 First, in one engine, a batch-1 decode step's forward and logits captured as a CUDA graph under
 each setting and replayed in turn (``step_graphs_in_turn``): the GPU time per step each setting
@@ -33,6 +33,8 @@ cuts the run: the settings measured so far).
 
 GPU: python benchmarks/bench_switches.py               (Qwen3-0.6B shapes, bf16; PDL needs sm_90)
 CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL is not available there)
+     [--only SWITCH,...]   the defaults and these switches alone (the batch-1 step too, where they act there)
+     [--skinny-configs FILE]
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from __future__ import annotations
 import ast
 import functools
 import gc
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -71,10 +72,8 @@ STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("merge_
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down (1,024 outputs each) at every row bucket, K split 4 ways: a guess until bench_kernels.py
-# has chosen (its table, passed in SKINNY_CONFIGS, replaces it)
-SKINNY = ast.literal_eval(os.environ.get("SKINNY_CONFIGS", "None")) or {
-    (n, k, rows): (min(128, max(16, rows)), 64, 64, 4, 4, 4) for n, k in ((1024, 2048), (1024, 3072)) for rows in (8, 16, 32, 64, 128, 256)
-}
+# has chosen (--skinny-configs replaces it)
+SKINNY = {(n, k, rows): (min(128, max(16, rows)), 64, 64, 4, 4, 4) for n, k in ((1024, 2048), (1024, 3072)) for rows in (8, 16, 32, 64, 128, 256)}
 
 
 def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
@@ -117,7 +116,7 @@ def measure(model: str, device: str, scale: dict) -> dict:
     return dict(tpots=tpots, ttfts=ttfts, tok_s=[wl.num_output_tokens / secs], tokens=[o.outputs[0].token_ids for o in outs])
 
 
-def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, reps: int = 50) -> None:
+def step_graphs_in_turn(model: str, device: str, scale: dict, settings: list, rounds: int = 5, reps: int = 50) -> None:
     """A batch-1 decode step's forward and logits, captured as a CUDA graph under each setting in
     one engine and replayed in turn: the GPU time each setting gives that step, without the spread
     between engines that the TPOT rows carry (on the H100, one engine's TPOT differed from the next
@@ -143,7 +142,7 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, rounds: int = 5, r
 
         calls, pool = {}, None
         counters = torch.zeros(runner.num_kv_heads, dtype=torch.int32, device=device)  # one sequence's split counts
-        for setting in STEP_SETTINGS:
+        for setting in settings:
             took = apply(setting, device)
             # the backend read FUSE_NEW_TOKEN when this engine was made; the model asks it at each call
             runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
@@ -172,19 +171,34 @@ def label(setting: tuple[str, ...], took: tuple[str, ...]) -> str:
     return (" + ".join(setting) or "defaults") + (f" ({', '.join(missing)}: not available here)" if missing else "")
 
 
+def add_arguments(ap) -> None:
+    ap.add_argument("--only", type=lambda v: v.split(","), default=list(SWITCHES), help="comma-separated switches (default: all)")
+    ap.add_argument("--skinny-configs", type=Path, default=None, help="the skinny GEMM's table, as bench_kernels.py --skinny-table wrote it")
+
+
 def main() -> None:
-    args, device, scale, model = parse_scaled_args(SCALES, runs=2)  # --runs: rounds over every setting
-    try:
-        step_graphs_in_turn(model, device, scale)
-    finally:
-        apply((), device)
-    gc.collect()  # that engine's memory, before the next ones measure what they may take
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    by_setting, reference = {s: [] for s in SETTINGS}, None
+    args, device, scale, model = parse_scaled_args(SCALES, runs=2, add_arguments=add_arguments)  # --runs: rounds over every setting
+    if args.skinny_configs is not None:
+        SKINNY.clear()
+        SKINNY.update(ast.literal_eval(args.skinny_configs.read_text()))
+    unknown = set(args.only) - set(SWITCHES)
+    assert not unknown, f"no such switch: {sorted(unknown)}; the switches are {SWITCHES}"
+    if "skinny_gemm" in args.only:
+        print(f"the skinny GEMM's table: {len(SKINNY)} entries, from {args.skinny_configs or 'a guess for o and down'}")
+    settings = [s for s in SETTINGS if set(s) <= set(args.only)]
+    step_settings = [s for s in STEP_SETTINGS if set(s) <= set(args.only)]
+    if len(step_settings) > 1:  # something to compare with the defaults
+        try:
+            step_graphs_in_turn(model, device, scale, step_settings)
+        finally:
+            apply((), device)
+        gc.collect()  # that engine's memory, before the next ones measure what they may take
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    by_setting, reference = {s: [] for s in settings}, None
     try:
         for r in range(args.runs):
-            for setting in SETTINGS:
+            for setting in settings:
                 took = apply(setting, device)
                 m = measure(model, device, scale)
                 reference = reference or m["tokens"]
@@ -198,7 +212,7 @@ def main() -> None:
     finally:
         apply((), device)
     none = by_setting[()]
-    for setting in SETTINGS[1:]:
+    for setting in settings[1:]:
         rows = by_setting[setting]
         if not rows or not none:
             continue

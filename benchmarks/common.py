@@ -6,7 +6,7 @@ import argparse
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -52,8 +52,11 @@ def get_checkpoint(model: str | None, preset: str, device: str) -> str:
     return cached_random_checkpoint(preset, preset, dtype=dtype, device=init_device)
 
 
-def parse_scaled_args(scales: dict[str, dict], runs: Optional[int] = 3) -> tuple[argparse.Namespace, str, dict, str]:
-    """The command line of a benchmark with CPU and GPU scales: ``--model``, ``--scale`` (and ``--runs``).
+def parse_scaled_args(
+    scales: dict[str, dict], runs: Optional[int] = 3, add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
+) -> tuple[argparse.Namespace, str, dict, str]:  # fmt: skip
+    """The command line of a benchmark with CPU and GPU scales: ``--model``, ``--scale`` (and ``--runs``),
+    and whatever ``add_arguments`` adds.
 
     Returns (args, device, the chosen scale, the checkpoint path).
     """
@@ -62,6 +65,8 @@ def parse_scaled_args(scales: dict[str, dict], runs: Optional[int] = 3) -> tuple
     ap.add_argument("--scale", choices=sorted(scales), default=None, help="default: gpu when CUDA is available, else cpu")
     if runs is not None:
         ap.add_argument("--runs", type=int, default=runs)
+    if add_arguments is not None:
+        add_arguments(ap)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scale = scales[args.scale or ("gpu" if device == "cuda" else "cpu")]

@@ -11,7 +11,7 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, kernel (256 and 1 sequences, idle gaps) and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
-# the new token in the decode kernel, decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
+# the new token in the decode kernel, the last-split merge, decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
 # first part alone.
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
@@ -21,16 +21,17 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session (written in the fifteenth and sixteenth, which had no GPU):
+# The plan for the next session (written in the fifteenth to seventeenth, which had no GPU):
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=90 KERNELS_LIMIT=130 TESTS_LIMIT=120 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels tests`
+#      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=90 KERNELS_LIMIT=200 BASELINE=.ab
+#      bash scripts/gpu_checks.sh engine step kernels`
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
-#        also the 2-4-row GEMV, longest first, the new token in the decode kernel and the splits merged
-#        in their last program: the one switch whose memory ordering only a GPU exercises);
+#        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
+#        in their last program (the one switch whose memory ordering only a GPU exercises) and the
+#        split-K skinny GEMM at every row bucket, which counts its programs in the same way);
 #      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN), the
 #        splits merged in their last program (MERGE_IN_LAST_SPLIT), the first two together and all three,
 #        against the defaults, a batch-1 step in one engine (a clear win: turn it on, as
@@ -39,10 +40,15 @@
 #        "batch order / longest first" at
 #        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
 #        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
-#        o and down asked of cuBLAS transposed;
-#      - tests: the kernels' GPU tests (last: the cut-able one).
-#   2. At once, on the warm machine (timeout ~250): `BENCH_LIMIT=110 bash scripts/gpu_checks.sh bench bench`:
-#      the figures of record twice, the start-up row without the transformers import (printed beside it),
+#        o and down asked of cuBLAS transposed; the skinny GEMM at 8-256 rows by tiling and split against
+#        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed).
+#      (The kernels' GPU tests, `tests`, passed in full in the fourteenth session and are left out for
+#      time; the sweeps check every configuration they time against F.linear or the reference first.)
+#   2. At once, on the warm machine: copy the returned skinny_gemm_configs.txt to .ab/ (carry [".ab"]),
+#      then (timeout ~330): `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=skinny_gemm
+#      SWITCHES_LIMIT=110 BENCH_LIMIT=110 bash scripts/gpu_checks.sh switches bench bench`:
+#      the engine with the measured table against the defaults (throughput, greedy outputs), then the
+#      figures of record twice, the start-up row without the transformers import (printed beside it),
 #      the FP8 row with its new decode default.
 #      The start-up row now has the engine's phases below the table (tokenizer, load model, memory
 #      profile, KV cache, warm-up, CUDA graphs; the config and the rest): what the 11.4-14.3 s was.
@@ -58,6 +64,7 @@
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
+SKINNY_TABLE=${SKINNY_TABLE:-$OUT/skinny_gemm_configs.txt}
 stages=${*:-tests engine bench}
 stages=${stages//profile/kernels views}
 runs=0
@@ -94,7 +101,8 @@ for stage in $stages; do
                fi ;;
         # the sweeps decide the next changes (the prefill sweep alone compiles 20 kernel variants and
         # times 80 graphs; no sweep has been timed on a GPU yet)
-        kernels) run kernels ${KERNELS_LIMIT:-240} $PY benchmarks/bench_kernels.py ${BASELINE:+--baseline "$BASELINE"} ;;
+        # (the skinny GEMM's winning configurations go to $SKINNY_TABLE, for `switches`)
+        kernels) run kernels ${KERNELS_LIMIT:-240} $PY benchmarks/bench_kernels.py ${BASELINE:+--baseline "$BASELINE"} --skinny-table "$SKINNY_TABLE" ;;
         views) run profile_copies 20 $PY benchmarks/profile_step.py copies
                run profile_prefill 90 $PY benchmarks/profile_step.py prefill
                run profile_tail 75 $PY benchmarks/profile_step.py tail
@@ -104,7 +112,10 @@ for stage in $stages; do
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 455 s in all
         # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
-        switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ;;
+        # (SWITCHES_ONLY=name,...: the defaults and those alone; the skinny GEMM takes $SKINNY_TABLE where a
+        # `kernels` stage or a carried file left one)
+        switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ${SWITCHES_ONLY:+--only "$SWITCHES_ONLY"} \
+                      $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
         # only the first part (one engine: ~30-40 s expected, not yet timed)
         step) run step ${STEP_LIMIT:-90} $PY benchmarks/bench_switches.py --runs 0 ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,9 +65,10 @@ def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
 # Every script that scripts/gpu_checks.sh runs besides bench_all.py (above) and the tests, at its
 # CPU size: a lent GPU's minutes are too few to find a script error there. (What each one prints
 # on the CPU is not a measurement.) Also the CPU-only views of profile_step.py.
+SKINNY_TABLE = Path(tempfile.gettempdir()) / f"folovllm_skinny_table_{os.getpid()}.txt"  # bench_kernels writes it
 GPU_STAGE_SCRIPTS = {
     # (today's kernels as their own baseline: the A/B's plumbing, not a comparison)
-    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm"],
+    "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm", "--skinny-table", str(SKINNY_TABLE)],
                       ["baseline kernels from folovllm: prefill, decode, fused", "decode  B=", "prefill B=",
                        "today / baseline, TFLOP/s in turn: ", "today / baseline, list as in a graph, TFLOP/s in turn: ", ", list as in a graph: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
@@ -111,6 +114,22 @@ def test_gpu_stage_script_runs_on_the_cpu(name):
     assert run.returncode == 0, run.stderr[-3000:]
     for text in expected:
         assert text in run.stdout, (text, run.stdout[-3000:])
+    if name == "bench_kernels":  # the winners' table, as bench_switches.py --skinny-configs reads it
+        assert isinstance(ast.literal_eval(SKINNY_TABLE.read_text()), dict)
+        SKINNY_TABLE.unlink()
+
+
+def test_bench_switches_runs_the_defaults_and_the_switches_named_with_the_skinny_table_given(tmp_path):
+    table = tmp_path / "skinny.txt"
+    table.write_text("{(1024, 2048, 256): (128, 64, 64, 4, 4, 4), (1024, 3072, 256): (64, 128, 64, 2, 4, 4)}\n")
+    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm", "--skinny-configs", str(table)]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"the skinny GEMM's table: 2 entries, from {table}" in run.stdout
+    rounds = [line.split(":")[0] for line in run.stdout.splitlines() if line.startswith("round ")]
+    assert rounds == ["round 1, defaults", "round 1, skinny_gemm"], run.stdout[-3000:]
+    assert "batch-1 step" not in run.stdout  # the skinny GEMM takes 5 rows and more: nothing to compare at one
 
 
 def test_the_prefill_views_kernel_breakdown_sums_each_kernels_calls():
