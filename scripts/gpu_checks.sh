@@ -26,8 +26,9 @@
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 570): `ENGINE_LIMIT=200 STEP_LIMIT=90 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels`
+#      [".ab"], timeout 570): `ENGINE_LIMIT=240 STEP_LIMIT=70 KERNELS_LIMIT=200 BASELINE=.ab
+#      bash scripts/gpu_checks.sh engine step kernels` (41 engine tests, each an engine with its graphs:
+#      ~3-5 s apiece is the guess; kernels ~73 s in the fourteenth session, plus ~40 s of skinny sweep)
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
 #        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
 #        in their last program (the one switch whose memory ordering only a GPU exercises) and the
