@@ -53,8 +53,10 @@
 #      the FP8 row with its new decode default.
 #      The start-up row now has the engine's phases below the table (tokenizer, load model, memory
 #      profile, KV cache, warm-up, CUDA graphs; the config and the rest): what the 11.4-14.3 s was.
-#   3. If time is left: `views` (the 256-sequence kernel view's idle gaps: what the widest band's
-#      ~0.4 ms a step unaccounted for is), `switches` (longest first on the whole workload).
+#   3. If time is left: `tests` (the kernels' GPU tests, left out of 1), `views` (the 256-sequence
+#      kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is; the prompts
+#      view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on this CPU
+#      is ~3 ms of each, so it is the GPU's), `switches` (longest first on the whole workload).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
