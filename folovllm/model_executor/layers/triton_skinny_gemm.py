@@ -42,11 +42,6 @@ MIN_ROWS, MAX_ROWS = 5, 256
 # warps, stages), where bench_kernels.py measured it faster than every library on an H100.
 SKINNY_GEMM_CONFIGS: dict[tuple[int, int, int], tuple[int, int, int, int, int, int]] = {}
 
-# Tile counters for the split programs, shared by every call on a device (each call leaves them at
-# zero): enough for the most tiles a call may have (256 rows in tiles of 16, 8192 outputs in 32).
-MAX_TILES = 16 * 256
-
-
 def rows_bucket(m: int) -> int:
     """The row count ``SKINNY_GEMM_CONFIGS`` keys ``m`` rows by: m rounded up to a power of two, at least 8."""
     return max(8, triton.next_power_of_2(m))
@@ -69,8 +64,10 @@ def sweep_configs(rows: int) -> list[tuple[int, int, int, int, int, int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _tile_counters(device: torch.device) -> torch.Tensor:
-    return torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+def _tile_counters(device: torch.device, size: int) -> torch.Tensor:
+    """The split programs' int32 count per output tile, zeroed once and shared by every call on
+    ``device`` with at most ``size`` tiles (each call leaves them at zero)."""
+    return torch.zeros(size, dtype=torch.int32, device=device)
 
 
 @triton.jit(do_not_specialize=["M", "k_steps_per_split", "num_splits"])
@@ -126,10 +123,9 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, i
     num_splits = triton.cdiv(triton.cdiv(k, block_k), k_steps_per_split)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), num_splits)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    assert num_splits == 1 or grid[0] * grid[1] <= MAX_TILES, (m, n, config)
     partials = torch.empty(num_splits if num_splits > 1 else 0, m, n, dtype=torch.float32, device=x.device)
     _skinny_gemm_kernel[grid](
-        x, w, out, partials, _tile_counters(x.device), m, n, k, k_steps_per_split, num_splits, x.stride(0), w.stride(0), out.stride(0),
+        x, w, out, partials, _tile_counters(x.device, max(4096, triton.next_power_of_2(grid[0] * grid[1]))), m, n, k, k_steps_per_split, num_splits, x.stride(0), w.stride(0), out.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=dot_precision(x.dtype), **pdl_launch_args(x),
         LINE=128 // w.element_size(), num_warps=warps, num_stages=stages,
     )  # fmt: skip
