@@ -83,6 +83,13 @@ def wait_for_previous_kernel(USE_PDL: tl.constexpr, LAUNCHED: tl.constexpr = Fal
 
 
 @triton.jit
+def prefetch_rows(row_ptrs, first, last, NUM_LINES: tl.constexpr, LINE: tl.constexpr):
+    """Ask L2 for ``NUM_LINES`` lines of ``LINE`` elements (128 bytes) of each row that ``row_ptrs``
+    points to, from element ``first`` on, none past element ``last`` (those ask for its line again)."""
+    prefetch_to_l2(row_ptrs[:, None] + tl.minimum(first + tl.arange(0, NUM_LINES) * LINE, last)[None, :])
+
+
+@triton.jit
 def prefetch_to_l2(ptrs):
     """Ask L2 for the 128-byte lines holding ``ptrs`` and move on: nothing waits for them and no
     register receives them. (The output is a placeholder: inline assembly must have one.)"""

@@ -56,10 +56,7 @@ def test_a_triton_without_the_launch_option_gets_no_pdl(monkeypatch):
 @pytest.fixture
 def pdl_calls(monkeypatch):
     """PDL on for CPU tensors, with Python stand-ins for the GPU-only calls. Yields the record:
-    the order of launch/wait calls, and the addresses the GEMV prefetched."""
-    from folovllm.attention.ops import triton_decode_attention
-    from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
-
+    the order of launch/wait calls, and the addresses the kernels prefetched."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs Triton's interpreter")
     record = {"calls": [], "prefetched": []}
@@ -67,9 +64,7 @@ def pdl_calls(monkeypatch):
     monkeypatch.setattr(pdl, "_sm_major", lambda x: 9)
     monkeypatch.setattr(tl.extra.cuda, "gdc_launch_dependents", lambda *a, **k: record["calls"].append("launch"))
     monkeypatch.setattr(tl.extra.cuda, "gdc_wait", lambda *a, **k: record["calls"].append("wait"))
-    monkeypatch.setattr(triton_gemv, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
-    monkeypatch.setattr(triton_decode_attention, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
-    monkeypatch.setattr(triton_skinny_gemm, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
+    monkeypatch.setattr(pdl, "prefetch_to_l2", lambda ptrs: record["prefetched"].append(ptrs.handle.data.copy()))
     return record
 
 

@@ -33,7 +33,7 @@ from folovllm.attention.ops.triton_kv_store import to_cache_dtype
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, to_compute_dtype
 from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
-from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
+from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
 
 
 # Whether the engine's decode steps pass a longest-first ``seq_order`` (read when an attention
@@ -196,9 +196,8 @@ def _decode_stage1_kernel(
             # into L2, which the prefetch only fills: the loads after the wait read the written row.
             pos = tl.minimum(start + tl.arange(0, BLOCK_N), end - 1)
             rows = kv_row_offsets(block_table_ptr + b * stride_bt, pos, None, kvh, stride_cb, stride_cs, stride_ch, PAGE_SIZE)
-            lines = tl.minimum(tl.arange(0, LINES_PER_ROW) * LINE, HEAD_DIM - 1)
-            prefetch_to_l2(k_cache_ptr + rows[:, None] + lines[None, :])
-            prefetch_to_l2(v_cache_ptr + rows[:, None] + lines[None, :])
+            prefetch_rows(k_cache_ptr + rows, 0, HEAD_DIM - 1, LINES_PER_ROW, LINE)
+            prefetch_rows(v_cache_ptr + rows, 0, HEAD_DIM - 1, LINES_PER_ROW, LINE)
     wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
 
     offs_g = tl.arange(0, BLOCK_G)

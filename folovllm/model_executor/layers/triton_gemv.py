@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
+from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
 
 # (BLOCK_N, BLOCK_K, warps) that bench_kernels.py times; the last two are for 2-4 rows, whose
 # accumulator the others cannot hold.
@@ -121,8 +121,7 @@ def _gemv_kernel(
     if USE_PDL:
         # No kernel writes the weights: this program's rows (LINE elements a 128-byte line) start
         # coming into L2 while the kernel before, which computes the input, is still running.
-        lines = tl.minimum(tl.arange(0, LINES_PER_ROW) * LINE, K - 1)
-        prefetch_to_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn + lines[None, :])
+        prefetch_rows(w_ptr + tl.minimum(offs_n, N - 1) * stride_wn, 0, K - 1, LINES_PER_ROW, LINE)
     wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
     rstd = tl.zeros([BLOCK_M], dtype=tl.float32)
     if PROLOGUE == ADD_RMS_NORM:

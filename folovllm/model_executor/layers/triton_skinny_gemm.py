@@ -32,7 +32,7 @@ import triton.language as tl
 
 from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
-from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_to_l2, wait_for_previous_kernel
+from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
 
 # The rows it serves: below, the one-row / few-row GEMV or cuBLAS; above, a batch is compute-heavy
 # enough for cuBLAS's big tiles.
@@ -87,8 +87,7 @@ def _skinny_gemm_kernel(
     if USE_PDL:
         # As the GEMV does: no kernel writes the weights, so the first 8 lines (LINE elements each)
         # of this program's weight rows start coming into L2 while the kernel before still runs.
-        lines = tl.minimum(k_start + tl.arange(0, 8) * LINE, K - 1)
-        prefetch_to_l2(w_ptr + tl.minimum(offs_n, N - 1)[:, None] * stride_wn + lines[None, :])
+        prefetch_rows(w_ptr + tl.minimum(offs_n, N - 1) * stride_wn, k_start, K - 1, 8, LINE)
     wait_for_previous_kernel(USE_PDL, LAUNCHED=True)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_start, tl.minimum(K, k_start + k_steps_per_split * BLOCK_K), BLOCK_K):
