@@ -145,12 +145,10 @@ def test_gpu_skinny_gemm_serves_the_matmuls_of_decode_batches_and_short_prompts(
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
     from folovllm import LLM, SamplingParams
     from folovllm.utils.triton_variants import compiled_kernel_variants
-    from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_weight_shapes
+    from tests.fixtures.tiny_models import linear_weight_shapes, skinny_gemm_table, spy_on_weight_shapes
 
     shapes = set(linear_weight_shapes(tiny_model).values())
-    tilings = {8: (16, 32, 16, 4, 4, 2), 16: (16, 32, 16, 4, 4, 2), 32: (32, 64, 32, 2, 4, 3), 64: (32, 64, 32, 2, 4, 3),
-               128: (64, 64, 16, 4, 4, 3), 256: (64, 64, 16, 4, 4, 3)}  # fmt: skip
-    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {(*s, rows): c for s in shapes for rows, c in tilings.items()})
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", skinny_gemm_table(tiny_model))
     seen = spy_on_weight_shapes(monkeypatch, skinny, ("skinny_gemm",))["skinny_gemm"]
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=16, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
     before = compiled_kernel_variants()

@@ -17,12 +17,10 @@ def test_matmuls_of_5_to_256_rows_through_the_split_k_skinny_gemm_keep_greedy_eq
     import folovllm.model_executor.layers.dispatch as dispatch
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
     from folovllm import LLM, SamplingParams
-    from tests.fixtures.tiny_models import linear_weight_shapes, spy_on_weight_shapes
+    from tests.fixtures.tiny_models import linear_weight_shapes, skinny_gemm_table, spy_on_weight_shapes
 
     shapes = set(linear_weight_shapes(tiny_model).values())
-    tilings = {8: (16, 32, 16, 4, 4, 2), 16: (16, 32, 16, 4, 4, 2), 32: (32, 64, 32, 2, 4, 3), 64: (32, 64, 32, 2, 4, 3),
-               128: (64, 64, 16, 4, 4, 3), 256: (64, 64, 16, 4, 4, 3)}  # fmt: skip
-    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", {(*s, rows): c for s in shapes for rows, c in tilings.items()})
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", skinny_gemm_table(tiny_model))
     monkeypatch.setattr(dispatch, "_triton_matmul_may_run", lambda x, weight, bias: bias is None)
     seen = spy_on_weight_shapes(monkeypatch, skinny, ("skinny_gemm",))["skinny_gemm"]
     llm = LLM(str(tiny_model), device="cpu", max_num_seqs=16)
