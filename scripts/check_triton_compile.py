@@ -11,6 +11,11 @@ path. It then checks that values which change from step to step (block-table wid
 count, the sampler's seed, the batch size) reuse one compiled variant instead of compiling new
 ones inside requests. Exit status 1 lists what failed.
 
+The calls run twice: first inside ``compile_in_parallel`` (what the engine's start-up does), which
+compiles every variant on a pool of threads and launches nothing; then one by one, with the checks.
+The second pass must find every variant compiled: if it compiles one more, the parallel pass asked
+for another variant than the launch needs, and the script fails.
+
     python scripts/check_triton_compile.py [--arch 90] [--resources] [--loops [KERNEL,...]]
 
 ``--resources`` prints each compiled kernel's registers, spills and shared memory, and how many of
@@ -40,7 +45,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from folovllm.utils.triton_variants import num_compiled_variants  # noqa: E402
+from folovllm.utils.compile_ahead import compile_in_parallel, compile_threads  # noqa: E402
+from folovllm.utils.triton_variants import num_compiled_variants, total_compiled_variants  # noqa: E402
 
 BF16, FP16, FP32, FP8 = torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn
 
@@ -444,9 +450,20 @@ def main() -> int:
     args = ap.parse_args()
     triton.runtime.driver.set_active(_TargetOnlyDriver(args.arch))
     loops = None if args.loops is None else [name for name in args.loops.split(",") if name]
+    all_cases = (_attention_cases, _fused_cases, _gemv_cases, _skinny_cases, _sampler_cases, _gptq_cases, _pdl_cases)
+    t0, threads = time.perf_counter(), max(2, compile_threads())
+    with compile_in_parallel(threads, ignore_errors=True):  # failures are reported by the pass below
+        for cases in all_cases:
+            for name, call in cases():
+                try:
+                    call()
+                except Exception:
+                    pass
+    ahead = total_compiled_variants()
+    print(f"compiled ahead on {threads} threads: {ahead} variants in {time.perf_counter() - t0:.0f} s")
     JITFunction.run = _compile_only(JITFunction.run, args.resources, loops, args.arch)
     failed, count, t0 = [], 0, time.perf_counter()
-    for cases in (_attention_cases, _fused_cases, _gemv_cases, _skinny_cases, _sampler_cases, _gptq_cases, _pdl_cases):
+    for cases in all_cases:
         for name, call in cases():
             if args.resources or loops is not None:
                 print(name)
@@ -458,6 +475,11 @@ def main() -> int:
                 print(f"FAILED: {name}\n{traceback.format_exc(limit=3)}", flush=True)
     print(f"sm_{args.arch}: {count - len(failed)} of {count} kernel calls compiled in {time.perf_counter() - t0:.0f} s "
           f"(triton {triton.__version__})")  # fmt: skip
+    late = total_compiled_variants() - ahead
+    print(f"variants the calls compiled after the parallel pass: {late}")
+    if late:
+        failed.append("compile ahead")
+        print("FAILED: compile ahead: the parallel pass missed variants the launches needed", flush=True)
     for name, kernels, calls in _per_step_value_cases():
         calls[0]()  # may compile this configuration; the other values must reuse it
         before = sum(map(num_compiled_variants, kernels))

@@ -20,12 +20,13 @@ from folovllm.worker.gpu_worker import Worker
 
 
 def start_worker(worker: Worker) -> int:
-    """Load the model, size and allocate the KV cache, capture graphs; returns the number of KV blocks.
+    """Load the model, compile its kernels, size and allocate the KV cache, capture graphs; returns the number of KV blocks.
 
     Every rank of a tensor-parallel group runs exactly these steps, in this order (they meet in collectives).
     """
     with worker.timed_phase("load model"):
         worker.load_model()
+    worker.compile_kernels()  # on a GPU; times itself
     with worker.timed_phase("memory profile"):
         num_blocks = worker.determine_num_kv_blocks()
     with worker.timed_phase("KV cache"):

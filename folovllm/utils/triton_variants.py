@@ -28,3 +28,11 @@ def compiled_kernel_variants() -> dict[str, int]:
             if isinstance(obj, JITFunction) and obj.__module__ == mod_name:  # not an imported helper
                 counts[f"{mod_name}.{name}"] = num_compiled_variants(obj)
     return counts
+
+
+def total_compiled_variants() -> int:
+    """Variants compiled so far of every kernel in an imported folovllm module (0 without Triton)."""
+    try:
+        return sum(compiled_kernel_variants().values())
+    except ImportError:
+        return 0

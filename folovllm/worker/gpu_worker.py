@@ -22,8 +22,10 @@ from folovllm.config import EngineConfig
 from folovllm.core.sched.output import SchedulerOutput
 from folovllm.distributed.parallel_state import all_reduce_min, init_distributed_environment
 from folovllm.utils.common import cdiv, set_random_seed
+from folovllm.utils.compile_ahead import can_compile_ahead, compile_threads
 from folovllm.utils.device import get_gpu_memory_info
 from folovllm.model_runner_output import AsyncModelRunnerOutput
+from folovllm.utils.triton_variants import total_compiled_variants
 from folovllm.worker.cuda_graph_runner import MAX_MIXED_GRAPH_TOKENS
 from folovllm.worker.model_runner import ModelRunner
 
@@ -79,6 +81,10 @@ class Worker:
         self.model_runner = ModelRunner(config, self.device)
         # Seconds each start-up phase took, in order (the engine logs them; bench_all prints them).
         self.startup_seconds: dict[str, float] = {}
+        # Triton variants compiled by ``compile_kernels``' parallel pass (None: no such pass), and
+        # after it by the warm-up and graph capture (variants the pass did not reach).
+        self.variants_compiled_ahead: int | None = None
+        self.variants_compiled_late: int | None = None
 
     @contextlib.contextmanager
     def timed_phase(self, name: str) -> Iterator[None]:
@@ -91,6 +97,17 @@ class Worker:
 
     def load_model(self) -> None:
         self.model_runner.load_model()
+
+    def compile_kernels(self) -> None:
+        """On a GPU, compile the Triton variants start-up will launch, on ``compile_threads()``
+        threads at once, before the steps that launch them (``ModelRunner.compile_kernels``)."""
+        threads = compile_threads()
+        if self.device.type != "cuda" or threads < 2 or not can_compile_ahead():
+            return
+        before = total_compiled_variants()
+        with self.timed_phase("compile kernels"):
+            self.model_runner.compile_kernels(threads)
+        self.variants_compiled_ahead = total_compiled_variants() - before
 
     def determine_num_kv_blocks(self) -> int:
         cache = self.config.cache_config
@@ -157,11 +174,18 @@ class Worker:
         self.model_runner.initialize_kv_cache(num_blocks)
 
     def compile_or_warm_up_model(self) -> None:
+        before = total_compiled_variants() if self.variants_compiled_ahead is not None else 0
         with self.timed_phase("warm-up"):
             if self.device.type == "cuda":  # on the CPU nothing compiles: no Triton kernel runs there
                 self.model_runner.warm_up()
         with self.timed_phase("CUDA graphs"):
             self.model_runner.capture_model()
+        if self.variants_compiled_ahead is not None:
+            self.variants_compiled_late = total_compiled_variants() - before
+            logger.info(
+                "Triton kernel variants: %d compiled (or loaded from Triton's cache) on %d threads, %d more one by one in the warm-up and graph capture",
+                self.variants_compiled_ahead, compile_threads(), self.variants_compiled_late,
+            )  # fmt: skip
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         return self.model_runner.execute_model(scheduler_output)

@@ -12,9 +12,11 @@ prefill does not sample).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from folovllm.sample.metadata import SamplingMetadata
 from folovllm.sample.sampler import LogprobsTensors, Sampler, gather_logprobs
 from folovllm.sampling_params import SamplingParams
 from folovllm.utils.common import cdiv
+from folovllm.utils.compile_ahead import compile_in_parallel
 from folovllm.utils.device import num_sms
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
 from folovllm.worker.input_batch import CachedRequestState, InputBatch
@@ -173,12 +176,38 @@ class ModelRunner:
         self.initialize_kv_cache(sum(cdiv(n, self.block_size) for n in lens))
         self._dummy_run(lens, SamplingParams(temperature=1.0, top_p=0.9, top_k=50))  # the sampler's hungriest path
         cache_bytes = self.kv_cache.numel() * self.kv_cache.element_size()
-        self.kv_cache = None
-        self._bind_kv_cache([None] * self.model_config.get_num_layers())
+        self._drop_kv_cache()
         return cache_bytes
 
+    def _drop_kv_cache(self) -> None:
+        self.kv_cache = None
+        self._bind_kv_cache([None] * self.model_config.get_num_layers())
+
     @torch.inference_mode()
-    def warm_up(self) -> None:
+    def compile_kernels(self, threads: int) -> None:
+        """Compile every Triton variant that the profile run, the warm-up and graph capture will
+        launch, ``threads`` at a time (``compile_in_parallel``): the profile step, then the warm-up's
+        steps as without CUDA graphs (which reach every variant the graphs do), each launch only
+        compiling. What they compute is garbage and is dropped. No kernel runs, so the warm-up's
+        one-block KV cache is never read past: it only gives the kernels their arguments."""
+        with compile_in_parallel(threads), self._sampler_generators_kept():
+            self.profile_run()
+            self.initialize_kv_cache(1)
+            self.warm_up(compile_only=True)
+        self._drop_kv_cache()
+
+    @contextlib.contextmanager
+    def _sampler_generators_kept(self) -> Iterator[None]:
+        """The sampler's generators back as they were after the block: its dummy steps' draws leave
+        seeded runs unchanged."""
+        generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
+        states = [g.get_state() for g in generators]
+        yield
+        for gen, state in zip(generators, states):
+            gen.set_state(state)
+
+    @torch.inference_mode()
+    def warm_up(self, compile_only: bool = False) -> None:
         """Run, before the first request, every kernel variant a step can reach outside the CUDA graphs.
 
         The profile run compiled the big-batch paths; these short steps add the
@@ -193,17 +222,24 @@ class ModelRunner:
         otherwise). The dummy K/V land in
         blocks no request owns yet, and the sampler's generators are put back,
         so seeded runs do not change.
+
+        ``compile_only``: inside ``compile_kernels``' pass, where no kernel runs: the eager-only
+        steps too, and the split decode at the model's longest context, whatever the cache holds.
         """
-        generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
-        states = [g.get_state() for g in generators]
+        with self._sampler_generators_kept():
+            self._warm_up_steps(compile_only)
+
+    def _warm_up_steps(self, compile_only: bool) -> None:
         budget = self.config.scheduler_config.max_num_batched_tokens
         greedy, temperature = SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)
         for params in (greedy, temperature, SamplingParams(top_k=8, top_p=0.9)):
             self._dummy_run([min(8, self.max_model_len, budget)], params)
         if self.max_num_seqs > 1:  # (the budget holds max_num_seqs tokens at least)
             self._dummy_run([min(8, self.max_model_len, budget // 2)] * 2, [greedy, temperature])
-        if self.config.enforce_eager:
-            longest = min(self.max_model_len, self.kv_cache.shape[2] * self.block_size)  # the longest a sequence can get
+        if self.config.enforce_eager or compile_only:
+            longest = self.max_model_len  # the longest a sequence can get
+            if not compile_only:
+                longest = min(longest, self.kv_cache.shape[2] * self.block_size)
             self._dummy_run([min(2, longest)], greedy, decode=True)  # unsplit
             if self._num_kv_splits(1, longest) > 1:  # one sequence at the longest context: split
                 self._dummy_run([longest], greedy, decode=True)
@@ -213,8 +249,6 @@ class ModelRunner:
             for n in (32, 64, 128, 256):  # the skinny GEMM's row buckets beyond the 8 and 16 above
                 if n <= min(budget, longest):
                     self._dummy_run([n], greedy)
-        for gen, state in zip(generators, states):
-            gen.set_state(state)
 
     def _dummy_run(self, lens: list[int], params: SamplingParams | list[SamplingParams], decode: bool = False) -> None:
         """One step of dummy sequences (token 0) of ``lens`` tokens, in blocks 0, 1, ...; then forgets them.

@@ -332,3 +332,38 @@ def test_gpu_no_triton_kernel_compiles_after_start_up(tiny_model, enforce_eager)
     llm.generate(prompts, greedy_and_random, use_tqdm=False)  # the fused sampler's variant with greedy rows
     after = compiled_kernel_variants()
     assert {k: (before.get(k, 0), v) for k, v in after.items() if v != before.get(k, 0)} == {}
+
+
+_START_UP_IN_A_FRESH_PROCESS = """
+import json
+from folovllm import LLM, SamplingParams
+from folovllm.utils.triton_variants import total_compiled_variants
+llm = LLM({path!r}, device="cuda", dtype="bfloat16", max_num_seqs=4, enforce_eager={eager}, num_gpu_blocks_override=4096)
+worker, before = llm.llm_engine.executor.worker, total_compiled_variants()
+prompts = [{{"prompt_token_ids": p}} for p in ([5, 17, 99, 3], list(range(40, 90)), [7] * 21)]
+outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+outs += llm.generate(prompts, SamplingParams(temperature=0.8, seed=1, max_tokens=8, ignore_eos=True), use_tqdm=False)
+print(json.dumps([worker.variants_compiled_ahead, worker.variants_compiled_late, total_compiled_variants() - before,
+                  [o.outputs[0].token_ids for o in outs]]))
+"""
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_gpu_start_up_compiles_every_variant_in_its_parallel_pass(tiny_model, tmp_path, enforce_eager):
+    """A fresh process with an empty Triton cache: start-up's parallel pass (``compile_kernels``)
+    compiles the variants, the warm-up and graph capture after it compile none, requests none, and
+    the tokens (greedy and seeded) are those of a start-up without the pass
+    (``FOLOVLLM_COMPILE_THREADS=0``)."""
+    import json
+
+    from tests.fixtures.python_process import python_prints
+
+    code = _START_UP_IN_A_FRESH_PROCESS.format(path=str(tiny_model), eager=enforce_eager)
+    runs = {}
+    for threads in ("4", "0"):
+        env = {"TRITON_CACHE_DIR": str(tmp_path / f"triton-{threads}"), "FOLOVLLM_COMPILE_THREADS": threads}
+        runs[threads] = json.loads(python_prints(code, env).splitlines()[-1])
+    ahead, late, after_start_up, tokens = runs["4"]
+    assert ahead > 0 and late == 0 and after_start_up == 0, runs["4"][:3]
+    assert runs["0"][:3] == [None, None, 0]
+    assert tokens == runs["0"][3]

@@ -206,12 +206,14 @@ def test_warm_up_leaves_no_request_behind_and_does_not_shift_seeded_sampling(tin
     assert outputs[0] == outputs[1]
 
 
-def test_eager_warm_up_also_runs_the_decode_kernel_split_and_unsplit_and_each_matmul_row_bucket(tiny_model):
+@pytest.mark.parametrize("enforce_eager,compile_only", [(True, False), (False, True)])
+def test_eager_warm_up_also_runs_the_decode_kernel_split_and_unsplit_and_each_matmul_row_bucket(tiny_model, enforce_eager, compile_only):
     """Without CUDA graphs nothing captures the decode kernel or the matmul kernels, so the warm-up
     runs a decode step of a short sequence (no split), one of a sequence at the longest context
     (split, on a GPU's SMs), decode steps of 2 and 4 sequences (the GEMV's variants for 2 and 3-4
-    rows), and prompts of 8 to 256 tokens (the skinny GEMM's row buckets)."""
-    llm = LLM(str(tiny_model), device="cpu", enforce_eager=True)
+    rows), and prompts of 8 to 256 tokens (the skinny GEMM's row buckets). Start-up's parallel
+    compile pass (``compile_only``) runs them with graphs on too: they reach what capture reaches."""
+    llm = LLM(str(tiny_model), device="cpu", enforce_eager=enforce_eager)
     runner = llm.llm_engine.executor.worker.model_runner
     runner.num_sms = 132  # an H100's: the CPU's 1 never splits
     steps = []
@@ -219,6 +221,10 @@ def test_eager_warm_up_also_runs_the_decode_kernel_split_and_unsplit_and_each_ma
     num_tokens = []  # each step's, from its query start locations (the metadata's are reused buffers)
     runner._make_metadata = lambda *a: num_tokens.append(int(a[0][-1])) or steps.append(make_metadata(*a)) or steps[-1]
     runner.warm_up()
+    if not enforce_eager:  # graph capture compiles these: the warm-up leaves them out, the compile pass not
+        assert all(m.max_query_len > 1 for m in steps) and max(num_tokens) <= 16
+        steps.clear(), num_tokens.clear()
+        runner.warm_up(compile_only=True)
     decodes = [(m.max_seq_len, m.num_kv_splits) for m in steps if m.max_query_len == 1]
     assert decodes[0] == (2, 1) and decodes[1][0] == runner.max_model_len and decodes[1][1] > 1, decodes
     assert [m.num_seqs for m in steps if m.max_query_len == 1] == [1, 1, 2, 4]

@@ -1,0 +1,66 @@
+"""Compile Triton kernel variants on a pool of threads, ahead of the steps that launch them.
+
+Start-up runs dummy steps so that every kernel variant a request can reach is
+compiled before the first request (``ModelRunner.warm_up``). Each variant
+compiles when its first launch comes, one after the other: on a machine whose
+Triton cache is empty that is a few tenths of a second each, for a few dozen
+variants. Inside ``compile_in_parallel()`` a Triton launch does not run its
+kernel: it hands the compile to a thread pool and returns (Triton's
+``AsyncCompileMode``; its compiles spend most of their time in LLVM and
+``ptxas``, outside the GIL). Leaving the block waits for every compile to
+land in the kernels' in-memory caches (and Triton's cache on disk), so the
+same steps run again after it find every variant compiled.
+
+Nothing a kernel would have written is written in the block: the steps run
+inside it compute garbage from there on, which is fine for dummy steps whose
+results nobody reads, and only for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+
+def compile_threads() -> int:
+    """Threads for ``compile_in_parallel``: ``FOLOVLLM_COMPILE_THREADS``, or one per CPU up to 16.
+    0 or 1 turns the parallel pass off (the warm-up then compiles each variant as it comes)."""
+    value = os.environ.get("FOLOVLLM_COMPILE_THREADS")
+    if value is not None:
+        if not value.isdigit():
+            raise ValueError(f"FOLOVLLM_COMPILE_THREADS must be a whole number, got {value!r}")
+        return int(value)
+    return min(16, os.cpu_count() or 1)
+
+
+def can_compile_ahead() -> bool:
+    """Whether this Triton can compile on a thread pool (``AsyncCompileMode``, Triton 3.4 and later)
+    and compiles at all (the interpreter does not)."""
+    try:
+        import triton
+    except ImportError:
+        return False
+    return hasattr(triton, "AsyncCompileMode") and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+@contextlib.contextmanager
+def compile_in_parallel(max_workers: int, ignore_errors: bool = False) -> Iterator[None]:
+    """Within the block, every Triton launch asks for its variant to be compiled, on one of
+    ``max_workers`` threads, and launches nothing; on leaving, every compile has finished (a failed
+    compile raises here, unless ``ignore_errors``)."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    launch = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        return launch(self, *args, grid=grid, warmup=True, **kwargs)
+
+    JITFunction.run = compile_only
+    try:
+        with ThreadPoolExecutor(max_workers, thread_name_prefix="triton-compile") as pool, triton.AsyncCompileMode(pool, ignore_errors=ignore_errors):
+            yield
+    finally:
+        JITFunction.run = launch
