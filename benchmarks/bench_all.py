@@ -167,6 +167,11 @@ def main() -> None:
     startup = time.perf_counter() - t0
     engine = llm.llm_engine
     phases = engine.startup_seconds
+    worker = engine.executor.worker
+    compiled_ahead = ""  # (whether they compiled or came from Triton's cache on disk, the phase's time says)
+    if worker.variants_compiled_ahead is not None:
+        compiled_ahead = (f"; Triton variants readied by the parallel compile pass: {worker.variants_compiled_ahead}, "
+                          f"after it: {worker.variants_compiled_late}")  # fmt: skip
     runner = engine.executor.worker.model_runner
     variants_at_start = compiled_kernel_variants()
     vocab = engine.config.model_config.get_vocab_size()
@@ -291,7 +296,7 @@ def main() -> None:
         *[f"| {' | '.join(r)} |" for r in rows],
         "",
         f"Start-up by phase: {', '.join(f'{name} {secs:.2f} s' for name, secs in phases.items())}; the config and "
-        f"the rest {startup - sum(phases.values()):.2f} s.",
+        f"the rest {startup - sum(phases.values()):.2f} s{compiled_ahead}.",
         f"Triton kernel variants compiled after start-up (by any request above): {sum(compiled.values())}"
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(compiled.items()))})" if compiled else "") + ".",
         "",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check that CI cannot run, in priority order, for a lent GPU session:
 #
-#   bash scripts/gpu_checks.sh [tests] [engine] [bench] [switches] [step] [kernels] [views] [fp8] [gptq] [chunked]
+#   bash scripts/gpu_checks.sh [tests] [engine] [bench] [switches] [step] [kernels] [views] [startup] [fp8] [gptq] [chunked]
 #   (default: tests engine bench)
 #
 # (`profile` = `kernels views`.) `tests` are the kernels' GPU tests, `engine` the GPU engine tests
@@ -13,7 +13,8 @@
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
 # the new token in the decode kernel, the last-split merge, decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
-# first part alone.
+# first part alone; `startup` is bench_startup.py (LLM(...) in fresh processes: an empty Triton cache with
+# and without start-up's parallel compile pass, then a warm cache).
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
 # (~30 s a machine) included. Timed on 2026-11-27 (fourteenth session, one machine): the kernel
 # tests ~150-200 s, after which the GPU engine tests had not reported one result when a 200 s limit
@@ -21,18 +22,21 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session (written in the fifteenth to seventeenth, which had no GPU):
+# The plan for the next session (written in the fifteenth to eighteenth, which had no GPU):
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 570): `ENGINE_LIMIT=240 STEP_LIMIT=70 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels` (41 engine tests, each an engine with its graphs:
-#      ~3-5 s apiece is the guess; kernels ~73 s in the fourteenth session, plus ~40 s of skinny sweep)
+#      [".ab"], timeout 570): `ENGINE_LIMIT=270 STEP_LIMIT=70 KERNELS_LIMIT=200 BASELINE=.ab
+#      bash scripts/gpu_checks.sh engine step kernels` (43 engine tests, each an engine with its graphs:
+#      ~3-5 s apiece is the guess, the start-up test four fresh processes; kernels ~73 s in the
+#      fourteenth session, plus ~40 s of skinny sweep)
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
 #        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
 #        in their last program (the one switch whose memory ordering only a GPU exercises) and the
-#        split-K skinny GEMM at every row bucket, which counts its programs in the same way);
+#        split-K skinny GEMM at every row bucket, which counts its programs in the same way; and
+#        start-up's parallel compile pass, which runs dummy steps with no kernel launched: the variants
+#        it compiles must be all that the warm-up and capture need, and nothing may fault);
 #      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN), the
 #        splits merged in their last program (MERGE_IN_LAST_SPLIT), the first two together and all three,
 #        against the defaults, a batch-1 step in one engine (a clear win: turn it on, as
@@ -53,7 +57,8 @@
 #      the FP8 row with its new decode default.
 #      The start-up row now has the engine's phases below the table (tokenizer, load model, memory
 #      profile, KV cache, warm-up, CUDA graphs; the config and the rest): what the 11.4-14.3 s was.
-#   3. If time is left: `tests` (the kernels' GPU tests, left out of 1), `views` (the 256-sequence
+#   3. If time is left: `startup` (~60 s: LLM(...) with an empty Triton cache, with the parallel
+#      compile pass and without, then warm), `tests` (the kernels' GPU tests, left out of 1), `views` (the 256-sequence
 #      kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is; the prompts
 #      view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on this CPU
 #      is ~3 ms of each, so it is the GPU's), `switches` (longest first on the whole workload).
@@ -121,6 +126,8 @@ for stage in $stages; do
                       $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
         # only the first part (one engine: ~30-40 s expected, not yet timed)
         step) run step ${STEP_LIMIT:-90} $PY benchmarks/bench_switches.py --runs 0 ;;
+        # three fresh processes, two of them compiling every variant (not yet timed: ~60 s expected)
+        startup) run startup ${STARTUP_LIMIT:-150} $PY benchmarks/bench_startup.py ;;
         fp8) run fp8 300 $PY benchmarks/bench_fp8_kv.py --runs 2 ;;
         gptq) run gptq 540 $PY benchmarks/bench_gptq.py --preset qwen3-4b --runs 2 ;;
         chunked) run chunked 300 $PY benchmarks/bench_chunked_prefill.py ;;

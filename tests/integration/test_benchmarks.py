@@ -102,6 +102,9 @@ GPU_STAGE_SCRIPTS = {
                   "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, longest_first: ", "round 1, skinny_gemm: ",
                   "greedy outputs equal to round 1 with the defaults: 8/8", "skinny_gemm / defaults (medians over all rounds): TPOT "]),
     "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
+    "startup": (["benchmarks/bench_startup.py", "--scale", "cpu"],
+                ["cold, parallel compile pass: LLM(...) ", "cold, no pass (FOLOVLLM_COMPILE_THREADS=0): LLM(...) ",
+                 "warm (the first run's cache), parallel compile pass: LLM(...) ", "; no parallel pass", "cold start-up with the pass / without: "]),
     "gptq": (["benchmarks/bench_gptq.py", "--runs", "1"], ["TPOT, batch 1", "Weights read per decode step"]),
 }  # fmt: skip
 
