@@ -53,14 +53,29 @@ def compile_in_parallel(max_workers: int, ignore_errors: bool = False) -> Iterat
     import triton
     from triton.runtime.jit import JITFunction
 
-    launch = JITFunction.run
+    launch, do_compile = JITFunction.run, JITFunction._do_compile
+    pending = []  # (kernel cache, key, future) filed by compile_once
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         return launch(self, *args, grid=grid, warmup=True, **kwargs)
 
-    JITFunction.run = compile_only
+    def compile_once(self, key, signature, device, *args, **kwargs):
+        # The same variant is launched again and again (once per layer): file its future in the
+        # kernel's cache at once, so that later launches find it there (~15 us) instead of asking
+        # again (~150 us on Triton 3.6, which files it only when compiled; later Tritons do this).
+        kernel = do_compile(self, key, signature, device, *args, **kwargs)
+        cache = self.device_caches[device][0]
+        if kernel is not None and key not in cache:
+            cache[key] = kernel
+            pending.append((cache, key, kernel))
+        return kernel
+
+    JITFunction.run, JITFunction._do_compile = compile_only, compile_once
     try:
         with ThreadPoolExecutor(max_workers, thread_name_prefix="triton-compile") as pool, triton.AsyncCompileMode(pool, ignore_errors=ignore_errors):
             yield
     finally:
-        JITFunction.run = launch
+        JITFunction.run, JITFunction._do_compile = launch, do_compile
+        for cache, key, future in pending:  # a compiled one has replaced its future; a failed one has not
+            if cache.get(key) is future:
+                del cache[key]

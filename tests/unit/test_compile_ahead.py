@@ -54,3 +54,51 @@ def test_a_cpu_worker_has_no_compile_pass(tiny_model):
     worker = LLM(str(tiny_model), device="cpu").llm_engine.executor.worker
     assert worker.variants_compiled_ahead is None and worker.variants_compiled_late is None
     assert "compile kernels" not in worker.startup_seconds
+
+
+_COMPILE_IN_A_FRESH_PROCESS = """
+import sys
+sys.path.insert(0, "scripts")
+import torch, triton, triton.language as tl
+from check_triton_compile import _TargetOnlyDriver
+from folovllm.utils.compile_ahead import compile_in_parallel
+from folovllm.utils.triton_variants import num_compiled_variants
+
+@triton.jit
+def copy(x_ptr, y_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs))
+
+@triton.jit
+def broken(x_ptr, N: tl.constexpr):
+    tl.static_assert(N < 0)
+
+triton.runtime.driver.set_active(_TargetOnlyDriver(90))
+x = torch.zeros(16)
+with compile_in_parallel(2, ignore_errors=True):
+    for _ in range(3):  # a variant launched again while its compile is under way
+        copy[(1,)](x, x, N=16)
+    copy[(1,)](x, x, N=32)
+    broken[(1,)](x, N=16)
+caches = [next(iter(f.device_caches.values()))[0] for f in (copy, broken)]
+print(num_compiled_variants(copy), num_compiled_variants(broken), sorted({type(k).__name__ for k in caches[0].values()}))
+try:
+    with compile_in_parallel(2):
+        broken[(1,)](x, N=8)
+except Exception as exc:
+    print("raised", num_compiled_variants(broken))
+"""
+
+
+def test_the_pass_files_each_compiled_variant_once_and_leaves_no_placeholder_of_a_failed_one(tmp_path):
+    """Compiled for an H100 in a fresh process (the interpreter compiles nothing): a variant launched
+    three times in the block compiles once, two variants are two compiled kernels afterwards, a
+    kernel that fails to compile leaves nothing in its cache, and without ``ignore_errors`` the
+    failure is raised when the block ends."""
+    pytest.importorskip("triton")
+    from tests.fixtures.python_process import python_prints
+
+    script = tmp_path / "compile_in_parallel.py"  # Triton reads a kernel's source from its file
+    script.write_text(_COMPILE_IN_A_FRESH_PROCESS)
+    lines = python_prints(f"import runpy; runpy.run_path({str(script)!r})", {"TRITON_INTERPRET": None}).splitlines()
+    assert lines[-2:] == ["2 0 ['CompiledKernel']", "raised 0"], lines
