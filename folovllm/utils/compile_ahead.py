@@ -25,14 +25,16 @@ from typing import Iterator
 
 
 def compile_threads() -> int:
-    """Threads for ``compile_in_parallel``: ``FOLOVLLM_COMPILE_THREADS``, or one per CPU up to 16.
-    0 or 1 turns the parallel pass off (the warm-up then compiles each variant as it comes)."""
+    """Threads for ``compile_in_parallel``: ``FOLOVLLM_COMPILE_THREADS``, or one per CPU this process
+    may run on, up to 16. 0 or 1 turns the parallel pass off (the warm-up then compiles each variant
+    as it comes)."""
     value = os.environ.get("FOLOVLLM_COMPILE_THREADS")
     if value is not None:
         if not value.isdigit():
             raise ValueError(f"FOLOVLLM_COMPILE_THREADS must be a whole number, got {value!r}")
         return int(value)
-    return min(16, os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(16, cpus)
 
 
 def can_compile_ahead() -> bool:

@@ -16,7 +16,7 @@ from folovllm.utils.compile_ahead import can_compile_ahead, compile_in_parallel,
 
 def test_compile_threads_reads_its_variable_or_takes_one_per_cpu_up_to_16(monkeypatch):
     monkeypatch.delenv("FOLOVLLM_COMPILE_THREADS", raising=False)
-    assert compile_threads() == min(16, os.cpu_count() or 1)
+    assert compile_threads() == min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     monkeypatch.setenv("FOLOVLLM_COMPILE_THREADS", "0")
     assert compile_threads() == 0
     monkeypatch.setenv("FOLOVLLM_COMPILE_THREADS", "lots")
