@@ -28,8 +28,8 @@
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
 #      [".ab"], timeout 570): `ENGINE_LIMIT=270 STEP_LIMIT=70 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels` (43 engine tests, each an engine with its graphs:
-#      ~3-5 s apiece is the guess, the start-up test four fresh processes; kernels ~73 s in the
+#      bash scripts/gpu_checks.sh engine step kernels` (42 engine tests, each an engine with its graphs:
+#      ~3-5 s apiece is the guess, the start-up test two fresh processes; kernels ~73 s in the
 #      fourteenth session, plus ~40 s of skinny sweep)
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
 #        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
