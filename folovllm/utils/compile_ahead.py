@@ -51,7 +51,8 @@ def can_compile_ahead() -> bool:
 def compile_in_parallel(max_workers: int, ignore_errors: bool = False) -> Iterator[None]:
     """Within the block, every Triton launch asks for its variant to be compiled, on one of
     ``max_workers`` threads, and launches nothing; on leaving, every compile has finished (a failed
-    compile raises here, unless ``ignore_errors``)."""
+    compile raises here, unless ``ignore_errors``). It patches Triton's ``JITFunction`` for the whole
+    process: meant for start-up, while no other thread launches kernels."""
     import triton
     from triton.runtime.jit import JITFunction
 
