@@ -27,7 +27,7 @@
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 570): `ENGINE_LIMIT=270 STEP_LIMIT=70 KERNELS_LIMIT=200 BASELINE=.ab
+#      [".ab"], timeout 540): `ENGINE_LIMIT=250 STEP_LIMIT=60 KERNELS_LIMIT=200 BASELINE=.ab
 #      bash scripts/gpu_checks.sh engine step kernels` (42 engine tests, each an engine with its graphs:
 #      ~3-5 s apiece is the guess, the start-up test two fresh processes; kernels ~73 s in the
 #      fourteenth session, plus ~40 s of skinny sweep)
@@ -50,7 +50,7 @@
 #      (The kernels' GPU tests, `tests`, passed in full in the fourteenth session and are left out for
 #      time; the sweeps check every configuration they time against F.linear or the reference first.)
 #   2. At once, on the warm machine: copy the returned skinny_gemm_configs.txt to .ab/ (carry [".ab"]),
-#      then (timeout ~330): `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=skinny_gemm
+#      then (timeout ~330, what is left after ~30 s of start-up and call 1): `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=skinny_gemm
 #      SWITCHES_LIMIT=110 BENCH_LIMIT=110 bash scripts/gpu_checks.sh switches bench bench`:
 #      the engine with the measured table against the defaults (throughput, greedy outputs), then the
 #      figures of record twice, the start-up row without the transformers import (printed beside it),
