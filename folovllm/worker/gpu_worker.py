@@ -106,7 +106,12 @@ class Worker:
             return
         before = total_compiled_variants()
         with self.timed_phase("compile kernels"):
-            self.model_runner.compile_kernels(threads)
+            try:
+                self.model_runner.compile_kernels(threads)
+            except Exception:  # a start-up speed-up must not stop the engine: the warm-up compiles them as before
+                logger.warning("The parallel compile pass failed; the warm-up will compile each kernel variant as it "
+                               "comes (FOLOVLLM_COMPILE_THREADS=0 skips the pass)", exc_info=True)  # fmt: skip
+                return
         self.variants_compiled_ahead = total_compiled_variants() - before
 
     def determine_num_kv_blocks(self) -> int:

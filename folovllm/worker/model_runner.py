@@ -190,11 +190,13 @@ class ModelRunner:
         steps as without CUDA graphs (which reach every variant the graphs do), each launch only
         compiling. What they compute is garbage and is dropped. No kernel runs, so the warm-up's
         one-block KV cache is never read past: it only gives the kernels their arguments."""
-        with compile_in_parallel(threads), self._sampler_generators_kept():
-            self.profile_run()
-            self.initialize_kv_cache(1)
-            self.warm_up(compile_only=True)
-        self._drop_kv_cache()
+        try:
+            with compile_in_parallel(threads), self._sampler_generators_kept():
+                self.profile_run()
+                self.initialize_kv_cache(1)
+                self.warm_up(compile_only=True)
+        finally:
+            self._drop_kv_cache()
 
     @contextlib.contextmanager
     def _sampler_generators_kept(self) -> Iterator[None]:
@@ -202,9 +204,11 @@ class ModelRunner:
         seeded runs unchanged."""
         generators = [g for g in (self.sampler.generator, self.sampler.host_generator) if g is not None]
         states = [g.get_state() for g in generators]
-        yield
-        for gen, state in zip(generators, states):
-            gen.set_state(state)
+        try:
+            yield
+        finally:
+            for gen, state in zip(generators, states):
+                gen.set_state(state)
 
     @torch.inference_mode()
     def warm_up(self, compile_only: bool = False) -> None:
@@ -263,10 +267,12 @@ class ModelRunner:
         ]
         ids = [r.req_id for r in new_reqs]
         counts = [1 if decode else n for n in lens]
-        self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, counts)), sum(counts))).get()
-        for req_id in ids:
-            self.input_batch.remove_request(req_id)
-        self.prev_sampled, self.prev_sampled_rows = None, {}
+        try:
+            self.execute_model(SchedulerOutput(new_reqs, CachedRequestData(), dict(zip(ids, counts)), sum(counts))).get()
+        finally:  # also when the step fails: nothing of it stays behind
+            for req_id in ids:
+                self.input_batch.remove_request(req_id)
+            self.prev_sampled, self.prev_sampled_rows = None, {}
 
     # -- one step ----------------------------------------------------------------
     def _num_kv_splits(self, num_seqs: int, max_seq_len: int) -> int:

@@ -102,3 +102,50 @@ def test_the_pass_files_each_compiled_variant_once_and_leaves_no_placeholder_of_
     script.write_text(_COMPILE_IN_A_FRESH_PROCESS)
     lines = python_prints(f"import runpy; runpy.run_path({str(script)!r})", {"TRITON_INTERPRET": None}).splitlines()
     assert lines[-2:] == ["2 0 ['CompiledKernel']", "raised 0"], lines
+
+
+def test_a_failing_compile_pass_leaves_the_engine_starting_as_without_it(tiny_model, monkeypatch, caplog):
+    """The pass only speeds start-up up: if it fails (here its second dummy step raises), the worker
+    says so and goes on, the failed step's dummy requests gone and the sampler's generators as they
+    were, and the engine's tokens are those of an engine that never tried."""
+    import contextlib
+
+    import torch
+
+    from folovllm import LLM, SamplingParams
+    from folovllm.worker import gpu_worker, model_runner
+
+    llm = LLM(str(tiny_model), device="cpu", seed=3)
+    worker = llm.llm_engine.executor.worker
+    runner = worker.model_runner
+    prompts = [{"prompt_token_ids": list(range(10, 10 + n))} for n in (3, 17)]
+    params = SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True)
+    generator_state = runner.sampler.generator.get_state()
+    execute, steps = runner.execute_model, []
+
+    def second_step_fails(so):
+        steps.append(so)
+        out = execute(so)  # the step's requests are in the batch by now
+        if len(steps) == 2:
+            raise RuntimeError("injected compile failure")
+        return out
+
+    monkeypatch.setattr(runner, "execute_model", second_step_fails)
+    monkeypatch.setattr(gpu_worker, "can_compile_ahead", lambda: True)
+    monkeypatch.setattr(runner, "initialize_kv_cache", lambda n: None)  # keep the engine's cache
+    monkeypatch.setattr(runner, "_drop_kv_cache", lambda: None)
+    monkeypatch.setattr(worker, "device", torch.device("cuda"))  # as on a GPU (nothing here touches one)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(runner, "profile_run", lambda: runner._dummy_run([4], params))
+    monkeypatch.setattr(model_runner, "compile_in_parallel", lambda threads: contextlib.nullcontext())  # steps run as they are
+    monkeypatch.setenv("FOLOVLLM_COMPILE_THREADS", "2")
+    with caplog.at_level("WARNING"):
+        worker.compile_kernels()
+    assert "The parallel compile pass failed" in caplog.text and "injected compile failure" in caplog.text
+    assert len(steps) == 2 and worker.variants_compiled_ahead is None
+    assert not runner.input_batch.requests and runner.prev_sampled is None
+    assert torch.equal(runner.sampler.generator.get_state(), generator_state)
+    monkeypatch.undo()
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    fresh = LLM(str(tiny_model), device="cpu", seed=3)
+    assert got == [o.outputs[0].token_ids for o in fresh.generate(prompts, params, use_tqdm=False)]
