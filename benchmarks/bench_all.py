@@ -172,7 +172,7 @@ def main() -> None:
     if worker.variants_compiled_ahead is not None:
         compiled_ahead = (f"; Triton variants readied by the parallel compile pass: {worker.variants_compiled_ahead}, "
                           f"after it: {worker.variants_compiled_late}")  # fmt: skip
-    runner = engine.executor.worker.model_runner
+    runner = worker.model_runner
     variants_at_start = compiled_kernel_variants()
     vocab = engine.config.model_config.get_vocab_size()
     rng = random.Random(5)

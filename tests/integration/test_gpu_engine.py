@@ -338,7 +338,7 @@ _START_UP_IN_A_FRESH_PROCESS = """
 import json
 from folovllm import LLM, SamplingParams
 from folovllm.utils.triton_variants import total_compiled_variants
-llm = LLM({path!r}, device="cuda", dtype="bfloat16", max_num_seqs=4, enforce_eager={eager}, num_gpu_blocks_override=4096)
+llm = LLM({path!r}, device="cuda", dtype="bfloat16", max_num_seqs=4, num_gpu_blocks_override=4096)
 worker, before = llm.llm_engine.executor.worker, total_compiled_variants()
 prompts = [{{"prompt_token_ids": p}} for p in ([5, 17, 99, 3], list(range(40, 90)), [7] * 21)]
 outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
@@ -358,7 +358,7 @@ def test_gpu_start_up_compiles_every_variant_in_its_parallel_pass(tiny_model, tm
 
     from tests.fixtures.python_process import python_prints
 
-    code = _START_UP_IN_A_FRESH_PROCESS.format(path=str(tiny_model), eager=False)
+    code = _START_UP_IN_A_FRESH_PROCESS.format(path=str(tiny_model))
     runs = {}
     for threads in ("4", "0"):
         env = {"TRITON_CACHE_DIR": str(tmp_path / f"triton-{threads}"), "FOLOVLLM_COMPILE_THREADS": threads}
