@@ -22,15 +22,16 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session (written in the fifteenth to eighteenth, which had no GPU):
+# The plan for the next session (written in the fifteenth to nineteenth, which had no GPU):
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 540): `ENGINE_LIMIT=250 STEP_LIMIT=60 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels` (42 engine tests, each an engine with its graphs:
-#      ~3-5 s apiece is the guess, the start-up test two fresh processes; kernels ~73 s in the
-#      fourteenth session, plus ~40 s of skinny sweep)
+#      [".ab"], timeout 540): `ENGINE_LIMIT=150 STEP_LIMIT=60 KERNELS_LIMIT=200 TESTS_LIMIT=100 BASELINE=.ab
+#      bash scripts/gpu_checks.sh engine step kernels tests` (42 engine tests, each an engine with its
+#      graphs: ~3-5 s apiece is the guess, the start-up test two fresh processes, all in 4 processes
+#      at once (nineteenth session; SHARDS=1 runs them in one); kernels ~73 s in the fourteenth
+#      session, plus ~40 s of skinny sweep; the kernels' GPU tests last, in 4 processes too)
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
 #        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
 #        in their last program (the one switch whose memory ordering only a GPU exercises) and the
@@ -47,8 +48,10 @@
 #        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
 #        o and down asked of cuBLAS transposed; the skinny GEMM at 8-256 rows by tiling and split against
 #        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed).
-#      (The kernels' GPU tests, `tests`, passed in full in the fourteenth session and are left out for
-#      time; the sweeps check every configuration they time against F.linear or the reference first.)
+#      - tests: the kernels' GPU tests (passed in full in the fourteenth session; since then the
+#        element-wise loads, the reads before the PDL wait, the last-split merge and the split-K skinny
+#        GEMM changed; the sweeps also check every configuration they time against F.linear or the
+#        reference first).
 #   2. At once, on the warm machine: copy the returned skinny_gemm_configs.txt to .ab/ (carry [".ab"]),
 #      then (timeout ~330, what is left after ~30 s of start-up and call 1): `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=skinny_gemm
 #      SWITCHES_LIMIT=110 BENCH_LIMIT=110 bash scripts/gpu_checks.sh switches bench bench`:
@@ -58,7 +61,7 @@
 #      The start-up row now has the engine's phases below the table (tokenizer, load model, memory
 #      profile, KV cache, warm-up, CUDA graphs; the config and the rest): what the 11.4-14.3 s was.
 #   3. If time is left: `startup` (~60 s: LLM(...) with an empty Triton cache, with the parallel
-#      compile pass and without, then warm), `tests` (the kernels' GPU tests, left out of 1), `views` (the 256-sequence
+#      compile pass and without, then warm), `tests` (if cut in 1), `views` (the 256-sequence
 #      kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is; the prompts
 #      view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on this CPU
 #      is ~3 ms of each, so it is the GPU's), `switches` (longest first on the whole workload).
@@ -76,6 +79,7 @@ SKINNY_TABLE=${SKINNY_TABLE:-$OUT/skinny_gemm_configs.txt}
 stages=${*:-tests engine bench}
 stages=${stages//profile/kernels views}
 runs=0
+SHARDS=${SHARDS:-4}  # processes for the test stages: their time is mostly host work on one core each
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # logs keep what ran before a time-out
 PY=${PYTHON:-python3}
 run() {  # name, time limit in seconds, command...
@@ -94,12 +98,14 @@ $PY -c "import torch, triton, transformers; print(torch.__version__, triton.__ve
 cat "$OUT/gpu.txt"
 for stage in $stages; do
     case $stage in
-        # the kernels' GPU tests (~150-200 s on an H100, 2026-11-27)
-        tests) run tests ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider -rfE --durations=12 \
+        # the kernels' GPU tests (~150-200 s on an H100 in one process, 2026-11-27), in $SHARDS processes
+        # at once (scripts/pytest_shards.py: the summary here, each shard's log beside it)
+        tests) run tests ${TESTS_LIMIT:-300} $PY scripts/pytest_shards.py $SHARDS "$OUT/tests" \
                    tests/unit/test_attention_kernels.py tests/unit/test_fused_kernels.py tests/unit/test_gptq_kernel.py \
-                   tests/unit/test_sampler.py tests/unit/test_pdl.py ;;
+                   tests/unit/test_sampler.py tests/unit/test_pdl.py -- -q -rfE --durations=12 ;;
         # -v: a cut run still shows which tests passed and which one it was in
-        engine) run engine ${ENGINE_LIMIT:-300} $PY -m pytest -v -p no:cacheprovider -rfE --durations=12 tests/integration/test_gpu_engine.py ;;
+        engine) run engine ${ENGINE_LIMIT:-300} $PY scripts/pytest_shards.py $SHARDS "$OUT/engine" \
+                    tests/integration/test_gpu_engine.py -- -v -rfE --durations=12 ;;
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                since=$(mktemp)
                run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1
