@@ -39,6 +39,7 @@ CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL i
 
 from __future__ import annotations
 
+import argparse
 import ast
 import functools
 import gc
@@ -171,8 +172,16 @@ def label(setting: tuple[str, ...], took: tuple[str, ...]) -> str:
     return (" + ".join(setting) or "defaults") + (f" ({', '.join(missing)}: not available here)" if missing else "")
 
 
+def switch_names(value: str) -> list[str]:
+    names = value.split(",")
+    unknown = sorted(set(names) - set(SWITCHES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no such switch: {unknown}; the switches are {list(SWITCHES)}")
+    return names
+
+
 def add_arguments(ap) -> None:
-    ap.add_argument("--only", type=lambda v: v.split(","), default=list(SWITCHES), help="comma-separated switches (default: all)")
+    ap.add_argument("--only", type=switch_names, default=list(SWITCHES), help="comma-separated switches (default: all)")
     ap.add_argument("--skinny-configs", type=Path, default=None, help="the skinny GEMM's table, as bench_kernels.py --skinny-table wrote it")
 
 
@@ -181,8 +190,6 @@ def main() -> None:
     if args.skinny_configs is not None:
         SKINNY.clear()
         SKINNY.update(ast.literal_eval(args.skinny_configs.read_text()))
-    unknown = set(args.only) - set(SWITCHES)
-    assert not unknown, f"no such switch: {sorted(unknown)}; the switches are {SWITCHES}"
     if "skinny_gemm" in args.only:
         print(f"the skinny GEMM's table: {len(SKINNY)} entries, from {args.skinny_configs or 'a guess for o and down'}")
     settings = [s for s in SETTINGS if set(s) <= set(args.only)]

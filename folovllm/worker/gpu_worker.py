@@ -85,6 +85,7 @@ class Worker:
         # after it by the warm-up and graph capture (variants the pass did not reach).
         self.variants_compiled_ahead: int | None = None
         self.variants_compiled_late: int | None = None
+        self.compile_threads = compile_threads()  # read once: the pass and its log line agree
 
     @contextlib.contextmanager
     def timed_phase(self, name: str) -> Iterator[None]:
@@ -101,13 +102,12 @@ class Worker:
     def compile_kernels(self) -> None:
         """On a GPU, compile the Triton variants start-up will launch, on ``compile_threads()``
         threads at once, before the steps that launch them (``ModelRunner.compile_kernels``)."""
-        threads = compile_threads()
-        if self.device.type != "cuda" or threads < 2 or not can_compile_ahead():
+        if self.device.type != "cuda" or self.compile_threads < 2 or not can_compile_ahead():
             return
         before = total_compiled_variants()
         with self.timed_phase("compile kernels"):
             try:
-                self.model_runner.compile_kernels(threads)
+                self.model_runner.compile_kernels(self.compile_threads)
             except Exception:  # a start-up speed-up must not stop the engine: the warm-up compiles them as before
                 logger.warning("The parallel compile pass failed; the warm-up will compile each kernel variant as it "
                                "comes (FOLOVLLM_COMPILE_THREADS=0 skips the pass)", exc_info=True)  # fmt: skip
@@ -189,7 +189,7 @@ class Worker:
             self.variants_compiled_late = total_compiled_variants() - before
             logger.info(
                 "Triton kernel variants: %d compiled (or loaded from Triton's cache) on %d threads, %d more one by one in the warm-up and graph capture",
-                self.variants_compiled_ahead, compile_threads(), self.variants_compiled_late,
+                self.variants_compiled_ahead, self.compile_threads, self.variants_compiled_late,
             )  # fmt: skip
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:

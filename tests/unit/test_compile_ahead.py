@@ -138,7 +138,7 @@ def test_a_failing_compile_pass_leaves_the_engine_starting_as_without_it(tiny_mo
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(runner, "profile_run", lambda: runner._dummy_run([4], params))
     monkeypatch.setattr(model_runner, "compile_in_parallel", lambda threads: contextlib.nullcontext())  # steps run as they are
-    monkeypatch.setenv("FOLOVLLM_COMPILE_THREADS", "2")
+    monkeypatch.setattr(worker, "compile_threads", 2)  # FOLOVLLM_COMPILE_THREADS=2 when it started
     with caplog.at_level("WARNING"):
         worker.compile_kernels()
     assert "The parallel compile pass failed" in caplog.text and "injected compile failure" in caplog.text
