@@ -44,6 +44,20 @@ def test_every_kernel_variant_the_engine_uses_compiles_for_sm90():
     assert "_decode_stage1_kernel loop 0: " in run.stdout
 
 
+def test_gptq_and_skinny_gemm_tiles_fit_a_gpu_with_less_shared_memory_by_taking_fewer_stages():
+    """On sm_89 (RTX 4090, L40S: 99 KiB a block) float32 and per-row-group GPTQ tiles and the skinny
+    GEMM's widest tiles ask for more shared memory with 3 stages than the GPU gives; the launch then
+    takes a stage fewer (folovllm.utils.fit_stages) instead of failing. The script's stand-in launch
+    refuses such a kernel as Triton's launcher does."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "scripts/check_triton_compile.py", "--arch", "89", "--cases", "gptq,skinny"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0 and "FAILED" not in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    compiled = [line for line in run.stdout.splitlines() if line.startswith("sm_89: ")]
+    late = int(run.stdout.split("variants the calls compiled after the parallel pass: ")[1].split()[0])
+    assert compiled and late > 0, run.stdout[-2000:]  # the refused variants, compiled again with fewer stages
+
+
 def test_programs_per_sm_follows_cudas_occupancy_rules():
     # (registers, warps, dynamic shared bytes): registers go to warps in units of 256 (65 a thread ->
     # 2,304 a warp: 28 one-warp programs, not 31); every block also takes 1 KiB of shared memory (two

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
+from folovllm.utils.fit_stages import launch_fitting_stages
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
 
 # The rows it serves: below, the one-row / few-row GEMV or cuBLAS; above, a batch is compute-heavy
@@ -123,8 +124,8 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, i
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), num_splits)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     partials = torch.empty(num_splits if num_splits > 1 else 0, m, n, dtype=torch.float32, device=x.device)
-    _skinny_gemm_kernel[grid](
-        x, w, out, partials, _tile_counters(x.device, max(4096, triton.next_power_of_2(grid[0] * grid[1]))), m, n, k, k_steps_per_split, num_splits, x.stride(0), w.stride(0), out.stride(0),
+    launch_fitting_stages(
+        _skinny_gemm_kernel, grid, x, w, out, partials, _tile_counters(x.device, max(4096, triton.next_power_of_2(grid[0] * grid[1]))), m, n, k, k_steps_per_split, num_splits, x.stride(0), w.stride(0), out.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_PRECISION=dot_precision(x.dtype), **pdl_launch_args(x),
         LINE=128 // w.element_size(), num_warps=warps, num_stages=stages,
     )  # fmt: skip

@@ -26,6 +26,7 @@ import triton.language as tl
 
 from folovllm.model_executor.layers.quantization.gptq_packing import pack_rows, unpack_rows
 from folovllm.utils.device import dot_precision, num_sms
+from folovllm.utils.fit_stages import launch_fitting_stages
 
 # Decode batches up to this many rows take the split-K configuration.
 _SPLIT_K_MAX_M = 64
@@ -120,10 +121,11 @@ def gptq_gemm(
     grid_mn = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     split = _split_k(grid_mn[0] * grid_mn[1], k, block_k, x.device) if m <= _SPLIT_K_MAX_M else 1
     out = torch.empty((split, m, n), dtype=torch.float32 if split > 1 else x.dtype, device=x.device)
-    _gptq_gemm_kernel[(*grid_mn, split)](
+    launch_fitting_stages(
+        _gptq_gemm_kernel, (*grid_mn, split),
         x, qweight, qzeros, scales, g_idx if g_idx is not None else qzeros, out, m, n, k, x.stride(0), k // split,
         GROUP_SIZE=group_size, BITS=bits, ZERO_OFFSET=zero_offset,
         DOT_PRECISION=dot_precision(x.dtype), ROW_GROUPS=g_idx is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=3,  # Triton's default
     )  # fmt: skip
     return out[0] if split == 1 else out.sum(dim=0).to(x.dtype)
