@@ -38,10 +38,11 @@ def collect(paths: list[str]) -> list[str]:
         sys.exit(run.returncode)
     ids = []
     for line in run.stdout.splitlines():  # the ids, then a blank line, then the count and any warnings
-        if not line.strip():
+        if "::" in line and not line.startswith(" "):
+            ids.append(line)
+        elif ids and not line.strip():
             break
-        ids.append(line)
-    return [i for i in ids if "::" in i]
+    return ids
 
 
 def deal(ids: list[str], shards: int) -> list[list[str]]:
