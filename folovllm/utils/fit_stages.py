@@ -18,11 +18,16 @@ from triton.runtime.errors import OutOfResources
 _STAGES_THAT_FIT: dict[tuple, int] = {}
 
 
+def _configuration(kernel, num_stages: int, args: tuple, kwargs: dict) -> tuple:
+    return (kernel, num_stages, *(a.dtype for a in args if isinstance(a, torch.Tensor)), *kwargs.items())
+
+
 def launch_fitting_stages(kernel, grid, *args, num_stages: int, **kwargs) -> None:
     """``kernel[grid](*args, num_stages=num_stages, **kwargs)``, with one stage fewer at a time while
     the GPU's shared memory cannot hold the stages' buffers (down to one, then the error stands)."""
-    key = (kernel, num_stages, *(a.dtype for a in args if isinstance(a, torch.Tensor)), *kwargs.items())
-    stages = _STAGES_THAT_FIT.get(key, num_stages)
+    stages = num_stages
+    if _STAGES_THAT_FIT:  # looked up only once a launch has been refused: naming the configuration takes ~2 us
+        stages = _STAGES_THAT_FIT.get(_configuration(kernel, num_stages, args, kwargs), num_stages)
     while True:
         try:
             kernel[grid](*args, num_stages=stages, **kwargs)
@@ -32,5 +37,5 @@ def launch_fitting_stages(kernel, grid, *args, num_stages: int, **kwargs) -> Non
             stages -= 1
             continue
         if stages != num_stages:
-            _STAGES_THAT_FIT[key] = stages
+            _STAGES_THAT_FIT[_configuration(kernel, num_stages, args, kwargs)] = stages
         return
