@@ -3,8 +3,8 @@ decode attention replayed from a CUDA graph (split-K factors at batch 1, bf16 ag
 at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0.6B's matmuls at
 decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4
 rows, the skinny GEMM by tiling and K split at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
-RMSNorm or SiLU-and-mul before it inside against the two kernels, a mixed batch through the
-prefill kernel's work list, the fused temperature sampler, the
+RMSNorm or SiLU-and-mul before it inside against the two kernels, a prompt beside 255 decodes
+all in the prefill kernel against the decodes in the decode kernel, the fused temperature sampler, the
 element-wise kernels at 1 to 1024 tokens against the bytes they move, and last, the longest: the
 prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
@@ -71,7 +71,9 @@ SCALES = {
         # (BLOCK_N, num_stages, V widened in registers); the engine's: 128, 3, yes
         fp8_decode_variants=[(64, 2, False), (128, 2, False), (128, 1, False), (64, 2, True), (128, 2, True),
                              (64, 3, True), (128, 3, True)],
-        mixed=(1024, 255, 600),  # one prompt of this length beside this many decodes at this context
+        # (prompt, decodes, their context): one prompt beside this many decodes; the second is a typical
+        # step with a prompt in a run of 1,000 prompts, 256 at a time (profile_step.py schedule 1000)
+        mixed=[(1024, 255, 600), (560, 255, 900)],
         vocab=151_936, sampler_batches=(1, 8, 64, 256), element_wise_tokens=(1, 256, 1024),
     ),
     "smoke": dict(
@@ -79,7 +81,7 @@ SCALES = {
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
         decode_in_graphs=[(1, 40, (1, 2)), (3, (8, 40), (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False), (32, 2, True)],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4, 8), prefill_matmul_rows=(16,),
-        mixed=(40, 3, 24), vocab=1000, sampler_batches=(1, 3), element_wise_tokens=(1, 5),
+        mixed=[(40, 3, 24)], vocab=1000, sampler_batches=(1, 3), element_wise_tokens=(1, 5),
     ),
 }  # fmt: skip
 BLOCK_SIZE = 16
@@ -531,26 +533,48 @@ def element_wise(scale: dict, bw: float, baseline=None) -> None:
 
 
 def mixed_batch(scale: dict) -> None:
-    """One prompt beside many decodes (1024 tokens and 255 decodes at context 600 on the GPU): the
-    work list launches 16 + 255 tiles, where a (longest query x sequences) grid would launch 16 x 256."""
+    """One prompt beside many decodes, as a step holds them when a finished sequence's slot goes to
+    a waiting prompt (a run with more prompts than ``max_num_seqs``; ``profile_step.py schedule``).
+    The engine sends the whole step through the prefill kernel, a 64-row query tile per decode and
+    query head. Priced against the route it does not take (yet): the decodes first in the batch,
+    through the decode kernel at the engine's split rule, then the prefill kernel on the prompt's
+    tiles alone. Both routes write one output, checked equal before they are timed in turn."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
-    block_size = BLOCK_SIZE
-    prompt_len, num_decodes, ctx = scale["mixed"]
-    query_lens, seq_lens = [prompt_len] + [1] * num_decodes, [prompt_len] + [ctx] * num_decodes
-    blocks = [-(-n // block_size) for n in seq_lens]
-    k_cache = torch.randn(sum(blocks), block_size, kv_heads, head_dim, dtype=dtype, device=dev)
-    v_cache = torch.randn_like(k_cache)
-    block_table = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=dev)
-    start = 0
-    for i, nb in enumerate(blocks):
-        block_table[i, :nb] = torch.arange(start, start + nb, dtype=torch.int32, device=dev)
-        start += nb
-    qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
-    q = torch.randn(sum(query_lens), heads, head_dim, dtype=dtype, device=dev)
-    tiles = torch.from_numpy(prefill_tiles(query_lens, prefill_block_sizes(head_dim)[0])).to(dev)
-    lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
-    t = device_time(lambda: paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, tiles, head_dim**-0.5))
-    print(f"mixed   1 x {prompt_len} prompt + {num_decodes} decodes (ctx {ctx}), {len(tiles)} tiles: {t * 1e6:8.1f} us")
+    block_size, block_m = BLOCK_SIZE, prefill_block_sizes(head_dim)[0]
+    for prompt_len, num_decodes, ctx in scale["mixed"]:
+        query_lens, seq_lens = [1] * num_decodes + [prompt_len], [ctx] * num_decodes + [prompt_len]
+        blocks = [-(-n // block_size) for n in seq_lens]
+        k_cache = torch.randn(sum(blocks), block_size, kv_heads, head_dim, dtype=dtype, device=dev)
+        v_cache = torch.randn_like(k_cache)
+        block_table = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=dev)
+        start = 0
+        for i, nb in enumerate(blocks):
+            block_table[i, :nb] = torch.arange(start, start + nb, dtype=torch.int32, device=dev)
+            start += nb
+        qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+        q = torch.randn(sum(query_lens), heads, head_dim, dtype=dtype, device=dev)
+        lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
+        # the engine's work list (heaviest first), and the prompt's tiles alone
+        every_tile = torch.from_numpy(prefill_tiles(query_lens, block_m, heaviest_first=True, seq_lens=seq_lens)).to(dev)
+        prompt_tiles = torch.from_numpy(prefill_tiles([0] * num_decodes + [prompt_len], block_m, heaviest_first=True, seq_lens=seq_lens)).to(dev)
+        splits = num_kv_splits(num_decodes, kv_heads, ctx, num_sms(torch.device(dev)))
+        one_kernel, two_kernels = torch.empty_like(q), torch.empty_like(q)
+
+        def through_prefill_kernel():
+            paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, every_tile, head_dim**-0.5, out=one_kernel)
+
+        def decodes_through_decode_kernel():
+            paged_decode_attention(q[:num_decodes], k_cache, v_cache, block_table[:num_decodes], lens[:num_decodes], head_dim**-0.5,
+                                   num_kv_splits=splits, out=two_kernels[:num_decodes])  # fmt: skip
+            paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, prompt_tiles, head_dim**-0.5, out=two_kernels)
+
+        through_prefill_kernel()
+        decodes_through_decode_kernel()
+        torch.testing.assert_close(two_kernels, one_kernel, atol=2e-2, rtol=2e-2)
+        us = in_turn([through_prefill_kernel, decodes_through_decode_kernel], reps=10)
+        print(f"mixed   1 x {prompt_len} prompt + {num_decodes} decodes (ctx {ctx}), us in turn: all in the prefill kernel "
+              f"({len(every_tile)} tiles) {us[0]} / the decodes in the decode kernel ({splits} split(s)), then the prompt's "
+              f"{len(prompt_tiles)} tiles {us[1]}")  # fmt: skip
 
 
 def sampler(scale: dict, bw: float, baseline=None) -> None:

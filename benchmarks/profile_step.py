@@ -8,6 +8,7 @@
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off; wall by call
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held, against their floor
     python benchmarks/profile_step.py prompts       # the throughput workload's first step (prompts only): wall, GPU, by kernel
+    python benchmarks/profile_step.py schedule [N]  # what the throughput workload's steps with prompt tokens hold, N prompts (CPU, no model)
     python benchmarks/profile_step.py copies        # does a copy from pageable host memory wait for the GPU?
 
 Every view also runs on the CPU (a small model; kernels then lists operators): a check of the script
@@ -17,6 +18,7 @@ before GPU time is spent on it. host measures only the CPU anyway.
 import cProfile
 import functools
 import gc
+import itertools
 import pstats
 import sys
 import time
@@ -52,7 +54,7 @@ def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False,
 def _step_without_the_model(engine, i: int, k: int | None = None):
     """Step ``i``'s host work before the model (schedule; the worker's state, inputs and sampling
     settings), then its sampled tokens, made up (the model does not run); with ``k``, logprob rows
-    too: the token, then k others."""
+    too: the token, then k others. Returns the step's SchedulerOutput and that ModelRunnerOutput."""
     from folovllm.model_runner_output import LogprobsLists, ModelRunnerOutput
 
     runner, vocab = engine.executor.worker.model_runner, engine.config.model_config.get_vocab_size()
@@ -65,7 +67,13 @@ def _step_without_the_model(engine, i: int, k: int | None = None):
     if k is not None:
         ids = [[t] + [(t + 13 * j) % vocab for j in range(1, k + 1)] for t in tokens]
         lps = LogprobsLists(ids, [[-0.5 * j for j in range(k + 1)] for _ in tokens], [1] * len(tokens))
-    return ModelRunnerOutput(req_ids, tokens, lps)
+    return so, ModelRunnerOutput(req_ids, tokens, lps)
+
+
+def _computed_tokens(so) -> dict[str, int]:
+    """Each scheduled sequence's tokens already computed before the step ``so`` schedules."""
+    cached = so.scheduled_cached_reqs
+    return {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs} | dict(zip(cached.req_ids, cached.num_computed_tokens))
 
 
 def _process(engine, output) -> None:
@@ -133,7 +141,7 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
         k = params.get("logprobs")
 
         def step(i: int) -> None:
-            _process(engine, _step_without_the_model(engine, i, k))
+            _process(engine, _step_without_the_model(engine, i, k)[1])
 
         def report(label: str) -> None:
             per_step, in_gc = [], []
@@ -172,7 +180,7 @@ def logprobs_layouts(num_seqs: int = 256, k: int = 5, blocks: int = 20, steps: i
     from folovllm.sampling_params import RequestOutputKind
 
     def step(engine, i: int) -> float:
-        output = _step_without_the_model(engine, i, k)
+        output = _step_without_the_model(engine, i, k)[1]
         t0 = time.perf_counter()
         _process(engine, output)
         return time.perf_counter() - t0
@@ -462,6 +470,53 @@ def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
     return totals, put_back
 
 
+def schedule_view(num_prompts: int = 256, max_len: int = 1024, listed: int = 12) -> None:
+    """The throughput workload's steps as the scheduler makes them (the engine's defaults: a budget
+    of 16,384 tokens, 256 sequences at a time; bench_throughput's lengths and seed; ``num_prompts``
+    of them), the model left out: each step with prompt tokens (listed when there are at most
+    ``listed``), its one-token rows (sequences decoding) and their context, and the share of all
+    decoding's K/V reads made in such steps. Runs on the CPU in seconds and gives the steps a GPU
+    run makes, since the scheduler sees only token counts. (In the engine a step with prompt tokens
+    sends its one-token rows through the prefill kernel too: a 64-row query tile and a pass over the
+    context per query head each; ``bench_kernels.py``'s mixed rows price the other way.)"""
+    from folovllm import LLM, SamplingParams
+    from folovllm.utils.random_checkpoint import PRESETS
+
+    llm = LLM(get_checkpoint(None, "small", "cpu"), device="cpu", max_model_len=2 * max_len + 64, enforce_eager=True,
+              async_scheduling=False)  # fmt: skip
+    engine = llm.llm_engine
+    # Qwen3-0.6B's vocabulary draws the lengths the GPU run has (the ids are drawn with them); the ids
+    # are then folded into the small model's
+    wl = nano_vllm_workload(num_prompts, 100, max_len, max_len, PRESETS["qwen3-0.6b"]["vocab_size"])
+    vocab = engine.config.model_config.get_vocab_size()
+    for i, (p, n) in enumerate(zip(wl.prompts, wl.output_lens)):
+        engine.add_request(str(i), [t % vocab for t in p], SamplingParams(max_tokens=n, ignore_eos=True))
+    sc = engine.config.scheduler_config
+    print(f"the throughput workload ({num_prompts} sequences, prompts {sum(map(len, wl.prompts)):,} tokens), token budget "
+          f"{sc.max_num_batched_tokens:,}, {sc.max_num_seqs} sequences at a time")  # fmt: skip
+    mixed = []  # each step with prompt tokens: (step, tokens, prompt tokens, prompt sequences, its one-token rows' contexts)
+    decode_only_context = 0  # the K/V tokens that steps of decodes only read
+    for i in itertools.count():
+        if not engine.has_unfinished_requests():
+            break
+        so, output = _step_without_the_model(engine, i)  # schedules step i, then makes up its tokens
+        computed = _computed_tokens(so)
+        decodes = [computed[r] + 1 for r, n in so.num_scheduled_tokens.items() if n == 1]
+        prompt = [n for n in so.num_scheduled_tokens.values() if n > 1]
+        if prompt:
+            mixed.append((i, so.total_num_scheduled_tokens, sum(prompt), len(prompt), decodes))
+        else:
+            decode_only_context += sum(decodes)
+        _process(engine, output)
+    for step, tokens, prompt_tokens, prompts, decodes in mixed if len(mixed) <= listed else ():
+        print(f"  step {step}: {tokens:6,d} tokens: {prompt_tokens:6,d} prompt tokens of {prompts:3d} sequences, "
+              f"{len(decodes):3d} one-token rows (mean context {sum(decodes) / max(1, len(decodes)):4.0f})")  # fmt: skip
+    rows, context = sum(len(m[4]) for m in mixed), sum(sum(m[4]) for m in mixed)
+    print(f"  {i} steps, {len(mixed)} with prompt tokens ({sum(m[2] for m in mixed) / max(1, len(mixed)):,.0f} of them a step on "
+          f"average); in those {rows:,} one-token rows, mean context {context / max(1, rows):.0f} tokens, "
+          f"{context / max(1, context + decode_only_context):.1%} of all decoding's K/V reads")  # fmt: skip
+
+
 def tail() -> None:
     """The throughput workload step by step: how much of its time goes to which kind of step, and
     each kind's floor (bench_all's: a decode step reads every weight once and each sequence's whole
@@ -481,17 +536,19 @@ def tail() -> None:
     weight_bytes, kv_per_token = model_bytes(llm)
     bw = measure_copy_bandwidth("cuda" if cuda else "cpu", nbytes=(1 << 30) if cuda else (1 << 26))
     launch = engine._launch
-    steps = []  # (has prompt tokens, sequences, seconds since the previous launch, tokens of K/V context read)
+    # (has prompt tokens, sequences, seconds since the previous launch, tokens of K/V context read,
+    #  the context of each one-token row in a step with prompt tokens)
+    steps = []
     last = [time.perf_counter()]
 
     def timed_launch():
         so, handle = launch()
         now = time.perf_counter()
         prompts = bool(so.scheduled_new_reqs) or any(n > 1 for n in so.num_scheduled_tokens.values())
-        cached = so.scheduled_cached_reqs
-        computed = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs} | dict(zip(cached.req_ids, cached.num_computed_tokens))
+        computed = _computed_tokens(so)
         context = sum(computed[r] + n for r, n in so.num_scheduled_tokens.items())
-        steps.append((prompts, len(so.num_scheduled_tokens), now - last[0], context))
+        one_token_rows = [computed[r] + 1 for r, n in so.num_scheduled_tokens.items() if n == 1] if prompts else []
+        steps.append((prompts, len(so.num_scheduled_tokens), now - last[0], context, one_token_rows))
         last[0] = now
         return so, handle
 
@@ -505,12 +562,15 @@ def tail() -> None:
               "decode, 1-8 seqs": lambda p, b: not p and b <= 8}  # fmt: skip
     print(f"{num_seqs} sequences, {wl.num_output_tokens:,} output tokens in {total:.2f} s ({wl.num_output_tokens / total:,.0f} tok/s), {len(steps)} steps")
     for name, match in groups.items():
-        chosen = [(b, dt, ctx) for p, b, dt, ctx in steps if match(p, b)]
+        chosen = [(b, dt, ctx) for p, b, dt, ctx, _ in steps if match(p, b)]
         secs = sum(dt for _, dt, _ in chosen)
         line = f"  {name:20s} {len(chosen):5d} steps {secs:7.3f} s ({secs / total:4.0%}), {sum(b for b, _, _ in chosen):8,d} sequence-steps"
         if name.startswith("decode") and chosen:
             floor = sum(weight_bytes + kv_per_token * ctx for _, _, ctx in chosen) / bw
             line += f", floor {floor:.3f} s ({floor / secs:.0%} of it reached), {secs / len(chosen) * 1e3:.2f} ms a step against {floor / len(chosen) * 1e3:.2f}"
+        elif chosen:  # their decodes go through the prefill kernel
+            rows = [ctx for p, b, _, _, one_token_rows in steps if match(p, b) for ctx in one_token_rows]
+            line += f", of which {len(rows):,} one-token rows (decodes, mean context {sum(rows) / max(1, len(rows)):.0f})"
         print(line)
 
 
@@ -534,6 +594,8 @@ if __name__ == "__main__":
         prompt_step()
     elif mode == "copies":
         pageable_copies()
+    elif mode == "schedule":
+        schedule_view(*(int(a) for a in extra[:1]))
     else:
         prof = cProfile.Profile()
         prof.runcall(bench.main)

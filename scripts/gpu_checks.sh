@@ -22,7 +22,7 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session (written in the fifteenth to nineteenth, which had no GPU):
+# The plan for the next session (written in the fifteenth to twentieth, which had no GPU):
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
@@ -47,7 +47,10 @@
 #        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
 #        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
 #        o and down asked of cuBLAS transposed; the skinny GEMM at 8-256 rows by tiling and split against
-#        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed).
+#        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed);
+#        the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel, or in the decode
+#        kernel with the prompt's tiles alone after it (a clear win at 560 + 255 x 900 would justify
+#        building that route: docs/dev/performance.md section 27).
 #      - tests: the kernels' GPU tests (passed in full in the fourteenth session; since then the
 #        element-wise loads, the reads before the PDL wait, the last-split merge and the split-K skinny
 #        GEMM changed; the sweeps also check every configuration they time against F.linear or the

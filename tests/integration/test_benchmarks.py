@@ -77,7 +77,7 @@ GPU_STAGE_SCRIPTS = {
                        "    by how much (library time / its time): ",
                        "as (weight @ x.T).T, torch's default library, transposing copy included: M=8: ", ", at 2-4 rows: ",
                        "one row, q/k/v    64x32, two kernels / one, us by GEMV configuration: (4, 1024, 4): ", "one row, down ",
-                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x", "sampler B=",
+                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x 40 prompt + 3 decodes (ctx 24), us in turn: all in the prefill kernel (", "/ the decodes in the decode kernel (", "sampler B=",
                        "element-wise,     1 tokens: add + RMSNorm ", "    q/k norm + RoPE + KV write, today / baseline, us in turn: ",
                        "    add + RMSNorm, today / baseline, us in turn: ", "    SiLU and mul, today / baseline, us in turn: ",
                        "list as in a graph, heaviest first (the engine's) / batch order, TFLOP/s in turn: ", " ctx=8..40 ",
@@ -145,3 +145,22 @@ def test_the_prefill_views_kernel_breakdown_sums_each_kernels_calls():
 
     events = [event("gemm", 30.0), event("norm", 2.0), event("gemm", 25.0), event("attention", 40.0), event("norm", 3.0)]
     assert _gpu_time_by_name(events) == [("gemm", (55.0, 2)), ("attention", (40.0, 1)), ("norm", (5.0, 2))]
+
+
+def test_the_schedule_view_lists_every_prompt_token_of_the_gpu_workload_once():
+    """profile_step.py schedule: the GPU run's workload (its lengths, drawn with Qwen3's vocabulary),
+    each step with prompt tokens listed; their prompt tokens add up to the workload's, and their
+    one-token rows to the summary's."""
+    import re
+
+    run = subprocess.run([sys.executable, "benchmarks/profile_step.py", "schedule"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    total = int(re.search(r"256 sequences, prompts ([\d,]+) tokens", run.stdout).group(1).replace(",", ""))
+    steps = re.findall(r"step (\d+): +([\d,]+) tokens: +([\d,]+) prompt tokens of +\d+ sequences, +(\d+) one-token rows", run.stdout)
+    counts = [[int(x.replace(",", "")) for x in step] for step in steps]
+    assert [i for i, *_ in counts] == list(range(len(counts))) and len(counts) > 1
+    assert sum(prompt for _, _, prompt, _ in counts) == total
+    assert all(tokens == prompt + rows for _, tokens, prompt, rows in counts)
+    summary = re.search(r"(\d+) steps, (\d+) with prompt tokens .*; in those ([\d,]+) one-token rows", run.stdout)
+    assert summary is not None and int(summary.group(2)) == len(counts) < int(summary.group(1)), run.stdout[-2000:]
+    assert int(summary.group(3).replace(",", "")) == sum(r for *_, r in counts) > 0
