@@ -4,7 +4,8 @@ at batch 256, the FP8 kernel by keys per iteration and pipeline stages), Qwen3-0
 decode batch sizes against one read of their weights (cuBLAS, cuBLASLt, the Triton GEMV at 1-4
 rows, the skinny GEMM by tiling and K split at 8 and more) and at a prompt's rows in TFLOP/s, the one-row GEMV with the
 RMSNorm or SiLU-and-mul before it inside against the two kernels, a prompt beside 255 decodes
-all in the prefill kernel against the decodes in the decode kernel, the fused temperature sampler, the
+through the prefill kernel with and without the decodes taken by kv head, and through the decode
+kernel, the fused temperature sampler, the
 element-wise kernels at 1 to 1024 tokens against the bytes they move, and last, the longest: the
 prefill kernel by tile shape, warps, pipeline stages and work-list order.
 
@@ -535,10 +536,10 @@ def element_wise(scale: dict, bw: float, baseline=None) -> None:
 def mixed_batch(scale: dict) -> None:
     """One prompt beside many decodes, as a step holds them when a finished sequence's slot goes to
     a waiting prompt (a run with more prompts than ``max_num_seqs``; ``profile_step.py schedule``).
-    The engine sends the whole step through the prefill kernel, a 64-row query tile per decode and
-    query head. Priced against the route it does not take (yet): the decodes first in the batch,
-    through the decode kernel at the engine's split rule, then the prefill kernel on the prompt's
-    tiles alone. Both routes write one output, checked equal before they are timed in turn."""
+    Three routes, timed in turn after checking they write the same output: the whole step through
+    the prefill kernel, a 64-row query tile per decode and query head (the engine's default); the
+    same with the decodes taken one item per kv head (``DECODES_BY_KV_HEAD``); and, for scale, the
+    decodes through the decode kernel at the engine's split rule, then the prompt's tiles alone."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     block_size, block_m = BLOCK_SIZE, prefill_block_sizes(head_dim)[0]
     for prompt_len, num_decodes, ctx in scale["mixed"]:
@@ -556,25 +557,33 @@ def mixed_batch(scale: dict) -> None:
         lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
         # the engine's work list (heaviest first), and the prompt's tiles alone
         every_tile = torch.from_numpy(prefill_tiles(query_lens, block_m, heaviest_first=True, seq_lens=seq_lens)).to(dev)
+        marked = torch.from_numpy(prefill_tiles(query_lens, block_m, heaviest_first=True, seq_lens=seq_lens, decode_rows=True)).to(dev)
         prompt_tiles = torch.from_numpy(prefill_tiles([0] * num_decodes + [prompt_len], block_m, heaviest_first=True, seq_lens=seq_lens)).to(dev)
         splits = num_kv_splits(num_decodes, kv_heads, ctx, num_sms(torch.device(dev)))
-        one_kernel, two_kernels = torch.empty_like(q), torch.empty_like(q)
+        one_kernel, by_kv_head, two_kernels = torch.empty_like(q), torch.empty_like(q), torch.empty_like(q)
 
         def through_prefill_kernel():
-            paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, every_tile, head_dim**-0.5, out=one_kernel)
+            paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, every_tile, head_dim**-0.5, out=one_kernel,
+                                    decode_items=False)  # fmt: skip
+
+        def decodes_by_kv_head():
+            paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, marked, head_dim**-0.5, out=by_kv_head,
+                                    decode_items=True)  # fmt: skip
 
         def decodes_through_decode_kernel():
             paged_decode_attention(q[:num_decodes], k_cache, v_cache, block_table[:num_decodes], lens[:num_decodes], head_dim**-0.5,
                                    num_kv_splits=splits, out=two_kernels[:num_decodes])  # fmt: skip
             paged_prefill_attention(q, k_cache, v_cache, block_table, qsl, lens, prompt_tiles, head_dim**-0.5, out=two_kernels)
 
-        through_prefill_kernel()
-        decodes_through_decode_kernel()
+        routes = [through_prefill_kernel, decodes_by_kv_head, decodes_through_decode_kernel]
+        for route in routes:
+            route()
+        torch.testing.assert_close(by_kv_head, one_kernel, atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(two_kernels, one_kernel, atol=2e-2, rtol=2e-2)
-        us = in_turn([through_prefill_kernel, decodes_through_decode_kernel], reps=10)
+        us = in_turn(routes, reps=10)
         print(f"mixed   1 x {prompt_len} prompt + {num_decodes} decodes (ctx {ctx}), us in turn: all in the prefill kernel "
-              f"({len(every_tile)} tiles) {us[0]} / the decodes in the decode kernel ({splits} split(s)), then the prompt's "
-              f"{len(prompt_tiles)} tiles {us[1]}")  # fmt: skip
+              f"({len(every_tile)} tiles) {us[0]} / the decodes by kv head in it (DECODES_BY_KV_HEAD) {us[1]} / the decodes "
+              f"in the decode kernel ({splits} split(s)), then the prompt's {len(prompt_tiles)} tiles {us[2]}")  # fmt: skip
 
 
 def sampler(scale: dict, bw: float, baseline=None) -> None:

@@ -48,9 +48,10 @@
 #        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
 #        o and down asked of cuBLAS transposed; the skinny GEMM at 8-256 rows by tiling and split against
 #        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed);
-#        the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel, or in the decode
-#        kernel with the prompt's tiles alone after it (a clear win at 560 + 255 x 900 would justify
-#        building that route: docs/dev/performance.md section 27).
+#        the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel as 64-row tiles
+#        per query head (today), by kv head (DECODES_BY_KV_HEAD), or in the decode kernel with the
+#        prompt's tiles alone after it (a clear win by kv head at 560 + 255 x 900: turn it on;
+#        docs/dev/performance.md section 27; `engine` has its HF test).
 #      - tests: the kernels' GPU tests (passed in full in the fourteenth session; since then the
 #        element-wise loads, the reads before the PDL wait, the last-split merge and the split-K skinny
 #        GEMM changed; the sweeps also check every configuration they time against F.linear or the

@@ -226,3 +226,34 @@ def test_decode_splits_merged_in_the_last_split_program_in_replayed_and_eager_st
     assert replayed and eager and len({ptr for _, ptr, _ in calls}) == 1, calls
     assert all(nonzero == 0 for _, _, nonzero in calls), calls
     assert any(splits > 1 for splits, _, _ in replayed), replayed
+
+
+def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
+    """With ``DECODES_BY_KV_HEAD`` the work list of a step with prompt tokens marks its one-token rows
+    and the prefill kernel takes them one item per kv head, in replayed and eager steps alike (a
+    graph's list is data, so the same capture serves either); the tokens stay HF's."""
+    import folovllm.attention.backends.triton_backend as triton_backend
+    from folovllm import SamplingParams
+    from folovllm.attention.ops import triton_prefill_attention
+
+    monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
+    attend, calls = triton_backend.paged_prefill_attention, []
+
+    def spy(*args, **kwargs):
+        tiles = args[6]
+        calls.append((kwargs.get("decode_items"), int(((tiles[:, 0] >= 0) & (tiles[:, 1] < 0)).sum())))
+        return attend(*args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, "paged_prefill_attention", spy)
+    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]  # more prompts than seats
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    for eager in (False, True):
+        if eager:
+            graphs.mixed_sizes = []
+        calls.clear()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 12)
+        assert calls and all(flag is True for flag, _ in calls), calls
+        assert sum(marked for _, marked in calls) >= 2, calls  # decodes beside prompt tokens, taken by kv head
+    assert any(g.replays for (kind, _), g in graphs.graphs.items() if kind == "mixed")

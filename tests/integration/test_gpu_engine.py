@@ -215,6 +215,23 @@ def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_ea
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 20, device="cuda")
 
 
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_gpu_mixed_steps_with_decodes_by_kv_head_match_hf(tiny_model, monkeypatch, enforce_eager):
+    """DECODES_BY_KV_HEAD: in steps with prompt tokens the prefill kernel takes each decode as one
+    item per kv head. Seven uneven prompts for four seats and a 64-token budget: prompts and chunks
+    beside decodes in most steps, in the mixed graphs or eagerly."""
+    from folovllm import LLM, SamplingParams
+    from folovllm.attention.ops import triton_prefill_attention
+
+    monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
+    llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=4, max_num_batched_tokens=64,
+              enforce_eager=enforce_eager, **SMALL_KV_CACHE)  # fmt: skip
+    assert llm.llm_engine.executor.worker.model_runner.attn_backend.decodes_by_kv_head
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33, 3, 41])]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 20, device="cuda")
+
+
 @pytest.mark.parametrize("async_scheduling", [False, True])
 def test_gpu_prefix_caching_and_chunking_match_hf(tiny_model, async_scheduling):
     """Cache hits through the Triton kernels: a shared prefix, chunks of 16 tokens, and a second

@@ -248,6 +248,43 @@ def test_prefill_attention_masks_only_what_it_must_for_any_tile_shape(block_m, b
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
 
 
+@pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 4, 16), (4, 2, 32), (8, 2, 16), (8, 1, 16), (2, 1, 48)])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, "fp8"])
+def test_prefill_attention_takes_marked_one_token_rows_by_kv_head(num_heads, num_kv_heads, head_dim, cache_dtype):
+    """DECODES_BY_KV_HEAD: the list marks each one-token row (decodes, and a one-token prompt) and one
+    item per kv head takes the group's query heads as a tile's rows; every row still matches the
+    reference, beside prompt tiles, a chunk after cached context, a context of exactly one key tile
+    and one of several with a partial last tile."""
+    seq_lens, query_lens = [17, 40, 33, 9, 1, 64, 70], [17, 11, 1, 9, 1, 1, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, num_heads, num_kv_heads, head_dim, 8, seed=head_dim)
+    if cache_dtype == "fp8":
+        k_cache, v_cache = k_cache.to(FP8), v_cache.to(FP8)
+    scale = head_dim**-0.5
+    ref = paged_attention_ref(q.cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, scale)
+    tiles = prefill_tiles(query_lens, 16, heaviest_first=True, seq_lens=seq_lens, decode_rows=True)
+    assert sorted(s for s, m in tiles.tolist() if m == -1) == [2, 4, 5, 6]
+    out = paged_prefill_attention(
+        q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
+        torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), torch.from_numpy(tiles).to(DEVICE), scale,
+        block_m=16, block_n=16, decode_items=True,
+    )  # fmt: skip
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
+
+
+def test_marked_one_token_rows_are_left_alone_without_decode_items():
+    """A marked list and a kernel without decode items must not meet (the backend gives both the same
+    switch): the marked rows are skipped, so a mismatch shows as rows never written."""
+    seq_lens, query_lens = [20, 9], [20, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 16, 8, seed=1)
+    tiles = torch.from_numpy(prefill_tiles(query_lens, 16, decode_rows=True)).to(DEVICE)
+    args = (q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
+            torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE), tiles, 0.25)  # fmt: skip
+    out = paged_prefill_attention(*args, out=torch.full_like(q, 7.0), block_m=16, block_n=16, decode_items=False)
+    assert torch.all(out[20] == 7.0) and not torch.any(out[:20] == 7.0)
+    out = paged_prefill_attention(*args, out=torch.full_like(q, 7.0), block_m=16, block_n=16, decode_items=True)
+    assert not torch.any(out == 7.0)
+
+
 def test_prefill_tiles_cover_every_query_row_once_within_the_bound():
     import itertools
 

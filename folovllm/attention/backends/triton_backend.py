@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
-from folovllm.attention.ops import triton_decode_attention
+from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
 from folovllm.attention.ops.triton_decode_attention import NewTokenKV, paged_decode_attention
 from folovllm.attention.ops.triton_kv_store import store_kv_cache
 from folovllm.attention.ops.triton_prefill_attention import max_prefill_tiles, paged_prefill_attention, prefill_block_sizes, prefill_tiles
@@ -19,6 +19,7 @@ class TritonAttentionBackend(AttentionBackend):
         self.orders_decode_rows = triton_decode_attention.LONGEST_FIRST
         self.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN
         self.merges_decode_splits = triton_decode_attention.MERGE_IN_LAST_SPLIT
+        self.decodes_by_kv_head = triton_prefill_attention.DECODES_BY_KV_HEAD  # the work list and the kernel agree
 
     def make_decode_order(self, seq_lens: np.ndarray) -> np.ndarray:
         # longest first (ties in batch order)
@@ -26,7 +27,10 @@ class TritonAttentionBackend(AttentionBackend):
 
     def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray:
         # heaviest first: the kernel's programs take the list in rounds, balanced only in that order
-        return prefill_tiles(query_lens, prefill_block_sizes(head_dim)[0], heaviest_first=True, seq_lens=seq_lens)
+        return prefill_tiles(
+            query_lens, prefill_block_sizes(head_dim)[0], heaviest_first=True, seq_lens=seq_lens,
+            decode_rows=self.decodes_by_kv_head,
+        )  # fmt: skip
 
     def max_prefill_tiles(self, num_tokens: int, max_num_seqs: int, head_dim: int) -> int:
         return max_prefill_tiles(num_tokens, max_num_seqs, prefill_block_sizes(head_dim)[0])
@@ -38,7 +42,7 @@ class TritonAttentionBackend(AttentionBackend):
             return self.decode_with_new_token(q, None, k_cache, v_cache, attn_metadata, scale)
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
-            attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale,
+            attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale, decode_items=self.decodes_by_kv_head,
         )  # fmt: skip
 
     def decode_with_new_token(self, q, new_token: NewTokenKV | None, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float):

@@ -10,6 +10,15 @@ run a loop without it. Because it reads the context from the cache, the same
 kernel serves fresh prompts, later chunks of a chunked prefill, and mixed
 batches that also hold decode tokens.
 
+A decode row in a mixed step is a 64-row tile with one live row, once per query
+head: 64 rows of arithmetic for one, and a kv head's keys fetched once per
+query head. With ``DECODES_BY_KV_HEAD`` the list marks such a row (query tile
+-1) and one item per kv head takes it instead, the group's query heads as the
+rows of a 16-row tile, as the decode kernel does (docs/dev/performance.md
+section 27: a run with more prompts than ``max_num_seqs`` reads ~28% of its
+decoding K/V in such steps). Off until an H100 has timed it
+(``bench_kernels.py``'s mixed rows).
+
 The tile list is what lets a CUDA graph hold this kernel: a graph's list is as
 long as a batch of T tokens can need (``max_prefill_tiles``), its unused rows
 (-1, -1) at the end. The grid is at most two programs per SM, whatever the
@@ -31,6 +40,10 @@ from folovllm.utils.common import cdiv
 from folovllm.utils.device import dot_precision, num_sms
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
 
+
+# Mixed steps' one-token rows as one work item per kv head, the group's query heads as a tile's rows
+# (see the module docstring); the work list and the kernel must agree, so both read this.
+DECODES_BY_KV_HEAD = False
 
 # The engine's tile shapes hold two programs per SM on an H100 (registers and shared memory;
 # scripts/check_triton_compile.py checks it for sm_90): a grid of two per SM runs in one wave.
@@ -68,6 +81,8 @@ def _prefill_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
+    DECODE_ITEMS: tl.constexpr,
+    BLOCK_G: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(USE_PDL)
@@ -81,12 +96,21 @@ def _prefill_kernel(
     r = pid * 0 + 1  # (a tensor from the start: loop-carried values keep their type)
     b = tl.load(tiles_ptr + 2 * (w // NUM_HEADS), mask=w < num_items, other=-1)
     while b >= 0:
-        _prefill_item(
-            b, tl.load(tiles_ptr + 2 * (w // NUM_HEADS) + 1), w % NUM_HEADS, q_ptr, k_cache_ptr, v_cache_ptr,
-            block_table_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr, scale, stride_qt, stride_qh, stride_ot,
-            stride_oh, stride_bt, stride_cb, stride_cs, stride_ch, GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_M,
-            BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE,
-        )  # fmt: skip
+        m_block, h = tl.load(tiles_ptr + 2 * (w // NUM_HEADS) + 1), w % NUM_HEADS
+        if m_block >= 0:  # (always, unless DECODE_ITEMS)
+            _prefill_item(
+                b, m_block, h, q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, query_start_loc_ptr, seq_lens_ptr,
+                out_ptr, scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
+                GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_M, BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE,
+            )  # fmt: skip
+        if DECODE_ITEMS:
+            # a marked one-token row: the item of each group's first query head does the whole group
+            if (m_block < 0) & (h % GROUP == 0):
+                _decode_item(
+                    b, h, q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
+                    scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
+                    GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_G, BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE,
+                )  # fmt: skip
         w = r * num_programs + tl.where(r % 2 == 0, pid, num_programs - 1 - pid)
         r += 1
         b = tl.load(tiles_ptr + 2 * (w // NUM_HEADS), mask=w < num_items, other=-1)
@@ -152,6 +176,51 @@ def _prefill_item(
 
 
 @triton.jit
+def _decode_item(
+    b, h, q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
+    scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """The one query token of sequence ``b``, query heads h .. h + GROUP - 1 (one kv head) as the
+    rows of a tile: its attention over the whole context, each key read once for the group."""
+    q_start = tl.load(query_start_loc_ptr + b)
+    seq_len = tl.load(seq_lens_ptr + b)
+    heads = h + tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    g_mask = heads < h + GROUP
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + q_start * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+    q = to_compute_dtype(q, COMPUTE_DTYPE)
+    q_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + seq_len - 1  # every row is the last token: it sees every key
+    unmasked_end = seq_len // BLOCK_N * BLOCK_N
+    qk_scale = scale * 1.4426950408889634
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    block_table_row_ptr = block_table_ptr + b * stride_bt
+    kvh = h // GROUP
+    for n0 in range(0, unmasked_end, BLOCK_N):
+        acc, l_i, m_i = _attend_key_tile(
+            acc, l_i, m_i, q, q_pos, qk_scale, n0, unmasked_end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
+            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=False,
+        )  # fmt: skip
+    for n0 in range(unmasked_end, seq_len, BLOCK_N):  # the last, partial key tile
+        acc, l_i, m_i = _attend_key_tile(
+            acc, l_i, m_i, q, q_pos, qk_scale, n0, seq_len, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
+            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
+        )  # fmt: skip
+    out = acc / l_i[:, None]
+    tl.store(
+        out_ptr + q_start * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=g_mask[:, None] & d_mask[None, :],
+    )
+
+
+@triton.jit
 def _attend_key_tile(
     acc, l_i, m_i, q, q_pos, qk_scale, n0, end,
     k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
@@ -186,7 +255,7 @@ def prefill_block_sizes(head_dim: int) -> tuple[int, int]:
     return (64, 64) if head_dim <= 128 else (32, 32)
 
 
-def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False, seq_lens=None) -> np.ndarray:
+def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False, seq_lens=None, decode_rows: bool = False) -> np.ndarray:
     """The work list of a batch: int32 [num_tiles, 2] rows (sequence, query tile), by default in batch order.
 
     Under the causal mask a tile reads its sequence's cached context and its own prompt's keys up
@@ -210,6 +279,8 @@ def prefill_tiles(query_lens, block_m: int, heaviest_first: bool = False, seq_le
         context = np.asarray(seq_lens, dtype=np.int64) - query_lens if seq_lens is not None else np.zeros_like(query_lens)
         keys = context[seqs] + np.minimum((tiles[:, 1] + 1) * block_m, query_lens[seqs])
         tiles = tiles[np.argsort(-keys, kind="stable")]
+    if decode_rows:  # one-token rows as one item per kv head (DECODES_BY_KV_HEAD): query tile -1
+        tiles[query_lens[tiles[:, 0]] == 1, 1] = -1
     return tiles
 
 
@@ -233,6 +304,7 @@ def paged_prefill_attention(
     num_warps: int = 4,
     num_stages: int = 2,
     max_programs: int | None = None,
+    decode_items: bool | None = None,
 ) -> torch.Tensor:
     """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache).
 
@@ -241,7 +313,9 @@ def paged_prefill_attention(
     one it was built with (default: ``prefill_block_sizes(head_dim)``). The
     tile and launch options other than the defaults, and ``max_programs`` (the
     most programs launched; default two per SM), are for tests and
-    ``bench_kernels.py``'s sweep.
+    ``bench_kernels.py``'s sweep. ``decode_items`` (default ``DECODES_BY_KV_HEAD``): the list
+    may mark one-token rows (``prefill_tiles(..., decode_rows=True)``); a marked row is skipped
+    without it.
     """
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -257,7 +331,9 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         NUM_HEADS=num_heads, GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, PAGE_SIZE=page_size,
         BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
-        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), **pdl_launch_args(q),
+        COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
+        DECODE_ITEMS=DECODES_BY_KV_HEAD if decode_items is None else decode_items,
+        BLOCK_G=max(16, triton.next_power_of_2(num_heads // num_kv_heads)), **pdl_launch_args(q),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
