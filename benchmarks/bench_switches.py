@@ -16,6 +16,10 @@ Switches a GPU run decides on:
   per layer at 1-32 sequences;
 * ``longest_first``: decode steps start their sequences' attention programs longest first
   (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
+* ``decodes_by_kv_head``: in steps with prompt tokens, the prefill kernel takes each decode as one
+  work item per kv head (``triton_prefill_attention.DECODES_BY_KV_HEAD``) instead of a 64-row tile
+  per query head; it acts where a step holds prompts and decodes together, as most steps do when a
+  run has more prompts than ``max_num_seqs`` (``--num-seqs 1000``), not in the default workload;
 * ``skinny_gemm``: at 5 to 256 rows, the Triton skinny GEMM (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``):
   by default for o and down, the two projections cuBLAS read at 21-34% of copy bandwidth, K split
   4 ways, a guess; ``--skinny-configs FILE`` gives it the table ``bench_kernels.py --skinny-table
@@ -35,6 +39,7 @@ GPU: python benchmarks/bench_switches.py               (Qwen3-0.6B shapes, bf16;
 CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL is not available there)
      [--only SWITCH,...]   the defaults and these switches alone (the batch-1 step too, where they act there)
      [--skinny-configs FILE]
+     [--num-seqs N]        prompts in the throughput workload (the engine runs 256 at a time)
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.bench_all import ms_spread, ttft
 from benchmarks.common import nano_vllm_workload, parse_scaled_args, timed
 from folovllm import LLM, SamplingParams
-from folovllm.attention.ops import triton_decode_attention
+from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
 from folovllm.utils import pdl
 from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
@@ -64,7 +69,7 @@ SCALES = {
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
-SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "skinny_gemm")
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "decodes_by_kv_head", "skinny_gemm")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
 # Those that change a batch-1 step (the skinny GEMM takes 5 rows and more; the order, several sequences).
@@ -88,6 +93,7 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     triton_decode_attention.LONGEST_FIRST = "longest_first" in setting  # read by the next engine's backend
     triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
     triton_decode_attention.MERGE_IN_LAST_SPLIT = "merge_in_last_split" in setting  # likewise
+    triton_prefill_attention.DECODES_BY_KV_HEAD = "decodes_by_kv_head" in setting  # likewise
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = dict(SKINNY) if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
@@ -183,10 +189,14 @@ def switch_names(value: str) -> list[str]:
 def add_arguments(ap) -> None:
     ap.add_argument("--only", type=switch_names, default=list(SWITCHES), help="comma-separated switches (default: all)")
     ap.add_argument("--skinny-configs", type=Path, default=None, help="the skinny GEMM's table, as bench_kernels.py --skinny-table wrote it")
+    ap.add_argument("--num-seqs", type=int, default=None, help="prompts in the throughput workload (default: the scale's)")
 
 
 def main() -> None:
     args, device, scale, model = parse_scaled_args(SCALES, runs=2, add_arguments=add_arguments)  # --runs: rounds over every setting
+    if args.num_seqs is not None:
+        scale = {**scale, "num_seqs": args.num_seqs}
+    print(f"throughput workload: {scale['num_seqs']} prompts of up to {scale['max_len']} tokens")
     if args.skinny_configs is not None:
         SKINNY.clear()
         SKINNY.update(ast.literal_eval(args.skinny_configs.read_text()))

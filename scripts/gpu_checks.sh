@@ -11,7 +11,7 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, kernel (256 and 1 sequences, idle gaps) and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
-# the new token in the decode kernel, the last-split merge, decode programs longest first and the skinny GEMM, each alone against the defaults: a batch-1
+# the new token in the decode kernel, the last-split merge, decode programs longest first, decodes by kv head in the prefill kernel and the skinny GEMM, each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
 # first part alone; `startup` is bench_startup.py (LLM(...) in fresh processes: an empty Triton cache with
 # and without start-up's parallel compile pass, then a warm cache).
@@ -50,8 +50,9 @@
 #        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed);
 #        the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel as 64-row tiles
 #        per query head (today), by kv head (DECODES_BY_KV_HEAD), or in the decode kernel with the
-#        prompt's tiles alone after it (a clear win by kv head at 560 + 255 x 900: turn it on;
-#        docs/dev/performance.md section 27; `engine` has its HF test).
+#        prompt's tiles alone after it (a clear win by kv head at 560 + 255 x 900: turn it on, after
+#        `SWITCHES_ONLY=decodes_by_kv_head SWITCHES_NUM_SEQS=1000 ... switches` if time allows, a run of
+#        1,000 prompts 256 at a time; docs/dev/performance.md section 27; `engine` has its HF test).
 #      - tests: the kernels' GPU tests (passed in full in the fourteenth session; since then the
 #        element-wise loads, the reads before the PDL wait, the last-split merge and the split-K skinny
 #        GEMM changed; the sweeps also check every configuration they time against F.linear or the
@@ -133,7 +134,7 @@ for stage in $stages; do
         # (SWITCHES_ONLY=name,...: the defaults and those alone; the skinny GEMM takes $SKINNY_TABLE where a
         # `kernels` stage or a carried file left one)
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ${SWITCHES_ONLY:+--only "$SWITCHES_ONLY"} \
-                      $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
+                      ${SWITCHES_NUM_SEQS:+--num-seqs "$SWITCHES_NUM_SEQS"} $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
         # only the first part (one engine: ~30-40 s expected, not yet timed)
         step) run step ${STEP_LIMIT:-90} $PY benchmarks/bench_switches.py --runs 0 ;;
         # three fresh processes, two of them compiling every variant (not yet timed: ~60 s expected)

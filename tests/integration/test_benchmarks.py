@@ -99,7 +99,7 @@ GPU_STAGE_SCRIPTS = {
     "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
                  ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "  fused_gemv + fuse_new_token: ", "  merge_in_last_split: ",
                   "  fused_gemv + fuse_new_token + merge_in_last_split: ", "round 1, defaults: TPOT ", "round 1, merge_in_last_split: ",
-                  "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, longest_first: ", "round 1, skinny_gemm: ",
+                  "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, longest_first: ", "round 1, decodes_by_kv_head: ", "round 1, skinny_gemm: ",
                   "greedy outputs equal to round 1 with the defaults: 8/8", "skinny_gemm / defaults (medians over all rounds): TPOT "]),
     "chunked": (["benchmarks/bench_chunked_prefill.py", "--scale", "cpu"], ["chunked, budget 1024"]),
     "startup": (["benchmarks/bench_startup.py", "--scale", "cpu"],
@@ -122,14 +122,16 @@ def test_gpu_stage_script_runs_on_the_cpu(name):
         SKINNY_TABLE.unlink()
 
 
-def test_bench_switches_runs_the_defaults_and_the_switches_named_with_the_skinny_table_given(tmp_path):
+def test_bench_switches_runs_the_defaults_and_the_switches_named_with_the_skinny_table_and_workload_given(tmp_path):
     table = tmp_path / "skinny.txt"
     table.write_text("{(1024, 2048, 256): (128, 64, 64, 4, 4, 4), (1024, 3072, 256): (64, 128, 64, 2, 4, 4)}\n")
-    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm", "--skinny-configs", str(table)]
+    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm", "--skinny-configs", str(table),
+            "--num-seqs", "5"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"the skinny GEMM's table: 2 entries, from {table}" in run.stdout
+    assert "throughput workload: 5 prompts of up to 64 tokens" in run.stdout
     rounds = [line.split(":")[0] for line in run.stdout.splitlines() if line.startswith("round ")]
     assert rounds == ["round 1, defaults", "round 1, skinny_gemm"], run.stdout[-3000:]
     assert "batch-1 step" not in run.stdout  # the skinny GEMM takes 5 rows and more: nothing to compare at one
