@@ -149,23 +149,10 @@ def _prefill_item(
     unmasked_end = tl.minimum((context_before + m_block * BLOCK_M) // BLOCK_N * BLOCK_N, end)
     qk_scale = scale * 1.4426950408889634  # log2(e): the softmax in base 2, exp2(x * log2(e)) = exp(x)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    block_table_row_ptr = block_table_ptr + b * stride_bt
-    for n0 in range(0, unmasked_end, BLOCK_N):
-        acc, l_i, m_i = _attend_key_tile(
-            acc, l_i, m_i, q, q_pos, qk_scale, n0, unmasked_end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
-            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=False,
-        )  # fmt: skip
-    for n0 in range(unmasked_end, end, BLOCK_N):
-        acc, l_i, m_i = _attend_key_tile(
-            acc, l_i, m_i, q, q_pos, qk_scale, n0, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
-            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
-        )  # fmt: skip
-
+    acc, l_i = _attend_context(
+        q, q_pos, qk_scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, kvh, offs_d,
+        d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
+    )  # fmt: skip
     # Every row saw at least key 0, so l_i > 0.
     out = acc / l_i[:, None]
     tl.store(
@@ -194,30 +181,43 @@ def _decode_item(
     q = to_compute_dtype(q, COMPUTE_DTYPE)
     q_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + seq_len - 1  # every row is the last token: it sees every key
     unmasked_end = seq_len // BLOCK_N * BLOCK_N
-    qk_scale = scale * 1.4426950408889634
-    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    block_table_row_ptr = block_table_ptr + b * stride_bt
-    kvh = h // GROUP
-    for n0 in range(0, unmasked_end, BLOCK_N):
-        acc, l_i, m_i = _attend_key_tile(
-            acc, l_i, m_i, q, q_pos, qk_scale, n0, unmasked_end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
-            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=False,
-        )  # fmt: skip
-    for n0 in range(unmasked_end, seq_len, BLOCK_N):  # the last, partial key tile
-        acc, l_i, m_i = _attend_key_tile(
-            acc, l_i, m_i, q, q_pos, qk_scale, n0, seq_len, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
-            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
-        )  # fmt: skip
+    acc, l_i = _attend_context(
+        q, q_pos, scale * 1.4426950408889634, unmasked_end, seq_len, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt,
+        h // GROUP, offs_d, d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N,
+        DOT_PRECISION=DOT_PRECISION,
+    )  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(
         out_ptr + q_start * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
         out.to(out_ptr.dtype.element_ty),
         mask=g_mask[:, None] & d_mask[None, :],
     )
+
+
+@triton.jit
+def _attend_context(
+    q, q_pos, qk_scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask,
+    stride_cb, stride_cs, stride_ch, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The rows of ``q`` (at positions ``q_pos``) over keys 0 .. end - 1 of kv head ``kvh``: the key
+    tiles before ``unmasked_end`` without a mask, the rest with it. Returns the unnormalised output
+    and the softmax sums."""
+    m_i = tl.full([q.shape[0]], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([q.shape[0]], dtype=tl.float32)
+    acc = tl.zeros(q.shape, dtype=tl.float32)
+    for n0 in range(0, unmasked_end, BLOCK_N):
+        acc, l_i, m_i = _attend_key_tile(
+            acc, l_i, m_i, q, q_pos, qk_scale, n0, unmasked_end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
+            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=False,
+        )  # fmt: skip
+    for n0 in range(unmasked_end, end, BLOCK_N):
+        acc, l_i, m_i = _attend_key_tile(
+            acc, l_i, m_i, q, q_pos, qk_scale, n0, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
+            offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
+        )  # fmt: skip
+    return acc, l_i
 
 
 @triton.jit
