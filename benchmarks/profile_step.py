@@ -18,7 +18,6 @@ before GPU time is spent on it. host measures only the CPU anyway.
 import cProfile
 import functools
 import gc
-import itertools
 import pstats
 import sys
 import time
@@ -74,6 +73,11 @@ def _computed_tokens(so) -> dict[str, int]:
     """Each scheduled sequence's tokens already computed before the step ``so`` schedules."""
     cached = so.scheduled_cached_reqs
     return {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs} | dict(zip(cached.req_ids, cached.num_computed_tokens))
+
+
+def _one_token_contexts(so, computed: dict[str, int]) -> list[int]:
+    """The context (keys read) of each sequence the step ``so`` gives one token."""
+    return [computed[r] + 1 for r, n in so.num_scheduled_tokens.items() if n == 1]
 
 
 def _process(engine, output) -> None:
@@ -496,18 +500,17 @@ def schedule_view(num_prompts: int = 256, max_len: int = 1024, listed: int = 12)
           f"{sc.max_num_batched_tokens:,}, {sc.max_num_seqs} sequences at a time")  # fmt: skip
     mixed = []  # each step with prompt tokens: (step, tokens, prompt tokens, prompt sequences, its one-token rows' contexts)
     decode_only_context = 0  # the K/V tokens that steps of decodes only read
-    for i in itertools.count():
-        if not engine.has_unfinished_requests():
-            break
+    i = 0
+    while engine.has_unfinished_requests():
         so, output = _step_without_the_model(engine, i)  # schedules step i, then makes up its tokens
-        computed = _computed_tokens(so)
-        decodes = [computed[r] + 1 for r, n in so.num_scheduled_tokens.items() if n == 1]
+        decodes = _one_token_contexts(so, _computed_tokens(so))
         prompt = [n for n in so.num_scheduled_tokens.values() if n > 1]
         if prompt:
             mixed.append((i, so.total_num_scheduled_tokens, sum(prompt), len(prompt), decodes))
         else:
             decode_only_context += sum(decodes)
         _process(engine, output)
+        i += 1
     for step, tokens, prompt_tokens, prompts, decodes in mixed if len(mixed) <= listed else ():
         print(f"  step {step}: {tokens:6,d} tokens: {prompt_tokens:6,d} prompt tokens of {prompts:3d} sequences, "
               f"{len(decodes):3d} one-token rows (mean context {sum(decodes) / max(1, len(decodes)):4.0f})")  # fmt: skip
@@ -547,7 +550,7 @@ def tail() -> None:
         prompts = bool(so.scheduled_new_reqs) or any(n > 1 for n in so.num_scheduled_tokens.values())
         computed = _computed_tokens(so)
         context = sum(computed[r] + n for r, n in so.num_scheduled_tokens.items())
-        one_token_rows = [computed[r] + 1 for r, n in so.num_scheduled_tokens.items() if n == 1] if prompts else []
+        one_token_rows = _one_token_contexts(so, computed) if prompts else []
         steps.append((prompts, len(so.num_scheduled_tokens), now - last[0], context, one_token_rows))
         last[0] = now
         return so, handle

@@ -147,14 +147,10 @@ def _prefill_item(
     # overlap the diagonal do.
     end = tl.minimum(seq_len, context_before + (m_block + 1) * BLOCK_M)
     unmasked_end = tl.minimum((context_before + m_block * BLOCK_M) // BLOCK_N * BLOCK_N, end)
-    qk_scale = scale * 1.4426950408889634  # log2(e): the softmax in base 2, exp2(x * log2(e)) = exp(x)
-
-    acc, l_i = _attend_context(
-        q, q_pos, qk_scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, kvh, offs_d,
+    out = _attend_context(
+        q, q_pos, scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, kvh, offs_d,
         d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
     )  # fmt: skip
-    # Every row saw at least key 0, so l_i > 0.
-    out = acc / l_i[:, None]
     tl.store(
         out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
         out.to(out_ptr.dtype.element_ty),
@@ -181,12 +177,10 @@ def _decode_item(
     q = to_compute_dtype(q, COMPUTE_DTYPE)
     q_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + seq_len - 1  # every row is the last token: it sees every key
     unmasked_end = seq_len // BLOCK_N * BLOCK_N
-    acc, l_i = _attend_context(
-        q, q_pos, scale * 1.4426950408889634, unmasked_end, seq_len, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt,
-        h // GROUP, offs_d, d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N,
-        DOT_PRECISION=DOT_PRECISION,
+    out = _attend_context(
+        q, q_pos, scale, unmasked_end, seq_len, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, h // GROUP,
+        offs_d, d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
     )  # fmt: skip
-    out = acc / l_i[:, None]
     tl.store(
         out_ptr + q_start * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
         out.to(out_ptr.dtype.element_ty),
@@ -196,12 +190,12 @@ def _decode_item(
 
 @triton.jit
 def _attend_context(
-    q, q_pos, qk_scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask,
+    q, q_pos, scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask,
     stride_cb, stride_cs, stride_ch, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """The rows of ``q`` (at positions ``q_pos``) over keys 0 .. end - 1 of kv head ``kvh``: the key
-    tiles before ``unmasked_end`` without a mask, the rest with it. Returns the unnormalised output
-    and the softmax sums."""
+    """The attention output of the rows of ``q`` (at positions ``q_pos``) over keys 0 .. end - 1 of kv
+    head ``kvh``: the key tiles before ``unmasked_end`` without a mask, the rest with it."""
+    qk_scale = scale * 1.4426950408889634  # log2(e): the softmax in base 2, exp2(x * log2(e)) = exp(x)
     m_i = tl.full([q.shape[0]], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([q.shape[0]], dtype=tl.float32)
     acc = tl.zeros(q.shape, dtype=tl.float32)
@@ -217,7 +211,7 @@ def _attend_context(
             offs_d, d_mask, stride_cb, stride_cs, stride_ch,
             PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
         )  # fmt: skip
-    return acc, l_i
+    return acc / l_i[:, None]  # every row saw at least key 0, so l_i > 0
 
 
 @triton.jit
