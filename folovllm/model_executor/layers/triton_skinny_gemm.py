@@ -43,6 +43,7 @@ MIN_ROWS, MAX_ROWS = 5, 256
 # warps, stages), where bench_kernels.py measured it faster than every library on an H100.
 SKINNY_GEMM_CONFIGS: dict[tuple[int, int, int], tuple[int, int, int, int, int, int]] = {}
 
+
 def rows_bucket(m: int) -> int:
     """The row count ``SKINNY_GEMM_CONFIGS`` keys ``m`` rows by: m rounded up to a power of two, at least 8."""
     return max(8, triton.next_power_of_2(m))
