@@ -257,3 +257,59 @@ def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(g
         assert calls and all(flag is True for flag, _ in calls), calls
         assert sum(marked for _, marked in calls) >= 2, calls  # decodes beside prompt tokens, taken by kv head
     assert any(g.replays for (kind, _), g in graphs.graphs.items() if kind == "mixed")
+
+
+# The stand-in's "capture" runs the forward on whatever the buffers hold (as a real capture does): the
+# skinny GEMM's products of that garbage may be NaN. The replays' tokens are checked against HF.
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")
+def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
+    """The switches that wait for an H100 to time them, all on in one engine (a GPU session turns
+    the winners on together): decode programs longest first, the new token in the decode kernel,
+    the splits merged in their last program, mixed steps' decodes by kv head, and the split-K
+    skinny GEMM for every matmul of 5 to 256 rows. Replayed and eager steps each do what each
+    switch says, and the tokens stay HF's. (The fused one-row GEMV takes 16-bit weights only: its
+    own test above compares float16 engines.)"""
+    import folovllm.attention.backends.triton_backend as triton_backend
+    import folovllm.model_executor.layers.dispatch as dispatch
+    import folovllm.model_executor.layers.triton_skinny_gemm as skinny
+    from folovllm import SamplingParams
+    from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
+    from tests.fixtures.tiny_models import skinny_gemm_table, spy_on_weight_shapes
+
+    for switch in ("LONGEST_FIRST", "FUSE_NEW_TOKEN", "MERGE_IN_LAST_SPLIT"):
+        monkeypatch.setattr(triton_decode_attention, switch, True)
+    monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
+    monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", skinny_gemm_table(tiny_model))
+    monkeypatch.setattr(dispatch, "_triton_matmul_may_run", lambda x, weight, bias: bias is None)  # float32 weights too
+    skinny_shapes = spy_on_weight_shapes(monkeypatch, skinny, ("skinny_gemm",))["skinny_gemm"]
+    decode_attend, prefill_attend, calls = triton_backend.paged_decode_attention, triton_backend.paged_prefill_attention, []
+
+    def decode_spy(*args, **kwargs):
+        order, counters = kwargs.get("seq_order"), kwargs.get("split_counters")
+        calls.append(("decode", order is not None and counters is not None and kwargs.get("new_token") is not None, kwargs["num_kv_splits"]))
+        return decode_attend(*args, **kwargs)
+
+    def prefill_spy(*args, **kwargs):
+        tiles = args[6]
+        calls.append(("prefill", kwargs.get("decode_items") is True, int(((tiles[:, 0] >= 0) & (tiles[:, 1] < 0)).sum())))
+        return prefill_attend(*args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, "paged_decode_attention", decode_spy)
+    monkeypatch.setattr(triton_backend, "paged_prefill_attention", prefill_spy)
+    llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
+    prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]  # more prompts than seats
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    for eager in (False, True):
+        if eager:
+            graphs.decode_sizes, graphs.mixed_sizes = [], []
+        calls.clear()
+        skinny_shapes.clear()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
+        decodes, prefills = [c[1:] for c in calls if c[0] == "decode"], [c[1:] for c in calls if c[0] == "prefill"]
+        assert decodes and all(every_switch for every_switch, _ in decodes), decodes
+        assert prefills and all(by_kv_head for by_kv_head, _ in prefills) and sum(marked for _, marked in prefills) >= 2, prefills
+        assert skinny_shapes, "no matmul of 5 to 256 rows took the skinny GEMM"
+    replays = {kind for (kind, _), g in graphs.graphs.items() if g.replays}
+    assert replays == {"decode", "mixed"}, replays

@@ -163,6 +163,46 @@ def test_gpu_skinny_gemm_serves_the_matmuls_of_decode_batches_and_short_prompts(
         assert out.outputs[0].token_ids[:3] == expected[:3]
 
 
+@pytest.mark.parametrize("enforce_eager", [True, False])
+def test_gpu_every_speed_switch_at_once(tiny_model, monkeypatch, enforce_eager):
+    """Every switch that waits for an H100's timing, on together (a GPU session turns the winners on
+    at once): the fused one-row GEMV and the 2-4-row GEMV for every shape, the skinny GEMM at every
+    row bucket, decode programs longest first, the new token in the decode kernel, the splits merged
+    in their last program, mixed steps' decodes by kv head; PDL as by default. Prompts beside
+    decodes, batch-1 and padded decode steps: nothing compiles after start-up, and greedy output
+    agrees with HF in bf16 (the first tokens: the kernels sum in another order than cuBLAS)."""
+    import folovllm.model_executor.layers.triton_skinny_gemm as skinny
+    from folovllm import LLM, SamplingParams
+    from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
+    from folovllm.model_executor.layers import triton_gemv
+    from folovllm.utils.triton_variants import compiled_kernel_variants
+    from tests.fixtures.tiny_models import linear_weight_shapes, skinny_gemm_table, spy_on_gemv, spy_on_weight_shapes
+
+    for switch in ("LONGEST_FIRST", "FUSE_NEW_TOKEN", "MERGE_IN_LAST_SPLIT"):
+        monkeypatch.setattr(triton_decode_attention, switch, True)
+    monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
+    shapes = linear_weight_shapes(tiny_model).values()
+    configs = {s: (4, 1024, 4) for s in shapes}
+    few_rows = {(*s, rows): config for s in shapes for rows, config in ((2, (4, 1024, 4)), (4, (4, 512, 8)))}
+    monkeypatch.setattr(triton_gemv, "FEW_ROWS_GEMV_CONFIGS", few_rows)
+    gemv_seen = spy_on_gemv(monkeypatch, configs, fused_configs=configs)
+    monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", skinny_gemm_table(tiny_model))
+    skinny_seen = spy_on_weight_shapes(monkeypatch, skinny, ("skinny_gemm",))["skinny_gemm"]
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, max_num_batched_tokens=64,
+              enforce_eager=enforce_eager, **SMALL_KV_CACHE)  # fmt: skip
+    backend = llm.llm_engine.executor.worker.model_runner.attn_backend
+    assert backend.orders_decode_rows and backend.fuses_new_token and backend.merges_decode_splits and backend.decodes_by_kv_head
+    before = compiled_kernel_variants()
+    greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    batches = [[list(range(40, 90))], [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33, 3, 41, 12, 25, 8])]]
+    outs = [o for prompts in batches for o in llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)]
+    assert compiled_kernel_variants() == before
+    assert all(gemv_seen.values()) and skinny_seen, (gemv_seen, skinny_seen)
+    ref = hf_greedy(tiny_model, [p for prompts in batches for p in prompts], 12, device="cuda", dtype=torch.bfloat16)
+    for out, expected in zip(outs, ref):
+        assert out.outputs[0].token_ids[:3] == expected[:3]
+
+
 def test_gpu_async_equals_sync_with_preemption(tiny_model):
     from folovllm import LLM, SamplingParams
 
