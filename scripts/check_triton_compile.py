@@ -225,6 +225,14 @@ def _attention_cases():
                     yield (f"decode attention, {splits} splits merged in the last, new token fused in ({name})",
                            lambda s=splits, new=new, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
                                                                                          num_kv_splits=s, new_token=new, split_counters=counts))  # fmt: skip
+                # the three decode switches at once (a GPU session turns its winners on together)
+                every = dict(seq_order=torch.tensor([1, 0], dtype=torch.int32), new_token=new)
+                if splits > 1:
+                    every["split_counters"] = torch.zeros(2 * kv_heads, dtype=torch.int32)
+                merged = ", merged in the last" if splits > 1 else ""
+                yield (f"decode attention, {splits} split(s), longest first, new token fused in{merged} ({name})",
+                       lambda s=splits, every=every, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
+                                                                                         num_kv_splits=s, **every))  # fmt: skip
         if cache_dtype == FP8:  # a variant bench_kernels.py times (the engine's widens V in registers)
             yield (f"decode attention, 1 split, V through shared memory ({name})",
                    lambda: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, v_via_registers=False))  # fmt: skip
