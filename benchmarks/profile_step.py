@@ -249,6 +249,10 @@ def kernel_table(num_seqs: int = 256, prompt_len: int = 562, steps: int = 20) ->
             engine.step()
         sync(device)
     sort_by = "cuda_time_total" if cuda else "cpu_time_total"
+    from folovllm.utils import pdl
+
+    on = pdl.pdl_launch_args(torch.zeros(1, device=device))["USE_PDL"]
+    print(f"{num_seqs} sequences decoding, {steps} steps; PDL {'on: kernel times overlap (FOLOVLLM_PDL=0 turns it off)' if on else 'off'}")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=60))
     kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     _print_idle_gaps([e for e in prof.events() if e.device_type == kind], steps)

@@ -127,7 +127,9 @@ for stage in $stages; do
                run profile_tail 75 $PY benchmarks/profile_step.py tail
                run profile_prompts 60 $PY benchmarks/profile_step.py prompts
                run profile_decode256 75 $PY benchmarks/profile_step.py kernels 256
-               run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
+               # PDL off: with it a kernel starts early and waits inside for the one before, so the
+               # per-kernel times of a batch-1 step overlap and say nothing (fourteenth session)
+               FOLOVLLM_PDL=0 run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 455 s in all
         # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
