@@ -47,13 +47,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks import bench_fp8_kv
+from benchmarks import bench_fp8_kv, bench_switches
 from benchmarks.bench_gptq import compare as compare_gptq
 from benchmarks.bench_prefix_caching import SCALES as PREFIX_SCALES
 from benchmarks.bench_prefix_caching import compare as compare_prefix_caching
 from benchmarks.bench_roofline import BATCH_SIZES, markdown as roofline_markdown, model_bytes, plot as plot_roofline, sweep
 from benchmarks.common import (
-    get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, median_and_spread, nano_vllm_workload, sync, timed,
+    get_checkpoint, hf_generate_throughput, measure_copy_bandwidth, median_and_spread, ms_spread, nano_vllm_workload, sync, timed,
+    ttft,
 )  # fmt: skip
 from folovllm import LLM, SamplingParams
 from folovllm.utils.triton_variants import compiled_kernel_variants
@@ -79,18 +80,6 @@ def measure_matmul_flops(device: str, n: int, iters: int = 10) -> float:
         a @ b
     sync(device)
     return 2 * n**3 * iters / (time.perf_counter() - t0)
-
-
-def ttft(llm, device: str, prompt: list[int]) -> float:
-    """Seconds to the first token of ``prompt``, computed in full: the prefix cache is emptied first
-    (the runs repeat one prompt, and a hit would leave one block's worth of tokens to compute)."""
-    llm.reset_prefix_cache()
-    return timed(device, lambda: llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False))
-
-
-def ms_spread(secs: list[float]) -> str:
-    s = sorted(secs)
-    return f"{s[len(s) // 2] * 1e3:.2f} ms ({len(s)} runs, {s[0] * 1e3:.2f}-{s[-1] * 1e3:.2f})"
 
 
 def run_until_interrupted(parts: list[tuple[str, Callable[[], Any]]]) -> tuple[dict[str, Any], str | None]:
@@ -148,12 +137,17 @@ def main() -> None:
     ap.add_argument("--fp8-runs", type=int, default=1, help="timed runs per KV-cache dtype in (g) (0: skip)")
     ap.add_argument("--gptq", default="none", choices=["none", "qwen3-4b", "qwen3-8b"], help="model shape for (f); none skips it")
     ap.add_argument("--out", default="docs/benchmarks.md", help="the roofline plot goes beside it, as roofline.png")
+    ap.add_argument("--switches", type=bench_switches.switch_names, default=[],
+                    help="comma-separated speed switches to turn on for every engine (bench_switches.py's names), "
+                         "e.g. those a device session's switches stage found winning; the report names them")  # fmt: skip
+    ap.add_argument("--skinny-configs", type=Path, default=None, help="with --switches skinny_gemm: the table bench_kernels.py wrote")
     args = ap.parse_args()
     scale = SCALES["smoke" if args.smoke else "gpu"]
     device = "cpu" if args.smoke else "cuda"
     assert args.smoke or torch.cuda.is_available(), "bench_all.py needs a CUDA GPU (or --smoke)"
     model = get_checkpoint(args.model, scale["preset"], device)
     out_path = Path(args.out)
+    switches_on = bench_switches.apply_from_args(args.switches, args.skinny_configs, device)
 
     bw = measure_copy_bandwidth(device, nbytes=scale["copy_bytes"])
     flops = measure_matmul_flops(device, scale["matmul_n"])
@@ -285,7 +279,8 @@ def main() -> None:
         f"Measured {datetime.date.today()} on {machine}, torch {torch.__version__}, triton {triton.__version__}, "
         f"by `python benchmarks/bench_all.py{' --smoke' if args.smoke else ''}`.",
         f"Model: random weights with {scale['preset']}'s exact config, {scale['dtype']}, CUDA graphs {'off' if args.enforce_eager else 'on'}, "
-        f"async scheduling {'off' if args.sync else 'on'}.",
+        f"async scheduling {'off' if args.sync else 'on'}, "
+        f"speed switches beyond the defaults: {' + '.join(switches_on) if switches_on else 'none'}.",
         f"Workload (a): {scale['num_seqs']} sequences, input and output lengths uniform in {scale['min_len']}..{max_len} "
         f"(random token ids, temperature 0.6, ignore_eos), {wl.num_output_tokens:,} output tokens, {preemptions} preemptions; "
         f"{args.runs} timed runs, each shown.",

@@ -40,6 +40,8 @@ CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL i
      [--only SWITCH,...]   the defaults and these switches alone (the batch-1 step too, where they act there)
      [--skinny-configs FILE]
      [--num-seqs N]        prompts in the throughput workload (the engine runs 256 at a time)
+     [--together]          also every --only switch at once (the winners a device session picked,
+                           before ``bench_all.py --switches`` publishes figures with them)
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.bench_all import ms_spread, ttft
-from benchmarks.common import nano_vllm_workload, parse_scaled_args, timed
+from benchmarks.common import ms_spread, nano_vllm_workload, parse_scaled_args, timed, ttft
 from folovllm import LLM, SamplingParams
 from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
@@ -97,6 +98,15 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = dict(SKINNY) if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
+
+
+def apply_from_args(names: list[str], skinny_configs: Path | None, device: str) -> tuple[str, ...]:
+    """``apply`` for another script's ``--switches`` (and the skinny GEMM's table from a file where
+    given); returns the switches that took effect, for its report."""
+    if skinny_configs is not None:
+        SKINNY.clear()
+        SKINNY.update(ast.literal_eval(skinny_configs.read_text()))
+    return apply(tuple(names), device)
 
 
 def measure(model: str, device: str, scale: dict) -> dict:
@@ -190,6 +200,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--only", type=switch_names, default=list(SWITCHES), help="comma-separated switches (default: all)")
     ap.add_argument("--skinny-configs", type=Path, default=None, help="the skinny GEMM's table, as bench_kernels.py --skinny-table wrote it")
     ap.add_argument("--num-seqs", type=int, default=None, help="prompts in the throughput workload (default: the scale's)")
+    ap.add_argument("--together", action="store_true", help="also every --only switch at once, as one more setting")
 
 
 def main() -> None:
@@ -197,12 +208,12 @@ def main() -> None:
     if args.num_seqs is not None:
         scale = {**scale, "num_seqs": args.num_seqs}
     print(f"throughput workload: {scale['num_seqs']} prompts of up to {scale['max_len']} tokens")
-    if args.skinny_configs is not None:
-        SKINNY.clear()
-        SKINNY.update(ast.literal_eval(args.skinny_configs.read_text()))
+    apply_from_args([], args.skinny_configs, device)  # the table only; each setting turns its switches on below
     if "skinny_gemm" in args.only:
         print(f"the skinny GEMM's table: {len(SKINNY)} entries, from {args.skinny_configs or 'a guess for o and down'}")
     settings = [s for s in SETTINGS if set(s) <= set(args.only)]
+    if args.together and len(args.only) > 1:
+        settings.append(tuple(name for name in SWITCHES if name in args.only))
     step_settings = [s for s in STEP_SETTINGS if set(s) <= set(args.only)]
     if len(step_settings) > 1:  # something to compare with the defaults
         try:

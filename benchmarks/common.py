@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
+from folovllm import SamplingParams
 from folovllm.utils.random_checkpoint import cached_random_checkpoint
 
 
@@ -90,6 +91,18 @@ def timed(device: str, fn) -> float:
     fn()
     sync(device)
     return time.perf_counter() - t0
+
+
+def ttft(llm, device: str, prompt: list[int]) -> float:
+    """Seconds to the first token of ``prompt``, computed in full: the prefix cache is emptied first
+    (the runs repeat one prompt, and a hit would leave one block's worth of tokens to compute)."""
+    llm.reset_prefix_cache()
+    return timed(device, lambda: llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False))
+
+
+def ms_spread(secs: list[float]) -> str:
+    s = sorted(secs)
+    return f"{s[len(s) // 2] * 1e3:.2f} ms ({len(s)} runs, {s[0] * 1e3:.2f}-{s[-1] * 1e3:.2f})"
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:

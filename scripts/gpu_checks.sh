@@ -22,54 +22,56 @@
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
 # so send the measuring call straight after the deciding one and read both afterwards.
-# The plan for the next session (written in the fifteenth to twentieth, which had no GPU):
+# The plan for the next session (written in the fifteenth to twenty-first, which had no GPU). It picks
+# the switches and publishes figures with them in one session: call 1 decides, call 2 confirms and measures.
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
 #      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 540): `ENGINE_LIMIT=150 STEP_LIMIT=60 KERNELS_LIMIT=200 TESTS_LIMIT=100 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels tests` (42 engine tests, each an engine with its
+#      [".ab"], timeout 480): `ENGINE_LIMIT=150 STEP_LIMIT=60 KERNELS_LIMIT=200 BASELINE=.ab
+#      bash scripts/gpu_checks.sh engine step kernels` (46 engine tests, each an engine with its
 #      graphs: ~3-5 s apiece is the guess, the start-up test two fresh processes, all in 4 processes
 #      at once (nineteenth session; SHARDS=1 runs them in one); kernels ~73 s in the fourteenth
-#      session, plus ~40 s of skinny sweep; the kernels' GPU tests last, in 4 processes too)
+#      session, plus ~40 s of skinny sweep)
 #      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
 #        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
 #        in their last program (the one switch whose memory ordering only a GPU exercises) and the
-#        split-K skinny GEMM at every row bucket, which counts its programs in the same way; and
-#        start-up's parallel compile pass, which runs dummy steps with no kernel launched: the variants
-#        it compiles must be all that the warm-up and capture need, and nothing may fault);
+#        split-K skinny GEMM at every row bucket, which counts its programs in the same way; every
+#        switch at once (twenty-first session); and start-up's parallel compile pass, which runs dummy
+#        steps with no kernel launched: the variants it compiles must be all that the warm-up and
+#        capture need, and nothing may fault);
 #      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN), the
 #        splits merged in their last program (MERGE_IN_LAST_SPLIT), the first two together and all three,
-#        against the defaults, a batch-1 step in one engine (a clear win: turn it on, as
-#        bench_switches.apply does, and rerun bench);
+#        against the defaults, a batch-1 step in one engine (a candidate: a setting >= 2% faster);
 #      - kernels: element-wise and decode at batch 1, today / baseline; two kernels / one for the new token;
 #        "batch order / longest first" at
 #        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
 #        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
 #        o and down asked of cuBLAS transposed; the skinny GEMM at 8-256 rows by tiling and split against
-#        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: SKINNY_GEMM_CONFIGS once confirmed);
-#        the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel as 64-row tiles
-#        per query head (today), by kv head (DECODES_BY_KV_HEAD), or in the decode kernel with the
-#        prompt's tiles alone after it (a clear win by kv head at 560 + 255 x 900: turn it on, after
-#        `SWITCHES_ONLY=decodes_by_kv_head SWITCHES_NUM_SEQS=1000 ... switches` if time allows, a run of
-#        1,000 prompts 256 at a time; docs/dev/performance.md section 27; `engine` has its HF test).
-#      - tests: the kernels' GPU tests (passed in full in the fourteenth session; since then the
-#        element-wise loads, the reads before the PDL wait, the last-split merge and the split-K skinny
-#        GEMM changed; the sweeps also check every configuration they time against F.linear or the
-#        reference first).
-#   2. At once, on the warm machine: copy the returned skinny_gemm_configs.txt to .ab/ (carry [".ab"]),
-#      then (timeout ~330, what is left after ~30 s of start-up and call 1): `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=skinny_gemm
-#      SWITCHES_LIMIT=110 BENCH_LIMIT=110 bash scripts/gpu_checks.sh switches bench bench`:
-#      the engine with the measured table against the defaults (throughput, greedy outputs), then the
-#      figures of record twice, the start-up row without the transformers import (printed beside it),
-#      the FP8 row with its new decode default.
-#      The start-up row now has the engine's phases below the table (tokenizer, load model, memory
-#      profile, KV cache, warm-up, CUDA graphs; the config and the rest): what the 11.4-14.3 s was.
-#   3. If time is left: `startup` (~60 s: LLM(...) with an empty Triton cache, with the parallel
-#      compile pass and without, then warm), `tests` (if cut in 1), `views` (the 256-sequence
-#      kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is; the prompts
-#      view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on this CPU
-#      is ~3 ms of each, so it is the GPU's), `switches` (longest first on the whole workload).
+#        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: a non-empty table makes skinny_gemm a
+#        candidate); the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel as
+#        64-row tiles per query head (today), by kv head (DECODES_BY_KV_HEAD), or in the decode kernel
+#        with the prompt's tiles alone after it (by kv head faster at 560 + 255 x 900: a candidate;
+#        docs/dev/performance.md section 27).
+#   2. Read call 1 (the machine goes back meanwhile; a fresh one costs ~30 s of start-up and compiles
+#      its Triton variants again), copy the returned skinny_gemm_configs.txt to .ab/, and list the
+#      candidates as CANDIDATES=name,... (bench_switches.py's names). Then (carry [".ab"], timeout ~360):
+#      `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=$CANDIDATES SWITCHES_TOGETHER=1
+#      SWITCHES_RUNS=1 SWITCHES_LIMIT=200 BENCH_SWITCHES=$CANDIDATES BENCH_LIMIT=140
+#      bash scripts/gpu_checks.sh switches bench`: each candidate alone and all together against the
+#      defaults, each in its engine (TPOT, TTFT, throughput, greedy outputs), then the figures of record
+#      with all of them on (the report names them; two timed throughput runs), the start-up row with
+#      its phases and the transformers import beside it, the FP8 row with its new decode default.
+#      The next session without a GPU makes exactly those switches the defaults (or, where the
+#      together row lost to the defaults, says so beside the figures and leaves them as they were).
+#   3. If time is left: `tests` (the kernels' GPU tests, ~100 s in 4 processes: passed in full in the
+#      fourteenth session; since then the element-wise loads, the reads before the PDL wait, the
+#      last-split merge and the split-K skinny GEMM changed), `startup` (~60 s: LLM(...) with an empty
+#      Triton cache, with the parallel compile pass and without, then warm), `views` (the
+#      256-sequence kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is;
+#      the prompts view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on
+#      this CPU is ~3 ms of each, so it is the GPU's), `SWITCHES_ONLY=decodes_by_kv_head
+#      SWITCHES_NUM_SEQS=1000 ... switches` (1,000 prompts 256 at a time, where that switch acts).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
@@ -113,7 +115,9 @@ for stage in $stages; do
                     tests/integration/test_gpu_engine.py -- -v -rfE --durations=12 ;;
         bench) runs=$((runs + 1))  # name it twice to check the figures reproduce in one session
                since=$(mktemp)
-               run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1
+               # BENCH_SWITCHES=name,...: the figures with those speed switches on (the skinny GEMM with $SKINNY_TABLE)
+               run bench$runs ${BENCH_LIMIT:-540} $PY benchmarks/bench_all.py --skip-hf --prefix-runs 1 \
+                   ${BENCH_SWITCHES:+--switches "$BENCH_SWITCHES"} $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE")
                # cut by its time limit (exit 124), bench_all.py still writes what it measured before it
                if [ docs/benchmarks.md -nt "$since" ]; then
                    cp docs/benchmarks.md "$OUT/benchmarks$runs.md" && cp docs/roofline.png "$OUT/"
@@ -136,7 +140,8 @@ for stage in $stages; do
         # (SWITCHES_ONLY=name,...: the defaults and those alone; the skinny GEMM takes $SKINNY_TABLE where a
         # `kernels` stage or a carried file left one)
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ${SWITCHES_ONLY:+--only "$SWITCHES_ONLY"} \
-                      ${SWITCHES_NUM_SEQS:+--num-seqs "$SWITCHES_NUM_SEQS"} $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
+                      ${SWITCHES_NUM_SEQS:+--num-seqs "$SWITCHES_NUM_SEQS"} ${SWITCHES_TOGETHER:+--together} ${SWITCHES_RUNS:+--runs "$SWITCHES_RUNS"} \
+                      $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
         # only the first part (one engine: ~30-40 s expected, not yet timed)
         step) run step ${STEP_LIMIT:-90} $PY benchmarks/bench_switches.py --runs 0 ;;
         # three fresh processes, two of them compiling every variant (not yet timed: ~60 s expected)

@@ -20,14 +20,15 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- bench_all.py: begin -->\nold figures\n<!-- bench_all.py: end -->\n\n## History\n\nkept\n")
     run = subprocess.run(
-        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out)],
+        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "longest_first,merge_in_last_split"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmarks\n") and text.endswith("## History\n\nkept\n") and "old figures" not in text
     for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "Start-up by phase: tokenizer ", "first request after start-up",
-                "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype"):  # fmt: skip
+                "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype",
+                "speed switches beyond the defaults: longest_first + merge_in_last_split."):  # fmt: skip
         assert row in text, row
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -48,7 +49,7 @@ def test_a_bench_all_run_cut_by_a_time_limit_keeps_what_it_measured():
 
 def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
     """TTFT and throughput runs repeat their prompts: a prefix-cache hit would time less work."""
-    from benchmarks.bench_all import ttft
+    from benchmarks.common import ttft
     from benchmarks.bench_throughput import run_folovllm
     from benchmarks.common import nano_vllm_workload
     from folovllm import LLM
@@ -122,19 +123,20 @@ def test_gpu_stage_script_runs_on_the_cpu(name):
         SKINNY_TABLE.unlink()
 
 
-def test_bench_switches_runs_the_defaults_and_the_switches_named_with_the_skinny_table_and_workload_given(tmp_path):
+def test_bench_switches_runs_the_defaults_and_the_switches_named_alone_and_together_with_the_skinny_table_and_workload_given(tmp_path):
     table = tmp_path / "skinny.txt"
     table.write_text("{(1024, 2048, 256): (128, 64, 64, 4, 4, 4), (1024, 3072, 256): (64, 128, 64, 2, 4, 4)}\n")
-    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm", "--skinny-configs", str(table),
-            "--num-seqs", "5"]  # fmt: skip
+    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm,longest_first", "--together",
+            "--skinny-configs", str(table), "--num-seqs", "5"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"the skinny GEMM's table: 2 entries, from {table}" in run.stdout
     assert "throughput workload: 5 prompts of up to 64 tokens" in run.stdout
     rounds = [line.split(":")[0] for line in run.stdout.splitlines() if line.startswith("round ")]
-    assert rounds == ["round 1, defaults", "round 1, skinny_gemm"], run.stdout[-3000:]
-    assert "batch-1 step" not in run.stdout  # the skinny GEMM takes 5 rows and more: nothing to compare at one
+    assert rounds == ["round 1, defaults", "round 1, longest_first", "round 1, skinny_gemm", "round 1, longest_first + skinny_gemm"], run.stdout[-3000:]
+    assert "longest_first + skinny_gemm / defaults (medians over all rounds): TPOT " in run.stdout
+    assert "batch-1 step" not in run.stdout  # neither acts on a batch-1 step: nothing to compare there
 
 
 def test_the_prefill_views_kernel_breakdown_sums_each_kernels_calls():
