@@ -8,7 +8,7 @@
     python benchmarks/profile_step.py prefill       # one prompt: wall time vs GPU kernel time, graphs on and off; wall by call
     python benchmarks/profile_step.py tail          # the throughput workload's steps, grouped by what they held, against their floor
     python benchmarks/profile_step.py prompts       # the throughput workload's first step (prompts only): wall, GPU, by kernel
-    python benchmarks/profile_step.py schedule [N]  # what the throughput workload's steps with prompt tokens hold, N prompts (CPU, no model)
+    python benchmarks/profile_step.py schedule [N] [SEQS] [KV]  # the throughput workload's steps with prompt tokens, N prompts, SEQS at a time, a KV cache of KV tokens (an H100's by default; CPU, no model)
     python benchmarks/profile_step.py copies        # does a copy from pageable host memory wait for the GPU?
 
 Every view also runs on the CPU (a small model; kernels then lists operators): a check of the script
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmarks.bench_throughput as bench  # noqa: E402
 from benchmarks.common import get_checkpoint, measure_copy_bandwidth, nano_vllm_workload, sync, timed  # noqa: E402
+from folovllm.config import LARGE_GPU_BATCH_DEFAULTS  # noqa: E402
 
 
 def decoding_engine(num_seqs: int, prompt_len: int, enforce_eager: bool = False, async_scheduling: bool = False, **params):
@@ -478,20 +479,29 @@ def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
     return totals, put_back
 
 
-def schedule_view(num_prompts: int = 256, max_len: int = 1024, listed: int = 12) -> None:
-    """The throughput workload's steps as the scheduler makes them (the engine's defaults: a budget
-    of 16,384 tokens, 256 sequences at a time; bench_throughput's lengths and seed; ``num_prompts``
-    of them), the model left out: each step with prompt tokens (listed when there are at most
-    ``listed``), its one-token rows (sequences decoding) and their context, and the share of all
-    decoding's K/V reads made in such steps. Runs on the CPU in seconds and gives the steps a GPU
-    run makes, since the scheduler sees only token counts. (In the engine a step with prompt tokens
-    sends its one-token rows through the prefill kernel too: a 64-row query tile and a pass over the
-    context per query head each; ``bench_kernels.py``'s mixed rows price the other way.)"""
+# The KV cache an 80 GB H100 holds for Qwen3-0.6B in bf16 at gpu_memory_utilization 0.9, in tokens:
+# an estimate (~65 GiB left after weights, activations and graphs, 112 KiB a token); the engine's
+# start-up log prints the real count.
+H100_KV_TOKENS = 600_000
+
+
+def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DEFAULTS[1], kv_tokens: int = H100_KV_TOKENS,
+                  max_len: int = 1024, listed: int = 12) -> None:  # fmt: skip
+    """The throughput workload's steps as the scheduler makes them on an H100 (its defaults: a budget
+    of 16,384 tokens, ``max_num_seqs`` sequences at a time (vLLM's 1,024 there), a KV cache of
+    ``kv_tokens``; bench_throughput's lengths and seed; ``num_prompts`` of them), the model left
+    out: each step with prompt tokens (listed when there are at most ``listed``), its one-token rows
+    (sequences decoding) and their context, and the share of all decoding's K/V reads made in such
+    steps. Runs on the CPU in seconds and gives the steps a GPU run makes, since the scheduler sees
+    only token counts. (In the engine a step with prompt tokens sends its one-token rows through the
+    prefill kernel too: a 64-row query tile and a pass over the context per query head each;
+    ``bench_kernels.py``'s mixed rows price the other way.)"""
     from folovllm import LLM, SamplingParams
     from folovllm.utils.random_checkpoint import PRESETS
 
     llm = LLM(get_checkpoint(None, "small", "cpu"), device="cpu", max_model_len=2 * max_len + 64, enforce_eager=True,
-              async_scheduling=False)  # fmt: skip
+              async_scheduling=False, max_num_seqs=max_num_seqs, max_num_batched_tokens=LARGE_GPU_BATCH_DEFAULTS[0],
+              num_gpu_blocks_override=kv_tokens // 16)  # fmt: skip
     engine = llm.llm_engine
     # Qwen3-0.6B's vocabulary draws the lengths the GPU run has (the ids are drawn with them); the ids
     # are then folded into the small model's
@@ -501,7 +511,7 @@ def schedule_view(num_prompts: int = 256, max_len: int = 1024, listed: int = 12)
         engine.add_request(str(i), [t % vocab for t in p], SamplingParams(max_tokens=n, ignore_eos=True))
     sc = engine.config.scheduler_config
     print(f"the throughput workload ({num_prompts} sequences, prompts {sum(map(len, wl.prompts)):,} tokens), token budget "
-          f"{sc.max_num_batched_tokens:,}, {sc.max_num_seqs} sequences at a time")  # fmt: skip
+          f"{sc.max_num_batched_tokens:,}, {sc.max_num_seqs} sequences at a time, a KV cache of {kv_tokens:,} tokens")  # fmt: skip
     mixed = []  # each step with prompt tokens: (step, tokens, prompt tokens, prompt sequences, its one-token rows' contexts)
     decode_only_context = 0  # the K/V tokens that steps of decodes only read
     i = 0
@@ -521,7 +531,8 @@ def schedule_view(num_prompts: int = 256, max_len: int = 1024, listed: int = 12)
     rows, context = sum(len(m[4]) for m in mixed), sum(sum(m[4]) for m in mixed)
     print(f"  {i} steps, {len(mixed)} with prompt tokens ({sum(m[2] for m in mixed) / max(1, len(mixed)):,.0f} of them a step on "
           f"average); in those {rows:,} one-token rows, mean context {context / max(1, rows):.0f} tokens, "
-          f"{context / max(1, context + decode_only_context):.1%} of all decoding's K/V reads")  # fmt: skip
+          f"{context / max(1, context + decode_only_context):.1%} of all decoding's K/V reads; "
+          f"{engine.get_stats()['num_preemptions']} preemptions")  # fmt: skip
 
 
 def tail() -> None:
@@ -602,7 +613,7 @@ if __name__ == "__main__":
     elif mode == "copies":
         pageable_copies()
     elif mode == "schedule":
-        schedule_view(*(int(a) for a in extra[:1]))
+        schedule_view(*(int(a) for a in extra[:3]))  # [prompts] [max_num_seqs] [KV tokens]
     else:
         prof = cProfile.Profile()
         prof.runcall(bench.main)

@@ -32,8 +32,24 @@ BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 # kv_cache_dtype -> the cache tensor's dtype (None: the model's). FP8 is e4m3 with scale 1.0,
 # vLLM's default when a checkpoint ships no KV scales.
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
-# vLLM's offline (LLM class) token budget on an H100-class GPU; see docs/dev/milestone_5.md.
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 16384
+# vLLM's offline (``LLM`` class) batch limits, (token budget, sequences), by device
+# (vLLM's ``EngineArgs.get_batch_defaults``): a GPU of 70 GiB or more that is not an A100 (an H100,
+# an H200) gets the large ones, any other GPU the small ones (vLLM measured the large budget slower
+# on an A100). FoloVLLM's CPU path, which vLLM's CPU backend does not share, keeps the large budget
+# with 256 sequences. See docs/dev/milestone_5.md and docs/dev/performance.md section 28.
+LARGE_GPU_BATCH_DEFAULTS = (16384, 1024)
+GPU_BATCH_DEFAULTS = (8192, 256)
+CPU_BATCH_DEFAULTS = (16384, 256)
+LARGE_GPU_MEMORY = 70 * 2**30
+
+
+def batch_defaults(device: Optional[torch.device]) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) where the user set neither; ``device`` None: not known."""
+    if device is None or device.type != "cuda":
+        return CPU_BATCH_DEFAULTS
+    props = torch.cuda.get_device_properties(device)
+    large = props.total_memory >= LARGE_GPU_MEMORY and "a100" not in props.name.lower()
+    return LARGE_GPU_BATCH_DEFAULTS if large else GPU_BATCH_DEFAULTS
 
 
 def _bad(field_name: str, value: Any, why: str) -> ValueError:
@@ -166,8 +182,10 @@ class CacheConfig:
 class SchedulerConfig:
     """Limits of one engine step: how many sequences and tokens it may carry."""
 
+    # None: ``batch_defaults`` for the engine's device, as vLLM sets them (the budget no more than
+    # max_num_seqs full-length sequences hold, the sequences no more than the budget)
     max_num_batched_tokens: Optional[int] = None
-    max_num_seqs: int = 256
+    max_num_seqs: Optional[int] = None
     max_model_len: Optional[int] = None
     enable_chunked_prefill: bool = True
     # Launch step N+1 before step N's tokens reach the host (see LLMEngine).
@@ -175,7 +193,7 @@ class SchedulerConfig:
     async_scheduling: Optional[bool] = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:
+        if self.max_num_seqs is not None and (not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0):
             raise _bad("max_num_seqs", self.max_num_seqs, "must be a positive integer")
         if self.max_num_batched_tokens is not None and (
             not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens <= 0
@@ -188,13 +206,19 @@ class SchedulerConfig:
         if self.max_model_len is not None:
             self.set_max_model_len(self.max_model_len)
 
-    def set_max_model_len(self, max_model_len: int) -> None:
-        """Adopt the model's length limit and derive/check the token budget."""
+    def set_max_model_len(self, max_model_len: int, device: Optional[torch.device] = None) -> None:
+        """Adopt the model's length limit, fill in the batch limits the user left unset (the defaults
+        of ``device``), and check them."""
         self.max_model_len = max_model_len
+        default_tokens, default_seqs = batch_defaults(device)
+        seqs = self.max_num_seqs or default_seqs
         if self.max_num_batched_tokens is None:
-            # Without chunking, a whole prompt must fit in one step.
-            chunked = self.enable_chunked_prefill
-            self.max_num_batched_tokens = DEFAULT_MAX_NUM_BATCHED_TOKENS if chunked else max(max_model_len, DEFAULT_MAX_NUM_BATCHED_TOKENS)
+            # Without chunking, a whole prompt must fit in one step; no step holds more than
+            # max_num_seqs full-length sequences.
+            tokens = default_tokens if self.enable_chunked_prefill else max(max_model_len, default_tokens)
+            self.max_num_batched_tokens = min(tokens, seqs * max_model_len)
+        if self.max_num_seqs is None:
+            self.max_num_seqs = min(default_seqs, self.max_num_batched_tokens)
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < max_model_len:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than "
@@ -279,7 +303,7 @@ class EngineConfig:
         self.device_obj = resolve_device(self.device)
         check_kv_cache_dtype_on_device(self.cache_config.cache_dtype, self.device_obj)
         self.dtype = self.model_config.get_torch_dtype(self.device_obj)
-        self.scheduler_config.set_max_model_len(self.model_config.max_model_len)
+        self.scheduler_config.set_max_model_len(self.model_config.max_model_len, self.device_obj)
         self.parallel_config.check_model(self.model_config, self.device_obj)
 
     def get_kv_cache_dtype(self) -> torch.dtype:

@@ -47,8 +47,10 @@ class EngineArgs:
     enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of shared prompt prefixes (automatic prefix caching).")
     num_gpu_blocks_override: Optional[int] = _opt(None, "Use exactly this many KV-cache blocks instead of measuring memory.")
     cpu_kv_cache_space_gib: float = _opt(1.0, "KV-cache size in GiB when running on the CPU.")
-    max_num_batched_tokens: Optional[int] = _opt(None, "Token budget of one engine step (default: 16384 with chunked prefill).")
-    max_num_seqs: int = _opt(256, "Most sequences in one engine step.")
+    max_num_batched_tokens: Optional[int] = _opt(None, "Token budget of one engine step (default, as vLLM's: 16384 on a GPU "
+                                                 "of 70 GiB or more other than an A100, 8192 on other GPUs, 16384 on the CPU).")
+    max_num_seqs: Optional[int] = _opt(None, "Most sequences in one engine step (default, as vLLM's: 1024 on a GPU of 70 GiB "
+                                       "or more other than an A100, 256 on other GPUs and on the CPU).")  # fmt: skip
     enable_chunked_prefill: bool = _opt(True, "Split long prompts across steps so that decodes keep running.")
     async_scheduling: Optional[bool] = _opt(None, "Schedule the next step while the current one runs on the GPU "
                                             "(default: on; --no-async-scheduling turns it off).")  # fmt: skip

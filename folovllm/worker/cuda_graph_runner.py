@@ -8,9 +8,9 @@ whole forward once per size and replays it with a single launch.
 
 Two ladders of graphs share one memory pool:
 
-* decode graphs, per batch size (one token per sequence): the split-K decode
-  kernel. A step with ``n`` sequences runs the smallest graph >= n, the extra
-  rows padded (slot -1: nothing written; seq_len 0: nothing read);
+* decode graphs, per batch size (one token per sequence) up to 512: the split-K
+  decode kernel. A step with ``n`` sequences runs the smallest graph >= n, the
+  extra rows padded (slot -1: nothing written; seq_len 0: nothing read);
 * mixed graphs, per token count, for every other step (prompts, chunks,
   decodes mixed in): the prefill kernel, whose grid is the most work tiles
   any batch of that many tokens can need; the step's tile list fills the
@@ -36,6 +36,9 @@ from folovllm.attention.backends.abstract import AttentionMetadata
 from folovllm.worker.input_buffers import InputBuffers
 
 _DECODE_LADDER = [1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512]
+# vLLM's largest capture size (min(2 x max_num_seqs, 512)): a decode step of more sequences runs
+# eagerly, its launches hidden behind a step that long on the GPU.
+MAX_DECODE_GRAPH_SEQS = _DECODE_LADDER[-1]
 # Beyond ~4096 tokens a prefill's GPU time exceeds its launch time: eager costs nothing more.
 _MIXED_LADDER = [16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
 MAX_MIXED_GRAPH_TOKENS = _MIXED_LADDER[-1]
@@ -55,7 +58,7 @@ class CUDAGraphRunner:
         self.orders_decode_rows = attn_backend.orders_decode_rows
         self.max_model_len = max_model_len
         self.num_kv_splits_fn = num_kv_splits_fn
-        self.decode_sizes = _ladder(_DECODE_LADDER, max_num_seqs)
+        self.decode_sizes = _ladder(_DECODE_LADDER, min(max_num_seqs, MAX_DECODE_GRAPH_SEQS))
         mixed_sizes = _ladder(_MIXED_LADDER, min(max_num_batched_tokens, MAX_MIXED_GRAPH_TOKENS))
         self.tiles_for = {t: attn_backend.max_prefill_tiles(t, max_num_seqs, head_dim) for t in mixed_sizes}
         # A backend without a prefill work list (the plain-torch one) reads host lists: no mixed graphs.

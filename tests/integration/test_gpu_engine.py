@@ -203,6 +203,25 @@ def test_gpu_every_speed_switch_at_once(tiny_model, monkeypatch, enforce_eager):
         assert out.outputs[0].token_ids[:3] == expected[:3]
 
 
+def test_gpu_decode_steps_beyond_the_largest_graph_run_eagerly_without_compiling(tiny_model):
+    """vLLM's 1,024 sequences a step on an H100, but decode graphs only up to 512: 560 sequences
+    decode eagerly. Nothing compiles after start-up (those steps launch the variants the graphs and
+    the warm-up compiled), and the tokens are HF's (checked on a sample: a row's greedy tokens do not
+    depend on its neighbours in fp32)."""
+    from folovllm import LLM, SamplingParams
+    from folovllm.utils.triton_variants import compiled_kernel_variants
+
+    llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=600, max_num_batched_tokens=4096, **SMALL_KV_CACHE)
+    graphs = llm.llm_engine.executor.worker.model_runner.graph_runner
+    assert graphs.decode_sizes[-1] == 512 and graphs.graph_size(560, 560, decode=True) is None
+    before = compiled_kernel_variants()
+    prompts = [[(7 * i + j) % 500 + 3 for j in range(5 + i % 7)] for i in range(560)]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert compiled_kernel_variants() == before
+    sample = list(range(0, 560, 70))
+    assert [outs[i].outputs[0].token_ids for i in sample] == hf_greedy(tiny_model, [prompts[i] for i in sample], 4, device="cuda")
+
+
 def test_gpu_async_equals_sync_with_preemption(tiny_model):
     from folovllm import LLM, SamplingParams
 

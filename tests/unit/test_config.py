@@ -135,3 +135,57 @@ def test_parallel_config_checks_what_must_split_over_ranks():
         ParallelConfig(2, "ray")
     with pytest.raises(ValueError, match="'uni' runs one rank only"):
         ParallelConfig(2, "uni")
+
+
+@pytest.mark.parametrize(
+    "name,gib,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", 79.2, (16384, 1024)),
+        ("NVIDIA H200", 139.8, (16384, 1024)),
+        ("NVIDIA A100-SXM4-80GB", 79.2, (8192, 256)),  # vLLM measured the large budget slower there
+        ("NVIDIA L40S", 44.4, (8192, 256)),
+    ],
+)
+def test_batch_defaults_follow_vllm_by_gpu(monkeypatch, name, gib, expected):
+    """vLLM's LLM-class defaults: a GPU of 70 GiB or more that is not an A100 gets 16,384 tokens and
+    1,024 sequences a step, other GPUs 8,192 and 256; FoloVLLM's CPU path 16,384 and 256."""
+    from types import SimpleNamespace
+
+    from folovllm.config import batch_defaults
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(name=name, total_memory=int(gib * 2**30)))
+    gpu = torch.device("cuda", 0)
+    assert batch_defaults(gpu) == expected
+    assert batch_defaults(torch.device("cpu")) == batch_defaults(None) == (16384, 256)
+    sc = SchedulerConfig()
+    sc.set_max_model_len(40960, gpu)
+    assert (sc.max_num_batched_tokens, sc.max_num_seqs) == expected
+    # The default budget holds no more than max_num_seqs full-length sequences; the default
+    # sequences no more than the budget; what the user set stays.
+    sc = SchedulerConfig(max_num_seqs=4)
+    sc.set_max_model_len(160, gpu)
+    assert (sc.max_num_batched_tokens, sc.max_num_seqs) == (640, 4)
+    sc = SchedulerConfig(max_num_batched_tokens=64)
+    sc.set_max_model_len(160, gpu)
+    assert (sc.max_num_batched_tokens, sc.max_num_seqs) == (64, 64)
+    sc = SchedulerConfig(enable_chunked_prefill=False)
+    sc.set_max_model_len(40960, gpu)
+    assert sc.max_num_batched_tokens == 40960  # a whole prompt fits one step
+
+
+def test_decode_graphs_stop_at_512_sequences_as_vllms_captures_do():
+    """With vLLM's 1,024 sequences on an H100, decode graphs go up to 512 (vLLM's largest capture
+    size); a step of more sequences runs eagerly."""
+    from types import SimpleNamespace
+
+    from folovllm.worker.cuda_graph_runner import CUDAGraphRunner
+
+    backend = SimpleNamespace(orders_decode_rows=False, max_prefill_tiles=lambda tokens, seqs, head_dim: tokens // 64 + min(seqs, tokens))
+
+    def runner(max_num_seqs):
+        return CUDAGraphRunner(None, backend, None, max_num_seqs, 16384, 4, 2048, 128, torch.device("cpu"), lambda n, length: 1)
+
+    assert runner(1024).decode_sizes[-3:] == [384, 448, 512]
+    assert runner(1024).graph_size(600, 600, decode=True) is None
+    assert runner(1024).graph_size(500, 500, decode=True) == 512
+    assert runner(300).decode_sizes[-3:] == [224, 256, 300]
