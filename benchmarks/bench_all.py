@@ -161,6 +161,7 @@ def main() -> None:
     startup = time.perf_counter() - t0
     engine = llm.llm_engine
     phases = engine.startup_seconds
+    limits = engine.config.scheduler_config  # the batch limits the device's defaults gave
     worker = engine.executor.worker
     compiled_ahead = ""  # (whether they compiled or came from Triton's cache on disk, the phase's time says)
     if worker.variants_compiled_ahead is not None:
@@ -279,7 +280,8 @@ def main() -> None:
         f"Measured {datetime.date.today()} on {machine}, torch {torch.__version__}, triton {triton.__version__}, "
         f"by `python benchmarks/bench_all.py{' --smoke' if args.smoke else ''}`.",
         f"Model: random weights with {scale['preset']}'s exact config, {scale['dtype']}, CUDA graphs {'off' if args.enforce_eager else 'on'}, "
-        f"async scheduling {'off' if args.sync else 'on'}, "
+        f"async scheduling {'off' if args.sync else 'on'}, at most {limits.max_num_seqs:,} sequences and "
+        f"{limits.max_num_batched_tokens:,} tokens a step, "
         f"speed switches beyond the defaults: {' + '.join(switches_on) if switches_on else 'none'}.",
         f"Workload (a): {scale['num_seqs']} sequences, input and output lengths uniform in {scale['min_len']}..{max_len} "
         f"(random token ids, temperature 0.6, ignore_eos), {wl.num_output_tokens:,} output tokens, {preemptions} preemptions; "
