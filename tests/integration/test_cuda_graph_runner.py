@@ -228,6 +228,11 @@ def test_decode_splits_merged_in_the_last_split_program_in_replayed_and_eager_st
     assert any(splits > 1 for splits, _, _ in replayed), replayed
 
 
+def _marked_rows(tiles) -> int:
+    """One-token rows a prefill work list marks for DECODES_BY_KV_HEAD (query tile -1)."""
+    return int(((tiles[:, 0] >= 0) & (tiles[:, 1] < 0)).sum())
+
+
 def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
     """With ``DECODES_BY_KV_HEAD`` the work list of a step with prompt tokens marks its one-token rows
     and the prefill kernel takes them one item per kv head, in replayed and eager steps alike (a
@@ -241,7 +246,7 @@ def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(g
 
     def spy(*args, **kwargs):
         tiles = args[6]
-        calls.append((kwargs.get("decode_items"), int(((tiles[:, 0] >= 0) & (tiles[:, 1] < 0)).sum())))
+        calls.append((kwargs.get("decode_items"), _marked_rows(tiles)))
         return attend(*args, **kwargs)
 
     monkeypatch.setattr(triton_backend, "paged_prefill_attention", spy)
@@ -292,7 +297,7 @@ def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tin
 
     def prefill_spy(*args, **kwargs):
         tiles = args[6]
-        calls.append(("prefill", kwargs.get("decode_items") is True, int(((tiles[:, 0] >= 0) & (tiles[:, 1] < 0)).sum())))
+        calls.append(("prefill", kwargs.get("decode_items") is True, _marked_rows(tiles)))
         return prefill_attend(*args, **kwargs)
 
     monkeypatch.setattr(triton_backend, "paged_decode_attention", decode_spy)
