@@ -483,6 +483,19 @@ def _time_calls(targets: list) -> tuple[dict[str, float], Callable[[], None]]:
 # an estimate (~65 GiB left after weights, activations and graphs, 112 KiB a token); the engine's
 # start-up log prints the real count.
 H100_KV_TOKENS = 600_000
+# The schedule view's time model, from the fourteenth session's H100 run (docs/benchmarks.md): the
+# copy bandwidth bench_all measured, and the rate of the workload of record's steps with prompt
+# tokens (0.425 s for its 138,879 prompt tokens, the decodes beside them included).
+H100_COPY_BYTES_PER_S = 2.97e12
+H100_PROMPT_TOKENS_PER_S = 138_879 / 0.425
+
+
+def qwen3_bytes(config: dict) -> tuple[int, int]:
+    """(bytes of bf16 weights a decode step reads: every layer's and the LM head's, bytes of K/V a
+    token of context holds) for a Qwen3 config."""
+    h, q, kv, inter = config["hidden_size"], config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"], config["intermediate_size"]
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
+    return 2 * (config["num_hidden_layers"] * per_layer + config["vocab_size"] * h), config["num_hidden_layers"] * 2 * kv * 2
 
 
 def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DEFAULTS[1], kv_tokens: int = H100_KV_TOKENS,
@@ -514,6 +527,7 @@ def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DE
           f"{sc.max_num_batched_tokens:,}, {sc.max_num_seqs} sequences at a time, a KV cache of {kv_tokens:,} tokens")  # fmt: skip
     mixed = []  # each step with prompt tokens: (step, tokens, prompt tokens, prompt sequences, its one-token rows' contexts)
     decode_only_context = 0  # the K/V tokens that steps of decodes only read
+    decode_only_steps = 0
     i = 0
     while engine.has_unfinished_requests():
         so, output = _step_without_the_model(engine, i)  # schedules step i, then makes up its tokens
@@ -523,6 +537,7 @@ def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DE
             mixed.append((i, so.total_num_scheduled_tokens, sum(prompt), len(prompt), decodes))
         else:
             decode_only_context += sum(decodes)
+            decode_only_steps += 1
         _process(engine, output)
         i += 1
     for step, tokens, prompt_tokens, prompts, decodes in mixed if len(mixed) <= listed else ():
@@ -533,6 +548,15 @@ def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DE
           f"average); in those {rows:,} one-token rows, mean context {context / max(1, rows):.0f} tokens, "
           f"{context / max(1, context + decode_only_context):.1%} of all decoding's K/V reads; "
           f"{engine.get_stats()['num_preemptions']} preemptions")  # fmt: skip
+    # A time model of the run on an H100: decode rows at the floor (the weights once a step, every row's
+    # context at the copy bandwidth), prompt tokens at the workload of record's rate (its steps read the
+    # weights too). Steps as run take longer; the model compares schedules (seats, KV cache), it is
+    # not a figure.
+    weight_bytes, kv_bytes = qwen3_bytes(PRESETS["qwen3-0.6b"])
+    model_secs = (decode_only_steps * weight_bytes + (decode_only_context + context) * kv_bytes) / H100_COPY_BYTES_PER_S
+    model_secs += sum(m[2] for m in mixed) / H100_PROMPT_TOKENS_PER_S
+    print(f"  time model for Qwen3-0.6B on an H100 (decode rows at the floor, {H100_COPY_BYTES_PER_S / 1e12:.2f} TB/s; prompt "
+          f"tokens at {H100_PROMPT_TOKENS_PER_S:,.0f} a second): {model_secs:.2f} s, {wl.num_output_tokens / model_secs:,.0f} output tok/s")  # fmt: skip
 
 
 def tail() -> None:
