@@ -493,7 +493,8 @@ H100_PROMPT_TOKENS_PER_S = 138_879 / 0.425
 def qwen3_bytes(config: dict) -> tuple[int, int]:
     """(bytes of bf16 weights a decode step reads: every layer's and the LM head's, bytes of K/V a
     token of context holds) for a Qwen3 config."""
-    h, q, kv, inter = config["hidden_size"], config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"], config["intermediate_size"]
+    h, inter, d = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
     per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
     return 2 * (config["num_hidden_layers"] * per_layer + config["vocab_size"] * h), config["num_hidden_layers"] * 2 * kv * 2
 
