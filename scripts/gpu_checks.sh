@@ -20,8 +20,8 @@
 # tests ~150-200 s, after which the GPU engine tests had not reported one result when a 200 s limit
 # cut the stage (they still need timing); switches 127 s; kernels 73 s; bench 91-98 s; views:
 # copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
-# A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up,
-# so send the measuring call straight after the deciding one and read both afterwards.
+# A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up. The
+# plan below instead reads call 1 before sending call 2, and pays a fresh machine's start-up for it.
 # The plan for the next session (written in the fifteenth to twenty-first, which had no GPU). It picks
 # the switches and publishes figures with them in one session: call 1 decides, call 2 confirms and measures.
 #   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
