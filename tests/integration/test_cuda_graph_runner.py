@@ -158,23 +158,38 @@ def test_one_row_gemv_in_captured_and_eager_steps(graphed_llm, tiny_model, monke
     }
 
 
+def _greedy_replayed_then_eager(llm, graphs, tiny_model, prompts, max_tokens, eager, records) -> list[list]:
+    """Greedy ``prompts`` twice, each pass against HF: through the graphs, then with the runner's
+    ladders named in ``eager`` emptied, so those steps run eagerly. The spies' ``records`` (lists or
+    sets) are emptied before each pass (the graphs' capture leaves calls in them); returns what each
+    pass left in them: [replayed, eager], each a list in the order of ``records``."""
+    from folovllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    expected = hf_greedy(tiny_model, prompts, max_tokens)
+    passes = []
+    for eager_pass in (False, True):
+        if eager_pass:
+            for ladder in eager:
+                setattr(graphs, ladder, [])
+        for r in records:
+            r.clear()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == expected
+        passes.append([type(r)(r) for r in records])
+    return passes
+
+
 def _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record) -> list[list]:
     """Three uneven prompts (a 4-graph with one padding row) through an engine with graphs, then with
     decode steps eager, each against HF; ``record(args, kwargs)`` of every decode-attention call, per run."""
     import folovllm.attention.backends.triton_backend as triton_backend
-    from folovllm import SamplingParams
 
-    attend, runs = triton_backend.paged_decode_attention, [[]]  # the first: the graphs' capture
-    monkeypatch.setattr(triton_backend, "paged_decode_attention", lambda *a, **kw: runs[-1].append(record(a, kw)) or attend(*a, **kw))
+    attend, calls = triton_backend.paged_decode_attention, []
+    monkeypatch.setattr(triton_backend, "paged_decode_attention", lambda *a, **kw: calls.append(record(a, kw)) or attend(*a, **kw))
     llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17])]
-    for eager in (False, True):
-        if eager:
-            graphs.decode_sizes = []
-        runs.append([])
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
-    return runs[1:]
+    return [run for run, in _greedy_replayed_then_eager(llm, graphs, tiny_model, prompts, 8, ("decode_sizes",), [calls])]
 
 
 def test_decode_programs_longest_first_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
@@ -238,7 +253,6 @@ def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(g
     and the prefill kernel takes them one item per kv head, in replayed and eager steps alike (a
     graph's list is data, so the same capture serves either); the tokens stay HF's."""
     import folovllm.attention.backends.triton_backend as triton_backend
-    from folovllm import SamplingParams
     from folovllm.attention.ops import triton_prefill_attention
 
     monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
@@ -252,15 +266,9 @@ def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(g
     monkeypatch.setattr(triton_backend, "paged_prefill_attention", spy)
     llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]  # more prompts than seats
-    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-    for eager in (False, True):
-        if eager:
-            graphs.mixed_sizes = []
-        calls.clear()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 6)
-        assert calls and all(flag is True for flag, _ in calls), calls
-        assert sum(marked for _, marked in calls) >= 2, calls  # decodes beside prompt tokens, taken by kv head
+    for (calls_in_pass,) in _greedy_replayed_then_eager(llm, graphs, tiny_model, prompts, 6, ("mixed_sizes",), [calls]):
+        assert calls_in_pass and all(flag is True for flag, _ in calls_in_pass), calls_in_pass
+        assert sum(marked for _, marked in calls_in_pass) >= 2, calls_in_pass  # decodes beside prompt tokens, taken by kv head
     assert any(g.replays for (kind, _), g in graphs.graphs.items() if kind == "mixed")
 
 
@@ -277,7 +285,6 @@ def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tin
     import folovllm.attention.backends.triton_backend as triton_backend
     import folovllm.model_executor.layers.dispatch as dispatch
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
-    from folovllm import SamplingParams
     from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
     from tests.fixtures.tiny_models import skinny_gemm_table, spy_on_weight_shapes
 
@@ -304,17 +311,14 @@ def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tin
     monkeypatch.setattr(triton_backend, "paged_prefill_attention", prefill_spy)
     llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160)
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([3, 40, 17, 90, 9])]  # more prompts than seats
-    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    for eager in (False, True):
-        if eager:
-            graphs.decode_sizes, graphs.mixed_sizes = [], []
-        calls.clear()
-        skinny_shapes.clear()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 8)
-        decodes, prefills = [c[1:] for c in calls if c[0] == "decode"], [c[1:] for c in calls if c[0] == "prefill"]
+    passes = _greedy_replayed_then_eager(llm, graphs, tiny_model, prompts, 8, ("decode_sizes", "mixed_sizes"), [calls, skinny_shapes])
+    for calls_in_pass, shapes_in_pass in passes:
+        decodes = [c[1:] for c in calls_in_pass if c[0] == "decode"]
+        prefills = [c[1:] for c in calls_in_pass if c[0] == "prefill"]
         assert decodes and all(every_switch for every_switch, _ in decodes), decodes
         assert prefills and all(by_kv_head for by_kv_head, _ in prefills) and sum(marked for _, marked in prefills) >= 2, prefills
-        assert skinny_shapes, "no matmul of 5 to 256 rows took the skinny GEMM"
+        assert shapes_in_pass, "no matmul of 5 to 256 rows took the skinny GEMM"
+    # the graphs split (sized for max_model_len), so the last-split merge acted in them
+    assert any(c[0] == "decode" and c[2] > 1 for c in passes[0][0]), passes[0][0]
     replays = {kind for (kind, _), g in graphs.graphs.items() if g.replays}
     assert replays == {"decode", "mixed"}, replays
