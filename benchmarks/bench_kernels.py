@@ -73,7 +73,7 @@ SCALES = {
         fp8_decode_variants=[(64, 2, False), (128, 2, False), (128, 1, False), (64, 2, True), (128, 2, True),
                              (64, 3, True), (128, 3, True)],
         # (prompt, decodes, their context): one prompt beside this many decodes; the second is a typical
-        # step with a prompt in a run of 1,000 prompts, 256 at a time (profile_step.py schedule 1000)
+        # step with a prompt in a run of 1,000 prompts, 256 at a time (profile_step.py schedule 1000 256)
         mixed=[(1024, 255, 600), (560, 255, 900)],
         vocab=151_936, sampler_batches=(1, 8, 64, 256), element_wise_tokens=(1, 256, 1024),
     ),

@@ -18,8 +18,9 @@ Switches a GPU run decides on:
   (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
 * ``decodes_by_kv_head``: in steps with prompt tokens, the prefill kernel takes each decode as one
   work item per kv head (``triton_prefill_attention.DECODES_BY_KV_HEAD``) instead of a 64-row tile
-  per query head; it acts where a step holds prompts and decodes together, as most steps do when a
-  run has more prompts than ``max_num_seqs`` (``--num-seqs 1000``), not in the default workload;
+  per query head; it acts where a step holds prompts and decodes together: a run of 1,000 prompts
+  (``--num-seqs 1000``) holds 21% of its decoding's reads in such steps at an H100's 1,024 sequences
+  a step (preempted sequences coming back), 28% at 256; the default workload under 1%;
 * ``skinny_gemm``: at 5 to 256 rows, the Triton skinny GEMM (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``):
   by default for o and down, the two projections cuBLAS read at 21-34% of copy bandwidth, K split
   4 ways, a guess; ``--skinny-configs FILE`` gives it the table ``bench_kernels.py --skinny-table
@@ -39,7 +40,7 @@ GPU: python benchmarks/bench_switches.py               (Qwen3-0.6B shapes, bf16;
 CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL is not available there)
      [--only SWITCH,...]   the defaults and these switches alone (the batch-1 step too, where they act there)
      [--skinny-configs FILE]
-     [--num-seqs N]        prompts in the throughput workload (the engine runs 256 at a time)
+     [--num-seqs N]        prompts in the throughput workload (at most max_num_seqs at a time: 1,024 on an H100)
      [--together]          also every --only switch at once (the winners a device session picked,
                            before ``bench_all.py --switches`` publishes figures with them)
 """

@@ -544,8 +544,8 @@ def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DE
     for step, tokens, prompt_tokens, prompts, decodes in mixed if len(mixed) <= listed else ():
         print(f"  step {step}: {tokens:6,d} tokens: {prompt_tokens:6,d} prompt tokens of {prompts:3d} sequences, "
               f"{len(decodes):3d} one-token rows (mean context {sum(decodes) / max(1, len(decodes)):4.0f})")  # fmt: skip
-    rows, context = sum(len(m[4]) for m in mixed), sum(sum(m[4]) for m in mixed)
-    print(f"  {i} steps, {len(mixed)} with prompt tokens ({sum(m[2] for m in mixed) / max(1, len(mixed)):,.0f} of them a step on "
+    rows, context, prompt_tokens = sum(len(m[4]) for m in mixed), sum(sum(m[4]) for m in mixed), sum(m[2] for m in mixed)
+    print(f"  {i} steps, {len(mixed)} with prompt tokens ({prompt_tokens / max(1, len(mixed)):,.0f} of them a step on "
           f"average); in those {rows:,} one-token rows, mean context {context / max(1, rows):.0f} tokens, "
           f"{context / max(1, context + decode_only_context):.1%} of all decoding's K/V reads; "
           f"{engine.get_stats()['num_preemptions']} preemptions")  # fmt: skip
@@ -555,7 +555,7 @@ def schedule_view(num_prompts: int = 256, max_num_seqs: int = LARGE_GPU_BATCH_DE
     # not a figure.
     weight_bytes, kv_bytes = qwen3_bytes(PRESETS["qwen3-0.6b"])
     model_secs = (decode_only_steps * weight_bytes + (decode_only_context + context) * kv_bytes) / H100_COPY_BYTES_PER_S
-    model_secs += sum(m[2] for m in mixed) / H100_PROMPT_TOKENS_PER_S
+    model_secs += prompt_tokens / H100_PROMPT_TOKENS_PER_S
     print(f"  time model for Qwen3-0.6B on an H100 (decode rows at the floor, {H100_COPY_BYTES_PER_S / 1e12:.2f} TB/s; prompt "
           f"tokens at {H100_PROMPT_TOKENS_PER_S:,.0f} a second): {model_secs:.2f} s, {wl.num_output_tokens / model_secs:,.0f} output tok/s")  # fmt: skip
 

@@ -71,7 +71,8 @@
 #      256-sequence kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is;
 #      the prompts view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on
 #      this CPU is ~3 ms of each, so it is the GPU's), `SWITCHES_ONLY=decodes_by_kv_head
-#      SWITCHES_NUM_SEQS=1000 ... switches` (1,000 prompts 256 at a time, where that switch acts).
+#      SWITCHES_NUM_SEQS=1000 ... switches` (1,000 prompts, 1,024 at a time by the H100's defaults: 21% of
+#      decoding's reads in steps with prompt tokens, where that switch acts).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,

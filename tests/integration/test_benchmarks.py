@@ -49,9 +49,8 @@ def test_a_bench_all_run_cut_by_a_time_limit_keeps_what_it_measured():
 
 def test_repeated_timed_runs_compute_their_prompts_every_time(tiny_model):
     """TTFT and throughput runs repeat their prompts: a prefix-cache hit would time less work."""
-    from benchmarks.common import ttft
     from benchmarks.bench_throughput import run_folovllm
-    from benchmarks.common import nano_vllm_workload
+    from benchmarks.common import nano_vllm_workload, ttft
     from folovllm import LLM
 
     llm = LLM(str(tiny_model), device="cpu", max_model_len=128)
