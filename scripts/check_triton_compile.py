@@ -233,6 +233,13 @@ def _attention_cases():
                 yield (f"decode attention, {splits} split(s), longest first, new token fused in{merged} ({name})",
                        lambda s=splits, every=every, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
                                                                                          num_kv_splits=s, **every))  # fmt: skip
+                if cache_dtype == FP8:  # FP8_QUERY's variants, alone and with the three
+                    yield (f"decode attention, {splits} split(s), query in FP8 ({name})",
+                           lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s,
+                                                                   fp8_query=True))  # fmt: skip
+                    yield (f"decode attention, {splits} split(s), query in FP8, longest first, new token fused in{merged} ({name})",
+                           lambda s=splits, every=every, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
+                                                                                             num_kv_splits=s, fp8_query=True, **every))  # fmt: skip
         if cache_dtype == FP8:  # a variant bench_kernels.py times (the engine's widens V in registers)
             yield (f"decode attention, 1 split, V through shared memory ({name})",
                    lambda: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, v_via_registers=False))  # fmt: skip

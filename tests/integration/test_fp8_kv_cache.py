@@ -36,6 +36,31 @@ def test_fp8_cache_stays_close_to_the_float_cache(tiny_model):
     assert 0 < sum(deltas) / len(deltas) < 0.2  # not identical (it is FP8), not far
 
 
+def test_fp8_query_rounds_decode_queries_over_an_fp8_cache_only(tiny_model, monkeypatch):
+    """``FP8_QUERY``: decode steps over an FP8 cache round their query to e4m3 as well (vLLM's way
+    beside an FP8 cache on Hopper). Against the FP8 cache without it: the same first tokens (they
+    come from the prompt's step, which keeps its query), close but not equal logprobs after. Over a
+    cache in the model's dtype it changes nothing."""
+    from folovllm.attention.backends import abstract
+
+    plain_fp8, plain = _run(tiny_model, kv_cache_dtype="fp8"), _run(tiny_model)
+    monkeypatch.setattr(abstract, "FP8_QUERY", True)
+    llm = LLM(str(tiny_model), device="cpu", kv_cache_dtype="fp8")
+    assert llm.llm_engine.executor.worker.model_runner.attn_backend.fp8_query
+    rounded = [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS, use_tqdm=False)]
+    assert [o.token_ids[0] for o in rounded] == [o.token_ids[0] for o in plain_fp8]
+    deltas = []
+    for a, b in zip(plain_fp8, rounded):
+        for tok_a, tok_b, lp_a, lp_b in zip(a.token_ids, b.token_ids, a.logprobs, b.logprobs):
+            if tok_a != tok_b:
+                break
+            deltas.append(abs(lp_a[tok_a].logprob - lp_b[tok_b].logprob))
+    assert 0 < sum(deltas) / len(deltas) < 0.2
+    same = _run(tiny_model)
+    assert [o.token_ids for o in same] == [o.token_ids for o in plain]
+    assert [[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs)] for o in same] == [[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs)] for o in plain]
+
+
 def test_fp8_cache_is_exact_under_chunking_preemption_and_async(tiny_model):
     plain = [o.token_ids for o in _run(tiny_model, kv_cache_dtype="fp8")]
     stats = {}

@@ -18,6 +18,7 @@ from folovllm.attention.ops.triton_kv_store import store_kv_cache  # noqa: E402
 from folovllm.attention.ops.triton_prefill_attention import paged_prefill_attention, prefill_block_sizes, prefill_tiles  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FP8 = torch.float8_e4m3fn
 
 
 def _tiles(query_lens, block_m, pad_to=None):
@@ -149,17 +150,17 @@ def test_decode_splits_merged_in_the_last_split_program_equal_the_second_kernels
         paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=2, split_counters=counters[:9])
 
 
-@pytest.mark.parametrize("dtype,cache_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float16),
-                                               (torch.float16, torch.float8_e4m3fn)])  # fmt: skip
+@pytest.mark.parametrize("dtype,cache_dtype,fp8_query", [(torch.float32, torch.float32, False), (torch.float16, torch.float16, False),
+                                                         (torch.float16, FP8, False), (torch.float16, FP8, True)])  # fmt: skip
 @pytest.mark.parametrize("norm", [True, False])
 @pytest.mark.parametrize("num_kv_splits", [1, 3])
-def test_decode_attention_with_the_new_token_fused_in_matches_the_two_kernels(dtype, cache_dtype, norm, num_kv_splits):
+def test_decode_attention_with_the_new_token_fused_in_matches_the_two_kernels(dtype, cache_dtype, fp8_query, norm, num_kv_splits):
     """``new_token``: the decode kernel norms and rotates the raw q and k, writes k and v to their
     slots, and takes this step's key from registers. Against the q/k norm + RoPE + cache-write
     kernel followed by the plain decode kernel: the same cache (v bit for bit; k up to the RMS's sum
     order, one half at a time there) and the same outputs (also up to the new key's product, a sum
     here and a matmul there). Sequences of 1 token (only the new key), a padding row (slot -1, no
-    context), splits whose last is the new key alone."""
+    context), splits whose last is the new key alone. With ``fp8_query`` both round the query."""
     from folovllm.attention.ops.triton_decode_attention import NewTokenKV
     from folovllm.model_executor.layers.fused_kernels import fused_qk_norm_rope_store
     from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding
@@ -181,10 +182,10 @@ def test_decode_attention_with_the_new_token_fused_in_matches_the_two_kernels(dt
                           for i, n in enumerate(seq_lens)], device=DEVICE)  # fmt: skip
     caches = k_cache.clone(), v_cache.clone()
     q_ready = fused_qk_norm_rope_store(q, k, v, *weights, cos, sin, positions, 1e-6, *caches, slots)
-    two_kernels = paged_decode_attention(q_ready, *caches, block_table, lens, 0.2, num_kv_splits=num_kv_splits)
+    two_kernels = paged_decode_attention(q_ready, *caches, block_table, lens, 0.2, num_kv_splits=num_kv_splits, fp8_query=fp8_query)
     fused = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits, block_n=32,
-                                   new_token=NewTokenKV(k, v, *weights, cos, sin, positions, slots, 1e-6))  # fmt: skip
-    reference = paged_decode_attention(q_ready, *caches, block_table, lens, 0.2, num_kv_splits=num_kv_splits, block_n=32)
+                                   new_token=NewTokenKV(k, v, *weights, cos, sin, positions, slots, 1e-6), fp8_query=fp8_query)  # fmt: skip
+    reference = paged_decode_attention(q_ready, *caches, block_table, lens, 0.2, num_kv_splits=num_kv_splits, block_n=32, fp8_query=fp8_query)
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     assert torch.equal(v_cache.view(torch.uint8), caches[1].view(torch.uint8))
     torch.testing.assert_close(k_cache.float(), caches[0].float(), atol=tol if cache_dtype != torch.float8_e4m3fn else 0.07, rtol=tol)
@@ -439,8 +440,6 @@ def test_kernels_half_precision_on_gpu(dtype):
     torch.testing.assert_close(dec.float().cpu(), ref[last], atol=2e-2, rtol=2e-2)
 
 
-FP8 = torch.float8_e4m3fn
-
 
 def test_store_kv_cache_to_fp8_rounds_and_saturates_like_torch():
     g = torch.Generator().manual_seed(5)
@@ -519,3 +518,30 @@ def test_an_fp8_cache_beside_bfloat16_queries_is_read_in_float16():
     for got, want in ((out, ref), (dec, ref[last])):
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float().cpu(), want, atol=2e-2, rtol=1e-2)  # bfloat16's rounding of the output
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_kv_splits", [1, 4])
+def test_decode_attention_with_an_fp8_query_is_the_reference_with_the_query_rounded(dtype, num_kv_splits):
+    """``fp8_query`` (``FP8_QUERY``): the kernel rounds the query to e4m3 and takes q.K in FP8, the
+    keys as the product's rows. It matches the reference given the query rounded, and is measurably
+    off the one given the query as it is (the rounding acts). Each query value is an e4m3 value
+    times 1 + 3/128, which rounds down: Triton's interpreter loses the carry when rounding up
+    crosses a power of two (see the store test above); a GPU rounds like torch either way."""
+    from folovllm.attention.ops.paged_attn_reference import paged_decode_attention_ref
+
+    seq_lens = [37, 5, 64, 130]
+    q, k_cache, v_cache, block_table, _ = _random_paged_batch(seq_lens, [1] * 4, 4, 2, 32, 8, seed=12)
+    k_cache, v_cache = k_cache.to(FP8), v_cache.to(FP8)
+    q = q.cpu() * 3
+    q = (q.sign() * q.abs().clamp(min=0.05)).to(FP8).float() * (1 + 3 / 128)  # no subnormals, no carry
+    q = q.to(dtype).to(DEVICE)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    out = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits, fp8_query=True)
+    rounded, plain = (paged_decode_attention_ref(q.float(), k_cache, v_cache, block_table, lens, 0.2, fp8_query=r) for r in (True, False))
+    assert not torch.equal(rounded, plain)
+    off_rounded, off_plain = ((out.float() - ref).abs().mean().item() for ref in (rounded, plain))  # mean distances
+    tol = 1e-6 if dtype == torch.float32 and DEVICE == "cpu" else 5e-4  # float16: its probabilities and output
+    assert off_rounded < tol and off_plain > 10 * off_rounded, (off_rounded, off_plain)
+    with pytest.raises(AssertionError, match="fp8_query reads an FP8 cache"):
+        paged_decode_attention(q, k_cache.float(), v_cache.float(), block_table, lens, 0.2, fp8_query=True)

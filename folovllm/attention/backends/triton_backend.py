@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from folovllm.attention.backends import abstract
 from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
 from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
 from folovllm.attention.ops.triton_decode_attention import NewTokenKV, paged_decode_attention
@@ -20,6 +21,7 @@ class TritonAttentionBackend(AttentionBackend):
         self.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN
         self.merges_decode_splits = triton_decode_attention.MERGE_IN_LAST_SPLIT
         self.decodes_by_kv_head = triton_prefill_attention.DECODES_BY_KV_HEAD  # the work list and the kernel agree
+        self.fp8_query = abstract.FP8_QUERY
 
     def make_decode_order(self, seq_lens: np.ndarray) -> np.ndarray:
         # longest first (ties in batch order)
@@ -52,5 +54,5 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_decode_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
             num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order, new_token=new_token,
-            split_counters=attn_metadata.split_counters,
+            split_counters=attn_metadata.split_counters, fp8_query=self.fp8_query and k_cache.dtype == torch.float8_e4m3fn,
         )  # fmt: skip

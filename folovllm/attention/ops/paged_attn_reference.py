@@ -30,6 +30,12 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, 
         cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, new)
 
 
+def round_to_cache_dtype(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded as an FP8 cache would store it (saturating at +-448), in float32."""
+    fmax = torch.finfo(cache.dtype).max
+    return x.float().clamp(-fmax, fmax).to(cache.dtype).float()
+
+
 def gather_context(cache: torch.Tensor, block_ids: torch.Tensor, context_len: int) -> torch.Tensor:
     """The first ``context_len`` tokens of one sequence: [context_len, KVH, D]."""
     block_size = cache.shape[1]
@@ -82,18 +88,20 @@ def paged_decode_attention_ref(
     block_table: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    fp8_query: bool = False,
 ) -> torch.Tensor:
     """One query per sequence, all sequences at once: q [B, H, D] -> [B, H, D].
 
     Gathers every sequence's blocks into a padded [B, max_len] context and
-    masks the positions past each sequence's length.
+    masks the positions past each sequence's length. ``fp8_query`` (an FP8
+    cache): the query rounded as the cache's values are (``FP8_QUERY``).
     """
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     k = k_cache[block_table.long()].flatten(1, 2).float()  # [B, L, KVH, D]
     v = v_cache[block_table.long()].flatten(1, 2).float()
-    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
+    qg = (round_to_cache_dtype(q, k_cache) if fp8_query else q.float()).view(num_seqs, num_kv_heads, group, head_dim)
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
     mask = torch.arange(k.shape[1], device=q.device)[None, :] >= seq_lens[:, None]
     scores.masked_fill_(mask[:, None, None, :], float("-inf"))
