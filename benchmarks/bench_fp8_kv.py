@@ -11,6 +11,7 @@ lower bound for a trained model.
 
 GPU: python benchmarks/bench_fp8_kv.py               (Qwen3-0.6B shapes, bf16, 256 sequences)
 CPU: python benchmarks/bench_fp8_kv.py --scale cpu   (a 4-layer model, 32 sequences)
+     [--fp8-query]   also the FP8 cache with decode steps' queries rounded to FP8 (``FP8_QUERY``)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import median_and_spread, nano_vllm_workload, parse_scaled_args, sync
 from folovllm import LLM, SamplingParams
+from folovllm.attention.backends import abstract
 
 LOGPROB_SEQS = 64
 SCALES = {
@@ -79,16 +81,19 @@ def agreement(base, other, base_lp, other_lp) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    args, device, scale, model = parse_scaled_args(SCALES)
+    add = lambda ap: ap.add_argument("--fp8-query", action="store_true", help="also FP8 with FP8_QUERY on")  # noqa: E731
+    args, device, scale, model = parse_scaled_args(SCALES, add_arguments=add)
     print(f"model {model} on {device}, torch {torch.__version__}, {scale['num_seqs']} sequences, median of {args.runs} runs")
     base_secs, base, base_lp, tokens = run(model, device, "auto", scale, args.runs)
-    fp8_secs, fp8, fp8_lp, _ = run(model, device, "fp8", scale, args.runs)
-    same, prefix, delta = agreement(base, fp8, base_lp, fp8_lp)
-    mean_len = tokens / len(base)
     print(f"auto: {tokens / base_secs[len(base_secs) // 2]:,.0f} output tok/s, {median_and_spread(base_secs)}")
-    print(f"fp8 : {tokens / fp8_secs[len(fp8_secs) // 2]:,.0f} output tok/s, {median_and_spread(fp8_secs)}")
-    print(f"identical tokens {same:.1%}; outputs agree for {prefix:.1f} of {mean_len:.1f} tokens on average; "
-          f"mean |dlogprob| over agreeing prefixes {delta:.4f} (first {len(base_lp)} sequences)")
+    for query_too in (False, True) if args.fp8_query else (abstract.FP8_QUERY,):
+        abstract.FP8_QUERY = query_too  # read by each engine's attention backend
+        fp8_secs, fp8, fp8_lp, _ = run(model, device, "fp8", scale, args.runs)
+        same, prefix, delta = agreement(base, fp8, base_lp, fp8_lp)
+        name = "fp8, query too (FP8_QUERY)" if query_too else "fp8"
+        print(f"{name}: {tokens / fp8_secs[len(fp8_secs) // 2]:,.0f} output tok/s, {median_and_spread(fp8_secs)}")
+        print(f"    identical tokens {same:.1%}; outputs agree for {prefix:.1f} of {tokens / len(base):.1f} tokens on average; "
+              f"mean |dlogprob| over agreeing prefixes {delta:.4f} (first {len(base_lp)} sequences)")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ Switches a GPU run decides on:
 * ``skinny_gemm``: at 5 to 256 rows, the Triton skinny GEMM (``triton_skinny_gemm.SKINNY_GEMM_CONFIGS``):
   by default for o and down, the two projections cuBLAS read at 21-34% of copy bandwidth, K split
   4 ways, a guess; ``--skinny-configs FILE`` gives it the table ``bench_kernels.py --skinny-table
-  FILE`` wrote (where the skinny GEMM beat every library) instead.
+  FILE`` wrote (where the skinny GEMM beat every library) instead;
+* ``fp8_query``: decode steps over an FP8 cache round the query to FP8 too (``abstract.FP8_QUERY``),
+  and the decode kernel takes q.K as one FP8 warpgroup MMA: it acts only with ``--kv-cache-dtype
+  fp8``, which every engine of the run then gets (without it, the switch is left out).
 
 First, in one engine, a batch-1 decode step's forward and logits captured as a CUDA graph under
 each setting and replayed in turn (``step_graphs_in_turn``): the GPU time per step each setting
@@ -43,6 +46,7 @@ CPU: python benchmarks/bench_switches.py --scale cpu   (checks the script; PDL i
      [--num-seqs N]        prompts in the throughput workload (at most max_num_seqs at a time: 1,024 on an H100)
      [--together]          also every --only switch at once (the winners a device session picked,
                            before ``bench_all.py --switches`` publishes figures with them)
+     [--kv-cache-dtype fp8] every engine with an FP8 KV cache (and fp8_query among the switches)
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import ms_spread, nano_vllm_workload, parse_scaled_args, timed, ttft
 from folovllm import LLM, SamplingParams
+from folovllm.attention.backends import abstract
 from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
 from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
 from folovllm.utils import pdl
@@ -71,12 +76,13 @@ SCALES = {
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
-SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "decodes_by_kv_head", "skinny_gemm")
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "decodes_by_kv_head", "skinny_gemm",
+            "fp8_query")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
 # Those that change a batch-1 step (the skinny GEMM takes 5 rows and more; the order, several sequences).
 STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("merge_in_last_split",), ("fused_gemv", "fuse_new_token"),
-                 ("fused_gemv", "fuse_new_token", "merge_in_last_split")]
+                 ("fused_gemv", "fuse_new_token", "merge_in_last_split"), ("fp8_query",)]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down (1,024 outputs each) at every row bucket, K split 4 ways: a guess until bench_kernels.py
@@ -96,6 +102,7 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
     triton_decode_attention.MERGE_IN_LAST_SPLIT = "merge_in_last_split" in setting  # likewise
     triton_prefill_attention.DECODES_BY_KV_HEAD = "decodes_by_kv_head" in setting  # likewise
+    abstract.FP8_QUERY = "fp8_query" in setting  # likewise (over an FP8 cache only)
     skinny = "skinny_gemm" in setting
     triton_skinny_gemm.SKINNY_GEMM_CONFIGS = dict(SKINNY) if skinny else {}
     return tuple(name for name in setting if name != "no_pdl" or (pdl_here and PDL_DEFAULT))
@@ -110,8 +117,8 @@ def apply_from_args(names: list[str], skinny_configs: Path | None, device: str) 
     return apply(tuple(names), device)
 
 
-def measure(model: str, device: str, scale: dict) -> dict:
-    llm = LLM(model, device=device, max_model_len=2 * scale["max_len"] + 64, async_scheduling=device == "cuda")
+def measure(model: str, device: str, scale: dict, kv_cache_dtype: str = "auto") -> dict:
+    llm = LLM(model, device=device, max_model_len=2 * scale["max_len"] + 64, async_scheduling=device == "cuda", kv_cache_dtype=kv_cache_dtype)
     vocab = llm.llm_engine.config.model_config.get_vocab_size()
     wl = nano_vllm_workload(scale["num_seqs"], 16, scale["max_len"], scale["max_len"], vocab)
     prompts = [{"prompt_token_ids": p} for p in wl.prompts]
@@ -134,12 +141,13 @@ def measure(model: str, device: str, scale: dict) -> dict:
     return dict(tpots=tpots, ttfts=ttfts, tok_s=[wl.num_output_tokens / secs], tokens=[o.outputs[0].token_ids for o in outs])
 
 
-def step_graphs_in_turn(model: str, device: str, scale: dict, settings: list, rounds: int = 5, reps: int = 50) -> None:
+def step_graphs_in_turn(model: str, device: str, scale: dict, settings: list, kv_cache_dtype: str = "auto", rounds: int = 5,
+                        reps: int = 50) -> None:
     """A batch-1 decode step's forward and logits, captured as a CUDA graph under each setting in
     one engine and replayed in turn: the GPU time each setting gives that step, without the spread
     between engines that the TPOT rows carry (on the H100, one engine's TPOT differed from the next
     one's with the same setting by up to 6%). On the CPU: eager calls, a check of the script."""
-    llm = LLM(model, device=device, max_model_len=2 * scale["max_len"] + 64, async_scheduling=False)
+    llm = LLM(model, device=device, max_model_len=2 * scale["max_len"] + 64, async_scheduling=False, kv_cache_dtype=kv_cache_dtype)
     engine = llm.llm_engine
     runner = engine.executor.worker.model_runner
     vocab = engine.config.model_config.get_vocab_size()
@@ -164,6 +172,7 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, settings: list, ro
             took = apply(setting, device)
             # the backend read FUSE_NEW_TOKEN when this engine was made; the model asks it at each call
             runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
+            runner.attn_backend.fp8_query = abstract.FP8_QUERY  # likewise FP8_QUERY (both backends)
             # the engine's buffers have split counts only if the switch was on when it was made
             meta.split_counters = counters if triton_decode_attention.MERGE_IN_LAST_SPLIT else None
             forward()  # compiles this setting's kernels outside the capture
@@ -202,12 +211,17 @@ def add_arguments(ap) -> None:
     ap.add_argument("--skinny-configs", type=Path, default=None, help="the skinny GEMM's table, as bench_kernels.py --skinny-table wrote it")
     ap.add_argument("--num-seqs", type=int, default=None, help="prompts in the throughput workload (default: the scale's)")
     ap.add_argument("--together", action="store_true", help="also every --only switch at once, as one more setting")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8"), help="every engine's KV cache (fp8_query acts over fp8 only)")
 
 
 def main() -> None:
     args, device, scale, model = parse_scaled_args(SCALES, runs=2, add_arguments=add_arguments)  # --runs: rounds over every setting
     if args.num_seqs is not None:
         scale = {**scale, "num_seqs": args.num_seqs}
+    if args.kv_cache_dtype != "fp8" and "fp8_query" in args.only:
+        args.only = [name for name in args.only if name != "fp8_query"]
+        print("fp8_query left out: it acts over an FP8 KV cache only (--kv-cache-dtype fp8)")
+    print(f"KV cache: {args.kv_cache_dtype}")
     print(f"throughput workload: {scale['num_seqs']} prompts of up to {scale['max_len']} tokens")
     apply_from_args([], args.skinny_configs, device)  # the table only; each setting turns its switches on below
     if "skinny_gemm" in args.only:
@@ -218,7 +232,7 @@ def main() -> None:
     step_settings = [s for s in STEP_SETTINGS if set(s) <= set(args.only)]
     if len(step_settings) > 1:  # something to compare with the defaults
         try:
-            step_graphs_in_turn(model, device, scale, step_settings)
+            step_graphs_in_turn(model, device, scale, step_settings, args.kv_cache_dtype)
         finally:
             apply((), device)
         gc.collect()  # that engine's memory, before the next ones measure what they may take
@@ -229,7 +243,7 @@ def main() -> None:
         for r in range(args.runs):
             for setting in settings:
                 took = apply(setting, device)
-                m = measure(model, device, scale)
+                m = measure(model, device, scale, args.kv_cache_dtype)
                 reference = reference or m["tokens"]
                 same = sum(a == b for a, b in zip(m["tokens"], reference))
                 print(f"round {r + 1}, {label(setting, took)}: TPOT {ms_spread(m['tpots'])}; TTFT {ms_spread(m['ttfts'])}; "

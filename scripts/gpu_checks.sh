@@ -52,7 +52,10 @@
 #        candidate); the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel as
 #        64-row tiles per query head (today), by kv head (DECODES_BY_KV_HEAD), or in the decode kernel
 #        with the prompt's tiles alone after it (by kv head faster at 560 + 255 x 900: a candidate;
-#        docs/dev/performance.md section 27).
+#        docs/dev/performance.md section 27); the FP8 cache's decode at batch 256 "by keys per iteration x
+#        pipeline stages", now also with the query in FP8 (FP8_QUERY, twenty-second session: q.K as one FP8
+#        warpgroup MMA, 793 SASS instructions per 128 keys against 1,122): faster than the engine's
+#        "128 keys x 3 V via registers" makes fp8_query a candidate (it acts in the FP8 row only).
 #   2. Read call 1 (the machine goes back meanwhile; a fresh one costs ~30 s of start-up and compiles
 #      its Triton variants again), copy the returned skinny_gemm_configs.txt to .ab/, and list the
 #      candidates as CANDIDATES=name,... (bench_switches.py's names). Then (carry [".ab"], timeout ~360):
@@ -64,6 +67,9 @@
 #      its phases and the transformers import beside it, the FP8 row with its new decode default.
 #      The next session without a GPU makes exactly those switches the defaults (or, where the
 #      together row lost to the defaults, says so beside the figures and leaves them as they were).
+#      fp8_query, if a candidate, goes in BENCH_SWITCHES (bench's FP8 row then rounds the query: its
+#      tok/s and its agreement with the bf16 cache both show what it does); `SWITCHES_ONLY=fp8_query
+#      SWITCHES_KV=fp8 switches` (~90 s) is its own A/B if time is left.
 #   3. If time is left: `tests` (the kernels' GPU tests, ~100 s in 4 processes: passed in full in the
 #      fourteenth session; since then the element-wise loads, the reads before the PDL wait, the
 #      last-split merge and the split-K skinny GEMM changed), `startup` (~60 s: LLM(...) with an empty
@@ -139,10 +145,10 @@ for stage in $stages; do
         # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
         # (SWITCHES_ONLY=name,...: the defaults and those alone; the skinny GEMM takes $SKINNY_TABLE where a
-        # `kernels` stage or a carried file left one)
+        # `kernels` stage or a carried file left one; SWITCHES_KV=fp8: every engine on an FP8 cache, for fp8_query)
         switches) run switches ${SWITCHES_LIMIT:-200} $PY benchmarks/bench_switches.py ${SWITCHES_ONLY:+--only "$SWITCHES_ONLY"} \
                       ${SWITCHES_NUM_SEQS:+--num-seqs "$SWITCHES_NUM_SEQS"} ${SWITCHES_TOGETHER:+--together} ${SWITCHES_RUNS:+--runs "$SWITCHES_RUNS"} \
-                      $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
+                      ${SWITCHES_KV:+--kv-cache-dtype "$SWITCHES_KV"} $([ -s "$SKINNY_TABLE" ] && echo --skinny-configs "$SKINNY_TABLE") ;;
         # only the first part (one engine: ~30-40 s expected, not yet timed)
         step) run step ${STEP_LIMIT:-90} $PY benchmarks/bench_switches.py --runs 0 ;;
         # three fresh processes, two of them compiling every variant (not yet timed: ~60 s expected)
