@@ -11,7 +11,8 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, kernel (256 and 1 sequences, idle gaps) and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
-# the new token in the decode kernel, the last-split merge, decode programs longest first, decodes by kv head in the prefill kernel and the skinny GEMM, each alone against the defaults: a batch-1
+# the new token in the decode kernel, the last-split merge, decode programs longest first, decodes by kv head in the prefill kernel and the skinny GEMM,
+# and with SWITCHES_KV=fp8 the query in FP8 (every engine then on an FP8 cache), each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
 # first part alone; `startup` is bench_startup.py (LLM(...) in fresh processes: an empty Triton cache with
 # and without start-up's parallel compile pass, then a warm cache).
