@@ -11,7 +11,7 @@ lower bound for a trained model.
 
 GPU: python benchmarks/bench_fp8_kv.py               (Qwen3-0.6B shapes, bf16, 256 sequences)
 CPU: python benchmarks/bench_fp8_kv.py --scale cpu   (a 4-layer model, 32 sequences)
-     [--fp8-query]   also the FP8 cache with decode steps' queries rounded to FP8 (``FP8_QUERY``)
+     [--fp8-query]   also the FP8 cache with the queries rounded to FP8 too (``FP8_QUERY``)
 """
 
 from __future__ import annotations

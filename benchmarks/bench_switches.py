@@ -25,9 +25,10 @@ Switches a GPU run decides on:
   by default for o and down, the two projections cuBLAS read at 21-34% of copy bandwidth, K split
   4 ways, a guess; ``--skinny-configs FILE`` gives it the table ``bench_kernels.py --skinny-table
   FILE`` wrote (where the skinny GEMM beat every library) instead;
-* ``fp8_query``: decode steps over an FP8 cache round the query to FP8 too (``abstract.FP8_QUERY``),
-  and the decode kernel takes q.K as one FP8 warpgroup MMA: it acts only with ``--kv-cache-dtype
-  fp8``, which every engine of the run then gets (without it, the switch is left out).
+* ``fp8_query``: attention over an FP8 cache rounds the query to FP8 too (``abstract.FP8_QUERY``),
+  and the kernels take q.K as one FP8 warpgroup MMA (the decode kernel's loop turned round for it):
+  it acts only with ``--kv-cache-dtype fp8``, which every engine of the run then gets (without it,
+  the switch is left out).
 
 First, in one engine, a batch-1 decode step's forward and logits captured as a CUDA graph under
 each setting and replayed in turn (``step_graphs_in_turn``): the GPU time per step each setting

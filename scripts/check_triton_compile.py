@@ -198,10 +198,16 @@ def _attention_cases():
         name = f"{dtype} q, {cache_dtype} cache, {heads}/{kv_heads} heads of {head_dim}"
         q, cache, table, qsl, lens, tiles = batch(dtype, cache_dtype, heads, kv_heads, head_dim)
         yield f"prefill attention ({name})", lambda: paged_prefill_attention(q, cache, cache, table, qsl, lens, tiles, 0.1)
+        if cache_dtype == FP8:  # FP8_QUERY's variant
+            yield (f"prefill attention, query in FP8 ({name})",
+                   lambda: paged_prefill_attention(q, cache, cache, table, qsl, lens, tiles, 0.1, fp8_query=True))  # fmt: skip
         if heads == 16:  # DECODES_BY_KV_HEAD's variant, the one-token row marked
             marked = torch.from_numpy(prefill_tiles([17, 1], prefill_block_sizes(head_dim)[0], decode_rows=True))
             yield (f"prefill attention, decodes by kv head ({name})",
                    lambda: paged_prefill_attention(q, cache, cache, table, qsl, lens, marked, 0.1, decode_items=True))  # fmt: skip
+            if cache_dtype == FP8:
+                yield (f"prefill attention, decodes by kv head, query in FP8 ({name})",
+                       lambda: paged_prefill_attention(q, cache, cache, table, qsl, lens, marked, 0.1, decode_items=True, fp8_query=True))  # fmt: skip
         for splits in (1, 4):
             yield (f"decode attention, {splits} split(s) ({name})",
                    lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s))  # fmt: skip

@@ -243,29 +243,33 @@ def test_decode_splits_merged_in_the_last_split_program_in_replayed_and_eager_st
     assert any(splits > 1 for splits, _, _ in replayed), replayed
 
 
-def test_fp8_query_reaches_the_decode_kernel_over_an_fp8_cache_only(graphed_llm, monkeypatch):
-    """With ``FP8_QUERY`` every decode step over an FP8 cache, replayed or eager, asks the decode
-    kernel to round its query (the kernel's rounding: test_attention_kernels.py); over a cache in the
-    model's dtype none does. (No HF comparison: an FP8 cache drifts from it, test_fp8_kv_cache.py.)"""
+def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed_llm, monkeypatch):
+    """With ``FP8_QUERY`` every step over an FP8 cache, replayed or eager, asks its attention kernel
+    (decode, or prefill for steps with prompt tokens) to round the query (the kernels' rounding:
+    test_attention_kernels.py); over a cache in the model's dtype none does. (No HF comparison: an
+    FP8 cache drifts from it, test_fp8_kv_cache.py.)"""
     import folovllm.attention.backends.triton_backend as triton_backend
     from folovllm import SamplingParams
     from folovllm.attention.backends import abstract
 
     monkeypatch.setattr(abstract, "FP8_QUERY", True)
-    attend, calls = triton_backend.paged_decode_attention, []
-    monkeypatch.setattr(triton_backend, "paged_decode_attention", lambda *a, **kw: calls.append(kw["fp8_query"]) or attend(*a, **kw))
+    calls = []
+    for name in ("paged_decode_attention", "paged_prefill_attention"):
+        attend = getattr(triton_backend, name)
+        monkeypatch.setattr(triton_backend, name, lambda *a, attend=attend, name=name, **kw: calls.append((name, kw["fp8_query"])) or attend(*a, **kw))
     prompts = [{"prompt_token_ids": list(range(10 + 7 * i, 10 + 7 * i + n))} for i, n in enumerate([3, 40, 17])]
     params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
     for kv_cache_dtype, rounded in (("fp8", True), ("auto", False)):
         llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160, kv_cache_dtype=kv_cache_dtype)
         for eager in (False, True):
             if eager:
-                graphs.decode_sizes = []
+                graphs.decode_sizes, graphs.mixed_sizes = [], []
             calls.clear()
             outs = llm.generate(prompts, params, use_tqdm=False)
             assert all(len(o.outputs[0].token_ids) == 5 for o in outs)
-            assert calls and all(flag is rounded for flag in calls), (kv_cache_dtype, eager, calls)
-        assert any(g.replays for (kind, _), g in graphs.graphs.items() if kind == "decode")
+            assert {name for name, _ in calls} == {"paged_decode_attention", "paged_prefill_attention"}, calls
+            assert all(flag is rounded for _, flag in calls), (kv_cache_dtype, eager, calls)
+        assert {kind for (kind, _), g in graphs.graphs.items() if g.replays} == {"decode", "mixed"}
 
 
 def _marked_rows(tiles) -> int:

@@ -41,11 +41,11 @@ def test_fp8_cache_stays_close_to_the_float_cache(tiny_model):
     assert 0 < _mean_logprob_delta(full, fp8) < 0.2  # not identical (it is FP8), not far
 
 
-def test_fp8_query_rounds_decode_queries_over_an_fp8_cache_only(tiny_model, monkeypatch):
-    """``FP8_QUERY``: decode steps over an FP8 cache round their query to e4m3 as well (vLLM's way
-    beside an FP8 cache on Hopper). Against the FP8 cache without it: the same first tokens (they
-    come from the prompt's step, which keeps its query), close but not equal logprobs after. Over a
-    cache in the model's dtype it changes nothing."""
+def test_fp8_query_rounds_queries_over_an_fp8_cache_only(tiny_model, monkeypatch):
+    """``FP8_QUERY``: attention over an FP8 cache rounds its query to e4m3 as well (vLLM's way beside
+    an FP8 cache on Hopper). Against the FP8 cache without it: close, not equal (a random model's
+    near-tied first token may flip, as one of five does here; the logprobs while the outputs agree
+    stay close). Over a cache in the model's dtype it changes nothing."""
     from folovllm.attention.backends import abstract
 
     plain_fp8, plain = _run(tiny_model, kv_cache_dtype="fp8"), _run(tiny_model)
@@ -53,7 +53,7 @@ def test_fp8_query_rounds_decode_queries_over_an_fp8_cache_only(tiny_model, monk
     llm = LLM(str(tiny_model), device="cpu", kv_cache_dtype="fp8")
     assert llm.llm_engine.executor.worker.model_runner.attn_backend.fp8_query
     rounded = [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], PARAMS, use_tqdm=False)]
-    assert [o.token_ids[0] for o in rounded] == [o.token_ids[0] for o in plain_fp8]
+    assert sum(a.token_ids[0] == b.token_ids[0] for a, b in zip(rounded, plain_fp8)) >= 4
     assert 0 < _mean_logprob_delta(plain_fp8, rounded) < 0.2
     same = _run(tiny_model)
     assert [o.token_ids for o in same] == [o.token_ids for o in plain] and _mean_logprob_delta(plain, same) == 0

@@ -373,7 +373,7 @@ def test_gpu_tp2_matches_tp1_with_graphs(tiny_model):
 @pytest.mark.parametrize("dtype,fp8_query", [("float32", False), ("float32", True), ("bfloat16", True)])
 def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model, monkeypatch, dtype, fp8_query):
     """The compiled store (clamp + convert) and the upcasting attention kernels, inside graphs and out;
-    with ``FP8_QUERY``, the decode kernel's FP8 q.K (a warpgroup MMA on Hopper). Nothing compiles after
+    with ``FP8_QUERY``, both kernels' FP8 q.K (warpgroup MMAs on Hopper). Nothing compiles after
     start-up. (Graphs and eager steps split contexts differently: bfloat16 outputs are compared over
     their first tokens, where a random model's near-ties have not yet come into play.)"""
     from folovllm import LLM, SamplingParams

@@ -520,28 +520,59 @@ def test_an_fp8_cache_beside_bfloat16_queries_is_read_in_float16():
         torch.testing.assert_close(got.float().cpu(), want, atol=2e-2, rtol=1e-2)  # bfloat16's rounding of the output
 
 
+def _query_rounding_down_to_fp8(q: torch.Tensor, dtype) -> torch.Tensor:
+    """Random queries whose every value is an e4m3 value times 1 + 3/128: rounding to FP8 acts (by
+    ~2%) and rounds down. Triton's interpreter loses the carry when rounding up crosses a power of
+    two (see the store test above); a GPU rounds like torch either way."""
+    q = q.cpu() * 3
+    q = (q.sign() * q.abs().clamp(min=0.05)).to(FP8).float() * (1 + 3 / 128)  # no subnormals either
+    return q.to(dtype).to(DEVICE)
+
+
+def _closer_to_the_rounded_reference(out, rounded, plain, dtype) -> None:
+    """``out`` matches the reference given the query rounded, and is measurably off the one given it as it is."""
+    assert not torch.equal(rounded, plain)
+    off_rounded, off_plain = ((out.float() - ref).abs().mean().item() for ref in (rounded, plain))  # mean distances
+    tol = 1e-6 if dtype == torch.float32 and DEVICE == "cpu" else 5e-4  # float16: its probabilities and output
+    assert off_rounded < tol and off_plain > 10 * off_rounded, (off_rounded, off_plain)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("num_kv_splits", [1, 4])
 def test_decode_attention_with_an_fp8_query_is_the_reference_with_the_query_rounded(dtype, num_kv_splits):
-    """``fp8_query`` (``FP8_QUERY``): the kernel rounds the query to e4m3 and takes q.K in FP8, the
-    keys as the product's rows. It matches the reference given the query rounded, and is measurably
-    off the one given the query as it is (the rounding acts). Each query value is an e4m3 value
-    times 1 + 3/128, which rounds down: Triton's interpreter loses the carry when rounding up
-    crosses a power of two (see the store test above); a GPU rounds like torch either way."""
+    """``fp8_query`` (``FP8_QUERY``): the decode kernel rounds the query to e4m3 and takes q.K in
+    FP8, the keys as the product's rows: the reference given the query rounded."""
     from folovllm.attention.ops.paged_attn_reference import paged_decode_attention_ref
 
     seq_lens = [37, 5, 64, 130]
     q, k_cache, v_cache, block_table, _ = _random_paged_batch(seq_lens, [1] * 4, 4, 2, 32, 8, seed=12)
     k_cache, v_cache = k_cache.to(FP8), v_cache.to(FP8)
-    q = q.cpu() * 3
-    q = (q.sign() * q.abs().clamp(min=0.05)).to(FP8).float() * (1 + 3 / 128)  # no subnormals, no carry
-    q = q.to(dtype).to(DEVICE)
+    q = _query_rounding_down_to_fp8(q, dtype)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     out = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits, fp8_query=True)
     rounded, plain = (paged_decode_attention_ref(q.float(), k_cache, v_cache, block_table, lens, 0.2, fp8_query=r) for r in (True, False))
-    assert not torch.equal(rounded, plain)
-    off_rounded, off_plain = ((out.float() - ref).abs().mean().item() for ref in (rounded, plain))  # mean distances
-    tol = 1e-6 if dtype == torch.float32 and DEVICE == "cpu" else 5e-4  # float16: its probabilities and output
-    assert off_rounded < tol and off_plain > 10 * off_rounded, (off_rounded, off_plain)
+    _closer_to_the_rounded_reference(out, rounded, plain, dtype)
     with pytest.raises(AssertionError, match="fp8_query reads an FP8 cache"):
         paged_decode_attention(q, k_cache.float(), v_cache.float(), block_table, lens, 0.2, fp8_query=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("decode_items,block", [(False, 16), (True, 16), (False, None)])
+def test_prefill_attention_with_an_fp8_query_is_the_reference_with_the_query_rounded(dtype, decode_items, block):
+    """``fp8_query`` in the prefill kernel: prompts, a chunk after cached context and one-token rows
+    (as a tile per query head, or by kv head with ``decode_items``) all take q.K in FP8; in small
+    tiles and the engine's (64 x 64: a warpgroup MMA in FP8 on Hopper)."""
+    seq_lens, query_lens = [37, 5, 64, 130], [6, 5, 1, 1]
+    q, k_cache, v_cache, block_table, qsl = _random_paged_batch(seq_lens, query_lens, 4, 2, 32, 8, seed=13)
+    k_cache, v_cache = k_cache.to(FP8), v_cache.to(FP8)
+    q = _query_rounding_down_to_fp8(q, dtype)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    tiles = torch.from_numpy(prefill_tiles(query_lens, block or prefill_block_sizes(32)[0], decode_rows=decode_items)).to(DEVICE)
+    out = paged_prefill_attention(q, k_cache, v_cache, block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE), lens,
+                                  tiles, 0.2, block_m=block, block_n=block, decode_items=decode_items, fp8_query=True)  # fmt: skip
+    rounded, plain = (paged_attention_ref(q.float().cpu(), k_cache.cpu(), v_cache.cpu(), block_table.cpu(), qsl, seq_lens, 0.2,
+                                          fp8_query=r) for r in (True, False))  # fmt: skip
+    _closer_to_the_rounded_reference(out.cpu(), rounded, plain, dtype)
+    with pytest.raises(AssertionError, match="fp8_query reads an FP8 cache"):
+        paged_prefill_attention(q, k_cache.float(), v_cache.float(), block_table, torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
+                                lens, tiles, 0.2, fp8_query=True)  # fmt: skip

@@ -20,10 +20,11 @@ from folovllm.utils.common import cdiv
 MAX_KV_SPLITS = 64  # the most pieces the decode kernel cuts one sequence's context into
 MIN_KV_SPLIT_LEN = 64  # the decode kernel's keys per iteration: a shorter split still reads a whole tile
 
-# Whether decode steps over an FP8 cache round their query to FP8 too (e4m3, saturating at +-448, scale
-# 1.0), as vLLM does beside an FP8 cache on Hopper (FlashAttention 3): the Triton decode kernel then
-# takes q.K as one FP8 warpgroup MMA. Both backends honour it (read when one is made), so the CPU
-# shows what it costs in agreement. Off until an H100 has timed it (docs/dev/performance.md, 29).
+# Whether attention over an FP8 cache rounds its query to FP8 too (e4m3, saturating at +-448, scale
+# 1.0), as vLLM does beside an FP8 cache on Hopper (FlashAttention 3): the Triton kernels then take
+# q.K in FP8, as one warpgroup MMA (the decode kernel turns its loop round for it). Both backends
+# honour it (read when one is made), so the CPU shows what it costs in agreement. Off until an H100
+# has timed it (docs/dev/performance.md, 29).
 FP8_QUERY = False
 
 
@@ -71,7 +72,7 @@ class AttentionBackend(ABC):
     # Whether split decode steps merge their splits in the kernel's last split program to finish,
     # counting in ``AttentionMetadata.split_counters``.
     merges_decode_splits: bool = False
-    # Whether decode steps over an FP8 cache round the query to FP8 (``FP8_QUERY``).
+    # Whether attention over an FP8 cache rounds the query to FP8 (``FP8_QUERY``).
     fp8_query: bool = False
 
     def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray | None:

@@ -22,10 +22,10 @@ class TorchAttentionBackend(AttentionBackend):
     def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
         if k is not None:
             store_kv_cache_ref(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+        fp8_query = self.fp8_query and k_cache.element_size() == 1
         if attn_metadata.max_query_len == 1:
             return paged_decode_attention_ref(
-                q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
-                fp8_query=self.fp8_query and k_cache.element_size() == 1,
+                q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale, fp8_query=fp8_query
             )
         return paged_attention_ref(
             q,
@@ -35,4 +35,5 @@ class TorchAttentionBackend(AttentionBackend):
             attn_metadata.query_start_loc_cpu,
             attn_metadata.seq_lens_cpu,
             scale,
+            fp8_query=fp8_query,
         )

@@ -45,6 +45,7 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
             attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale, decode_items=self.decodes_by_kv_head,
+            fp8_query=self.fp8_query and k_cache.dtype == torch.float8_e4m3fn,
         )  # fmt: skip
 
     def decode_with_new_token(self, q, new_token: NewTokenKV | None, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float):

@@ -51,12 +51,14 @@ def paged_attention_ref(
     query_start_loc: list[int],
     seq_lens: list[int],
     scale: float,
+    fp8_query: bool = False,
 ) -> torch.Tensor:
     """Causal attention of every query row against its sequence's cached context.
 
     The last ``query_len`` context positions of a sequence are its queries, so
     query ``j`` (0-based within the sequence) sees keys ``0 .. seq_len - query_len + j``.
-    Works for prefill, chunked prefill and decode alike.
+    Works for prefill, chunked prefill and decode alike. ``fp8_query`` (an FP8
+    cache): the query rounded as the cache's values are (``FP8_QUERY``).
     """
     num_heads = q.shape[1]
     out = torch.empty_like(q)
@@ -70,7 +72,7 @@ def paged_attention_ref(
         group = num_heads // k.shape[1]
         k = k.repeat_interleave(group, dim=1)  # GQA: each kv head serves `group` q heads
         v = v.repeat_interleave(group, dim=1)
-        qi = q[start:end].float()
+        qi = round_to_cache_dtype(q[start:end], k_cache) if fp8_query else q[start:end].float()
         scores = torch.einsum("qhd,khd->hqk", qi, k) * scale
         q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device)
         k_pos = torch.arange(seq_len, device=q.device)

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
-from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, to_compute_dtype
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, query_for_products
 from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
@@ -295,10 +295,7 @@ def _decode_stage1_kernel(
             qw, qw_rot = tl.load(qw_ptr + offs_d, mask=d_mask)[None, :], tl.load(qw_ptr + rot, mask=d_mask)[None, :]
             kw, kw_rot = tl.load(kw_ptr + offs_d, mask=d_mask)[None, :], tl.load(kw_ptr + rot, mask=d_mask)[None, :]
         q = _norm_rope(q, q_rot, qw, qw_rot, cos, sin, sign, eps, HEAD_DIM, HAS_NORM)
-    if FP8_QUERY:
-        q = to_cache_dtype(q, k_cache_ptr)
-    else:
-        q = to_compute_dtype(q, COMPUTE_DTYPE)
+    q = query_for_products(q, k_cache_ptr, COMPUTE_DTYPE, FP8_QUERY)
     if FUSED:
         # This step's k and v as the cache will hold them, and the new key's scores, here, before the
         # loop: used after it, q would be held in a second layout through the loop (168 registers

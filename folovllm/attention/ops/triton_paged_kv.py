@@ -1,9 +1,11 @@
 """Shared Triton helpers of the attention kernels: gather a tile of K and V rows out of the paged
-cache, and the dtype their products are taken in."""
+cache, and the dtype their products are taken in (the query's too)."""
 
 import torch
 import triton
 import triton.language as tl
+
+from folovllm.attention.ops.triton_kv_store import to_cache_dtype
 
 
 _TRITON_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -28,6 +30,18 @@ def to_compute_dtype(q, COMPUTE_DTYPE: tl.constexpr):
     comes near it)."""
     if q.dtype != COMPUTE_DTYPE:
         q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(COMPUTE_DTYPE)
+    return q
+
+
+@triton.jit
+def query_for_products(q, k_cache_ptr, COMPUTE_DTYPE: tl.constexpr, FP8_QUERY: tl.constexpr):
+    """The query as q.K takes it: rounded to FP8 as the cache's values are (``FP8_QUERY``, an FP8
+    cache: the product in FP8, a warpgroup MMA on Hopper where 64 rows allow), else in the compute
+    dtype."""
+    if FP8_QUERY:
+        q = to_cache_dtype(q, k_cache_ptr)
+    else:
+        q = to_compute_dtype(q, COMPUTE_DTYPE)
     return q
 
 

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, to_compute_dtype
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, query_for_products
 from folovllm.utils.common import cdiv
 from folovllm.utils.device import dot_precision, num_sms
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
@@ -84,6 +84,7 @@ def _prefill_kernel(
     DECODE_ITEMS: tl.constexpr,
     BLOCK_G: tl.constexpr,
     USE_PDL: tl.constexpr,
+    FP8_QUERY: tl.constexpr,  # an FP8 cache: q rounded to FP8, q.K taken in FP8
 ):
     wait_for_previous_kernel(USE_PDL)
     # Item w is (tile w // NUM_HEADS, head w % NUM_HEADS): a tile's heads are neighbours, so the list's
@@ -101,7 +102,7 @@ def _prefill_kernel(
             _prefill_item(
                 b, m_block, h, q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, query_start_loc_ptr, seq_lens_ptr,
                 out_ptr, scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
-                GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_M, BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE,
+                GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_M, BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE, FP8_QUERY,
             )  # fmt: skip
         if DECODE_ITEMS:
             # a marked one-token row: the item of each group's first query head does the whole group
@@ -109,7 +110,7 @@ def _prefill_kernel(
                 _decode_item(
                     b, h, q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
                     scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
-                    GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_G, BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE,
+                    GROUP, HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_G, BLOCK_N, DOT_PRECISION, COMPUTE_DTYPE, FP8_QUERY,
                 )  # fmt: skip
         w = r * num_programs + tl.where(r % 2 == 0, pid, num_programs - 1 - pid)
         r += 1
@@ -122,6 +123,7 @@ def _prefill_item(
     scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    FP8_QUERY: tl.constexpr,
 ):  # fmt: skip
     """Query tile ``m_block`` of sequence ``b``, head ``h``: its rows' attention over the cached context."""
     kvh = h // GROUP
@@ -139,7 +141,7 @@ def _prefill_item(
         mask=m_mask[:, None] & d_mask[None, :],
         other=0.0,
     )
-    q = to_compute_dtype(q, COMPUTE_DTYPE)
+    q = query_for_products(q, k_cache_ptr, COMPUTE_DTYPE, FP8_QUERY)
     q_pos = context_before + offs_m
 
     # Causal: this tile's last query sees keys up to its own position. Key tiles that end before
@@ -150,6 +152,7 @@ def _prefill_item(
     out = _attend_context(
         q, q_pos, scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, kvh, offs_d,
         d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
+        COMPUTE_DTYPE=COMPUTE_DTYPE,
     )  # fmt: skip
     tl.store(
         out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
@@ -164,6 +167,7 @@ def _decode_item(
     scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    FP8_QUERY: tl.constexpr,
 ):  # fmt: skip
     """The one query token of sequence ``b``, query heads h .. h + GROUP - 1 (one kv head) as the
     rows of a tile: its attention over the whole context, each key read once for the group."""
@@ -174,12 +178,13 @@ def _decode_item(
     g_mask = heads < h + GROUP
     d_mask = offs_d < HEAD_DIM
     q = tl.load(q_ptr + q_start * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0)
-    q = to_compute_dtype(q, COMPUTE_DTYPE)
+    q = query_for_products(q, k_cache_ptr, COMPUTE_DTYPE, FP8_QUERY)
     q_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + seq_len - 1  # every row is the last token: it sees every key
     unmasked_end = seq_len // BLOCK_N * BLOCK_N
     out = _attend_context(
         q, q_pos, scale, unmasked_end, seq_len, k_cache_ptr, v_cache_ptr, block_table_ptr + b * stride_bt, h // GROUP,
         offs_d, d_mask, stride_cb, stride_cs, stride_ch, PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION,
+        COMPUTE_DTYPE=COMPUTE_DTYPE,
     )  # fmt: skip
     tl.store(
         out_ptr + q_start * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
@@ -192,6 +197,7 @@ def _decode_item(
 def _attend_context(
     q, q_pos, scale, unmasked_end, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask,
     stride_cb, stride_cs, stride_ch, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """The attention output of the rows of ``q`` (at positions ``q_pos``) over keys 0 .. end - 1 of kv
     head ``kvh``: the key tiles before ``unmasked_end`` without a mask, the rest with it."""
@@ -203,13 +209,13 @@ def _attend_context(
         acc, l_i, m_i = _attend_key_tile(
             acc, l_i, m_i, q, q_pos, qk_scale, n0, unmasked_end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
             offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=False,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, COMPUTE_DTYPE=COMPUTE_DTYPE, CAUSAL_MASK=False,
         )  # fmt: skip
     for n0 in range(unmasked_end, end, BLOCK_N):
         acc, l_i, m_i = _attend_key_tile(
             acc, l_i, m_i, q, q_pos, qk_scale, n0, end, k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh,
             offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, CAUSAL_MASK=True,
+            PAGE_SIZE=PAGE_SIZE, BLOCK_N=BLOCK_N, DOT_PRECISION=DOT_PRECISION, COMPUTE_DTYPE=COMPUTE_DTYPE, CAUSAL_MASK=True,
         )  # fmt: skip
     return acc / l_i[:, None]  # every row saw at least key 0, so l_i > 0
 
@@ -218,7 +224,8 @@ def _attend_context(
 def _attend_key_tile(
     acc, l_i, m_i, q, q_pos, qk_scale, n0, end,
     k_cache_ptr, v_cache_ptr, block_table_row_ptr, kvh, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, CAUSAL_MASK: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    CAUSAL_MASK: tl.constexpr,
 ):  # fmt: skip
     """One step of the online softmax: the keys and values at positions n0 .. n0 + BLOCK_N (< end)."""
     pos = n0 + tl.arange(0, BLOCK_N)
@@ -228,8 +235,12 @@ def _attend_key_tile(
         k_cache_ptr, v_cache_ptr, block_table_row_ptr, pos, in_range, kvh, offs_d, d_mask,
         stride_cb, stride_cs, stride_ch, PAGE_SIZE,
     )  # fmt: skip
-    k, v = k.to(q.dtype), v.to(q.dtype)  # an FP8 cache is upcast here (q is in the compute dtype); otherwise a no-op
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    # An FP8 cache is upcast here, V always, K unless q is in FP8 too (FP8_QUERY); otherwise no-ops.
+    k, v = k.to(q.dtype), v.to(COMPUTE_DTYPE)
+    if q.dtype == tl.float8e4nv:
+        qk = tl.dot(q, tl.trans(k))
+    else:
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if CAUSAL_MASK:
         # pos <= q_pos also keeps every stored row off the positions past `end` (q_pos < end there);
         # the rows past the query, never stored, may see those zeros.
@@ -240,7 +251,7 @@ def _attend_key_tile(
     p = tl.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None] + tl.dot(p.to(COMPUTE_DTYPE), v, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
 
@@ -299,6 +310,7 @@ def paged_prefill_attention(
     num_stages: int = 2,
     max_programs: int | None = None,
     decode_items: bool | None = None,
+    fp8_query: bool = False,
 ) -> torch.Tensor:
     """q: [T, H, D] flattened over sequences -> [T, H, D] (causal, context from the cache).
 
@@ -309,8 +321,10 @@ def paged_prefill_attention(
     most programs launched; default two per SM), are for tests and
     ``bench_kernels.py``'s sweep. ``decode_items`` (default ``DECODES_BY_KV_HEAD``): the list
     may mark one-token rows (``prefill_tiles(..., decode_rows=True)``); a marked row is skipped
-    without it.
+    without it. ``fp8_query`` (an FP8 cache only): the query rounded to e4m3 as the cache's values
+    are, q.K in FP8 (``abstract.FP8_QUERY``).
     """
+    assert k_cache.dtype == torch.float8_e4m3fn or not fp8_query, "fp8_query reads an FP8 cache"
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
     if out is None:
@@ -327,7 +341,7 @@ def paged_prefill_attention(
         BLOCK_M=block_m or default_m, BLOCK_N=block_n or default_n, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype),
         DECODE_ITEMS=DECODES_BY_KV_HEAD if decode_items is None else decode_items,
-        BLOCK_G=max(16, triton.next_power_of_2(num_heads // num_kv_heads)), **pdl_launch_args(q),
+        BLOCK_G=max(16, triton.next_power_of_2(num_heads // num_kv_heads)), **pdl_launch_args(q), FP8_QUERY=fp8_query,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
