@@ -282,7 +282,8 @@ def main() -> None:
         f"Model: random weights with {scale['preset']}'s exact config, {scale['dtype']}, CUDA graphs {'off' if args.enforce_eager else 'on'}, "
         f"async scheduling {'off' if args.sync else 'on'}, at most {limits.max_num_seqs:,} sequences and "
         f"{limits.max_num_batched_tokens:,} tokens a step, "
-        f"speed switches beyond the defaults: {' + '.join(switches_on) if switches_on else 'none'}.",
+        f"speed switches beyond the defaults: {' + '.join(switches_on) if switches_on else 'none'}"
+        f"{' (fp8_query acts in the FP8 row only)' if 'fp8_query' in switches_on else ''}.",
         f"Workload (a): {scale['num_seqs']} sequences, input and output lengths uniform in {scale['min_len']}..{max_len} "
         f"(random token ids, temperature 0.6, ignore_eos), {wl.num_output_tokens:,} output tokens, {preemptions} preemptions; "
         f"{args.runs} timed runs, each shown.",

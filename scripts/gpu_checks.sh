@@ -30,7 +30,7 @@
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
 #      [".ab"], timeout 480): `ENGINE_LIMIT=150 STEP_LIMIT=60 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels` (46 engine tests, each an engine with its
+#      bash scripts/gpu_checks.sh engine step kernels` (49 engine tests, each an engine with its
 #      graphs: ~3-5 s apiece is the guess, the start-up test two fresh processes, all in 4 processes
 #      at once (nineteenth session; SHARDS=1 runs them in one); kernels ~73 s in the fourteenth
 #      session, plus ~40 s of skinny sweep)

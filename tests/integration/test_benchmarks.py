@@ -20,7 +20,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- bench_all.py: begin -->\nold figures\n<!-- bench_all.py: end -->\n\n## History\n\nkept\n")
     run = subprocess.run(
-        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "longest_first,merge_in_last_split"],
+        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "longest_first,merge_in_last_split,fp8_query"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -28,7 +28,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert text.startswith("# Benchmarks\n") and text.endswith("## History\n\nkept\n") and "old figures" not in text
     for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "Start-up by phase: tokenizer ", "first request after start-up",
                 "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype",
-                "speed switches beyond the defaults: longest_first + merge_in_last_split."):  # fmt: skip
+                "speed switches beyond the defaults: longest_first + merge_in_last_split + fp8_query (fp8_query acts in the FP8 row only)."):  # fmt: skip
         assert row in text, row
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -95,7 +95,8 @@ GPU_STAGE_SCRIPTS = {
                      ["generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5",
                       "streaming deltas + logprobs=5, flat_logprobs"]),
     "profile_logprobs": (["benchmarks/profile_step.py", "logprobs", "8"], ["FINAL_ONLY list of dicts", "DELTA      list of dicts"]),
-    "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1"], ["identical tokens"]),
+    "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1", "--fp8-query"],
+            ["fp8: ", "fp8, query too (FP8_QUERY): ", "identical tokens"]),
     "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
                  ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "  fused_gemv + fuse_new_token: ", "  merge_in_last_split: ",
                   "  fused_gemv + fuse_new_token + merge_in_last_split: ", "round 1, defaults: TPOT ", "round 1, merge_in_last_split: ",
