@@ -319,8 +319,9 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
         if cache_dtype == torch.float8_e4m3fn:
             # SASS instructions per 128 keys (triton 3.6): 1,404 for 128 keys in 2 stages, 1,065 with V
             # widened in registers (no byte-wise gather of V from shared memory); with it and 3 stages,
-            # 1,122 (128 keys: the engine's) or 2 x 656 (64 keys), 161 / 142 registers: 3 programs per SM.
-            # With the query in FP8 (FP8_QUERY): 793 at 128 keys in 3 stages, 774 in 2, 2 programs per SM.
+            # 1,122 (128 keys: the engine's) or 2 x 656 (64 keys), 161 / 142 registers: 3 programs per SM;
+            # 1,027 at 128 keys since the softmax went to base 2 (twenty-second session). With the query
+            # in FP8 (FP8_QUERY): 701 at 128 keys in 3 stages, 681 in 2, 2 programs per SM.
             row = []
             for block_n, stages, via_registers, fp8_query in scale["fp8_decode_variants"]:
                 t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,

@@ -55,7 +55,7 @@
 #        with the prompt's tiles alone after it (by kv head faster at 560 + 255 x 900: a candidate;
 #        docs/dev/performance.md section 27); the FP8 cache's decode at batch 256 "by keys per iteration x
 #        pipeline stages", now also with the query in FP8 (FP8_QUERY, twenty-second session: q.K as one FP8
-#        warpgroup MMA, 793 SASS instructions per 128 keys against 1,122): faster than the engine's
+#        warpgroup MMA, 701 SASS instructions per 128 keys against 1,027): faster than the engine's
 #        "128 keys x 3 V via registers" makes fp8_query a candidate (it acts in the FP8 row only).
 #   2. Read call 1 (the machine goes back meanwhile; a fresh one costs ~30 s of start-up and compiles
 #      its Triton variants again), copy the returned skinny_gemm_configs.txt to .ab/, and list the
