@@ -11,6 +11,13 @@ import torch
 from folovllm.utils.common import cdiv
 
 
+def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in a float8 ``dtype``, values beyond its range at its largest (+-448 for e4m3): some torch
+    versions cast overflow to NaN."""
+    fmax = torch.finfo(dtype).max
+    return x.clamp(-fmax, fmax).to(dtype)
+
+
 def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Write the new tokens' K/V into their slots (in the cache's dtype); slot -1 is skipped.
 
@@ -21,9 +28,8 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, 
         k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
     num_kv_heads, head_dim = k_cache.shape[-2:]
     for new, cache in ((k, k_cache), (v, v_cache)):
-        if cache.element_size() == 1:  # float8: saturate at +-448 (some torch versions cast overflow to NaN)
-            fmax = torch.finfo(cache.dtype).max
-            new = new.clamp(-fmax, fmax).to(cache.dtype).view(torch.uint8)  # index_copy_ has no float8 kernel
+        if cache.element_size() == 1:  # float8
+            new = saturating_cast(new, cache.dtype).view(torch.uint8)  # index_copy_ has no float8 kernel
             cache = cache.view(torch.uint8)
         else:
             new = new.to(cache.dtype)
@@ -32,8 +38,7 @@ def store_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, 
 
 def round_to_cache_dtype(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
     """``x`` rounded as an FP8 cache would store it (saturating at +-448), in float32."""
-    fmax = torch.finfo(cache.dtype).max
-    return x.float().clamp(-fmax, fmax).to(cache.dtype).float()
+    return saturating_cast(x.float(), cache.dtype).float()
 
 
 def gather_context(cache: torch.Tensor, block_ids: torch.Tensor, context_len: int) -> torch.Tensor:

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
-from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, query_for_products
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, online_softmax_step, query_for_products
 from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
@@ -127,9 +127,8 @@ def _attend_heads_by_keys(
     [BLOCK_G, BLOCK_D] (in the compute dtype) as the products' rows: the online softmax's max and
     sum per query head and the unnormalised output [BLOCK_G, BLOCK_D].
 
-    The softmax runs in base 2 with the scale folded in, one FMA a score (the scale is positive, so
-    it may follow the max); the max goes back in natural-log units, as the merge and the fused new
-    token's score take it."""
+    The softmax runs in base 2 (``online_softmax_step``, the prefill kernel's too); the max goes back
+    in natural-log units, as the merge and the fused new token's score take it."""
     qk_scale = scale * 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -150,10 +149,7 @@ def _attend_heads_by_keys(
             v = v * tl.where(valid, 1.0, 0.0).to(v.dtype)[:, None]
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         qk = tl.where(valid[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = online_softmax_step(qk, m_i, l_i, qk_scale, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return m_i * 0.6931471805599453, l_i, acc  # ln(2): the max in natural-log units
@@ -183,10 +179,7 @@ def _attend_keys_by_heads(
         )  # fmt: skip
         s = tl.dot(k, tl.trans(q8))
         s = tl.where(valid[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 0) * qk_scale)
-        p = tl.exp2(s * qk_scale - m_new[None, :])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 0)
+        p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i, qk_scale, 0)
         v = v.to(COMPUTE_DTYPE) * tl.where(valid, 1.0, 0.0).to(COMPUTE_DTYPE)[:, None]
         acc_t = acc_t * alpha[None, :] + tl.dot(tl.trans(v), p.to(COMPUTE_DTYPE), input_precision=DOT_PRECISION)
         m_i = m_new

@@ -46,6 +46,19 @@ def query_for_products(q, k_cache_ptr, COMPUTE_DTYPE: tl.constexpr, FP8_QUERY: t
 
 
 @triton.jit
+def online_softmax_step(s, m_i, l_i, qk_scale, AXIS: tl.constexpr):
+    """One key tile of the online softmax, in base 2: ``s`` the tile's scores before the scale (the
+    keys along ``AXIS``, masked ones -inf), ``m_i`` and ``l_i`` each query row's running max (scaled,
+    base-2 units) and sum. ``qk_scale`` is the softmax scale times log2(e), so a score costs one FMA
+    (the scale is positive, so it may follow the max). Returns the tile's probabilities, the factor
+    that rescales the running output, the new max and the new sum."""
+    m_new = tl.maximum(m_i, tl.max(s, AXIS) * qk_scale)
+    p = tl.exp2(s * qk_scale - tl.expand_dims(m_new, AXIS))
+    alpha = tl.exp2(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, AXIS)
+
+
+@triton.jit
 def kv_row_offsets(block_table_row_ptr, pos, valid, kvh, stride_cb, stride_cs, stride_ch, PAGE_SIZE: tl.constexpr):
     """Where kv head ``kvh``'s K (or V) rows of token positions ``pos`` of one sequence start in the
     paged cache, in elements: position p lives in block ``block_table[p // PAGE_SIZE]`` at offset

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, query_for_products
+from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, load_kv_tile, online_softmax_step, query_for_products
 from folovllm.utils.common import cdiv
 from folovllm.utils.device import dot_precision, num_sms
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
@@ -246,11 +246,7 @@ def _attend_key_tile(
         # the rows past the query, never stored, may see those zeros.
         qk = tl.where(pos[None, :] <= q_pos[:, None], qk, float("-inf"))
     # The first tile a row sees holds key 0, which every row may see: m_new is finite from then on.
-    # The scale is positive, so it may wait until after the max; then it joins the subtraction (an FMA).
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    p, alpha, m_new, l_i = online_softmax_step(qk, m_i, l_i, qk_scale, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(COMPUTE_DTYPE), v, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
