@@ -180,6 +180,7 @@ def _attend_keys_by_heads(
         s = tl.dot(k, tl.trans(q8))
         s = tl.where(valid[:, None], s, float("-inf"))
         p, alpha, m_new, l_i = online_softmax_step(s, m_i, l_i, qk_scale, 0)
+        # the no-op mask product of V_VIA_REGISTERS (see there): 793 instructions against 949 without (exp)
         v = v.to(COMPUTE_DTYPE) * tl.where(valid, 1.0, 0.0).to(COMPUTE_DTYPE)[:, None]
         acc_t = acc_t * alpha[None, :] + tl.dot(tl.trans(v), p.to(COMPUTE_DTYPE), input_precision=DOT_PRECISION)
         m_i = m_new
