@@ -322,6 +322,15 @@ def _sampler_cases():
         greedy = torch.tensor([True, False, True])
         yield (f"sampler with greedy rows, split ({dtype} logits)",
                lambda: inverse_cdf_sample(logits, torch.ones(3), splits=8, greedy=greedy))  # fmt: skip
+    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+
+    for dtype in (BF16, FP16, FP32):
+        logits = torch.zeros(3, 151_936, dtype=dtype)
+        top_k, top_p, min_p = torch.full((3,), 20), torch.full((3,), 0.95), torch.full((3,), 0.05)
+        yield f"sampler, top-k and top-p ({dtype} logits)", lambda: filtered_sample(logits, torch.ones(3), top_k, top_p, None)
+    greedy = torch.tensor([True, False, True])
+    yield "sampler, top-p alone, greedy rows", lambda: filtered_sample(logits, torch.ones(3), None, top_p, None, greedy=greedy)
+    yield "sampler, every filter", lambda: filtered_sample(logits, torch.ones(3), top_k, top_p, min_p, greedy=greedy)
 
 
 def _gptq_cases():

@@ -13,7 +13,9 @@ on which other requests share the batch. On a GPU, a batch of plain
 temperature rows (no per-request seed; greedy rows may be among them) goes to
 two Triton kernels that invert the softmax's cumulative distribution instead
 (``ops/triton_sample.py``): two random numbers per row rather than one per
-vocabulary id.
+vocabulary id. With top-k / top-p / min-p rows among them, and enough rows
+(FILTERED_SAMPLE_MIN_ROWS), one kernel filters and draws without sorting the
+vocabulary (``ops/triton_filtered_sample.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from folovllm.sample.metadata import SamplingMetadata
 from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
 from folovllm.utils.device import HAS_TRITON
+
+# The fewest rows for which a batch with top-k / top-p / min-p rows samples in the filtering kernel
+# rather than by torch's sort: a program per row there reads its row ~4 times (~150 us for Qwen3's
+# vocabulary on one SM, an estimate from its SASS count), while sorting grows with the batch (vLLM
+# measured its sort path at 1.1 ms for 64 rows of 131,072 ids, 2.4 ms for 128). A guess until an
+# H100 times both (bench_kernels.py's sampler rows); vLLM keeps small batches (< 8) on its sort too.
+FILTERED_SAMPLE_MIN_ROWS = 8
 
 
 @dataclass
@@ -73,9 +82,16 @@ class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logprobs = logits.float().log_softmax(dim=-1) if md.max_num_logprobs is not None else None
         if _fused_sampling_applies(logits, md):
-            from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+            if md.top_k is None and md.top_p is None and md.min_p is None:
+                from folovllm.sample.ops.triton_sample import inverse_cdf_sample
 
-            sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator, greedy=md.greedy_mask)
+                sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator, greedy=md.greedy_mask)
+            else:
+                from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+
+                sampled = filtered_sample(
+                    logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
+                )  # fmt: skip
             return self._output(sampled, raw_logprobs, md)
         logits = logits.float()
         for row, stop_ids in md.min_tokens_stop_ids.items():
@@ -113,18 +129,18 @@ class Sampler(nn.Module):
 
 
 def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
-    """Plain temperature sampling, greedy rows beside it or not, on a GPU: the fused kernels do it
-    all. (Every row greedy: one argmax is less work.)"""
+    """Temperature sampling, greedy rows beside it or not, on a GPU, with no seeded row, penalty or
+    min_tokens: the fused kernels do it all, top-k / top-p / min-p included from
+    FILTERED_SAMPLE_MIN_ROWS rows. (Every row greedy: one argmax is less work.)"""
+    filtered = md.top_k is not None or md.top_p is not None or md.min_p is not None
     return (
         logits.is_cuda
         and HAS_TRITON
         and not md.all_greedy
         and not md.generators
-        and md.top_k is None
-        and md.top_p is None
-        and md.min_p is None
         and md.repetition_penalties is None
         and not md.min_tokens_stop_ids
+        and (not filtered or logits.shape[0] >= FILTERED_SAMPLE_MIN_ROWS)
     )
 
 

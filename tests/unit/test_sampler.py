@@ -289,3 +289,117 @@ def test_sampler_sends_greedy_and_temperature_rows_to_the_fused_kernels_on_gpu(m
     out = Sampler()(logits, md).sampled_token_ids.cpu()
     assert len(calls) == 1 and calls[0].tolist() == [True, False, True, False]
     assert out[[0, 2]].tolist() == logits.float().argmax(-1)[[0, 2]].tolist()
+
+
+def _filtered_probs(logits: torch.Tensor, temperature: float, top_k, top_p, min_p) -> torch.Tensor:
+    """What ``Sampler.sample`` samples from: min-p, then top-k and top-p, on logits / T (torch's filters)."""
+    scaled = (logits.float() / temperature).unsqueeze(0)
+    if min_p is not None:
+        scaled = apply_min_p(scaled, torch.tensor([min_p]))
+    scaled = apply_top_k_top_p(scaled, None if top_k is None else torch.tensor([top_k]), None if top_p is None else torch.tensor([top_p]))
+    return scaled.softmax(-1)[0]
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p,min_p",
+    [(5, None, None), (None, 0.3, None), (12, 0.8, None), (None, 0.9, 0.1), (30, 0.6, 0.02)],
+)  # fmt: skip
+def test_filtering_sampler_draws_what_the_torch_filters_keep(top_k, top_p, min_p):
+    """The filtering kernel (interpreter on CPU) against torch's min-p / top-k / top-p on distinct logits:
+    no draw outside what torch keeps, and chi-square over it. top_p=0.3 on a flat row rejects most first
+    draws, so the kernel's rounds run; 64 ids in two blocks of 32."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.randn(64, generator=torch.Generator().manual_seed(7)) * 0.8
+    n, temperature = 200, 0.9
+    probs = _filtered_probs(logits, temperature, top_k, top_p, min_p)
+
+    def col(value):
+        return None if value is None else torch.full((n,), value, device=device)
+
+    torch.manual_seed(3)
+    draws = filtered_sample(logits.repeat(n, 1).to(device), col(temperature), col(top_k), col(top_p), col(min_p), block=32)
+    support = probs.nonzero().flatten()
+    assert set(draws.tolist()) <= set(support.tolist())
+    probs = probs[support]  # ids torch keeps, draws as their index among them
+    keep = probs * n >= 5
+    if keep.all():  # the pooled bucket must not be empty
+        keep[probs.argmin()] = False
+    dof = int(keep.sum())  # kept ids + the pooled bucket - 1
+    assert _chi2(torch.searchsorted(support, draws.cpu()), probs, keep) < dof + 4 * (2 * dof) ** 0.5  # ~p = 0.0001
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_filtering_sampler_top_k_keeps_every_tie_of_the_kth_logit(dtype):
+    """top_k=3 over 5 > 4 = 4 = 4 = 4 > 3 > the rest keeps the 5 and every 4, as torch's filter does:
+    the radix select over the logits' bit patterns (two bytes for bf16, four otherwise) finds 4.
+    A seed repeats the draws."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.full((64,), -1.0)
+    logits[[1, 9, 30, 40, 63]] = torch.tensor([5.0, 4.0, 4.0, 4.0, 4.0])
+    logits[5] = 3.0
+    kept = apply_top_k_top_p(logits.unsqueeze(0).clone(), torch.tensor([3]), None).isfinite()[0].nonzero().flatten().tolist()
+    assert kept == [1, 9, 30, 40, 63]
+    n = 40
+    rows = logits.to(dtype).repeat(n, 1).to(device)
+    draws = filtered_sample(rows, torch.ones(n, device=device), torch.full((n,), 3, device=device), None, None,
+                            torch.Generator().manual_seed(1), block=32)  # fmt: skip
+    assert sorted(set(draws.tolist())) == kept
+    again = filtered_sample(rows, torch.ones(n, device=device), torch.full((n,), 3, device=device), None, None,
+                            torch.Generator().manual_seed(1), block=32)  # fmt: skip
+    assert torch.equal(draws, again)
+
+
+def test_filtering_sampler_small_top_p_and_greedy_rows_take_the_first_argmax():
+    """top_p=0.01 leaves only the most likely id; greedy rows beside filtered ones take torch.argmax's
+    id (the first of equal maxima, here in the second block); a disabled top-k row (k = vocabulary)
+    samples the whole row."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
+    logits[:, [40, 50]] = 9.0  # two equal maxima
+    greedy = torch.tensor([True, False, True, False], device=device)
+    top_p = torch.tensor([1.0, 0.01, 1.0, 1.0], device=device)
+    top_k = torch.tensor([64, 64, 2, 64], device=device)
+    out = filtered_sample(logits.to(device), torch.ones(4, device=device), top_k, top_p, None, greedy=greedy, block=32).tolist()
+    assert out[0] == out[2] == 40 and out[1] in (40, 50)
+    torch.manual_seed(0)
+    many = filtered_sample(logits[3:].repeat(200, 1).to(device), torch.full((200,), 5.0, device=device),
+                           torch.full((200,), 64, device=device), None, None, block=32)  # fmt: skip
+    assert len(set(many.tolist())) > 10  # temperature 5 over the whole row, not just its top
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
+def test_sampler_sends_filtered_batches_to_the_filtering_kernel_from_its_row_count_on_gpu(monkeypatch):
+    """Top-k / top-p rows: torch's sort below FILTERED_SAMPLE_MIN_ROWS rows, the filtering kernel from
+    there (greedy rows with it); a seeded row keeps the batch on torch's path."""
+    from folovllm.sample import sampler as sampler_module
+    from folovllm.sample.ops import triton_filtered_sample
+
+    calls = []
+    real = triton_filtered_sample.filtered_sample
+    monkeypatch.setattr(triton_filtered_sample, "filtered_sample", lambda *a, **k: calls.append(k.get("greedy")) or real(*a, **k))
+    rows = sampler_module.FILTERED_SAMPLE_MIN_ROWS
+    logits = torch.randn(rows, 5000, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
+    params = [SamplingParams(temperature=0)] + [SamplingParams(temperature=0.6, top_k=20, top_p=0.95)] * (rows - 1)
+
+    def sample(params_list):
+        states = [CachedRequestState(i, i, [1, 2, 3], [], p, None if p.seed is None else torch.Generator("cuda").manual_seed(p.seed), 3)
+                  for i, p in enumerate(params_list)]  # fmt: skip
+        md = build_sampling_metadata(states, 5000, torch.device("cuda"))
+        return Sampler()(logits[: len(params_list)], md).sampled_token_ids.cpu()
+
+    sample(params[: rows - 1])
+    assert calls == []
+    out = sample(params)
+    assert len(calls) == 1 and calls[0].tolist() == [True] + [False] * (rows - 1)
+    assert out[0] == logits[0].float().argmax()
+    sample(params[:-1] + [SamplingParams(temperature=0.6, top_k=20, top_p=0.95, seed=4)])
+    assert len(calls) == 1

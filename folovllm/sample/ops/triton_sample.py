@@ -131,6 +131,12 @@ def num_vocab_splits(num_rows: int, vocab: int, num_sms: int, block: int) -> int
     return splits
 
 
+def draw_seed(generator: torch.Generator | None) -> int:
+    """The kernels' seed for one step, drawn on the host (a CPU generator, or torch's global one):
+    no device sync."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+
+
 def inverse_cdf_sample(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -159,7 +165,7 @@ def inverse_cdf_sample(
     has_greedy = greedy is not None
     block_arg = torch.empty(num_rows, num_blocks, dtype=torch.int32, device=logits.device) if has_greedy else block_sum
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())  # CPU draw: no device sync
+    seed = draw_seed(generator)
     pdl = pdl_launch_args(logits)
     _block_sums_kernel[(num_rows, splits)](
         logits, temperature, block_max, block_sum, block_arg, logits.stride(0), triton.cdiv(num_blocks, splits),
