@@ -30,7 +30,7 @@
 #      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
 #      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
 #      [".ab"], timeout 480): `ENGINE_LIMIT=150 STEP_LIMIT=60 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels` (49 engine tests, each an engine with its
+#      bash scripts/gpu_checks.sh engine step kernels` (50 engine tests, each an engine with its
 #      graphs: ~3-5 s apiece is the guess, the start-up test two fresh processes, all in 4 processes
 #      at once (nineteenth session; SHARDS=1 runs them in one); kernels ~73 s in the fourteenth
 #      session, plus ~40 s of skinny sweep)
@@ -56,7 +56,9 @@
 #        docs/dev/performance.md section 27); the FP8 cache's decode at batch 256 "by keys per iteration x
 #        pipeline stages", now also with the query in FP8 (FP8_QUERY, twenty-second session: q.K as one FP8
 #        warpgroup MMA, 701 SASS instructions per 128 keys against 1,027): faster than the engine's
-#        "128 keys x 3 V via registers" makes fp8_query a candidate (it acts in the FP8 row only).
+#        "128 keys x 3 V via registers" makes fp8_query a candidate (it acts in the FP8 row only);
+#        the sampler rows' "filtering kernel / torch's sort" at top_k=20, top_p=0.95 (twenty-third
+#        session): the smallest batch where the kernel wins is what FILTERED_SAMPLE_MIN_ROWS (8) should be.
 #   2. Read call 1 (the machine goes back meanwhile; a fresh one costs ~30 s of start-up and compiles
 #      its Triton variants again), copy the returned skinny_gemm_configs.txt to .ab/, and list the
 #      candidates as CANDIDATES=name,... (bench_switches.py's names). Then (carry [".ab"], timeout ~360):
