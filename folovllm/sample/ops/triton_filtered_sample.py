@@ -107,14 +107,20 @@ def _kth_largest(row_ptr, k, V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: t
 
 
 @triton.jit
+def _kept_weights(x, lowest, above, top, scale):
+    """exp2((logit - top) * scale) of the logits ``x`` that are >= ``lowest`` and > ``above``, 0 elsewhere:
+    what both the block sums and the draw inside a block weigh, so that they agree."""
+    return tl.where((x >= lowest) & (x > above), tl.exp2((x - top) * scale), 0.0)
+
+
+@triton.jit
 def _block_sums(row_ptr, lowest, above, top, scale, V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Per block of ids, the sum of exp2((logit - top) * scale) over logits >= ``lowest`` and > ``above``."""
+    """Per block of ids, the sum of ``_kept_weights``."""
     offs_b = tl.arange(0, BLOCK_B)
     sums = tl.zeros([BLOCK_B], dtype=tl.float32)
     for b in range(NUM_BLOCKS):
         x = _load_row(row_ptr, b * BLOCK + tl.arange(0, BLOCK), V)
-        e = tl.where((x >= lowest) & (x > above), tl.exp2((x - top) * scale), 0.0)
-        sums = tl.where(offs_b == b, tl.sum(e, 0), sums)
+        sums = tl.where(offs_b == b, tl.sum(_kept_weights(x, lowest, above, top, scale), 0), sums)
     return sums
 
 
@@ -124,8 +130,7 @@ def _draw(row_ptr, sums, lowest, above, top, scale, u_block, u_id, V: tl.constex
     b = _walk(sums, tl.arange(0, BLOCK_B), u_block)
     offs = tl.arange(0, BLOCK)
     x = _load_row(row_ptr, b * BLOCK + offs, V)
-    e = tl.where((x >= lowest) & (x > above), tl.exp2((x - top) * scale), 0.0)
-    return b * BLOCK + _walk(e, offs, u_id)
+    return b * BLOCK + _walk(_kept_weights(x, lowest, above, top, scale), offs, u_id)
 
 
 @triton.jit(do_not_specialize=["seed"])
