@@ -594,11 +594,13 @@ def mixed_batch(scale: dict) -> None:
 def sampler(scale: dict, bw: float, baseline=None) -> None:
     """The fused temperature sampler at the engine's split count, replayed from a graph, against
     reading its logits at copy bandwidth; with a baseline triton_sample.py, the two in turn. Then
-    top_k=20 and top_p=0.95 rows, eagerly as the engine samples: the filtering kernel against
-    torch's sort (which of them wins at a batch size sets FILTERED_SAMPLE_MIN_ROWS)."""
+    top_k=20 with top_p=0.95, and top_p=0.95 alone, eagerly as the engine samples: the window
+    kernel (torch.topk's window included), the whole-row kernel and torch's sort (where the window
+    stops winning sets FILTERED_SAMPLE_MIN_ROWS)."""
     from folovllm.sample.ops.topk_topp import apply_top_k_top_p
     from folovllm.sample.ops.triton_filtered_sample import filtered_sample
     from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+    from folovllm.sample.ops.triton_window_sample import window_sample
     from folovllm.sample.sampler import FILTERED_SAMPLE_MIN_ROWS, random_sample
 
     dev, vocab = scale["dev"], scale["vocab"]
@@ -613,16 +615,19 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
             old = getattr(baseline, "gumbel_argmax", None) or baseline.inverse_cdf_sample
             us = in_turn([today, lambda: old(logits, temperature)])
             print(f"    today / baseline ({old.__name__}), us in turn: {us[0]} / {us[1]}")
+        engine = "whole-row" if batch >= FILTERED_SAMPLE_MIN_ROWS else "window"
         top_k, top_p = torch.full((batch,), 20, device=dev), torch.full((batch,), 0.95, device=dev)
+        # Qwen3's generation config on these logits; top_p alone (vLLM's examples) on logits three times
+        # as spread, whose nucleus at T=0.6 is ~500 ids (on the first, tens of thousands: no window holds it)
+        for what, rows, k in (("top_k=20, top_p=0.95", logits, top_k), ("top_p=0.95 alone, ~500-id nucleus", logits * 3, None)):
 
-        def torch_filters():  # Sampler.sample's path for these rows
-            return random_sample(apply_top_k_top_p(logits.float() / temperature.unsqueeze(1), top_k, top_p).softmax(-1), {})
+            def torch_filters(rows=rows, k=k):  # Sampler.sample's path for these rows
+                return random_sample(apply_top_k_top_p(rows.float() / temperature.unsqueeze(1), k, top_p).softmax(-1), {})
 
-        calls = [functools.partial(filtered_sample, logits, temperature, top_k, top_p, None), torch_filters]
-        us = [[microseconds(device_time(call)) for call in calls] for _ in range(2)]
-        engine = "the kernel" if batch >= FILTERED_SAMPLE_MIN_ROWS else "torch"
-        print(f"    top_k=20, top_p=0.95 (Qwen3's generation config), eagerly: filtering kernel / torch's sort, us in turn: "
-              f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} [the engine's: {engine}]")  # fmt: skip
+            calls = [functools.partial(f, rows, temperature, k, top_p, None) for f in (window_sample, filtered_sample)]
+            us = [[microseconds(device_time(call)) for call in calls + [torch_filters]] for _ in range(2)]
+            print(f"    {what}, eagerly: window kernel / whole-row kernel / torch's sort, us in turn: "
+                  f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} / {us[0][2]}, {us[1][2]} [the engine's: {engine}]")  # fmt: skip
 
 
 if __name__ == "__main__":

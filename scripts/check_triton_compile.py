@@ -331,6 +331,13 @@ def _sampler_cases():
     greedy = torch.tensor([True, False, True])
     yield "sampler, top-p alone, greedy rows", lambda: filtered_sample(logits, torch.ones(3), None, top_p, None, greedy=greedy)
     yield "sampler, every filter", lambda: filtered_sample(logits, torch.ones(3), top_k, top_p, min_p, greedy=greedy)
+    from folovllm.sample.ops.triton_window_sample import window_sample
+
+    for dtype in (BF16, FP32):
+        logits = torch.zeros(3, 151_936, dtype=dtype)
+        yield f"sampler, a window, top-k and top-p ({dtype} logits)", lambda: window_sample(logits, torch.ones(3), top_k, top_p, None)
+    yield "sampler, a window, top-p alone, greedy rows", lambda: window_sample(logits, torch.ones(3), None, top_p, None, greedy=greedy)
+    yield "sampler, a window, every filter", lambda: window_sample(logits, torch.ones(3), top_k, top_p, min_p, greedy=greedy)
 
 
 def _gptq_cases():
@@ -477,6 +484,18 @@ def _per_step_value_cases():
         for b, splits in ((2, 1), (16, 16), (64, 64))
     ]
     yield "sampler with greedy rows, batch sizes 2..64", (sample._block_sums_kernel, sample._draw_kernel), calls
+    from folovllm.sample.ops import triton_filtered_sample as filtered
+    from folovllm.sample.ops import triton_window_sample as windowed
+
+    top_k, top_p = torch.full((64,), 20), torch.full((64,), 0.95)
+    for kernel, sample_rows, sizes in ((filtered._filtered_sample_kernel, filtered.filtered_sample, (8, 9, 64)),
+                                       (windowed._window_sample_kernel, windowed.window_sample, (1, 2, 7))):  # fmt: skip
+        calls = [
+            lambda b=b, seed=seed, f=sample_rows: f(logits[:b], torch.ones(b), top_k[:b], top_p[:b], None, _drawing(seed))
+            for b in sizes
+            for seed in (lambda x: x % 16 != 0, lambda x: x % 16 == 0)
+        ]
+        yield f"{kernel.__name__}, batch sizes {sizes[0]}..{sizes[-1]}, seeds", (kernel,), calls
     qweight, qzeros = torch.zeros(128, 512, dtype=torch.int32), torch.zeros(8, 64, dtype=torch.int32)
     scales = torch.zeros(8, 512, dtype=BF16)
     yield "GPTQ GEMM, M 1..16 (one BLOCK_M)", (gptq._gptq_gemm_kernel,), [

@@ -57,8 +57,9 @@
 #        pipeline stages", now also with the query in FP8 (FP8_QUERY, twenty-second session: q.K as one FP8
 #        warpgroup MMA, 701 SASS instructions per 128 keys against 1,027): faster than the engine's
 #        "128 keys x 3 V via registers" makes fp8_query a candidate (it acts in the FP8 row only);
-#        the sampler rows' "filtering kernel / torch's sort" at top_k=20, top_p=0.95 (twenty-third
-#        session): the smallest batch where the kernel wins is what FILTERED_SAMPLE_MIN_ROWS (8) should be.
+#        the sampler rows' "window kernel / whole-row kernel / torch's sort" at top_k=20, top_p=0.95 and
+#        top_p alone (twenty-third and twenty-fourth sessions): the smallest batch where the whole-row
+#        kernel beats the window is what FILTERED_SAMPLE_MIN_ROWS (8) should be.
 #   2. Read call 1 (the machine goes back meanwhile; a fresh one costs ~30 s of start-up and compiles
 #      its Triton variants again), copy the returned skinny_gemm_configs.txt to .ab/, and list the
 #      candidates as CANDIDATES=name,... (bench_switches.py's names). Then (carry [".ab"], timeout ~360):

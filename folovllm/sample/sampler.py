@@ -13,9 +13,11 @@ on which other requests share the batch. On a GPU, a batch of plain
 temperature rows (no per-request seed; greedy rows may be among them) goes to
 two Triton kernels that invert the softmax's cumulative distribution instead
 (``ops/triton_sample.py``): two random numbers per row rather than one per
-vocabulary id. With top-k / top-p / min-p rows among them, and enough rows
-(FILTERED_SAMPLE_MIN_ROWS), one kernel filters and draws without sorting the
-vocabulary (``ops/triton_filtered_sample.py``).
+vocabulary id. With top-k / top-p / min-p rows among them, a Triton kernel
+filters and draws without sorting the vocabulary: from FILTERED_SAMPLE_MIN_ROWS
+rows a program per row reads its whole row (``ops/triton_filtered_sample.py``);
+fewer rows work on a window of their most likely ids that ``torch.topk`` picks
+(``ops/triton_window_sample.py``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
 from folovllm.utils.device import HAS_TRITON
 
-# The fewest rows for which a batch with top-k / top-p / min-p rows samples in the filtering kernel
-# rather than by torch's sort: a program per row there reads its row ~4 times (~150 us for Qwen3's
-# vocabulary on one SM, an estimate from its SASS count), while sorting grows with the batch (vLLM's
-# pull request 40376 timed its sort path at 1.1 ms for 64 rows of 131,072 ids, 2.4 ms for 128). A
-# guess until an H100 times both (bench_kernels.py's sampler rows).
+# The fewest rows for which a batch with top-k / top-p / min-p rows samples in the filtering kernel's
+# program per row, which reads its row ~4 times (~150 us for Qwen3's vocabulary on one SM, an
+# estimate from its SASS count); fewer rows take torch.topk's window and one pass at most (the
+# window kernel). A guess until an H100 times both (bench_kernels.py's sampler rows).
 FILTERED_SAMPLE_MIN_ROWS = 8
 
 
@@ -88,8 +89,10 @@ class Sampler(nn.Module):
                 sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator, greedy=md.greedy_mask)
             else:
                 from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+                from folovllm.sample.ops.triton_window_sample import window_sample
 
-                sampled = filtered_sample(
+                sample = filtered_sample if logits.shape[0] >= FILTERED_SAMPLE_MIN_ROWS else window_sample
+                sampled = sample(
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
                 )  # fmt: skip
             return self._output(sampled, raw_logprobs, md)
@@ -130,9 +133,8 @@ class Sampler(nn.Module):
 
 def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
     """Temperature sampling, greedy rows beside it or not, on a GPU, with no seeded row, penalty or
-    min_tokens: the fused kernels do it all, top-k / top-p / min-p included from
-    FILTERED_SAMPLE_MIN_ROWS rows. (Every row greedy: one argmax is less work.)"""
-    filtered = md.top_k is not None or md.top_p is not None or md.min_p is not None
+    min_tokens: the fused kernels do it all, top-k / top-p / min-p included. (Every row greedy: one
+    argmax is less work.)"""
     return (
         logits.is_cuda
         and HAS_TRITON
@@ -140,7 +142,6 @@ def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
         and not md.generators
         and md.repetition_penalties is None
         and not md.min_tokens_stop_ids
-        and (not filtered or logits.shape[0] >= FILTERED_SAMPLE_MIN_ROWS)
     )
 
 

@@ -458,20 +458,26 @@ def test_gpu_start_up_compiles_every_variant_in_its_parallel_pass(tiny_model, tm
 
 
 def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model, monkeypatch):
-    """Batches of FILTERED_SAMPLE_MIN_ROWS rows with top-k / top-p / min-p (greedy rows among them or
-    not) sample in the filtering kernel, whose every variant the warm-up compiled; top_k=1 rows give
-    greedy's tokens."""
+    """Batches with top-k / top-p / min-p rows (greedy rows among them or not) sample in the whole-row
+    kernel from FILTERED_SAMPLE_MIN_ROWS rows and in the window kernel below, whose every variant the
+    warm-up compiled; top_k=1 rows give greedy's tokens."""
     from folovllm import LLM, SamplingParams
-    from folovllm.sample.ops import triton_filtered_sample
+    from folovllm.sample.ops import triton_filtered_sample, triton_window_sample
     from folovllm.sample.sampler import FILTERED_SAMPLE_MIN_ROWS
     from folovllm.utils.triton_variants import compiled_kernel_variants
 
-    calls = []
-    real = triton_filtered_sample.filtered_sample
-    monkeypatch.setattr(triton_filtered_sample, "filtered_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = {"filtered_sample": 0, "window_sample": 0}
+    for module, name in ((triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
+        real = getattr(module, name)
+
+        def counted(*a, real=real, name=name, **k):
+            calls[name] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, counted)
     # float32: a tie at the largest logit, common in bf16, would let top_k=1 draw another id than argmax
     llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=FILTERED_SAMPLE_MIN_ROWS, **SMALL_KV_CACHE)
-    before, warm_up_calls = compiled_kernel_variants(), len(calls)
+    before, warm_up_calls = compiled_kernel_variants(), dict(calls)
     prompts = [{"prompt_token_ids": [5 + i, 17, 99, 3]} for i in range(FILTERED_SAMPLE_MIN_ROWS)]
     settings = [dict(top_k=20, top_p=0.95), dict(top_p=0.9), dict(top_k=5), dict(min_p=0.05, top_p=0.8), dict(top_k=1)]
     outs = {}
@@ -480,8 +486,13 @@ def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model, monke
             params = [SamplingParams(temperature=0.6, max_tokens=6, ignore_eos=True, **s)] * len(prompts)
             if with_greedy:
                 params[0] = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-            outs[i, with_greedy] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+            for batch in (prompts, prompts[:3]):  # the whole-row kernel, then the window kernel
+                outs[i, with_greedy, len(batch)] = [
+                    o.outputs[0].token_ids for o in llm.generate(batch, params[: len(batch)], use_tqdm=False)
+                ]  # fmt: skip
     assert compiled_kernel_variants() == before
-    assert len(calls) > warm_up_calls
+    assert all(calls[name] > warm_up_calls[name] for name in calls), (calls, warm_up_calls)
     greedy = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
-    assert outs[len(settings) - 1, False] == [o.outputs[0].token_ids for o in greedy]  # top_k=1
+    greedy = [o.outputs[0].token_ids for o in greedy]
+    assert outs[len(settings) - 1, False, len(prompts)] == greedy  # top_k=1
+    assert outs[len(settings) - 1, False, 3] == greedy[:3]

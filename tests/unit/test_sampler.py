@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 
 import pytest
 import torch
@@ -300,17 +301,31 @@ def _filtered_probs(logits: torch.Tensor, temperature: float, top_k, top_p, min_
     return scaled.softmax(-1)[0]
 
 
-@pytest.mark.parametrize(
-    "top_k,top_p,min_p",
-    [(5, None, None), (None, 0.3, None), (12, 0.8, None), (None, 0.9, 0.1), (30, 0.6, 0.02)],
-)  # fmt: skip
-def test_filtering_sampler_draws_what_the_torch_filters_keep(top_k, top_p, min_p):
-    """The filtering kernel (interpreter on CPU) against torch's min-p / top-k / top-p on distinct logits:
-    no draw outside what torch keeps, and chi-square over it. top_p=0.3 on a flat row rejects most first
-    draws, so the kernel's rounds run; 64 ids in two blocks of 32."""
+def _filtering_kernel(window: int | None):
+    """The kernel a batch's filtered rows go to: a program per whole row (``window`` None), or a window
+    of ``window`` ids from torch.topk (the whole-row passes for rows it does not settle); blocks of 32."""
     pytest.importorskip("triton")
-    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+    if window is None:
+        from folovllm.sample.ops.triton_filtered_sample import filtered_sample
 
+        return functools.partial(filtered_sample, block=32)
+    from folovllm.sample.ops.triton_window_sample import window_sample
+
+    return functools.partial(window_sample, window=window, block=32)
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p,min_p,window",
+    [(5, None, None, None), (None, 0.3, None, None), (12, 0.8, None, None), (None, 0.9, 0.1, None), (30, 0.6, 0.02, None),
+     (5, None, None, 16), (None, 0.3, None, 16), (12, 0.8, None, 16)],
+)  # fmt: skip
+def test_filtering_sampler_draws_what_the_torch_filters_keep(top_k, top_p, min_p, window):
+    """The filtering kernels (interpreter on CPU) against torch's min-p / top-k / top-p on distinct logits:
+    no draw outside what torch keeps, and chi-square over it. top_p=0.3 on a flat row rejects most first
+    draws, so the whole-row kernel's rounds run; 64 ids in two blocks of 32. A window of 16 settles the
+    three sets it is given here (top-p alone by the row's mass); it would leave the other two to the
+    whole-row passes, which ``test_window_sampler_leaves_what_its_window_cannot_settle...`` checks."""
+    filtered_sample = _filtering_kernel(window)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits = torch.randn(64, generator=torch.Generator().manual_seed(7)) * 0.8
     n, temperature = 200, 0.9
@@ -320,7 +335,7 @@ def test_filtering_sampler_draws_what_the_torch_filters_keep(top_k, top_p, min_p
         return None if value is None else torch.full((n,), value, device=device)
 
     torch.manual_seed(3)
-    draws = filtered_sample(logits.repeat(n, 1).to(device), col(temperature), col(top_k), col(top_p), col(min_p), block=32)
+    draws = filtered_sample(logits.repeat(n, 1).to(device), col(temperature), col(top_k), col(top_p), col(min_p))
     support = probs.nonzero().flatten()
     assert set(draws.tolist()) <= set(support.tolist())
     probs = probs[support]  # ids torch keeps, draws as their index among them
@@ -331,14 +346,16 @@ def test_filtering_sampler_draws_what_the_torch_filters_keep(top_k, top_p, min_p
     assert _chi2(torch.searchsorted(support, draws.cpu()), probs, keep) < dof + 4 * (2 * dof) ** 0.5  # ~p = 0.0001
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_filtering_sampler_top_k_keeps_every_tie_of_the_kth_logit(dtype):
+@pytest.mark.parametrize(
+    "dtype,window",
+    [(torch.bfloat16, None), (torch.float16, None), (torch.float32, None), (torch.bfloat16, 4), (torch.float32, 8)],
+)  # fmt: skip
+def test_filtering_sampler_top_k_keeps_every_tie_of_the_kth_logit(dtype, window):
     """top_k=3 over 5 > 4 = 4 = 4 = 4 > 3 > the rest keeps the 5 and every 4, as torch's filter does:
-    the radix select over the logits' bit patterns (two bytes for bf16, four otherwise) finds 4.
+    the radix select over the logits' bit patterns (two bytes for bf16, four otherwise) finds 4; a
+    window of 8 holds every 4, one of 4 ends on a 4 (a tie may lie outside: the whole-row passes).
     A seed repeats the draws."""
-    pytest.importorskip("triton")
-    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
-
+    filtered_sample = _filtering_kernel(window)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits = torch.full((64,), -1.0)
     logits[[1, 9, 30, 40, 63]] = torch.tensor([5.0, 4.0, 4.0, 4.0, 4.0])
@@ -348,44 +365,68 @@ def test_filtering_sampler_top_k_keeps_every_tie_of_the_kth_logit(dtype):
     n = 40
     rows = logits.to(dtype).repeat(n, 1).to(device)
     draws = filtered_sample(rows, torch.ones(n, device=device), torch.full((n,), 3, device=device), None, None,
-                            torch.Generator().manual_seed(1), block=32)  # fmt: skip
+                            torch.Generator().manual_seed(1))  # fmt: skip
     assert sorted(set(draws.tolist())) == kept
     again = filtered_sample(rows, torch.ones(n, device=device), torch.full((n,), 3, device=device), None, None,
-                            torch.Generator().manual_seed(1), block=32)  # fmt: skip
+                            torch.Generator().manual_seed(1))  # fmt: skip
     assert torch.equal(draws, again)
 
 
-def test_filtering_sampler_small_top_p_and_greedy_rows_take_the_first_argmax():
+@pytest.mark.parametrize("window", [None, 16])
+def test_filtering_sampler_small_top_p_and_greedy_rows_take_the_first_argmax(window):
     """top_p=0.01 leaves only the most likely id; greedy rows beside filtered ones take torch.argmax's
     id (the first of equal maxima, here in the second block); a disabled top-k row (k = vocabulary)
     samples the whole row."""
-    pytest.importorskip("triton")
-    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
-
+    filtered_sample = _filtering_kernel(window)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
     logits[:, [40, 50]] = 9.0  # two equal maxima
     greedy = torch.tensor([True, False, True, False], device=device)
     top_p = torch.tensor([1.0, 0.01, 1.0, 1.0], device=device)
     top_k = torch.tensor([64, 64, 2, 64], device=device)
-    out = filtered_sample(logits.to(device), torch.ones(4, device=device), top_k, top_p, None, greedy=greedy, block=32).tolist()
+    out = filtered_sample(logits.to(device), torch.ones(4, device=device), top_k, top_p, None, greedy=greedy).tolist()
     assert out[0] == out[2] == 40 and out[1] in (40, 50)
     torch.manual_seed(0)
     many = filtered_sample(logits[3:].repeat(200, 1).to(device), torch.full((200,), 5.0, device=device),
-                           torch.full((200,), 64, device=device), None, None, block=32)  # fmt: skip
+                           torch.full((200,), 64, device=device), None, None)  # fmt: skip
     assert len(set(many.tolist())) > 10  # temperature 5 over the whole row, not just its top
 
 
+def test_window_sampler_leaves_what_its_window_cannot_settle_to_the_whole_row_passes():
+    """Rows the window settles are drawn from it; the others (top_k above the window, a min-p that keeps
+    more than it, a flat row under top-p, no filter at all) take the whole-row kernel's passes in the
+    same program: the very draws ``filtered_sample`` makes with that seed."""
+    whole_row, window = _filtering_kernel(None), _filtering_kernel(16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaked = torch.randn(64, generator=torch.Generator().manual_seed(4)) * 0.5
+    peaked[[3, 20, 41]] += 6.0  # three ids hold nearly all the mass
+    flat = torch.randn(64, generator=torch.Generator().manual_seed(5)) * 0.1
+    n = 30
+    rows = torch.cat([peaked.repeat(n, 1), flat.repeat(n, 1), peaked.repeat(n, 1), peaked.repeat(n, 1)]).to(device)
+    top_k = torch.tensor([5] * n + [64] * n + [40] * n + [64] * n, device=device)
+    top_p = torch.tensor([1.0] * n + [0.9] * n + [1.0] * n + [1.0] * n, device=device)
+    settled = torch.arange(4 * n) < n  # the first block: top_k=5 within the window
+    ones = torch.ones(4 * n, device=device)
+    draws = [f(rows, ones, top_k, top_p, None, torch.Generator().manual_seed(2)).cpu() for f in (window, whole_row)]
+    assert torch.equal(draws[0][~settled], draws[1][~settled])
+    assert not torch.equal(draws[0][settled], draws[1][settled])  # a draw of its own from the window
+    assert set(draws[0][settled].tolist()) <= set(peaked.topk(5).indices.tolist())
+    # top-p alone on the peaked row: the window (16 ids) holds 0.9 of the row's mass, so it settles
+    alone = [f(rows[:n], ones[:n], None, top_p[n : 2 * n], None, torch.Generator().manual_seed(2)).cpu() for f in (window, whole_row)]
+    assert set(alone[0].tolist()) <= {3, 20, 41} and not torch.equal(alone[0], alone[1])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
-def test_sampler_sends_filtered_batches_to_the_filtering_kernel_from_its_row_count_on_gpu(monkeypatch):
-    """Top-k / top-p rows: torch's sort below FILTERED_SAMPLE_MIN_ROWS rows, the filtering kernel from
-    there (greedy rows with it); a seeded row keeps the batch on torch's path."""
+def test_sampler_sends_filtered_batches_to_the_filtering_kernels_by_row_count_on_gpu(monkeypatch):
+    """Top-k / top-p rows: the window kernel below FILTERED_SAMPLE_MIN_ROWS rows, the whole-row kernel
+    from there (greedy rows with either); a seeded row keeps the batch on torch's path."""
     from folovllm.sample import sampler as sampler_module
-    from folovllm.sample.ops import triton_filtered_sample
+    from folovllm.sample.ops import triton_filtered_sample, triton_window_sample
 
     calls = []
-    real = triton_filtered_sample.filtered_sample
-    monkeypatch.setattr(triton_filtered_sample, "filtered_sample", lambda *a, **k: calls.append(k.get("greedy")) or real(*a, **k))
+    for module, name in ((triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append((name, k.get("greedy"))) or real(*a, **k))
     rows = sampler_module.FILTERED_SAMPLE_MIN_ROWS
     logits = torch.randn(rows, 5000, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
     params = [SamplingParams(temperature=0)] + [SamplingParams(temperature=0.6, top_k=20, top_p=0.95)] * (rows - 1)
@@ -396,10 +437,10 @@ def test_sampler_sends_filtered_batches_to_the_filtering_kernel_from_its_row_cou
         md = build_sampling_metadata(states, 5000, torch.device("cuda"))
         return Sampler()(logits[: len(params_list)], md).sampled_token_ids.cpu()
 
-    sample(params[: rows - 1])
-    assert calls == []
+    few = sample(params[: rows - 1])
+    assert [name for name, _ in calls] == ["window_sample"] and calls[0][1].tolist() == [True] + [False] * (rows - 2)
     out = sample(params)
-    assert len(calls) == 1 and calls[0].tolist() == [True] + [False] * (rows - 1)
-    assert out[0] == logits[0].float().argmax()
+    assert calls[1][0] == "filtered_sample" and calls[1][1].tolist() == [True] + [False] * (rows - 1)
+    assert out[0] == few[0] == logits[0].float().argmax()
     sample(params[:-1] + [SamplingParams(temperature=0.6, top_k=20, top_p=0.95, seed=4)])
-    assert len(calls) == 1
+    assert len(calls) == 2

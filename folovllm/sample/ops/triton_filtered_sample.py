@@ -26,6 +26,9 @@ row a few times instead and never sorts it:
 
 Ties between logits, which the torch path orders as its sort happens to, are all kept here: the
 k-th largest value's ties by top-k, and for top-p an id whose more likely ids hold less than p.
+
+The sampler sends batches of fewer rows to ``triton_window_sample.py``, which samples most rows
+from a window of their most likely ids and calls ``_sample_row`` for those its window cannot settle.
 """
 
 from __future__ import annotations
@@ -133,17 +136,25 @@ def _draw(row_ptr, sums, lowest, above, top, scale, u_block, u_id, V: tl.constex
     return b * BLOCK + _walk(_kept_weights(x, lowest, above, top, scale), offs, u_id)
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _filtered_sample_kernel(
-    logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, out_ptr, stride, seed,
-    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, HAS_GREEDY: tl.constexpr,
-    MAX_ROUNDS: tl.constexpr, USE_PDL: tl.constexpr,
-):  # fmt: skip
-    wait_for_previous_kernel(USE_PDL)
-    row = tl.program_id(0)
-    row_ptr = logits_ptr + row.to(tl.int64) * stride
+@triton.jit
+def _row_settings(row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, V: tl.constexpr,
+                  HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, HAS_GREEDY: tl.constexpr):  # fmt: skip
+    """Row ``row``'s temperature, top_k (V where off), top_p (1.0), min_p (0.0) and whether it is greedy."""
     temperature = tl.load(temp_ptr + row)
+    k = tl.load(top_k_ptr + row).to(tl.int32) if HAS_TOP_K else V
+    top_p = tl.load(top_p_ptr + row) if HAS_TOP_P else 1.0
+    min_p = tl.load(min_p_ptr + row) if HAS_MIN_P else 0.0
+    greedy = tl.load(greedy_ptr + row).to(tl.int1) if HAS_GREEDY else False
+    return temperature, k, top_p, min_p, greedy
+
+
+@triton.jit
+def _sample_row(
+    row_ptr, row, seed, temperature, k, top_p, min_p, greedy,
+    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, MAX_ROUNDS: tl.constexpr,
+):  # fmt: skip
+    """The id drawn for one row (its first argmax if ``greedy``), by passes over the whole row."""
     # 1. The largest logit, and the first id that holds it.
     top = float("-inf")
     token = 0
@@ -152,14 +163,12 @@ def _filtered_sample_kernel(
         token = tl.where(m > top, b * BLOCK + i, token)
         top = tl.maximum(top, m)
     first_max = token
-    greedy = tl.load(greedy_ptr + row).to(tl.int1) if HAS_GREEDY else False
     if not greedy:
         # 2. The kept ids: logits >= lowest.
         lowest = float("-inf")
         if HAS_MIN_P:  # p >= min_p * p_max; min_p = 0 gives -inf
-            lowest = top + temperature * tl.log(tl.load(min_p_ptr + row))
+            lowest = top + temperature * tl.log(min_p)
         if HAS_TOP_K:
-            k = tl.load(top_k_ptr + row).to(tl.int32)
             if k < V:
                 lowest = tl.maximum(lowest, _kth_largest(row_ptr, k, V, BLOCK, NUM_BLOCKS, KEY_BITS))
         # 3. A draw from the kept ids.
@@ -170,7 +179,6 @@ def _filtered_sample_kernel(
         if HAS_TOP_P:
             # 4. Accept the draw if the kept ids more likely than it hold less than p of the kept mass,
             # else draw again among them.
-            top_p = tl.load(top_p_ptr + row)
             wanted = top_p * tl.sum(sums, 0)
             accepted = top_p >= 1.0
             rounds = 0
@@ -183,6 +191,25 @@ def _filtered_sample_kernel(
                     u_block, u_id, _, _ = tl.rand4x(seed, row * (MAX_ROUNDS + 1) + rounds)
                     token = _draw(row_ptr, sums, lowest, drawn, top, scale, u_block, u_id, V, BLOCK, BLOCK_B)
             token = tl.where(accepted, token, first_max)  # the rounds ran out: the most likely id
+    return token
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _filtered_sample_kernel(
+    logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, out_ptr, stride, seed,
+    V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, HAS_GREEDY: tl.constexpr,
+    MAX_ROUNDS: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
+    wait_for_previous_kernel(USE_PDL)
+    row = tl.program_id(0)
+    temperature, k, top_p, min_p, greedy = _row_settings(
+        row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, V, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P, HAS_GREEDY
+    )  # fmt: skip
+    token = _sample_row(
+        logits_ptr + row.to(tl.int64) * stride, row, seed, temperature, k, top_p, min_p, greedy,
+        V, BLOCK, NUM_BLOCKS, BLOCK_B, KEY_BITS, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P, MAX_ROUNDS,
+    )  # fmt: skip
     tl.store(out_ptr + row, token.to(tl.int64))
 
 
@@ -216,10 +243,11 @@ def filtered_sample(
     return out
 
 
-def warm_up(logits: torch.Tensor) -> None:
-    """Launch the kernel once for each combination of filters, with and without greedy rows, on
-    ``logits`` (rows laid out as the model's): the variants a batch can ask for, compiled before
-    the first request. Every row greedy-free or every other one greedy; the ids drawn are dropped."""
+def warm_up(logits: torch.Tensor, sample=filtered_sample) -> None:
+    """Launch ``sample`` (``filtered_sample``, or ``triton_window_sample.window_sample``, which takes the
+    same arguments) once for each combination of filters, with and without greedy rows, on ``logits``
+    (rows laid out as the model's): the variants a batch can ask for, compiled before the first
+    request. Every row greedy-free or every other one greedy; the ids drawn are dropped."""
     rows, vocab = logits.shape
     ones = torch.ones(rows, device=logits.device)
     filters = (torch.full((rows,), 8, device=logits.device), torch.full((rows,), 0.9, device=logits.device), ones * 0.05)
@@ -227,4 +255,4 @@ def warm_up(logits: torch.Tensor) -> None:
     for used in range(1, 8):  # which of top-k, top-p, min-p are given, at least one
         top_k, top_p, min_p = (f if used >> i & 1 else None for i, f in enumerate(filters))
         for g in (None, greedy):
-            filtered_sample(logits, ones, top_k, top_p, min_p, torch.Generator().manual_seed(0), greedy=g)
+            sample(logits, ones, top_k, top_p, min_p, torch.Generator().manual_seed(0), greedy=g)
