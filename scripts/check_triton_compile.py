@@ -338,6 +338,9 @@ def _sampler_cases():
         yield f"sampler, a window, top-k and top-p ({dtype} logits)", lambda: window_sample(logits, torch.ones(3), top_k, top_p, None)
     yield "sampler, a window, top-p alone, greedy rows", lambda: window_sample(logits, torch.ones(3), None, top_p, None, greedy=greedy)
     yield "sampler, a window, every filter", lambda: window_sample(logits, torch.ones(3), top_k, top_p, min_p, greedy=greedy)
+    from folovllm.sample.sampler import warm_up_fused_kernels
+
+    yield "sampler warm-up, a bf16 model (bf16 and float32 logits)", lambda: warm_up_fused_kernels(torch.zeros(2, 151_936, dtype=BF16))
 
 
 def _gptq_cases():
@@ -487,15 +490,21 @@ def _per_step_value_cases():
     from folovllm.sample.ops import triton_filtered_sample as filtered
     from folovllm.sample.ops import triton_window_sample as windowed
 
-    top_k, top_p = torch.full((64,), 20), torch.full((64,), 0.95)
+    top_k, top_p, min_p = torch.full((64,), 20), torch.full((64,), 0.95), torch.full((64,), 0.05)
+    greedy = torch.arange(64) % 3 == 0
+    filter_sets = ((top_k, top_p, None, None), (None, top_p, None, greedy), (top_k, None, min_p, None), (top_k, top_p, min_p, greedy))
     for kernel, sample_rows, sizes in ((filtered._filtered_sample_kernel, filtered.filtered_sample, (8, 9, 64)),
                                        (windowed._window_sample_kernel, windowed.window_sample, (1, 2, 7))):  # fmt: skip
         calls = [
-            lambda b=b, seed=seed, f=sample_rows: f(logits[:b], torch.ones(b), top_k[:b], top_p[:b], None, _drawing(seed))
+            lambda b=b, seed=seed, fs=fs, f=sample_rows: f(
+                logits[:b], torch.ones(b), *(None if x is None else x[:b] for x in fs[:3]), _drawing(seed),
+                greedy=None if fs[3] is None else fs[3][:b],
+            )
             for b in sizes
             for seed in (lambda x: x % 16 != 0, lambda x: x % 16 == 0)
+            for fs in filter_sets
         ]
-        yield f"{kernel.__name__}, batch sizes {sizes[0]}..{sizes[-1]}, seeds", (kernel,), calls
+        yield f"{kernel.__name__}, batch sizes {sizes[0]}..{sizes[-1]}, seeds, filter sets", (kernel,), calls
     qweight, qzeros = torch.zeros(128, 512, dtype=torch.int32), torch.zeros(8, 64, dtype=torch.int32)
     scales = torch.zeros(8, 512, dtype=BF16)
     yield "GPTQ GEMM, M 1..16 (one BLOCK_M)", (gptq._gptq_gemm_kernel,), [

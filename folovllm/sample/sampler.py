@@ -3,15 +3,15 @@
 Order, as in vLLM v1:
   1. logprobs of the raw logits (if any row asked for them)
   2. min_tokens: mask stop/EOS ids of rows that may not stop yet
-  3. penalties: repetition, frequency, presence
+  3. penalties: repetition, frequency, presence (2 and 3 in float32)
   4. greedy argmax
   5. temperature, min_p, top_k, top_p, then a random draw
 Random draws use the "exponential race": argmax(p / E) with E ~ Exp(1) is a
 sample from p, needs no host sync (unlike torch.multinomial), and lets a
 seeded row draw its E from its own generator, so its output does not depend
-on which other requests share the batch. On a GPU, a batch of plain
-temperature rows (no per-request seed; greedy rows may be among them) goes to
-two Triton kernels that invert the softmax's cumulative distribution instead
+on which other requests share the batch. On a GPU, a batch with no seeded row
+(greedy rows may be among them; min_tokens and penalties already applied) goes
+to two Triton kernels that invert the softmax's cumulative distribution instead
 (``ops/triton_sample.py``): two random numbers per row rather than one per
 vocabulary id. With top-k / top-p / min-p rows among them, a Triton kernel
 filters and draws without sorting the vocabulary: from FILTERED_SAMPLE_MIN_ROWS
@@ -82,6 +82,8 @@ class Sampler(nn.Module):
 
     def forward(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         raw_logprobs = logits.float().log_softmax(dim=-1) if md.max_num_logprobs is not None else None
+        if md.min_tokens_stop_ids or md.repetition_penalties is not None:
+            logits = _mask_and_penalize(logits.float(), md)
         if _fused_sampling_applies(logits, md):
             if md.top_k is None and md.top_p is None and md.min_p is None:
                 from folovllm.sample.ops.triton_sample import inverse_cdf_sample
@@ -96,15 +98,7 @@ class Sampler(nn.Module):
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
                 )  # fmt: skip
             return self._output(sampled, raw_logprobs, md)
-        logits = logits.float()
-        for row, stop_ids in md.min_tokens_stop_ids.items():
-            logits[row, stop_ids] = float("-inf")
-        if md.repetition_penalties is not None:
-            logits = apply_penalties(
-                logits, md.prompt_token_ids, md.output_token_ids,
-                md.presence_penalties, md.frequency_penalties, md.repetition_penalties,
-            )  # fmt: skip
-        sampled = self.sample(logits, md)
+        sampled = self.sample(logits.float(), md)
         return self._output(sampled, raw_logprobs, md)
 
     @staticmethod
@@ -131,18 +125,24 @@ class Sampler(nn.Module):
         return torch.where(md.greedy_mask, greedy, random)
 
 
+def _mask_and_penalize(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """min_tokens' stop ids set to -inf (in place), then the penalties: what every path samples from."""
+    for row, stop_ids in md.min_tokens_stop_ids.items():
+        logits[row, stop_ids] = float("-inf")
+    if md.repetition_penalties is None:
+        return logits
+    return apply_penalties(
+        logits, md.prompt_token_ids, md.output_token_ids,
+        md.presence_penalties, md.frequency_penalties, md.repetition_penalties,
+    )  # fmt: skip
+
+
 def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
-    """Temperature sampling, greedy rows beside it or not, on a GPU, with no seeded row, penalty or
-    min_tokens: the fused kernels do it all, top-k / top-p / min-p included. (Every row greedy: one
-    argmax is less work.)"""
-    return (
-        logits.is_cuda
-        and HAS_TRITON
-        and not md.all_greedy
-        and not md.generators
-        and md.repetition_penalties is None
-        and not md.min_tokens_stop_ids
-    )
+    """Temperature sampling, greedy rows beside it or not, on a GPU, with no seeded row: the fused
+    kernels do it all, top-k / top-p / min-p included, on the logits as min_tokens and the penalties
+    left them. (Every row greedy: one argmax is less work. A seeded row draws from its own generator,
+    which only torch's path can.)"""
+    return logits.is_cuda and HAS_TRITON and not md.all_greedy and not md.generators
 
 
 def _exponential_noise(
@@ -168,3 +168,24 @@ def gumbel_sample(
     """The same race in log space: argmax(logits - log E) needs no softmax,
     since log p differs from the logits only by a per-row constant."""
     return logits.sub_(_exponential_noise(logits, generators, default).log_()).argmax(dim=-1)
+
+
+def warm_up_fused_kernels(logits: torch.Tensor) -> None:
+    """Launch each fused sampling kernel once on ``logits`` (rows laid out as the model's) and on a
+    float32 copy (what min_tokens and penalties hand over): the temperature kernels with and without
+    greedy rows, both filtering kernels with every filter and greedy rows. Their variants compile
+    before the first request rather than inside it; the ids drawn are dropped."""
+    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+    from folovllm.sample.ops.triton_sample import inverse_cdf_sample
+    from folovllm.sample.ops.triton_window_sample import window_sample
+
+    rows, device = logits.shape[0], logits.device
+    ones = torch.ones(rows, device=device)
+    greedy = torch.arange(rows, device=device) % 2 == 0
+    filters = (torch.full((rows,), 8, device=device), ones * 0.9, ones * 0.05)
+    generator = torch.Generator().manual_seed(0)
+    for x in {logits.dtype: logits, torch.float32: logits.float()}.values():
+        for g in (None, greedy):
+            inverse_cdf_sample(x, ones, generator, greedy=g)
+        for sample in (filtered_sample, window_sample):
+            sample(x, ones, *filters, generator, greedy=greedy)

@@ -217,10 +217,10 @@ class ModelRunner:
         The profile run compiled the big-batch paths; these short steps add the
         small-batch ones (e.g. GPTQ's split-K GEMM) and each sampler path:
         greedy, plain temperature (the fused sampler kernels on a GPU), the
-        two side by side (their variant with greedy rows) and top-k/top-p (on a
-        GPU, both filtering kernels' every combination of filters, launched on
-        the model's logits). Triton would otherwise compile them inside a user's
-        request. Without CUDA graphs (``enforce_eager``) decode steps run the
+        two side by side (their variant with greedy rows) and top-k/top-p; on a
+        GPU every fused sampling kernel is also launched on the model's logits
+        and on float32 ones (after penalties). Triton would otherwise compile
+        them inside a user's request. Without CUDA graphs (``enforce_eager``) decode steps run the
         decode kernel eagerly too, split and unsplit, and the GEMV at 1, 2 and 4
         rows: four decode steps compile them, and prompts of 32 to 256 tokens the
         skinny GEMM's configurations by row count (graph capture compiles them
@@ -239,14 +239,11 @@ class ModelRunner:
         greedy, temperature = SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)
         for params in (greedy, temperature, SamplingParams(top_k=8, top_p=0.9)):
             self._dummy_run([min(8, self.max_model_len, budget)], params)
-        if self.device.type == "cuda" and HAS_TRITON:  # the filtering kernels' variants, on logits as the model's
-            from folovllm.sample.ops.triton_filtered_sample import filtered_sample, warm_up
-            from folovllm.sample.ops.triton_window_sample import window_sample
+        if self.device.type == "cuda" and HAS_TRITON:  # every fused sampling kernel, on logits as the model's
+            from folovllm.sample.sampler import warm_up_fused_kernels
 
             hidden = torch.zeros(2, self.model_config.hf_config.hidden_size, dtype=self.dtype, device=self.device)
-            logits = self.model.compute_logits(hidden)
-            for sample in (filtered_sample, window_sample):
-                warm_up(logits, sample)
+            warm_up_fused_kernels(self.model.compute_logits(hidden))
         if self.max_num_seqs > 1:  # (the budget holds max_num_seqs tokens at least)
             self._dummy_run([min(8, self.max_model_len, budget // 2)] * 2, [greedy, temperature])
         if self.config.enforce_eager or compile_only:

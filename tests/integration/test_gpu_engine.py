@@ -457,6 +457,38 @@ def test_gpu_start_up_compiles_every_variant_in_its_parallel_pass(tiny_model, tm
     assert tokens == runs["0"][3]
 
 
+def test_gpu_penalties_and_min_tokens_sample_in_the_fused_kernels_compiling_nothing(tiny_model, monkeypatch):
+    """A bf16 model's batches with penalties or min_tokens sample in the fused kernels on float32
+    logits (the variants the warm-up compiled beside the bf16 ones), with and without filters, at 3
+    and 8 rows; a greedy row with a repetition penalty gets the tokens torch's path gives it."""
+    from folovllm import LLM, SamplingParams
+    from folovllm.sample.ops import triton_filtered_sample, triton_sample, triton_window_sample
+    from folovllm.utils.triton_variants import compiled_kernel_variants
+
+    dtypes = []
+    for module, name in ((triton_sample, "inverse_cdf_sample"), (triton_filtered_sample, "filtered_sample"),
+                         (triton_window_sample, "window_sample")):  # fmt: skip
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda logits, *a, real=real, **k: dtypes.append(logits.dtype) or real(logits, *a, **k))
+    llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, **SMALL_KV_CACHE)
+    before, warm_up_calls = compiled_kernel_variants(), len(dtypes)
+    prompts = [{"prompt_token_ids": [5 + i, 17, 99, 3]} for i in range(8)]
+    settings = [dict(repetition_penalty=1.3), dict(presence_penalty=0.5, top_k=20, top_p=0.9), dict(min_tokens=4)]
+    for s in settings:
+        params = [SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, repetition_penalty=1.3)]
+        params += [SamplingParams(temperature=0.7, max_tokens=6, ignore_eos=True, **s)] * 7
+        for n in (8, 3):
+            llm.generate(prompts[:n], params[:n], use_tqdm=False)
+    assert compiled_kernel_variants() == before
+    assert dtypes[warm_up_calls:] and set(dtypes[warm_up_calls:]) == {torch.float32}
+    greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, repetition_penalty=1.3)
+    # the same two sequences (same shapes, so the same logits for the first): all greedy goes to torch's
+    # argmax, greedy beside a sampled row to the fused kernel's
+    all_greedy = llm.generate(prompts[:2], greedy, use_tqdm=False)
+    mixed = llm.generate(prompts[:2], [greedy, SamplingParams(temperature=0.7, max_tokens=6, ignore_eos=True)], use_tqdm=False)
+    assert mixed[0].outputs[0].token_ids == all_greedy[0].outputs[0].token_ids
+
+
 def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model, monkeypatch):
     """Batches with top-k / top-p / min-p rows (greedy rows among them or not) sample in the whole-row
     kernel from FILTERED_SAMPLE_MIN_ROWS rows and in the window kernel below, whose every variant the

@@ -416,6 +416,65 @@ def test_window_sampler_leaves_what_its_window_cannot_settle_to_the_whole_row_pa
     assert set(alone[0].tolist()) <= {3, 20, 41} and not torch.equal(alone[0], alone[1])
 
 
+def test_min_tokens_and_penalties_change_the_logits_the_fused_kernels_sample(monkeypatch):
+    """The fused kernels (interpreter; forced on the CPU) sample from the logits as min_tokens and the
+    penalties leave them, in float32: a greedy row with a repetition penalty takes the penalized argmax
+    (torch's path's id), a row that may not stop yet never draws its stop id, and a top-k row whose
+    favourite was penalized draws only among the penalized top 3."""
+    pytest.importorskip("triton")
+    from folovllm.sample import sampler as sampler_module
+    from folovllm.sample.ops import triton_window_sample
+
+    vocab = 64
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(1)) * 0.5
+    logits[:, 2] = 6.0  # id 2: the favourite, in every row's prompt ([1, 2, 3])
+    stop = SamplingParams(temperature=1.0, min_tokens=5, stop_token_ids=[2])
+    stop.update_from_generation_config(set())
+    params = [SamplingParams(temperature=0, repetition_penalty=10.0), stop, SamplingParams(temperature=0.8, top_k=3, presence_penalty=2.0, frequency_penalty=2.0)]
+    outputs = {2: [2, 2, 2]}
+    torch_path = Sampler()(logits.clone(), metadata(params, outputs, vocab)).sampled_token_ids
+    assert torch_path[0] != 2 and torch_path[1] != 2
+    dtypes = []
+    real = triton_window_sample.window_sample
+    monkeypatch.setattr(triton_window_sample, "window_sample", lambda x, *a, **k: dtypes.append(x.dtype) or real(x, *a, **k))
+    monkeypatch.setattr(sampler_module, "_fused_sampling_applies", lambda logits, md: not md.all_greedy and not md.generators)
+    penalized = apply_penalties(logits.clone(), torch.tensor([[1, 2, 3]] * 3), torch.tensor([[vocab] * 3, [vocab] * 3, [2] * 3]),
+                                torch.tensor([0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 2.0]), torch.tensor([10.0, 1.0, 1.0]))  # fmt: skip
+    assert 2 not in penalized[2].topk(3).indices.tolist()
+    top3 = set(penalized[2].topk(3).indices.tolist())
+    for seed in range(12):
+        out = Sampler(seed=seed)(logits.to(torch.bfloat16), metadata(params, outputs, vocab)).sampled_token_ids.tolist()
+        assert out[0] == torch_path[0] and out[1] != 2 and out[2] in top3
+    assert dtypes == [torch.float32] * 12  # the window kernel (3 rows), on the float32 logits
+
+
+def test_warm_up_launches_every_fused_sampling_kernel_in_the_models_dtype_and_float32(monkeypatch):
+    """On bf16 logits: the temperature kernels with and without greedy rows and both filtering
+    kernels with every filter and greedy rows, each on bf16 and on float32 logits (the interpreter
+    runs them all: the arguments fit each kernel)."""
+    pytest.importorskip("triton")
+    from folovllm.sample.ops import triton_filtered_sample, triton_sample, triton_window_sample
+    from folovllm.sample.sampler import warm_up_fused_kernels
+
+    calls = []
+    for module, name in ((triton_sample, "inverse_cdf_sample"), (triton_filtered_sample, "filtered_sample"),
+                         (triton_window_sample, "window_sample")):  # fmt: skip
+        real = getattr(module, name)
+
+        def record(logits, *a, real=real, name=name, **k):
+            filters = tuple(x is not None for x in a[1:4]) if name != "inverse_cdf_sample" else ()
+            calls.append((name, logits.dtype, k.get("greedy") is not None) + filters)
+            return real(logits, *a, **k)
+
+        monkeypatch.setattr(module, name, record)
+    warm_up_fused_kernels(torch.randn(2, 100).to(torch.bfloat16))
+    expected = []
+    for dtype in (torch.bfloat16, torch.float32):
+        expected += [("inverse_cdf_sample", dtype, False), ("inverse_cdf_sample", dtype, True)]
+        expected += [(name, dtype, True, True, True, True) for name in ("filtered_sample", "window_sample")]
+    assert calls == expected
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
 def test_sampler_sends_filtered_batches_to_the_filtering_kernels_by_row_count_on_gpu(monkeypatch):
     """Top-k / top-p rows: the window kernel below FILTERED_SAMPLE_MIN_ROWS rows, the whole-row kernel

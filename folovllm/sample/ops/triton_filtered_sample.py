@@ -137,14 +137,15 @@ def _draw(row_ptr, sums, lowest, above, top, scale, u_block, u_id, V: tl.constex
 
 
 @triton.jit
-def _row_settings(row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, V: tl.constexpr,
-                  HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, HAS_GREEDY: tl.constexpr):  # fmt: skip
-    """Row ``row``'s temperature, top_k (V where off), top_p (1.0), min_p (0.0) and whether it is greedy."""
+def _row_settings(row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, has_top_k, has_top_p, has_min_p, has_greedy,
+                  V: tl.constexpr):  # fmt: skip
+    """Row ``row``'s temperature, top_k, top_p, min_p and whether it is greedy; a filter the batch does
+    not use (its ``has_`` flag 0: its pointer is a placeholder) reads as off: V, 1.0, 0.0, not greedy."""
     temperature = tl.load(temp_ptr + row)
-    k = tl.load(top_k_ptr + row).to(tl.int32) if HAS_TOP_K else V
-    top_p = tl.load(top_p_ptr + row) if HAS_TOP_P else 1.0
-    min_p = tl.load(min_p_ptr + row) if HAS_MIN_P else 0.0
-    greedy = tl.load(greedy_ptr + row).to(tl.int1) if HAS_GREEDY else False
+    k = tl.load(top_k_ptr + row).to(tl.int32) if has_top_k != 0 else V
+    top_p = tl.load(top_p_ptr + row) if has_top_p != 0 else 1.0
+    min_p = tl.load(min_p_ptr + row) if has_min_p != 0 else 0.0
+    greedy = tl.load(greedy_ptr + row).to(tl.int1) if has_greedy != 0 else False
     return temperature, k, top_p, min_p, greedy
 
 
@@ -152,9 +153,10 @@ def _row_settings(row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, V:
 def _sample_row(
     row_ptr, row, seed, temperature, k, top_p, min_p, greedy,
     V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, MAX_ROUNDS: tl.constexpr,
+    MAX_ROUNDS: tl.constexpr,
 ):  # fmt: skip
-    """The id drawn for one row (its first argmax if ``greedy``), by passes over the whole row."""
+    """The id drawn for one row (its first argmax if ``greedy``), by passes over the whole row. Each
+    filter is off at its neutral value: k >= V, top_p >= 1, min_p = 0."""
     # 1. The largest logit, and the first id that holds it.
     top = float("-inf")
     token = 0
@@ -166,51 +168,64 @@ def _sample_row(
     if not greedy:
         # 2. The kept ids: logits >= lowest.
         lowest = float("-inf")
-        if HAS_MIN_P:  # p >= min_p * p_max; min_p = 0 gives -inf
+        if min_p > 0.0:  # p >= min_p * p_max
             lowest = top + temperature * tl.log(min_p)
-        if HAS_TOP_K:
-            if k < V:
-                lowest = tl.maximum(lowest, _kth_largest(row_ptr, k, V, BLOCK, NUM_BLOCKS, KEY_BITS))
+        if k < V:
+            lowest = tl.maximum(lowest, _kth_largest(row_ptr, k, V, BLOCK, NUM_BLOCKS, KEY_BITS))
         # 3. A draw from the kept ids.
         scale = LOG2E / temperature
         sums = _block_sums(row_ptr, lowest, float("-inf"), top, scale, V, BLOCK, NUM_BLOCKS, BLOCK_B)
         u_block, u_id, _, _ = tl.rand4x(seed, row * (MAX_ROUNDS + 1))
         token = _draw(row_ptr, sums, lowest, float("-inf"), top, scale, u_block, u_id, V, BLOCK, BLOCK_B)
-        if HAS_TOP_P:
-            # 4. Accept the draw if the kept ids more likely than it hold less than p of the kept mass,
-            # else draw again among them.
-            wanted = top_p * tl.sum(sums, 0)
-            accepted = top_p >= 1.0
-            rounds = 0
-            while (accepted == 0) & (rounds < MAX_ROUNDS):
-                drawn = _load_row(row_ptr, token, V)
-                sums = _block_sums(row_ptr, lowest, drawn, top, scale, V, BLOCK, NUM_BLOCKS, BLOCK_B)
-                accepted = tl.sum(sums, 0) < wanted
-                rounds += 1
-                if accepted == 0:
-                    u_block, u_id, _, _ = tl.rand4x(seed, row * (MAX_ROUNDS + 1) + rounds)
-                    token = _draw(row_ptr, sums, lowest, drawn, top, scale, u_block, u_id, V, BLOCK, BLOCK_B)
-            token = tl.where(accepted, token, first_max)  # the rounds ran out: the most likely id
+        # 4. top-p: accept the draw if the kept ids more likely than it hold less than p of the kept
+        # mass, else draw again among them.
+        wanted = top_p * tl.sum(sums, 0)
+        accepted = top_p >= 1.0
+        rounds = 0
+        while (accepted == 0) & (rounds < MAX_ROUNDS):
+            drawn = _load_row(row_ptr, token, V)
+            sums = _block_sums(row_ptr, lowest, drawn, top, scale, V, BLOCK, NUM_BLOCKS, BLOCK_B)
+            accepted = tl.sum(sums, 0) < wanted
+            rounds += 1
+            if accepted == 0:
+                u_block, u_id, _, _ = tl.rand4x(seed, row * (MAX_ROUNDS + 1) + rounds)
+                token = _draw(row_ptr, sums, lowest, drawn, top, scale, u_block, u_id, V, BLOCK, BLOCK_B)
+        token = tl.where(accepted, token, first_max)  # the rounds ran out: the most likely id
     return token
 
 
-@triton.jit(do_not_specialize=["seed"])
+# Which filters a batch uses are arguments, not compile-time constants: one compiled variant per
+# logits dtype serves every mix of top-k, top-p, min-p and greedy rows (as constants they made 14
+# variants a kernel, each ~0.6 s of CPU to compile at a cold start). The seed changes every step.
+ROW_FLAGS = ["seed", "has_top_k", "has_top_p", "has_min_p", "has_greedy"]
+
+
+@triton.jit(do_not_specialize=ROW_FLAGS)
 def _filtered_sample_kernel(
     logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, out_ptr, stride, seed,
+    has_top_k, has_top_p, has_min_p, has_greedy,
     V: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr, BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr, HAS_GREEDY: tl.constexpr,
     MAX_ROUNDS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     temperature, k, top_p, min_p, greedy = _row_settings(
-        row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, V, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P, HAS_GREEDY
+        row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, has_top_k, has_top_p, has_min_p, has_greedy, V
     )  # fmt: skip
     token = _sample_row(
         logits_ptr + row.to(tl.int64) * stride, row, seed, temperature, k, top_p, min_p, greedy,
-        V, BLOCK, NUM_BLOCKS, BLOCK_B, KEY_BITS, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P, MAX_ROUNDS,
+        V, BLOCK, NUM_BLOCKS, BLOCK_B, KEY_BITS, MAX_ROUNDS,
     )  # fmt: skip
     tl.store(out_ptr + row, token.to(tl.int64))
+
+
+def filter_args(temperature: torch.Tensor, top_k, top_p, min_p, greedy, out: torch.Tensor) -> list:
+    """The filter pointers and their ``has_`` flags as the kernels take them: a filter that is None
+    becomes a placeholder of its dtype (so that no combination compiles a variant of its own) with a
+    value for every row (reading it is harmless; its flag, 0, discards it)."""
+    placeholders = (out, temperature, temperature, out.view(torch.bool))  # int64, float32, float32, bool
+    given = (top_k, top_p, min_p, greedy)
+    return [p if g is None else g for p, g in zip(placeholders, given)] + [int(g is not None) for g in given]
 
 
 def filtered_sample(
@@ -232,27 +247,11 @@ def filtered_sample(
     block = min(block, triton.next_power_of_2(vocab))
     num_blocks = triton.cdiv(vocab, block)
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
+    top_k, top_p, min_p, greedy, *flags = filter_args(temperature, top_k, top_p, min_p, greedy, out)
     _filtered_sample_kernel[(num_rows,)](
-        logits, temperature, out if top_k is None else top_k, temperature if top_p is None else top_p,
-        temperature if min_p is None else min_p, out if greedy is None else greedy, out, logits.stride(0),
-        draw_seed(generator), V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks,
-        BLOCK_B=max(16, triton.next_power_of_2(num_blocks)), KEY_BITS=16 if logits.dtype == torch.bfloat16 else 32,
-        HAS_TOP_K=top_k is not None, HAS_TOP_P=top_p is not None, HAS_MIN_P=min_p is not None,
-        HAS_GREEDY=greedy is not None, MAX_ROUNDS=MAX_ROUNDS, **pdl_launch_args(logits), num_warps=8,
+        logits, temperature, top_k, top_p, min_p, greedy, out, logits.stride(0), draw_seed(generator), *flags,
+        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, BLOCK_B=max(16, triton.next_power_of_2(num_blocks)),
+        KEY_BITS=16 if logits.dtype == torch.bfloat16 else 32, MAX_ROUNDS=MAX_ROUNDS, **pdl_launch_args(logits),
+        num_warps=8,
     )  # fmt: skip
     return out
-
-
-def warm_up(logits: torch.Tensor, sample=filtered_sample) -> None:
-    """Launch ``sample`` (``filtered_sample``, or ``triton_window_sample.window_sample``, which takes the
-    same arguments) once for each combination of filters, with and without greedy rows, on ``logits``
-    (rows laid out as the model's): the variants a batch can ask for, compiled before the first
-    request. Every row greedy-free or every other one greedy; the ids drawn are dropped."""
-    rows, vocab = logits.shape
-    ones = torch.ones(rows, device=logits.device)
-    filters = (torch.full((rows,), 8, device=logits.device), torch.full((rows,), 0.9, device=logits.device), ones * 0.05)
-    greedy = torch.arange(rows, device=logits.device) % 2 == 0
-    for used in range(1, 8):  # which of top-k, top-p, min-p are given, at least one
-        top_k, top_p, min_p = (f if used >> i & 1 else None for i, f in enumerate(filters))
-        for g in (None, greedy):
-            sample(logits, ones, top_k, top_p, min_p, torch.Generator().manual_seed(0), greedy=g)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from folovllm.sample.ops.triton_filtered_sample import (
-    MAX_ROUNDS, _block_sums, _kept_weights, _row_settings, _sample_row,
+    MAX_ROUNDS, ROW_FLAGS, _block_sums, _kept_weights, _row_settings, _sample_row, filter_args,
 )  # fmt: skip
 from folovllm.sample.ops.triton_sample import LOG2E, _walk, draw_seed
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
@@ -42,18 +42,18 @@ def _value_at(values, offs, i):
     return tl.sum(tl.where(offs == i, values, 0.0), 0)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit(do_not_specialize=ROW_FLAGS)
 def _window_sample_kernel(
     logits_ptr, values_ptr, ids_ptr, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, out_ptr, stride, seed,
+    has_top_k, has_top_p, has_min_p, has_greedy,
     V: tl.constexpr, N: tl.constexpr, WINDOW_BLOCK: tl.constexpr, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr,
-    BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr, HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr,
-    HAS_MIN_P: tl.constexpr, HAS_GREEDY: tl.constexpr, MAX_ROUNDS: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_B: tl.constexpr, KEY_BITS: tl.constexpr, MAX_ROUNDS: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride
     temperature, k, top_p, min_p, greedy = _row_settings(
-        row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, V, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P, HAS_GREEDY
+        row, temp_ptr, top_k_ptr, top_p_ptr, min_p_ptr, greedy_ptr, has_top_k, has_top_p, has_min_p, has_greedy, V
     )  # fmt: skip
     offs = tl.arange(0, WINDOW_BLOCK)
     values = tl.load(values_ptr + row * N + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
@@ -66,26 +66,25 @@ def _window_sample_kernel(
     settled = whole_row | (last < top)
     if not greedy:
         lowest = float("-inf")
-        if HAS_MIN_P:  # p >= min_p * p_max; min_p = 0 gives -inf
+        if min_p > 0.0:  # p >= min_p * p_max
             lowest = top + temperature * tl.log(min_p)
         k_inside = True
-        if HAS_TOP_K:
-            if k < V:
-                k_inside = k <= N
-                lowest = tl.maximum(lowest, _value_at(values, offs, k - 1))
+        if k < V:
+            k_inside = k <= N
+            lowest = tl.maximum(lowest, _value_at(values, offs, k - 1))
         inside = whole_row | ((last < lowest) & k_inside)  # every id top-k and min-p keep is in the window
         scale = LOG2E / temperature
         weights = _kept_weights(values, lowest, float("-inf"), top, scale)
         mass = tl.sum(weights, 0)
-        if HAS_TOP_P:
-            if top_p < 1.0:
-                if (inside == 0) & (lowest == float("-inf")):  # top-p alone: the kept mass is the row's
-                    mass = tl.sum(_block_sums(row_ptr, lowest, float("-inf"), top, scale, V, BLOCK, NUM_BLOCKS, BLOCK_B), 0)
-                    inside = tl.sum(tl.where(values > last, weights, 0.0), 0) >= top_p * mass
-                # The last id kept: the last whose more likely ids hold less than p of the mass.
-                mass_before = tl.cumsum(weights, 0) - weights
-                last_kept = tl.sum((mass_before < top_p * mass).to(tl.int32), 0) - 1
-                lowest = tl.maximum(lowest, _value_at(values, offs, last_kept))
+        if top_p < 1.0:
+            if (inside == 0) & (lowest == float("-inf")):  # top-p alone: the kept mass is the row's
+                mass = tl.sum(_block_sums(row_ptr, lowest, float("-inf"), top, scale, V, BLOCK, NUM_BLOCKS, BLOCK_B), 0)
+                inside = tl.sum(tl.where(values > last, weights, 0.0), 0) >= top_p * mass
+            # The threshold: the value at the last position whose predecessors hold less than p of the
+            # mass (its ties after it are kept too, as the whole-row kernel keeps them).
+            mass_before = tl.cumsum(weights, 0) - weights
+            last_kept = tl.sum((mass_before < top_p * mass).to(tl.int32), 0) - 1
+            lowest = tl.maximum(lowest, _value_at(values, offs, last_kept))
         u, _, _, _ = tl.rand4x(seed, row * (MAX_ROUNDS + 1))
         drawn = _walk(_kept_weights(values, lowest, float("-inf"), top, scale), offs, u)
         token = tl.sum(tl.where(offs == drawn, ids, 0), 0)
@@ -93,7 +92,7 @@ def _window_sample_kernel(
     if not settled:
         token = _sample_row(
             row_ptr, row, seed, temperature, k, top_p, min_p, greedy,
-            V, BLOCK, NUM_BLOCKS, BLOCK_B, KEY_BITS, HAS_TOP_K, HAS_TOP_P, HAS_MIN_P, MAX_ROUNDS,
+            V, BLOCK, NUM_BLOCKS, BLOCK_B, KEY_BITS, MAX_ROUNDS,
         ).to(tl.int64)  # fmt: skip
     tl.store(out_ptr + row, token.to(tl.int64))
 
@@ -117,12 +116,11 @@ def window_sample(
     block = min(block, triton.next_power_of_2(vocab))
     num_blocks = triton.cdiv(vocab, block)
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
+    top_k, top_p, min_p, greedy, *flags = filter_args(temperature, top_k, top_p, min_p, greedy, out)
     _window_sample_kernel[(num_rows,)](
-        logits, values, ids, temperature, out if top_k is None else top_k, temperature if top_p is None else top_p,
-        temperature if min_p is None else min_p, out if greedy is None else greedy, out, logits.stride(0),
-        draw_seed(generator), V=vocab, N=n, WINDOW_BLOCK=triton.next_power_of_2(n), BLOCK=block, NUM_BLOCKS=num_blocks,
+        logits, values, ids, temperature, top_k, top_p, min_p, greedy, out, logits.stride(0), draw_seed(generator),
+        *flags, V=vocab, N=n, WINDOW_BLOCK=triton.next_power_of_2(n), BLOCK=block, NUM_BLOCKS=num_blocks,
         BLOCK_B=max(16, triton.next_power_of_2(num_blocks)), KEY_BITS=16 if logits.dtype == torch.bfloat16 else 32,
-        HAS_TOP_K=top_k is not None, HAS_TOP_P=top_p is not None, HAS_MIN_P=min_p is not None,
-        HAS_GREEDY=greedy is not None, MAX_ROUNDS=MAX_ROUNDS, **pdl_launch_args(logits), num_warps=8,
+        MAX_ROUNDS=MAX_ROUNDS, **pdl_launch_args(logits), num_warps=8,
     )  # fmt: skip
     return out
