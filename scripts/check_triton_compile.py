@@ -29,6 +29,7 @@ about half a second per kernel.)
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -143,8 +144,10 @@ def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch:
     return wrapped
 
 
+@functools.lru_cache(maxsize=None)
 def _cuobjdump(cubin: bytes, flag: str) -> str:
-    """The output of the cuobjdump in Triton's wheel for a compiled kernel."""
+    """The output of the cuobjdump in Triton's wheel for a compiled kernel (once per binary: calls that
+    reuse a compiled variant print the same loops)."""
     import subprocess
     import tempfile
 

@@ -401,7 +401,7 @@ def test_window_sampler_leaves_what_its_window_cannot_settle_to_the_whole_row_pa
     peaked = torch.randn(64, generator=torch.Generator().manual_seed(4)) * 0.5
     peaked[[3, 20, 41]] += 6.0  # three ids hold nearly all the mass
     flat = torch.randn(64, generator=torch.Generator().manual_seed(5)) * 0.1
-    n = 30
+    n = 20
     rows = torch.cat([peaked.repeat(n, 1), flat.repeat(n, 1), peaked.repeat(n, 1), peaked.repeat(n, 1)]).to(device)
     top_k = torch.tensor([5] * n + [64] * n + [40] * n + [64] * n, device=device)
     top_p = torch.tensor([1.0] * n + [0.9] * n + [1.0] * n + [1.0] * n, device=device)
