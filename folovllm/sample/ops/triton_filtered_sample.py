@@ -228,6 +228,18 @@ def filter_args(temperature: torch.Tensor, top_k, top_p, min_p, greedy, out: tor
     return [p if g is None else g for p, g in zip(placeholders, given)] + [int(g is not None) for g in given]
 
 
+def whole_row_constants(logits: torch.Tensor, block: int) -> dict:
+    """The compile-time constants of ``_sample_row``'s passes over rows of ``logits`` in blocks of
+    ``block`` ids (fewer for a small vocabulary), as both kernels that call it take them."""
+    vocab = logits.shape[1]
+    block = min(block, triton.next_power_of_2(vocab))
+    num_blocks = triton.cdiv(vocab, block)
+    return dict(
+        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, BLOCK_B=max(16, triton.next_power_of_2(num_blocks)),
+        KEY_BITS=16 if logits.dtype == torch.bfloat16 else 32, MAX_ROUNDS=MAX_ROUNDS,
+    )  # fmt: skip
+
+
 def filtered_sample(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -243,15 +255,11 @@ def filtered_sample(
     min_p 0.0), as ``Sampler.sample`` filters; logits [B, V] with unit column stride. ``greedy``
     (bool [B] or None) and ``generator`` as in ``triton_sample.inverse_cdf_sample``; ``block`` (ids
     per block, a power of two; the draw depends on it) other than the default is for tests."""
-    num_rows, vocab = logits.shape
-    block = min(block, triton.next_power_of_2(vocab))
-    num_blocks = triton.cdiv(vocab, block)
+    num_rows = logits.shape[0]
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     top_k, top_p, min_p, greedy, *flags = filter_args(temperature, top_k, top_p, min_p, greedy, out)
     _filtered_sample_kernel[(num_rows,)](
         logits, temperature, top_k, top_p, min_p, greedy, out, logits.stride(0), draw_seed(generator), *flags,
-        V=vocab, BLOCK=block, NUM_BLOCKS=num_blocks, BLOCK_B=max(16, triton.next_power_of_2(num_blocks)),
-        KEY_BITS=16 if logits.dtype == torch.bfloat16 else 32, MAX_ROUNDS=MAX_ROUNDS, **pdl_launch_args(logits),
-        num_warps=8,
+        **whole_row_constants(logits, block), **pdl_launch_args(logits), num_warps=8,
     )  # fmt: skip
     return out

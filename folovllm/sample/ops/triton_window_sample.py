@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from folovllm.sample.ops.triton_filtered_sample import (
-    MAX_ROUNDS, ROW_FLAGS, _block_sums, _kept_weights, _row_settings, _sample_row, filter_args,
+    ROW_FLAGS, _block_sums, _kept_weights, _row_settings, _sample_row, filter_args, whole_row_constants,
 )  # fmt: skip
 from folovllm.sample.ops.triton_sample import LOG2E, _walk, draw_seed
 from folovllm.utils.pdl import pdl_launch_args, wait_for_previous_kernel
@@ -38,8 +38,8 @@ WINDOW = 1024
 
 @triton.jit
 def _value_at(values, offs, i):
-    """``values[i]`` (a scalar) from a block of values."""
-    return tl.sum(tl.where(offs == i, values, 0.0), 0)
+    """``values[i]`` (a scalar) from a block of values (float or integer)."""
+    return tl.sum(tl.where(offs == i, values, 0), 0)
 
 
 @triton.jit(do_not_specialize=ROW_FLAGS)
@@ -87,7 +87,7 @@ def _window_sample_kernel(
             lowest = tl.maximum(lowest, _value_at(values, offs, last_kept))
         u, _, _, _ = tl.rand4x(seed, row * (MAX_ROUNDS + 1))
         drawn = _walk(_kept_weights(values, lowest, float("-inf"), top, scale), offs, u)
-        token = tl.sum(tl.where(offs == drawn, ids, 0), 0)
+        token = _value_at(ids, offs, drawn)
         settled = inside
     if not settled:
         token = _sample_row(
@@ -113,14 +113,11 @@ def window_sample(
     num_rows, vocab = logits.shape
     n = min(window, vocab)
     values, ids = logits.topk(n, dim=-1)  # sorted: the most likely first
-    block = min(block, triton.next_power_of_2(vocab))
-    num_blocks = triton.cdiv(vocab, block)
     out = torch.empty(num_rows, dtype=torch.int64, device=logits.device)
     top_k, top_p, min_p, greedy, *flags = filter_args(temperature, top_k, top_p, min_p, greedy, out)
     _window_sample_kernel[(num_rows,)](
         logits, values, ids, temperature, top_k, top_p, min_p, greedy, out, logits.stride(0), draw_seed(generator),
-        *flags, V=vocab, N=n, WINDOW_BLOCK=triton.next_power_of_2(n), BLOCK=block, NUM_BLOCKS=num_blocks,
-        BLOCK_B=max(16, triton.next_power_of_2(num_blocks)), KEY_BITS=16 if logits.dtype == torch.bfloat16 else 32,
-        MAX_ROUNDS=MAX_ROUNDS, **pdl_launch_args(logits), num_warps=8,
+        *flags, N=n, WINDOW_BLOCK=triton.next_power_of_2(n), **whole_row_constants(logits, block),
+        **pdl_launch_args(logits), num_warps=8,
     )  # fmt: skip
     return out
