@@ -80,8 +80,8 @@ def graphed_llm(tiny_model, monkeypatch):
     monkeypatch.setattr("folovllm.worker.model_runner.get_attn_backend", lambda device: TritonAttentionBackend())
     monkeypatch.setattr(CUDAGraphRunner, "_capture_graph", staticmethod(_fake_capture))
 
-    def build(dtype="float32", **kwargs):
-        llm = LLM(str(tiny_model), device="cpu", dtype=dtype, **kwargs)
+    def build(dtype="float32", model=None, **kwargs):
+        llm = LLM(str(model or tiny_model), device="cpu", dtype=dtype, **kwargs)
         runner = llm.llm_engine.executor.worker.model_runner
         runner.num_sms = 8  # so that small decode batches split their context, as on a GPU
         runner.graph_runner = runner.new_graph_runner()
@@ -243,11 +243,12 @@ def test_decode_splits_merged_in_the_last_split_program_in_replayed_and_eager_st
     assert any(splits > 1 for splits, _, _ in replayed), replayed
 
 
-def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed_llm, monkeypatch):
+def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed_llm, tiny_model_factory, monkeypatch):
     """With ``FP8_QUERY`` every step over an FP8 cache, replayed or eager, asks its attention kernel
     (decode, or prefill for steps with prompt tokens) to round the query (the kernels' rounding:
-    test_attention_kernels.py); over a cache in the model's dtype none does. (No HF comparison: an
-    FP8 cache drifts from it, test_fp8_kv_cache.py.)"""
+    test_attention_kernels.py); over a cache in the model's dtype none does, nor with heads of 16
+    (below the 32 an FP8 matrix product takes). (No HF comparison: an FP8 cache drifts from it,
+    test_fp8_kv_cache.py.)"""
     import folovllm.attention.backends.triton_backend as triton_backend
     from folovllm import SamplingParams
     from folovllm.attention.backends import abstract
@@ -259,8 +260,9 @@ def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed
         monkeypatch.setattr(triton_backend, name, lambda *a, attend=attend, name=name, **kw: calls.append((name, kw["fp8_query"])) or attend(*a, **kw))
     prompts = [{"prompt_token_ids": list(range(10 + 7 * i, 10 + 7 * i + n))} for i, n in enumerate([3, 40, 17])]
     params = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
-    for kv_cache_dtype, rounded in (("fp8", True), ("auto", False)):
-        llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160, kv_cache_dtype=kv_cache_dtype)
+    heads_of_32 = tiny_model_factory(head_dim=32)
+    for kv_cache_dtype, model, rounded in (("fp8", heads_of_32, True), ("auto", heads_of_32, False), ("fp8", None, False)):
+        llm, graphs = graphed_llm(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=160, kv_cache_dtype=kv_cache_dtype, model=model)
         for eager in (False, True):
             if eager:
                 graphs.decode_sizes, graphs.mixed_sizes = [], []
@@ -268,7 +270,7 @@ def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed
             outs = llm.generate(prompts, params, use_tqdm=False)
             assert all(len(o.outputs[0].token_ids) == 5 for o in outs)
             assert {name for name, _ in calls} == {"paged_decode_attention", "paged_prefill_attention"}, calls
-            assert all(flag is rounded for _, flag in calls), (kv_cache_dtype, eager, calls)
+            assert all(flag is rounded for _, flag in calls), (kv_cache_dtype, model, eager, calls)
         assert {kind for (kind, _), g in graphs.graphs.items() if g.replays} == {"decode", "mixed"}
 
 

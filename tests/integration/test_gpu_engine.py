@@ -371,15 +371,17 @@ def test_gpu_tp2_matches_tp1_with_graphs(tiny_model):
 
 
 @pytest.mark.parametrize("dtype,fp8_query", [("float32", False), ("float32", True), ("bfloat16", True)])
-def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model, monkeypatch, dtype, fp8_query):
+def test_gpu_fp8_kv_cache_with_graphs_matches_eager(tiny_model_factory, monkeypatch, dtype, fp8_query):
     """The compiled store (clamp + convert) and the upcasting attention kernels, inside graphs and out;
-    with ``FP8_QUERY``, both kernels' FP8 q.K (warpgroup MMAs on Hopper). Nothing compiles after
-    start-up. (Graphs and eager steps split contexts differently: bfloat16 outputs are compared over
-    their first tokens, where a random model's near-ties have not yet come into play.)"""
+    with ``FP8_QUERY``, both kernels' FP8 q.K (warpgroup MMAs on Hopper; a head of 32, the least they
+    take). Nothing compiles after start-up. (Graphs and eager steps split contexts differently:
+    bfloat16 outputs are compared over their first tokens, where a random model's near-ties have not
+    yet come into play.)"""
     from folovllm import LLM, SamplingParams
     from folovllm.attention.backends import abstract
     from folovllm.utils.triton_variants import compiled_kernel_variants
 
+    tiny_model = tiny_model_factory(head_dim=32) if fp8_query else tiny_model_factory()
     monkeypatch.setattr(abstract, "FP8_QUERY", fp8_query)
     prompts = [{"prompt_token_ids": p} for p in ([5, 17, 99, 3], list(range(40, 90)), [7] * 21)]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)

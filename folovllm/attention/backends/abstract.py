@@ -27,6 +27,16 @@ MIN_KV_SPLIT_LEN = 64  # the decode kernel's keys per iteration: a shorter split
 # has timed it (docs/dev/performance.md, 29).
 FP8_QUERY = False
 
+# FP8 matrix products take K in steps of 32 (Triton refuses a smaller one): a head below that keeps
+# its query in the model's dtype even with ``FP8_QUERY``.
+MIN_FP8_QUERY_HEAD_DIM = 32
+
+
+def rounds_query_to_fp8(fp8_query: bool, k_cache: torch.Tensor, head_dim: int) -> bool:
+    """Whether a backend with ``fp8_query`` takes q.K in FP8 over ``k_cache``: an FP8 cache and a head
+    of at least ``MIN_FP8_QUERY_HEAD_DIM``. Both backends ask this, so they round the same queries."""
+    return fp8_query and k_cache.dtype == torch.float8_e4m3fn and head_dim >= MIN_FP8_QUERY_HEAD_DIM
+
 
 def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int:
     """The decode kernel's split-K factor: enough (sequence, kv head, split) programs for ~2 per SM,

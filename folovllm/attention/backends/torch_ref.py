@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from folovllm.attention.backends import abstract
-from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata, rounds_query_to_fp8
 from folovllm.attention.ops.paged_attn_reference import (
     paged_attention_ref,
     paged_decode_attention_ref,
@@ -22,7 +22,7 @@ class TorchAttentionBackend(AttentionBackend):
     def forward(self, q, k, v, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float) -> torch.Tensor:
         if k is not None:
             store_kv_cache_ref(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
-        fp8_query = self.fp8_query and k_cache.element_size() == 1
+        fp8_query = rounds_query_to_fp8(self.fp8_query, k_cache, q.shape[-1])
         if attn_metadata.max_query_len == 1:
             return paged_decode_attention_ref(
                 q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale, fp8_query=fp8_query

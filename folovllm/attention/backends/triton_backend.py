@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from folovllm.attention.backends import abstract
-from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata
+from folovllm.attention.backends.abstract import AttentionBackend, AttentionMetadata, rounds_query_to_fp8
 from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
 from folovllm.attention.ops.triton_decode_attention import NewTokenKV, paged_decode_attention
 from folovllm.attention.ops.triton_kv_store import store_kv_cache
@@ -45,7 +45,7 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_prefill_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.query_start_loc,
             attn_metadata.seq_lens, attn_metadata.prefill_tiles, scale, decode_items=self.decodes_by_kv_head,
-            fp8_query=self.fp8_query and k_cache.dtype == torch.float8_e4m3fn,
+            fp8_query=rounds_query_to_fp8(self.fp8_query, k_cache, q.shape[-1]),
         )  # fmt: skip
 
     def decode_with_new_token(self, q, new_token: NewTokenKV | None, k_cache, v_cache, attn_metadata: AttentionMetadata, scale: float):
@@ -55,5 +55,5 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_decode_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
             num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order, new_token=new_token,
-            split_counters=attn_metadata.split_counters, fp8_query=self.fp8_query and k_cache.dtype == torch.float8_e4m3fn,
+            split_counters=attn_metadata.split_counters, fp8_query=rounds_query_to_fp8(self.fp8_query, k_cache, q.shape[-1]),
         )  # fmt: skip
