@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,8 +214,10 @@ def main() -> None:
     sizes, roof_prompt, roof_out = scale["roofline"]
     roofline = sweep(llm, device, sizes, roof_prompt, roof_out, weight_bytes, kv_per_token, bw)
     compiled = {k: v - variants_at_start.get(k, 0) for k, v in compiled_kernel_variants().items() if v != variants_at_start.get(k, 0)}
-    del llm, engine, runner
-    gc.collect()  # the engine holds reference cycles; its KV cache must go before HF runs
+    runner_alive = weakref.ref(runner)  # the model runner holds the KV cache
+    del llm, engine, worker, runner
+    gc.collect()  # the engine holds reference cycles; its KV cache must go before the next engine
+    assert runner_alive() is None, "something still holds the first engine's model runner, and with it its KV cache"
     if device == "cuda":
         torch.cuda.empty_cache()
 

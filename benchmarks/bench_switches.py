@@ -14,8 +14,9 @@ Switches a GPU run decides on:
 * ``merge_in_last_split``: split decode steps merge the splits in the last split program to finish
   (``triton_decode_attention.MERGE_IN_LAST_SPLIT``) instead of a second kernel: one kernel less
   per layer at 1-32 sequences;
-* ``longest_first``: decode steps start their sequences' attention programs longest first
-  (``triton_decode_attention.LONGEST_FIRST``), for the throughput workload's uneven contexts;
+* ``batch_order``: decode steps start their sequences' attention programs in batch order, not
+  longest first (``triton_decode_attention.LONGEST_FIRST`` off); longest first is the default since
+  the H200 run of 2026-11-28 (throughput 1.066 against batch order, the same greedy tokens);
 * ``decodes_by_kv_head``: in steps with prompt tokens, the prefill kernel takes each decode as one
   work item per kv head (``triton_prefill_attention.DECODES_BY_KV_HEAD``) instead of a 64-row tile
   per query head; it acts where a step holds prompts and decodes together: a run of 1,000 prompts
@@ -77,7 +78,8 @@ SCALES = {
     "cpu": dict(preset="small", num_seqs=8, max_len=64, ttft_len=128, tpot_tokens=8),
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
-SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "longest_first", "decodes_by_kv_head", "skinny_gemm",
+LONGEST_FIRST_DEFAULT = triton_decode_attention.LONGEST_FIRST
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "batch_order", "decodes_by_kv_head", "skinny_gemm",
             "fp8_query")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
@@ -92,14 +94,14 @@ SKINNY = {(n, k, rows): (min(128, max(16, rows)), 64, 64, 4, 4, 4) for n, k in (
 
 
 def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
-    """Turn the switches in ``setting`` on and the others off (read at each launch, and baked into
-    the CUDA graphs an engine captures); returns those that took effect here."""
+    """Turn the switches in ``setting`` on and the others off, back to the defaults (read at each
+    launch, and baked into the CUDA graphs an engine captures); returns those that took effect here."""
     pdl.ENABLED = True
     pdl_here = pdl.pdl_launch_args(torch.zeros(1, device=device))["USE_PDL"]
     pdl.ENABLED = PDL_DEFAULT and "no_pdl" not in setting
     fused = "fused_gemv" in setting
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
-    triton_decode_attention.LONGEST_FIRST = "longest_first" in setting  # read by the next engine's backend
+    triton_decode_attention.LONGEST_FIRST = LONGEST_FIRST_DEFAULT and "batch_order" not in setting  # read by the next engine's backend
     triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
     triton_decode_attention.MERGE_IN_LAST_SPLIT = "merge_in_last_split" in setting  # likewise
     triton_prefill_attention.DECODES_BY_KV_HEAD = "decodes_by_kv_head" in setting  # likewise

@@ -20,7 +20,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- bench_all.py: begin -->\nold figures\n<!-- bench_all.py: end -->\n\n## History\n\nkept\n")
     run = subprocess.run(
-        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "longest_first,merge_in_last_split,fp8_query"],
+        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "batch_order,merge_in_last_split,fp8_query"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -28,7 +28,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert text.startswith("# Benchmarks\n") and text.endswith("## History\n\nkept\n") and "old figures" not in text
     for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "Start-up by phase: tokenizer ", "first request after start-up",
                 "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype",
-                "speed switches beyond the defaults: longest_first + merge_in_last_split + fp8_query (fp8_query acts in the FP8 row only)."):  # fmt: skip
+                "speed switches beyond the defaults: batch_order + merge_in_last_split + fp8_query (fp8_query acts in the FP8 row only)."):  # fmt: skip
         assert row in text, row
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +100,7 @@ GPU_STAGE_SCRIPTS = {
     "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
                  ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "  fused_gemv + fuse_new_token: ", "  merge_in_last_split: ",
                   "  fused_gemv + fuse_new_token + merge_in_last_split: ", "round 1, defaults: TPOT ", "round 1, merge_in_last_split: ",
-                  "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, longest_first: ", "round 1, decodes_by_kv_head: ", "round 1, skinny_gemm: ",
+                  "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, batch_order: ", "round 1, decodes_by_kv_head: ", "round 1, skinny_gemm: ",
                   "greedy outputs equal to round 1 with the defaults: 8/8", "skinny_gemm / defaults (medians over all rounds): TPOT ",
                   "fp8_query left out: it acts over an FP8 KV cache only", "KV cache: auto"]),
     "switches_fp8": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "fp8_query", "--kv-cache-dtype", "fp8"],
@@ -129,7 +129,7 @@ def test_gpu_stage_script_runs_on_the_cpu(name):
 def test_bench_switches_runs_the_defaults_and_the_switches_named_alone_and_together_with_the_skinny_table_and_workload_given(tmp_path):
     table = tmp_path / "skinny.txt"
     table.write_text("{(1024, 2048, 256): (128, 64, 64, 4, 4, 4), (1024, 3072, 256): (64, 128, 64, 2, 4, 4)}\n")
-    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm,longest_first", "--together",
+    args = ["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1", "--only", "skinny_gemm,batch_order", "--together",
             "--skinny-configs", str(table), "--num-seqs", "5"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -137,9 +137,31 @@ def test_bench_switches_runs_the_defaults_and_the_switches_named_alone_and_toget
     assert f"the skinny GEMM's table: 2 entries, from {table}" in run.stdout
     assert "throughput workload: 5 prompts of up to 64 tokens" in run.stdout
     rounds = [line.split(":")[0] for line in run.stdout.splitlines() if line.startswith("round ")]
-    assert rounds == ["round 1, defaults", "round 1, longest_first", "round 1, skinny_gemm", "round 1, longest_first + skinny_gemm"], run.stdout[-3000:]
-    assert "longest_first + skinny_gemm / defaults (medians over all rounds): TPOT " in run.stdout
+    assert rounds == ["round 1, defaults", "round 1, batch_order", "round 1, skinny_gemm", "round 1, batch_order + skinny_gemm"], run.stdout[-3000:]
+    assert "batch_order + skinny_gemm / defaults (medians over all rounds): TPOT " in run.stdout
     assert "batch-1 step" not in run.stdout  # neither acts on a batch-1 step: nothing to compare there
+
+
+def test_bench_switches_settings_start_from_the_engines_defaults(monkeypatch):
+    """A setting turns its switches away from the engine's defaults and leaves the rest at them: no
+    setting (bench_all.py without --switches) keeps decode programs longest first, the default, and
+    ``batch_order`` turns that off. (A run of 2026-11-28 published figures with it silently off.)"""
+    from benchmarks import bench_switches
+    from folovllm.attention.backends import abstract
+    from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
+    from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
+    from folovllm.utils import pdl
+
+    for module, names in ((triton_decode_attention, ("LONGEST_FIRST", "FUSE_NEW_TOKEN", "MERGE_IN_LAST_SPLIT")), (pdl, ("ENABLED",)),
+                          (triton_prefill_attention, ("DECODES_BY_KV_HEAD",)), (abstract, ("FP8_QUERY",)),
+                          (triton_gemv, ("FUSED_GEMV_CONFIGS",)), (triton_skinny_gemm, ("SKINNY_GEMM_CONFIGS",))):  # fmt: skip
+        for name in names:  # apply() sets them all: each goes back after the test
+            monkeypatch.setattr(module, name, getattr(module, name))
+    assert bench_switches.LONGEST_FIRST_DEFAULT is True
+    assert bench_switches.apply((), "cpu") == () and triton_decode_attention.LONGEST_FIRST is True
+    assert bench_switches.apply(("batch_order",), "cpu") == ("batch_order",) and triton_decode_attention.LONGEST_FIRST is False
+    bench_switches.apply((), "cpu")
+    assert triton_decode_attention.LONGEST_FIRST is True
 
 
 def test_the_prefill_views_kernel_breakdown_sums_each_kernels_calls():
