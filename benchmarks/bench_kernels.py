@@ -595,13 +595,13 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
     """The fused temperature sampler at the engine's split count, replayed from a graph, against
     reading its logits at copy bandwidth; with a baseline triton_sample.py, the two in turn. Then
     top_k=20 with top_p=0.95, and top_p=0.95 alone, eagerly as the engine samples: the window
-    kernel (torch.topk's window included), the whole-row kernel and torch's sort (where the window
-    stops winning sets FILTERED_SAMPLE_MIN_ROWS)."""
+    kernel (torch.topk's window included), the whole-row kernel and torch's sort (the sampler takes
+    the window kernel where every drawing row's top-k fits the window, the whole-row kernel else)."""
     from folovllm.sample.ops.topk_topp import apply_top_k_top_p
     from folovllm.sample.ops.triton_filtered_sample import filtered_sample
     from folovllm.sample.ops.triton_sample import inverse_cdf_sample
-    from folovllm.sample.ops.triton_window_sample import window_sample
-    from folovllm.sample.sampler import FILTERED_SAMPLE_MIN_ROWS, random_sample
+    from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
+    from folovllm.sample.sampler import random_sample
 
     dev, vocab = scale["dev"], scale["vocab"]
     for batch in scale["sampler_batches"]:
@@ -615,7 +615,6 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
             old = getattr(baseline, "gumbel_argmax", None) or baseline.inverse_cdf_sample
             us = in_turn([today, lambda: old(logits, temperature)])
             print(f"    today / baseline ({old.__name__}), us in turn: {us[0]} / {us[1]}")
-        engine = "whole-row" if batch >= FILTERED_SAMPLE_MIN_ROWS else "window"
         top_k, top_p = torch.full((batch,), 20, device=dev), torch.full((batch,), 0.95, device=dev)
         # Qwen3's generation config on these logits; top_p alone (vLLM's examples) on logits three times
         # as spread, whose nucleus at T=0.6 is ~500 ids (on the first, tens of thousands: no window holds it)
@@ -627,7 +626,8 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
             calls = [functools.partial(f, rows, temperature, k, top_p, None) for f in (window_sample, filtered_sample)]
             us = [[microseconds(device_time(call)) for call in calls + [torch_filters]] for _ in range(2)]
             print(f"    {what}, eagerly: window kernel / whole-row kernel / torch's sort, us in turn: "
-                  f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} / {us[0][2]}, {us[1][2]} [the engine's: {engine}]")  # fmt: skip
+                  f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} / {us[0][2]}, {us[1][2]} "
+                  f"[the engine's: {'window' if (20 if k is not None else vocab) <= WINDOW else 'whole-row'}]")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ class SamplingMetadata:
     greedy_mask: Optional[torch.Tensor]  # bool [B], when the batch mixes greedy and random
     top_p: Optional[torch.Tensor]  # float32 [B]
     top_k: Optional[torch.Tensor]  # int64 [B]; vocab size where disabled
+    # The largest top-k among the rows that draw at random (the vocabulary size where one sets none,
+    # 0 where none draws): on the host, it picks the filtering kernel without a sync.
+    max_top_k: int
     min_p: Optional[torch.Tensor]  # float32 [B]
     generators: dict[int, torch.Generator]  # row -> the seeded request's own generator
     # Penalties (None when every row has neutral penalties).

@@ -14,10 +14,10 @@ on which other requests share the batch. On a GPU, a batch with no seeded row
 to two Triton kernels that invert the softmax's cumulative distribution instead
 (``ops/triton_sample.py``): two random numbers per row rather than one per
 vocabulary id. With top-k / top-p / min-p rows among them, a Triton kernel
-filters and draws without sorting the vocabulary: from FILTERED_SAMPLE_MIN_ROWS
-rows a program per row reads its whole row (``ops/triton_filtered_sample.py``);
-fewer rows work on a window of their most likely ids that ``torch.topk`` picks
-(``ops/triton_window_sample.py``).
+filters and draws without sorting the vocabulary: where every row that draws
+keeps at most a window's ids by its top-k, from the window of its most likely ids
+that ``torch.topk`` picks (``ops/triton_window_sample.py``); otherwise a program
+per row reads its whole row (``ops/triton_filtered_sample.py``).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
 from folovllm.utils.device import HAS_TRITON
 
-# The fewest rows for which a batch with top-k / top-p / min-p rows samples in the filtering kernel's
-# program per row, which reads its row ~4 times (~150 us for Qwen3's vocabulary on one SM, an
-# estimate from its SASS count); fewer rows take torch.topk's window and one pass at most (the
-# window kernel). A guess until an H100 times both (bench_kernels.py's sampler rows).
-FILTERED_SAMPLE_MIN_ROWS = 8
+# Which filtering kernel a batch takes is not a matter of its size but of its filters: on an H200
+# (2026-11-28, bench_kernels.py's sampler rows, Qwen3's vocabulary) with top_k=20 + top_p=0.95 the
+# window kernel took 170-240 us at 1-64 rows and 424 at 256, the whole-row kernel 380-480 and 800;
+# with top_p=0.95 alone (no top-k to bound the window) the whole-row kernel won at every size,
+# 120-260 us against 160-480. A row with no top-k can only settle in the window by its mass, which
+# takes a pass over its whole row on one SM anyway.
 
 
 @dataclass
@@ -91,9 +92,9 @@ class Sampler(nn.Module):
                 sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator, greedy=md.greedy_mask)
             else:
                 from folovllm.sample.ops.triton_filtered_sample import filtered_sample
-                from folovllm.sample.ops.triton_window_sample import window_sample
+                from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
 
-                sample = filtered_sample if logits.shape[0] >= FILTERED_SAMPLE_MIN_ROWS else window_sample
+                sample = window_sample if md.max_top_k <= WINDOW else filtered_sample
                 sampled = sample(
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
                 )  # fmt: skip

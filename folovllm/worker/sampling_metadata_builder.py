@@ -40,6 +40,7 @@ def build_sampling_metadata(
     if any(p.top_k > 0 for p in params):
         top_k = col("top_k", [p.top_k if p.top_k > 0 else vocab_size for p in params])
     min_p = col("min_p", [p.min_p for p in params]) if any(p.min_p > 0.0 for p in params) else None
+    max_top_k = max((p.top_k if p.top_k > 0 else vocab_size for p, t in zip(params, types) if t != SamplingType.GREEDY), default=0)
 
     row_generators = {i: s.generator for i, s in enumerate(seqs) if s.generator is not None}
 
@@ -64,6 +65,7 @@ def build_sampling_metadata(
         greedy_mask=greedy_mask,
         top_p=top_p,
         top_k=top_k,
+        max_top_k=max_top_k,
         min_p=min_p,
         generators=row_generators,
         prompt_token_ids=prompt_ids,

@@ -491,13 +491,13 @@ def test_gpu_penalties_and_min_tokens_sample_in_the_fused_kernels_compiling_noth
     assert mixed[0].outputs[0].token_ids == all_greedy[0].outputs[0].token_ids
 
 
-def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model, monkeypatch):
-    """Batches with top-k / top-p / min-p rows (greedy rows among them or not) sample in the whole-row
-    kernel from FILTERED_SAMPLE_MIN_ROWS rows and in the window kernel below, whose every variant the
-    warm-up compiled; top_k=1 rows give greedy's tokens."""
+def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model_factory, monkeypatch):
+    """Batches with top-k / top-p / min-p rows (greedy rows among them or not), of 8 and 3 rows, sample
+    in the window kernel (top-k rows) and the whole-row kernel (top-p or min-p alone; a vocabulary of
+    2,048, larger than the window), whose every variant the warm-up compiled; top_k=1 rows give
+    greedy's tokens."""
     from folovllm import LLM, SamplingParams
     from folovllm.sample.ops import triton_filtered_sample, triton_window_sample
-    from folovllm.sample.sampler import FILTERED_SAMPLE_MIN_ROWS
     from folovllm.utils.triton_variants import compiled_kernel_variants
 
     calls = {"filtered_sample": 0, "window_sample": 0}
@@ -510,9 +510,9 @@ def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model, monke
 
         monkeypatch.setattr(module, name, counted)
     # float32: a tie at the largest logit, common in bf16, would let top_k=1 draw another id than argmax
-    llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=FILTERED_SAMPLE_MIN_ROWS, **SMALL_KV_CACHE)
+    llm = LLM(str(tiny_model_factory(vocab_size=2048)), device="cuda", dtype="float32", max_num_seqs=8, **SMALL_KV_CACHE)
     before, warm_up_calls = compiled_kernel_variants(), dict(calls)
-    prompts = [{"prompt_token_ids": [5 + i, 17, 99, 3]} for i in range(FILTERED_SAMPLE_MIN_ROWS)]
+    prompts = [{"prompt_token_ids": [5 + i, 17, 99, 3]} for i in range(8)]
     settings = [dict(top_k=20, top_p=0.95), dict(top_p=0.9), dict(top_k=5), dict(min_p=0.05, top_p=0.8), dict(top_k=1)]
     outs = {}
     for i, s in enumerate(settings):
@@ -520,7 +520,7 @@ def test_gpu_filtering_sampler_compiles_nothing_after_start_up(tiny_model, monke
             params = [SamplingParams(temperature=0.6, max_tokens=6, ignore_eos=True, **s)] * len(prompts)
             if with_greedy:
                 params[0] = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-            for batch in (prompts, prompts[:3]):  # the whole-row kernel, then the window kernel
+            for batch in (prompts, prompts[:3]):
                 outs[i, with_greedy, len(batch)] = [
                     o.outputs[0].token_ids for o in llm.generate(batch, params[: len(batch)], use_tqdm=False)
                 ]  # fmt: skip

@@ -445,7 +445,7 @@ def test_min_tokens_and_penalties_change_the_logits_the_fused_kernels_sample(mon
     for seed in range(12):
         out = Sampler(seed=seed)(logits.to(torch.bfloat16), metadata(params, outputs, vocab)).sampled_token_ids.tolist()
         assert out[0] == torch_path[0] and out[1] != 2 and out[2] in top3
-    assert dtypes == [torch.float32] * 12  # the window kernel (3 rows), on the float32 logits
+    assert dtypes == [torch.float32] * 12  # the window kernel (64 ids: every row's window), on the float32 logits
 
 
 def test_warm_up_launches_every_fused_sampling_kernel_in_the_models_dtype_and_float32(monkeypatch):
@@ -475,31 +475,66 @@ def test_warm_up_launches_every_fused_sampling_kernel_in_the_models_dtype_and_fl
     assert calls == expected
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
-def test_sampler_sends_filtered_batches_to_the_filtering_kernels_by_row_count_on_gpu(monkeypatch):
-    """Top-k / top-p rows: the window kernel below FILTERED_SAMPLE_MIN_ROWS rows, the whole-row kernel
-    from there (greedy rows with either); a seeded row keeps the batch on torch's path."""
-    from folovllm.sample import sampler as sampler_module
+# (rows' settings, the filtering kernel they go to): the window kernel where every row that draws keeps
+# at most WINDOW (1,024) ids by its top-k, greedy rows whatever theirs; else the whole-row kernel
+FILTER_DISPATCH = [
+    ([SamplingParams(temperature=0), SamplingParams(temperature=0.6, top_k=20, top_p=0.95)], "window_sample"),
+    ([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.9, top_k=1024, min_p=0.05)], "window_sample"),
+    ([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.6, top_p=0.9)], "filtered_sample"),
+    ([SamplingParams(temperature=0.6, min_p=0.1), SamplingParams(temperature=0)], "filtered_sample"),
+    ([SamplingParams(temperature=0.6, top_k=1025, top_p=0.9)], "filtered_sample"),
+]
+
+
+def _spy_on_filtering_kernels(monkeypatch) -> list:
     from folovllm.sample.ops import triton_filtered_sample, triton_window_sample
 
     calls = []
     for module, name in ((triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
         real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append((name, k.get("greedy"))) or real(*a, **k))
-    rows = sampler_module.FILTERED_SAMPLE_MIN_ROWS
-    logits = torch.randn(rows, 5000, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
-    params = [SamplingParams(temperature=0)] + [SamplingParams(temperature=0.6, top_k=20, top_p=0.95)] * (rows - 1)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    return calls
 
-    def sample(params_list):
+
+def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k(monkeypatch):
+    """The window kernel for batches whose drawing rows all keep at most a window's ids by top-k
+    (bench_kernels.py on an H200: faster at every batch size there, slower for top-p alone); the
+    whole-row kernel otherwise; a seeded row keeps the batch on torch's path. Interpreter, the fused
+    path forced on the CPU, a vocabulary larger than the window."""
+    pytest.importorskip("triton")
+    from folovllm.sample import sampler as sampler_module
+
+    calls = _spy_on_filtering_kernels(monkeypatch)
+    monkeypatch.setattr(sampler_module, "_fused_sampling_applies", lambda logits, md: not md.all_greedy and not md.generators)
+    vocab = 1500
+    logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(3))
+    for params, kernel in FILTER_DISPATCH:
+        calls.clear()
+        out = Sampler(seed=0)(logits[: len(params)], metadata(params, vocab=vocab)).sampled_token_ids
+        assert calls == [kernel], (params, calls)
+        assert all(out[i] == logits[i].argmax() for i, p in enumerate(params) if p.temperature == 0)
+    calls.clear()
+    Sampler()(logits, metadata([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.6, top_k=20, seed=4)], vocab=vocab))
+    assert calls == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
+def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k_on_gpu(monkeypatch):
+    """As above, on the GPU's own dispatch (nothing forced), at Qwen3's vocabulary in bf16."""
+    calls = _spy_on_filtering_kernels(monkeypatch)
+    vocab = 151936
+    logits = torch.randn(2, vocab, device="cuda").to(torch.bfloat16)
+
+    def md(params):
         states = [CachedRequestState(i, i, [1, 2, 3], [], p, None if p.seed is None else torch.Generator("cuda").manual_seed(p.seed), 3)
-                  for i, p in enumerate(params_list)]  # fmt: skip
-        md = build_sampling_metadata(states, 5000, torch.device("cuda"))
-        return Sampler()(logits[: len(params_list)], md).sampled_token_ids.cpu()
+                  for i, p in enumerate(params)]  # fmt: skip
+        return build_sampling_metadata(states, vocab, torch.device("cuda"))
 
-    few = sample(params[: rows - 1])
-    assert [name for name, _ in calls] == ["window_sample"] and calls[0][1].tolist() == [True] + [False] * (rows - 2)
-    out = sample(params)
-    assert calls[1][0] == "filtered_sample" and calls[1][1].tolist() == [True] + [False] * (rows - 1)
-    assert out[0] == few[0] == logits[0].float().argmax()
-    sample(params[:-1] + [SamplingParams(temperature=0.6, top_k=20, top_p=0.95, seed=4)])
-    assert len(calls) == 2
+    for params, kernel in FILTER_DISPATCH:
+        calls.clear()
+        out = Sampler()(logits[: len(params)], md(params)).sampled_token_ids.cpu()
+        assert calls == [kernel], (params, calls)
+        assert all(out[i] == logits[i].float().argmax().cpu() for i, p in enumerate(params) if p.temperature == 0)
+    calls.clear()
+    Sampler()(logits, md([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.6, top_k=20, seed=4)]))
+    assert calls == []

@@ -51,3 +51,22 @@ def test_settings_that_follow_the_tokens_are_rebuilt_every_step(tiny_model):
         engine.step()
     reached = runner._sampling_metadata(states)  # min_tokens reached: nothing follows the tokens any more
     assert not reached.min_tokens_stop_ids and runner._sampling_metadata(states) is reached
+
+
+def test_max_top_k_is_the_largest_top_k_of_the_rows_that_draw():
+    """The host's view of the rows' top-k, which picks the filtering kernel: a row with no top-k keeps
+    the whole vocabulary; greedy rows do not count, whatever their top-k."""
+    import torch
+
+    from folovllm.worker.input_batch import CachedRequestState
+    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
+
+    def max_top_k(*params):
+        states = [CachedRequestState(i, i, [1, 2], [], p, None, 2) for i, p in enumerate(params)]
+        return build_sampling_metadata(states, 500, torch.device("cpu")).max_top_k
+
+    greedy = SamplingParams(temperature=0)
+    assert max_top_k(SamplingParams(temperature=0.7, top_k=20), SamplingParams(temperature=0.7, top_k=40)) == 40
+    assert max_top_k(SamplingParams(temperature=0.7, top_k=20), SamplingParams(temperature=0.7, top_p=0.9)) == 500
+    assert max_top_k(greedy, SamplingParams(temperature=0.7, top_k=20)) == 20
+    assert max_top_k(greedy, greedy) == 0
