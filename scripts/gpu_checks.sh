@@ -11,78 +11,36 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, kernel (256 and 1 sequences, idle gaps) and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
-# the new token in the decode kernel, the last-split merge, decode programs longest first, decodes by kv head in the prefill kernel and the skinny GEMM,
+# the new token in the decode kernel, the last-split merge, decode programs in batch order (longest first is the default), decodes by kv head in the prefill kernel and the skinny GEMM,
 # and with SWITCHES_KV=fp8 the query in FP8 (every engine then on an FP8 cache), each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
 # first part alone; `startup` is bench_startup.py (LLM(...) in fresh processes: an empty Triton cache with
 # and without start-up's parallel compile pass, then a warm cache).
 # A device call may run 600 s at most, and a session has 900 s of device time in all, start-up
-# (~30 s a machine) included. Timed on 2026-11-27 (fourteenth session, one machine): the kernel
-# tests ~150-200 s, after which the GPU engine tests had not reported one result when a 200 s limit
-# cut the stage (they still need timing); switches 127 s; kernels 73 s; bench 91-98 s; views:
-# copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s, host (cut by a bug, since mended).
-# A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up. The
-# plan below instead reads call 1 before sending call 2, and pays a fresh machine's start-up for it.
-# The plan for the next session (written in the fifteenth to twenty-first, which had no GPU). It picks
-# the switches and publishes figures with them in one session: call 1 decides, call 2 confirms and measures.
-#   1. Here: `rm -rf .ab && mkdir .ab && git show f3b9e8b:folovllm/model_executor/layers/fused_kernels.py > .ab/fused_kernels.py
-#      && git show 9d6a61e:folovllm/attention/ops/triton_decode_attention.py > .ab/triton_decode_attention.py`
-#      (the element-wise kernels before their loads moved ahead of their stores and their inputs ahead of
-#      the PDL wait; the decode kernel before its length moved ahead of the wait), then on the device (carry
-#      [".ab"], timeout 480): `ENGINE_LIMIT=150 STEP_LIMIT=60 KERNELS_LIMIT=200 BASELINE=.ab
-#      bash scripts/gpu_checks.sh engine step kernels` (50 engine tests, each an engine with its
-#      graphs: ~3-5 s apiece is the guess, the start-up test two fresh processes, all in 4 processes
-#      at once (nineteenth session; SHARDS=1 runs them in one); kernels ~73 s in the fourteenth
-#      session, plus ~40 s of skinny sweep)
-#      - engine: the GPU engine tests (never run with PDL on, nor with the inputs read before the wait;
-#        also the 2-4-row GEMV, longest first, the new token in the decode kernel, the splits merged
-#        in their last program (the one switch whose memory ordering only a GPU exercises) and the
-#        split-K skinny GEMM at every row bucket, which counts its programs in the same way; every
-#        switch at once (twenty-first session); and start-up's parallel compile pass, which runs dummy
-#        steps with no kernel launched: the variants it compiles must be all that the warm-up and
-#        capture need, and nothing may fault);
-#      - step: PDL off, the fused one-row GEMV, the new token in the decode kernel (FUSE_NEW_TOKEN), the
-#        splits merged in their last program (MERGE_IN_LAST_SPLIT), the first two together and all three,
-#        against the defaults, a batch-1 step in one engine (a candidate: a setting >= 2% faster);
-#      - kernels: element-wise and decode at batch 1, today / baseline; two kernels / one for the new token;
-#        "batch order / longest first" at
-#        32, 96, 192 uneven sequences by splits (decides LONGEST_FIRST and the split rule for that band);
-#        "merged by a second kernel / in the last split program" at 1, 32, 96, 192 sequences;
-#        o and down asked of cuBLAS transposed; the skinny GEMM at 8-256 rows by tiling and split against
-#        cuBLAS (its winners land in $OUT/skinny_gemm_configs.txt: a non-empty table makes skinny_gemm a
-#        candidate); the two "mixed" rows (twentieth session): a step's decodes in the prefill kernel as
-#        64-row tiles per query head (today), by kv head (DECODES_BY_KV_HEAD), or in the decode kernel
-#        with the prompt's tiles alone after it (by kv head faster at 560 + 255 x 900: a candidate;
-#        docs/dev/performance.md section 27); the FP8 cache's decode at batch 256 "by keys per iteration x
-#        pipeline stages", now also with the query in FP8 (FP8_QUERY, twenty-second session: q.K as one FP8
-#        warpgroup MMA, 701 SASS instructions per 128 keys against 1,027): faster than the engine's
-#        "128 keys x 3 V via registers" makes fp8_query a candidate (it acts in the FP8 row only);
-#        the sampler rows' "window kernel / whole-row kernel / torch's sort" at top_k=20, top_p=0.95 and
-#        top_p alone (twenty-third and twenty-fourth sessions): the smallest batch where the whole-row
-#        kernel beats the window is what FILTERED_SAMPLE_MIN_ROWS (8) should be.
-#   2. Read call 1 (the machine goes back meanwhile; a fresh one costs ~30 s of start-up and compiles
-#      its Triton variants again), copy the returned skinny_gemm_configs.txt to .ab/, and list the
-#      candidates as CANDIDATES=name,... (bench_switches.py's names). Then (carry [".ab"], timeout ~360):
-#      `SKINNY_TABLE=.ab/skinny_gemm_configs.txt SWITCHES_ONLY=$CANDIDATES SWITCHES_TOGETHER=1
-#      SWITCHES_RUNS=1 SWITCHES_LIMIT=200 BENCH_SWITCHES=$CANDIDATES BENCH_LIMIT=140
-#      bash scripts/gpu_checks.sh switches bench`: each candidate alone and all together against the
-#      defaults, each in its engine (TPOT, TTFT, throughput, greedy outputs), then the figures of record
-#      with all of them on (the report names them; two timed throughput runs), the start-up row with
-#      its phases and the transformers import beside it, the FP8 row with its new decode default.
-#      The next session without a GPU makes exactly those switches the defaults (or, where the
-#      together row lost to the defaults, says so beside the figures and leaves them as they were).
-#      fp8_query, if a candidate, goes in BENCH_SWITCHES (bench's FP8 row then rounds the query: its
-#      tok/s and its agreement with the bf16 cache both show what it does); `SWITCHES_ONLY=fp8_query
-#      SWITCHES_KV=fp8 switches` (~90 s) is its own A/B if time is left.
-#   3. If time is left: `tests` (the kernels' GPU tests, ~100 s in 4 processes: passed in full in the
-#      fourteenth session; since then the element-wise loads, the reads before the PDL wait, the
-#      last-split merge and the split-K skinny GEMM changed), `startup` (~60 s: LLM(...) with an empty
-#      Triton cache, with the parallel compile pass and without, then warm), `views` (the
-#      256-sequence kernel view's idle gaps: what the widest band's ~0.4 ms a step unaccounted for is;
-#      the prompts view: where the nine prompt steps' 0.43 s go, ~0.2 s over their FLOPs; host work on
-#      this CPU is ~3 ms of each, so it is the GPU's), `SWITCHES_ONLY=decodes_by_kv_head
-#      SWITCHES_NUM_SEQS=1000 ... switches` (1,000 prompts, 1,024 at a time by the H100's defaults: 21% of
-#      decoding's reads in steps with prompt tokens, where that switch acts).
+# (~30 s a machine) included. Timed on 2026-11-28 (twenty-fifth session, an H200): engine 108 s in 4
+# processes (51 tests), step 34 s, kernels 120 s, switches 79 s (3 settings and all together, one
+# round, after the step part), bench 89-99 s; the fourteenth session (an H100): the kernel tests
+# ~150-200 s in one process, views: copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s.
+# A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up; the
+# plan below reads each call before the next and gives the machine back in between.
+# The plan for the next session (written in the twenty-fifth, after its H200 run, section 32 of
+# docs/dev/performance.md):
+#   1. `tests engine` (carry nothing; timeout ~330): the kernels' GPU tests have not run since the
+#      fourteenth session (the element-wise loads, the reads before the PDL wait, the last-split merge,
+#      the split-K skinny GEMM, the filtering samplers and the FP8-query kernels changed since); the
+#      engine tests' four skinny-GEMM failures (the engine gives other tokens than HF with the skinny
+#      GEMM on, while the kernel alone matches F.linear) are known: read the rest.
+#   2. `SWITCHES_ONLY=fuse_new_token,decodes_by_kv_head SWITCHES_RUNS=2 SWITCHES_LIMIT=250 bash
+#      scripts/gpu_checks.sh switches` (~160 s): the two candidates the H200's single round could not
+#      decide (the new token in the decode kernel: TPOT 0.970, throughput 1.013, kernel 3% slower at 256
+#      sequences; decodes by kv head: kernel 40% faster on a mixed step, its engine's TPOT 1.354 where it
+#      does nothing); then, if time is left, `SWITCHES_ONLY=fp8_query SWITCHES_KV=fp8 switches` (~90 s).
+#   3. `BENCH_LIMIT=140 bash scripts/gpu_checks.sh bench bench` (~200 s): the figures with longest first
+#      on (the default since 32f8154, not in the published H200 figures), two runs, and with whatever
+#      step 2 turned on (BENCH_SWITCHES=...; the report names them). On an H100 where one is lent, so
+#      that the targets (an H100's) can be read off directly.
+#   Later, as time allows: `startup`, `views` (the 256-sequence kernel view's idle gaps; the prompts
+#   view), `kernels` with the sampler rows again after a change there.
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
@@ -146,7 +104,7 @@ for stage in $stages; do
                # per-kernel times of a batch-1 step overlap and say nothing (fourteenth session)
                FOLOVLLM_PDL=0 run profile_decode1 75 $PY benchmarks/profile_step.py kernels 1
                run profile_host 60 $PY benchmarks/profile_step.py host ;;  # 455 s in all
-        # PDL off, the fused GEMV, longest first, the skinny GEMM, each alone against the defaults: first a
+        # PDL off, the fused GEMV, batch order, the skinny GEMM, each alone against the defaults: first a
         # batch-1 step captured per setting in one engine and replayed in turn, then two rounds of engines
         # (SWITCHES_ONLY=name,...: the defaults and those alone; the skinny GEMM takes $SKINNY_TABLE where a
         # `kernels` stage or a carried file left one; SWITCHES_KV=fp8: every engine on an FP8 cache, for fp8_query)
