@@ -36,3 +36,19 @@ def hf_logprobs(path, prompt: list[int], continuation: list[int]) -> torch.Tenso
     with torch.inference_mode():
         logits = model(ids).logits[0].float()
     return logits[len(prompt) - 1 : len(prompt) + len(continuation) - 1].log_softmax(-1)
+
+
+def assert_greedy_prefixes_agree(path, prompts: list[list[int]], outputs: list[list[int]], reference: list[list[int]], n: int) -> None:
+    """Each output's first ``n`` tokens equal HF's. On a mismatch the message says which prompt, and
+    by how much HF's float32 logprobs prefer its token to ours where they part: a gap of a few
+    thousandths is a near-tie that another summation order in bf16 may flip, a large one a bug."""
+    for i, (prompt, got, want) in enumerate(zip(prompts, outputs, reference)):
+        if got[:n] == want[:n]:
+            continue
+        j = next(k for k in range(n) if got[k] != want[k])
+        logprobs = hf_logprobs(path, prompt, want[: j + 1])[-1]
+        gap = (logprobs[want[j]] - logprobs[got[j]]).item()
+        raise AssertionError(
+            f"prompt {i} ({len(prompt)} tokens): {got[:n]} against HF's {want[:n]}; at token {j} HF's "
+            f"float32 logprob of its id exceeds that of ours by {gap:.4f}"
+        )

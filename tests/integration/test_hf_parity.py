@@ -85,3 +85,17 @@ def test_qwen2_architecture_runs_through_the_same_code(tmp_path, tiny_tokenizer_
     prompts = [[5, 6, 7], list(range(20, 60))]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tmp_path, prompts, 16)
+
+
+def test_a_greedy_prefix_mismatch_names_the_prompt_and_hfs_logprob_gap(tiny_model):
+    """The GPU tests' prefix check: silent when the first tokens agree; otherwise it names the prompt
+    and how much HF's float32 logprobs prefer its token to ours (here: its second choice, a gap > 0)."""
+    from tests.integration.hf_reference import assert_greedy_prefixes_agree
+
+    prompts = [[5, 17, 99, 3], list(range(40, 60))]
+    ref = hf_greedy(tiny_model, prompts, 3)
+    assert_greedy_prefixes_agree(tiny_model, prompts, [r + [1] for r in ref], ref, 3)
+    runner_up = hf_logprobs(tiny_model, prompts[1], ref[1][:2])[-1].topk(2).indices[1].item()
+    ours = ref[1][:1] + [runner_up, ref[1][2]]
+    with pytest.raises(AssertionError, match=r"prompt 1 \(20 tokens\): .* at token 1 HF's float32 logprob of its id exceeds that of ours by 0\.\d*[1-9]"):
+        assert_greedy_prefixes_agree(tiny_model, prompts, [ref[0], ours], ref, 3)
