@@ -33,13 +33,6 @@ from folovllm.sample.ops.penalties import apply_penalties
 from folovllm.sample.ops.topk_topp import apply_min_p, apply_top_k_top_p
 from folovllm.utils.device import HAS_TRITON
 
-# Which filtering kernel a batch takes is not a matter of its size but of its filters: on an H200
-# (2026-11-28, bench_kernels.py's sampler rows, Qwen3's vocabulary) with top_k=20 + top_p=0.95 the
-# window kernel took 170-240 us at 1-64 rows and 424 at 256, the whole-row kernel 380-480 and 800;
-# with top_p=0.95 alone (no top-k to bound the window) the whole-row kernel won at every size,
-# 120-260 us against 160-480. A row with no top-k can only settle in the window by its mass, which
-# takes a pass over its whole row on one SM anyway.
-
 
 @dataclass
 class LogprobsTensors:
@@ -94,6 +87,10 @@ class Sampler(nn.Module):
                 from folovllm.sample.ops.triton_filtered_sample import filtered_sample
                 from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
 
+                # By the filters, not the batch size (H200, Qwen3's vocabulary, 1-256 rows): with top_k=20
+                # + top_p=0.95 the window won everywhere (170-424 us against 380-800); with top-p alone the
+                # whole row did (120-260 against 160-480), as a row without top-k settles in the window
+                # only by its mass, a pass over its whole row anyway.
                 sample = window_sample if md.max_top_k <= WINDOW else filtered_sample
                 sampled = sample(
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
