@@ -255,20 +255,20 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-@pytest.mark.parametrize("switch,backend_flag", [("LONGEST_FIRST", "orders_decode_rows"), ("FUSE_NEW_TOKEN", "fuses_new_token"),
-                                                 ("MERGE_IN_LAST_SPLIT", "merges_decode_splits")])  # fmt: skip
-def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_eager, switch, backend_flag):
-    """The decode kernel's switches, each on: LONGEST_FIRST (the grid with the kv head fastest, rows
-    through the order), FUSE_NEW_TOKEN (this step's k and v normed, rotated and cached inside the
-    kernel) and MERGE_IN_LAST_SPLIT (no second kernel: programs on other SMs hand over their partial
-    results through memory); 5 uneven sequences: the 8-graph with 3 padding rows, or eagerly; split
-    and unsplit."""
+@pytest.mark.parametrize("switch,value,backend_flag", [("LONGEST_FIRST", False, "orders_decode_rows"), ("FUSE_NEW_TOKEN", True, "fuses_new_token"),
+                                                       ("MERGE_IN_LAST_SPLIT", True, "merges_decode_splits")])  # fmt: skip
+def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_eager, switch, value, backend_flag):
+    """The decode kernel's switches, each away from its default: LONGEST_FIRST off (batch order: the
+    grid with the sequence fastest, no order), FUSE_NEW_TOKEN on (this step's k and v normed, rotated
+    and cached inside the kernel) and MERGE_IN_LAST_SPLIT on (no second kernel: programs on other SMs
+    hand over their partial results through memory); 5 uneven sequences: the 8-graph with 3 padding
+    rows, or eagerly; split and unsplit."""
     from folovllm import LLM, SamplingParams
     from folovllm.attention.ops import triton_decode_attention
 
-    monkeypatch.setattr(triton_decode_attention, switch, True)
+    monkeypatch.setattr(triton_decode_attention, switch, value)
     llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
-    assert getattr(llm.llm_engine.executor.worker.model_runner.attn_backend, backend_flag)
+    assert getattr(llm.llm_engine.executor.worker.model_runner.attn_backend, backend_flag) is value
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33])]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 20, device="cuda")
