@@ -42,7 +42,8 @@
 #      step 2 turned on (BENCH_SWITCHES=...; the report names them). On an H100 where one is lent, so
 #      that the targets (an H100's) can be read off directly.
 #   Later, as time allows: `startup`, `views` (the 256-sequence kernel view's idle gaps; the prompts
-#   view), `kernels` with the sampler rows again after a change there.
+#   view), `kernels` (its new-token rows now at every decode batch, 1 to 256: the batch size where the
+#   new token in the decode kernel stops paying, for turning it on below that size only).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
