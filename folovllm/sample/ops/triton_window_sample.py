@@ -1,9 +1,10 @@
-"""Triton kernel: top-k / top-p / min-p sampling for a few rows, from a window of their most likely ids.
+"""Triton kernel: top-k / top-p / min-p sampling from a window of each row's most likely ids.
 
-``triton_filtered_sample.py`` gives a row one program, which reads the row four times or more: with
-fewer rows than that the GPU's other SMs idle while each row's SM works ~150 us. A few rows come
-here instead. ``torch.topk`` (which spreads one row over many thread blocks) first picks each row's
-WINDOW most likely ids, most likely first; a program per row then works on those alone:
+``triton_filtered_sample.py`` gives a row one program, which reads the whole row four times or
+more (~150 us on one SM for Qwen3's vocabulary). Where every row's top-k fits a window, that is
+wasted: the sampler sends such batches here. ``torch.topk`` (which spreads one row over many thread
+blocks) first picks each row's WINDOW most likely ids, most likely first; a program per row then
+works on those alone:
 
 - top-k's threshold is the window's k-th value, min-p's follows from its first (the row's max);
 - top-p's is where the window's running mass first reaches p of the kept mass. With top-k or min-p
@@ -13,10 +14,10 @@ WINDOW most likely ids, most likely first; a program per row then works on those
 
 The window settles a row when nothing outside it can be kept: its last value is below the top-k /
 min-p threshold (so every tie of the k-th value is inside), or, for top-p alone, the window's ids
-more likely than its last already hold p of the row's mass. Rows it does not settle (top_k above the
-window, a small min_p, a flat row under top-p) are sampled by ``triton_filtered_sample``'s passes
-over the whole row, in the same program. Both keep the same ids, ties included, and draw from the
-same distribution (not the same ids for one seed).
+more likely than its last already hold p of the row's mass. Rows it does not settle (a top_k of
+the window's size or more, a small min_p, a flat row under top-p) are sampled by
+``triton_filtered_sample``'s passes over the whole row, in the same program. Both keep the same
+ids, ties included, and draw from the same distribution (not the same ids for one seed).
 """
 
 from __future__ import annotations
