@@ -627,7 +627,7 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
             us = [[microseconds(device_time(call)) for call in calls + [torch_filters]] for _ in range(2)]
             print(f"    {what}, eagerly: window kernel / whole-row kernel / torch's sort, us in turn: "
                   f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} / {us[0][2]}, {us[1][2]} "
-                  f"[the engine's: {'window' if (20 if k is not None else vocab) <= WINDOW else 'whole-row'}]")  # fmt: skip
+                  f"[the engine's: {'window' if (20 if k is not None else vocab) < WINDOW else 'whole-row'}]")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ to two Triton kernels that invert the softmax's cumulative distribution instead
 (``ops/triton_sample.py``): two random numbers per row rather than one per
 vocabulary id. With top-k / top-p / min-p rows among them, a Triton kernel
 filters and draws without sorting the vocabulary: where every row that draws
-keeps at most a window's ids by its top-k, from the window of its most likely ids
+keeps fewer than a window's ids by its top-k, from the window of its most likely ids
 that ``torch.topk`` picks (``ops/triton_window_sample.py``); otherwise a program
 per row reads its whole row (``ops/triton_filtered_sample.py``).
 """
@@ -90,8 +90,9 @@ class Sampler(nn.Module):
                 # By the filters, not the batch size (H200, Qwen3's vocabulary, 1-256 rows): with top_k=20
                 # + top_p=0.95 the window won everywhere (170-424 us against 380-800); with top-p alone the
                 # whole row did (120-260 against 160-480), as a row without top-k settles in the window
-                # only by its mass, a pass over its whole row anyway.
-                sample = window_sample if md.max_top_k <= WINDOW else filtered_sample
+                # only by its mass, a pass over its whole row anyway. A top_k of WINDOW itself never settles
+                # (the window's last value is the k-th one), hence `<`.
+                sample = window_sample if md.max_top_k < WINDOW else filtered_sample
                 sampled = sample(
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
                 )  # fmt: skip

@@ -476,10 +476,12 @@ def test_warm_up_launches_every_fused_sampling_kernel_in_the_models_dtype_and_fl
 
 
 # (rows' settings, the filtering kernel they go to): the window kernel where every row that draws keeps
-# at most WINDOW (1,024) ids by its top-k, greedy rows whatever theirs; else the whole-row kernel
+# fewer than WINDOW (1,024) ids by its top-k, greedy rows whatever theirs; else the whole-row kernel
+# (a top_k of 1,024 could never settle in a window of 1,024: its last value is the k-th one)
 FILTER_DISPATCH = [
     ([SamplingParams(temperature=0), SamplingParams(temperature=0.6, top_k=20, top_p=0.95)], "window_sample"),
-    ([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.9, top_k=1024, min_p=0.05)], "window_sample"),
+    ([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.9, top_k=1023, min_p=0.05)], "window_sample"),
+    ([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.9, top_k=1024, min_p=0.05)], "filtered_sample"),
     ([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.6, top_p=0.9)], "filtered_sample"),
     ([SamplingParams(temperature=0.6, min_p=0.1), SamplingParams(temperature=0)], "filtered_sample"),
     ([SamplingParams(temperature=0.6, top_k=1025, top_p=0.9)], "filtered_sample"),
@@ -497,7 +499,7 @@ def _spy_on_filtering_kernels(monkeypatch) -> list:
 
 
 def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k(monkeypatch):
-    """The window kernel for batches whose drawing rows all keep at most a window's ids by top-k
+    """The window kernel for batches whose drawing rows all keep fewer than a window's ids by top-k
     (bench_kernels.py on an H200: faster at every batch size there, slower for top-p alone); the
     whole-row kernel otherwise; a seeded row keeps the batch on torch's path. Interpreter, the fused
     path forced on the CPU, a vocabulary larger than the window."""

@@ -27,7 +27,7 @@ row a few times instead and never sorts it:
 Ties between logits, which the torch path orders as its sort happens to, are all kept here: the
 k-th largest value's ties by top-k, and for top-p an id whose more likely ids hold less than p.
 
-The sampler sends batches whose every drawing row keeps at most a window's ids by its top-k to
+The sampler sends batches whose every drawing row keeps fewer than a window's ids by its top-k to
 ``triton_window_sample.py``, which samples them from a window of their most likely ids and calls
 ``_sample_row`` for those its window cannot settle.
 """
