@@ -38,17 +38,28 @@ def hf_logprobs(path, prompt: list[int], continuation: list[int]) -> torch.Tenso
     return logits[len(prompt) - 1 : len(prompt) + len(continuation) - 1].log_softmax(-1)
 
 
+# How far apart, in HF's float32 logprobs, two ids may be for a bf16 run to pick either: on the tiny
+# model, bf16 moves a logprob off its float32 value by up to ~0.05 (HF's own bf16 run picks the
+# float32 runner-up where the gap is 0.005-0.011), so two bf16 runs summing in other orders may
+# differ by twice that. A wrong kernel moves the pick much further: the top two ids of the tiny
+# model's wide initialisation are ~0.5 apart as a rule.
+NEAR_TIE = 0.1
+
+
 def assert_greedy_prefixes_agree(path, prompts: list[list[int]], outputs: list[list[int]], reference: list[list[int]], n: int) -> None:
-    """Each output's first ``n`` tokens equal HF's. On a mismatch the message says which prompt, and
-    by how much HF's float32 logprobs prefer its token to ours where they part: a gap of a few
-    thousandths is a near-tie that another summation order in bf16 may flip, a large one a bug."""
+    """Each output's first ``n`` tokens equal HF's, or part from them at a near-tie: where they first
+    differ, HF's float32 logprobs must not prefer its id to ours by ``NEAR_TIE`` or more (the tokens
+    after that point follow other contexts and are not compared; vLLM's ``check_logprobs_close``
+    forgives such a divergence the same way). Otherwise the message names the prompt and the gap."""
     for i, (prompt, got, want) in enumerate(zip(prompts, outputs, reference)):
         if got[:n] == want[:n]:
             continue
         j = next(k for k in range(n) if got[k] != want[k])
         logprobs = hf_logprobs(path, prompt, want[: j + 1])[-1]
         gap = (logprobs[want[j]] - logprobs[got[j]]).item()
+        if gap < NEAR_TIE:
+            continue
         raise AssertionError(
             f"prompt {i} ({len(prompt)} tokens): {got[:n]} against HF's {want[:n]}; at token {j} HF's "
-            f"float32 logprob of its id exceeds that of ours by {gap:.4f}"
+            f"float32 logprob of its id exceeds that of ours by {gap:.4f} (a near-tie is < {NEAR_TIE})"
         )

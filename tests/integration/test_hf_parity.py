@@ -87,15 +87,40 @@ def test_qwen2_architecture_runs_through_the_same_code(tmp_path, tiny_tokenizer_
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tmp_path, prompts, 16)
 
 
-def test_a_greedy_prefix_mismatch_names_the_prompt_and_hfs_logprob_gap(tiny_model):
-    """The GPU tests' prefix check: silent when the first tokens agree; otherwise it names the prompt
-    and how much HF's float32 logprobs prefer its token to ours (here: its second choice, a gap > 0)."""
-    from tests.integration.hf_reference import assert_greedy_prefixes_agree
+def test_a_greedy_prefix_check_forgives_a_near_tie_and_names_the_prompt_and_gap_of_anything_else(tiny_model):
+    """The GPU tests' prefix check: silent when the first tokens agree, or where they part at an id
+    that HF's float32 logprobs rate within NEAR_TIE of HF's (what follows is not compared); any
+    other id fails, naming the prompt and HF's logprob gap."""
+    from tests.integration.hf_reference import NEAR_TIE, assert_greedy_prefixes_agree
 
     prompts = [[5, 17, 99, 3], list(range(40, 60))]
     ref = hf_greedy(tiny_model, prompts, 3)
     assert_greedy_prefixes_agree(tiny_model, prompts, [r + [1] for r in ref], ref, 3)
-    runner_up = hf_logprobs(tiny_model, prompts[1], ref[1][:2])[-1].topk(2).indices[1].item()
-    ours = ref[1][:1] + [runner_up, ref[1][2]]
-    with pytest.raises(AssertionError, match=r"prompt 1 \(20 tokens\): .* at token 1 HF's float32 logprob of its id exceeds that of ours by 0\.\d*[1-9]"):
+    unlikely = hf_logprobs(tiny_model, prompts[1], ref[1][:2])[-1].argmin().item()
+    ours = ref[1][:1] + [unlikely, ref[1][2]]
+    with pytest.raises(AssertionError, match=r"prompt 1 \(20 tokens\): .* at token 1 HF's float32 logprob of its id exceeds that of ours by \d+\.\d+"):
         assert_greedy_prefixes_agree(tiny_model, prompts, [ref[0], ours], ref, 3)
+
+    # a first token whose runner-up is within half of NEAR_TIE (the tiny model has several among these)
+    candidates = [list(range(10 + i, 30 + 2 * i)) for i in range(12)]
+    tied = next(p for p in candidates if (lambda top: top[0] - top[1])(hf_logprobs(tiny_model, p, [0])[-1].topk(2).values) < NEAR_TIE / 2)
+    first, runner_up = hf_logprobs(tiny_model, tied, [0])[-1].topk(2).indices.tolist()
+    want = hf_greedy(tiny_model, [tied], 3)
+    assert want[0][0] == first
+    assert_greedy_prefixes_agree(tiny_model, [tied], [[runner_up, 0, 0]], want, 3)
+
+
+def test_bf16_greedy_agrees_with_hf_in_bf16_up_to_near_ties(tiny_model):
+    """The engine in bf16 on the CPU against HF in bf16, over the GPU skinny-GEMM test's prompts: the
+    first three tokens agree but where HF's float32 logprobs hold a near-tie. (Here, with plain
+    F.linear, two prompts part so: prompt 0 takes 6 where HF's bf16 run takes 556, the pair that test
+    reported on a GPU, 0.047 apart in float32 (its top two tie); prompt 12's top two lie 0.03 apart.)"""
+    from tests.integration.hf_reference import assert_greedy_prefixes_agree
+
+    batches = [[list(range(10 + i, 30 + 2 * i)) for i in range(12)], [list(range(40))], [list(range(3, 103))],
+               [list(range(5, 55)), list(range(7, 67)), list(range(9, 89))]]  # fmt: skip
+    llm = LLM(str(tiny_model), device="cpu", dtype="bfloat16", max_num_seqs=16)
+    greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    outs = [o.outputs[0].token_ids for prompts in batches for o in llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)]
+    flat = [p for prompts in batches for p in prompts]
+    assert_greedy_prefixes_agree(tiny_model, flat, outs, hf_greedy(tiny_model, flat, 3, dtype=torch.bfloat16), 3)
