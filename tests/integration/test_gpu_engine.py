@@ -41,15 +41,14 @@ def test_gpu_greedy_matches_hf(tiny_model_factory, shape, enforce_eager, async_s
 
 
 def test_gpu_bf16_runs_and_mostly_agrees(tiny_model):
-    """bf16 rounding may flip a late near-tie, so require agreement on a prefix only."""
+    """bf16 rounding may flip a near-tie, so require agreement on a prefix only, up to near-ties."""
     from folovllm import LLM, SamplingParams
 
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=4, gpu_memory_utilization=0.05)  # the profiled path
     prompts = [[5, 17, 99, 3], list(range(40, 90))]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
     ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
-    for out, expected in zip(outs, ref):
-        assert out.outputs[0].token_ids[:3] == expected[:3]
+    assert_greedy_prefixes_agree(tiny_model, prompts, [o.outputs[0].token_ids for o in outs], ref, 3)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -76,7 +75,8 @@ def test_gpu_one_row_gemv_serves_every_matmul_of_a_batch_1_step(tiny_model, monk
         }
     else:
         assert seen == {"gemv": set(shapes.values()), "gemv_add_rms_norm": set(), "gemv_silu_and_mul": set()}
-    assert out[0].outputs[0].token_ids[:3] == hf_greedy(tiny_model, [prompt], 8, device="cuda", dtype=torch.bfloat16)[0][:3]
+    ref = hf_greedy(tiny_model, [prompt], 8, device="cuda", dtype=torch.bfloat16)
+    assert_greedy_prefixes_agree(tiny_model, [prompt], [out[0].outputs[0].token_ids], ref, 3)
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
@@ -103,8 +103,7 @@ def test_gpu_gemv_serves_o_and_down_at_2_to_4_rows(tiny_model, monkeypatch, enfo
     assert compiled_kernel_variants() == before
     assert seen == {shapes["o"], shapes["down"]}
     ref = hf_greedy(tiny_model, prompts, 8, device="cuda", dtype=torch.bfloat16)
-    for out, expected in zip(outs, ref[:2] + ref):
-        assert out.outputs[0].token_ids[:3] == expected[:3]
+    assert_greedy_prefixes_agree(tiny_model, prompts[:2] + prompts, [o.outputs[0].token_ids for o in outs], ref[:2] + ref, 3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs sm_90")
