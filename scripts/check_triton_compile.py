@@ -496,8 +496,9 @@ def _per_step_value_cases():
     top_k, top_p, min_p = torch.full((64,), 20), torch.full((64,), 0.95), torch.full((64,), 0.05)
     greedy = torch.arange(64) % 3 == 0
     filter_sets = ((top_k, top_p, None, None), (None, top_p, None, greedy), (top_k, None, min_p, None), (top_k, top_p, min_p, greedy))
-    for kernel, sample_rows, sizes in ((filtered._filtered_sample_kernel, filtered.filtered_sample, (8, 9, 64)),
-                                       (windowed._window_sample_kernel, windowed.window_sample, (1, 2, 7))):  # fmt: skip
+    sizes = (1, 2, 7, 8, 9, 64)  # the sampler picks either kernel by the rows' top-k, at any batch size
+    for kernel, sample_rows in ((filtered._filtered_sample_kernel, filtered.filtered_sample),
+                                (windowed._window_sample_kernel, windowed.window_sample)):  # fmt: skip
         calls = [
             lambda b=b, seed=seed, fs=fs, f=sample_rows: f(
                 logits[:b], torch.ones(b), *(None if x is None else x[:b] for x in fs[:3]), _drawing(seed),

@@ -101,10 +101,13 @@ def test_a_greedy_prefix_check_forgives_a_near_tie_and_names_the_prompt_and_gap_
     with pytest.raises(AssertionError, match=r"prompt 1 \(20 tokens\): .* at token 1 HF's float32 logprob of its id exceeds that of ours by \d+\.\d+"):
         assert_greedy_prefixes_agree(tiny_model, prompts, [ref[0], ours], ref, 3)
 
-    # a first token whose runner-up is within half of NEAR_TIE (the tiny model has several among these)
+    def first_two(prompt):  # HF's two likeliest first tokens and their float32 logprobs
+        return hf_logprobs(tiny_model, prompt, [0])[-1].topk(2)
+
+    # a prompt whose first token's runner-up is within half of NEAR_TIE (the tiny model has several here)
     candidates = [list(range(10 + i, 30 + 2 * i)) for i in range(12)]
-    tied = next(p for p in candidates if (lambda top: top[0] - top[1])(hf_logprobs(tiny_model, p, [0])[-1].topk(2).values) < NEAR_TIE / 2)
-    first, runner_up = hf_logprobs(tiny_model, tied, [0])[-1].topk(2).indices.tolist()
+    tied = next(p for p in candidates if first_two(p).values.diff().abs().item() < NEAR_TIE / 2)
+    first, runner_up = first_two(tied).indices.tolist()
     want = hf_greedy(tiny_model, [tied], 3)
     assert want[0][0] == first
     assert_greedy_prefixes_agree(tiny_model, [tied], [[runner_up, 0, 0]], want, 3)
