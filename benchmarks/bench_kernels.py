@@ -42,6 +42,7 @@ from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm  # no
 from folovllm.model_executor.layers import fused_kernels  # noqa: E402
 from folovllm.model_executor.layers.fused_kernels import fused_add_rms_norm, fused_qk_norm_rope_store, silu_and_mul  # noqa: E402
 from folovllm.model_executor.layers.rotary_embedding import RotaryEmbedding  # noqa: E402
+from folovllm.sample.metadata import SamplingMetadata  # noqa: E402
 from benchmarks.common import cuda_time  # noqa: E402
 from benchmarks.common import measure_copy_bandwidth  # noqa: E402
 from folovllm.attention.backends.abstract import num_kv_splits  # noqa: E402
@@ -596,12 +597,13 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
     reading its logits at copy bandwidth; with a baseline triton_sample.py, the two in turn. Then
     top_k=20 with top_p=0.95, and top_p=0.95 alone, eagerly as the engine samples: the window
     kernel (torch.topk's window included), the whole-row kernel and torch's sort (the sampler takes
-    the window kernel where every drawing row's top-k fits the window, the whole-row kernel else)."""
+    the window kernel where every drawing row's top-k fits the window, the whole-row kernel else).
+    Last, a batch with one seeded row through the sampler, against all its rows on torch's path."""
     from folovllm.sample.ops.topk_topp import apply_top_k_top_p
     from folovllm.sample.ops.triton_filtered_sample import filtered_sample
     from folovllm.sample.ops.triton_sample import inverse_cdf_sample
     from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
-    from folovllm.sample.sampler import random_sample
+    from folovllm.sample.sampler import Sampler, random_sample
 
     dev, vocab = scale["dev"], scale["vocab"]
     for batch in scale["sampler_batches"]:
@@ -628,6 +630,28 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
             print(f"    {what}, eagerly: window kernel / whole-row kernel / torch's sort, us in turn: "
                   f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} / {us[0][2]}, {us[1][2]} "
                   f"[the engine's: {'window' if (20 if k is not None else vocab) < WINDOW else 'whole-row'}]")  # fmt: skip
+        one_seeded = _one_seeded_row(batch, vocab, dev)
+        engine = Sampler()
+        calls = [lambda: engine(logits, one_seeded), lambda: engine.sample(logits.float(), one_seeded)]
+        us = [[microseconds(device_time(call)) for call in calls] for _ in range(2)]
+        print(f"    top_k=20, top_p=0.95, one row seeded, eagerly: the engine's (the batch by its kernel, the seeded "
+              f"row again on torch's path) / every row on torch's path (before), us in turn: "
+              f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]}")  # fmt: skip
+
+
+def _one_seeded_row(batch: int, vocab: int, dev) -> SamplingMetadata:
+    """The sampling settings of ``batch`` rows at Qwen3's generation config (T=0.6, top_k=20,
+    top_p=0.95), the first with a seed of its own."""
+    from folovllm import SamplingParams
+    from folovllm.worker.input_batch import CachedRequestState
+    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
+
+    states = [
+        CachedRequestState(i, i, [1], [], SamplingParams(temperature=0.6, top_k=20, top_p=0.95, seed=1 if i == 0 else None),
+                           torch.Generator(dev).manual_seed(1) if i == 0 else None, 1)
+        for i in range(batch)
+    ]  # fmt: skip
+    return build_sampling_metadata(states, vocab, torch.device(dev))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ temperature sampling) skips that work entirely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -35,3 +35,30 @@ class SamplingMetadata:
     # min_tokens: row -> token ids that must not be sampled yet.
     min_tokens_stop_ids: dict[int, list[int]]
     max_num_logprobs: Optional[int]  # None: no logprobs wanted by any row
+
+    def select_rows(self, rows: list[int]) -> SamplingMetadata:
+        """The settings of ``rows`` alone, renumbered from 0, for drawing them by themselves (the
+        sampler's seeded rows beside the fused kernels). Only what a draw reads: min_tokens and the
+        penalties have been applied to the logits by then, logprobs are gathered for the whole batch."""
+        index = torch.tensor(rows).to(self.temperature.device, non_blocking=True)
+
+        def pick(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t[index]
+
+        return replace(
+            self,
+            temperature=self.temperature[index],
+            greedy_mask=pick(self.greedy_mask),
+            all_greedy=self.all_greedy,  # else False even where these rows are: greedy_mask has them
+            top_p=pick(self.top_p),
+            top_k=pick(self.top_k),
+            min_p=pick(self.min_p),
+            generators={new: self.generators[old] for new, old in enumerate(rows) if old in self.generators},
+            prompt_token_ids=None,
+            output_token_ids=None,
+            presence_penalties=None,
+            frequency_penalties=None,
+            repetition_penalties=None,
+            min_tokens_stop_ids={},
+            max_num_logprobs=None,
+        )

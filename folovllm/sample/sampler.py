@@ -9,15 +9,17 @@ Order, as in vLLM v1:
 Random draws use the "exponential race": argmax(p / E) with E ~ Exp(1) is a
 sample from p, needs no host sync (unlike torch.multinomial), and lets a
 seeded row draw its E from its own generator, so its output does not depend
-on which other requests share the batch. On a GPU, a batch with no seeded row
-(greedy rows may be among them; min_tokens and penalties already applied) goes
+on which other requests share the batch. On a GPU, the rows without a seed
+(greedy rows may be among them; min_tokens and penalties already applied) go
 to two Triton kernels that invert the softmax's cumulative distribution instead
 (``ops/triton_sample.py``): two random numbers per row rather than one per
 vocabulary id. With top-k / top-p / min-p rows among them, a Triton kernel
 filters and draws without sorting the vocabulary: where every row that draws
 keeps fewer than a window's ids by its top-k, from the window of its most likely ids
 that ``torch.topk`` picks (``ops/triton_window_sample.py``); otherwise a program
-per row reads its whole row (``ops/triton_filtered_sample.py``).
+per row reads its whole row (``ops/triton_filtered_sample.py``). Seeded rows
+are then drawn again on torch's path, by themselves, and replace the kernels'
+ids for them: one seeded request no longer sends a whole batch to a sort.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class Sampler(nn.Module):
                 sampled = sample(
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
                 )  # fmt: skip
+            if md.generators:  # only torch's path draws from a row's own generator
+                rows = sorted(md.generators)
+                index = torch.tensor(rows).to(logits.device, non_blocking=True)
+                sampled[index] = self.sample(logits[index].float(), md.select_rows(rows))
             return self._output(sampled, raw_logprobs, md)
         sampled = self.sample(logits.float(), md)
         return self._output(sampled, raw_logprobs, md)
@@ -137,11 +143,16 @@ def _mask_and_penalize(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tens
 
 
 def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
-    """Temperature sampling, greedy rows beside it or not, on a GPU, with no seeded row: the fused
-    kernels do it all, top-k / top-p / min-p included, on the logits as min_tokens and the penalties
-    left them. (Every row greedy: one argmax is less work. A seeded row draws from its own generator,
-    which only torch's path can.)"""
-    return logits.is_cuda and HAS_TRITON and not md.all_greedy and not md.generators
+    """Temperature sampling, greedy rows beside it or not, on a GPU, with a row that has no seed of its
+    own: the fused kernels do it all, top-k / top-p / min-p included, on the logits as min_tokens and
+    the penalties left them. (Every row greedy: one argmax is less work. Every row seeded: torch's
+    path, the only one that draws from a row's own generator, takes them all anyway.)"""
+    return _fused_kernels_run_on(logits) and not md.all_greedy and len(md.generators) < logits.shape[0]
+
+
+def _fused_kernels_run_on(logits: torch.Tensor) -> bool:
+    """Whether the Triton kernels can sample ``logits`` (a GPU; the CPU tests say yes for the interpreter)."""
+    return logits.is_cuda and HAS_TRITON
 
 
 def _exponential_noise(

@@ -77,7 +77,7 @@ GPU_STAGE_SCRIPTS = {
                        "    by how much (library time / its time): ",
                        "as (weight @ x.T).T, torch's default library, transposing copy included: M=8: ", ", at 2-4 rows: ",
                        "one row, q/k/v    64x32, two kernels / one, us by GEMV configuration: (4, 1024, 4): ", "one row, down ",
-                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x 40 prompt + 3 decodes (ctx 24), us in turn: all in the prefill kernel (", "/ the decodes by kv head in it (DECODES_BY_KV_HEAD) ", "/ the decodes in the decode kernel (", "sampler B=",
+                       "one-row shapes where the fused GEMV beats the two kernels, (N, K): (configuration, speed-up): ", "mixed   1 x 40 prompt + 3 decodes (ctx 24), us in turn: all in the prefill kernel (", "/ the decodes by kv head in it (DECODES_BY_KV_HEAD) ", "/ the decodes in the decode kernel (", "sampler B=", "one row seeded, eagerly: the engine's (the batch by its kernel",
                        "element-wise,     1 tokens: add + RMSNorm ", "    q/k norm + RoPE + KV write, today / baseline, us in turn: ",
                        "    add + RMSNorm, today / baseline, us in turn: ", "    SiLU and mul, today / baseline, us in turn: ",
                        "list as in a graph, heaviest first (the engine's) / batch order, TFLOP/s in turn: ", " ctx=8..40 ",

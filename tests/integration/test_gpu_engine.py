@@ -238,6 +238,23 @@ def test_gpu_async_equals_sync_with_preemption(tiny_model):
     assert results[0] == results[1]
 
 
+def test_gpu_seeded_request_beside_fused_sampling_keeps_its_tokens(tiny_model):
+    """A seeded request with top-k / top-p makes the same tokens alone and in a batch whose other rows
+    the fused filtering kernel samples (the seeded row drawn again on torch's path), and its
+    neighbours still sample (not all the same ids)."""
+    from folovllm import LLM, SamplingParams
+
+    llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, **SMALL_KV_CACHE)
+    seeded = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=7, max_tokens=16, ignore_eos=True)
+    prompt = {"prompt_token_ids": list(range(10, 40))}
+    alone = llm.generate([prompt], seeded, use_tqdm=False)[0].outputs[0].token_ids
+    others = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, max_tokens=16, ignore_eos=True)
+    batch = [{"prompt_token_ids": list(range(5, 5 + n))} for n in (12, 50)] + [prompt]
+    outs = llm.generate(batch, [others, others, seeded], use_tqdm=False)
+    assert outs[2].outputs[0].token_ids == alone
+    assert len(set(outs[0].outputs[0].token_ids)) > 1
+
+
 @pytest.mark.parametrize("num_prompts", [3, 5])
 def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
     """3 or 5 decoding sequences are not capture sizes: they replay the 4- or 8-graph with padded rows."""

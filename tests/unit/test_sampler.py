@@ -437,7 +437,7 @@ def test_min_tokens_and_penalties_change_the_logits_the_fused_kernels_sample(mon
     dtypes = []
     real = triton_window_sample.window_sample
     monkeypatch.setattr(triton_window_sample, "window_sample", lambda x, *a, **k: dtypes.append(x.dtype) or real(x, *a, **k))
-    monkeypatch.setattr(sampler_module, "_fused_sampling_applies", lambda logits, md: not md.all_greedy and not md.generators)
+    monkeypatch.setattr(sampler_module, "_fused_kernels_run_on", lambda logits: True)
     penalized = apply_penalties(logits.clone(), torch.tensor([[1, 2, 3]] * 3), torch.tensor([[vocab] * 3, [vocab] * 3, [2] * 3]),
                                 torch.tensor([0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 2.0]), torch.tensor([10.0, 1.0, 1.0]))  # fmt: skip
     assert 2 not in penalized[2].topk(3).indices.tolist()
@@ -501,13 +501,13 @@ def _spy_on_filtering_kernels(monkeypatch) -> list:
 def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k(monkeypatch):
     """The window kernel for batches whose drawing rows all keep fewer than a window's ids by top-k
     (bench_kernels.py on an H200: faster at every batch size there, slower for top-p alone); the
-    whole-row kernel otherwise; a seeded row keeps the batch on torch's path. Interpreter, the fused
-    path forced on the CPU, a vocabulary larger than the window."""
+    whole-row kernel otherwise; a batch of seeded rows only stays on torch's path. Interpreter, the
+    fused path allowed on the CPU, a vocabulary larger than the window."""
     pytest.importorskip("triton")
     from folovllm.sample import sampler as sampler_module
 
     calls = _spy_on_filtering_kernels(monkeypatch)
-    monkeypatch.setattr(sampler_module, "_fused_sampling_applies", lambda logits, md: not md.all_greedy and not md.generators)
+    monkeypatch.setattr(sampler_module, "_fused_kernels_run_on", lambda logits: True)
     vocab = 1500
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(3))
     for params, kernel in FILTER_DISPATCH:
@@ -516,13 +516,49 @@ def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k(monkeypatch):
         assert calls == [kernel], (params, calls)
         assert all(out[i] == logits[i].argmax() for i, p in enumerate(params) if p.temperature == 0)
     calls.clear()
-    Sampler()(logits, metadata([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.6, top_k=20, seed=4)], vocab=vocab))
-    assert calls == []
+    Sampler()(logits, metadata([SamplingParams(temperature=0.6, top_k=20, seed=4)] * 2, vocab=vocab))
+    assert calls == []  # every row seeded: torch's path alone
+
+
+@pytest.mark.parametrize("filters", [{}, {"top_k": 20, "top_p": 0.9}, {"top_p": 0.8, "min_p": 0.02}])
+def test_seeded_rows_beside_the_fused_kernels_draw_what_they_draw_alone(monkeypatch, filters):
+    """Seeded rows in a batch the fused kernels take (interpreter, the fused path allowed on the CPU):
+    the kernels draw the batch, then each seeded row is drawn again on torch's path by itself; its
+    ids are those it gets alone, wherever it sits and whoever its neighbours are (greedy, unseeded,
+    other seeds), over several steps of its generator. A greedy row still gets the argmax."""
+    pytest.importorskip("triton")
+    from folovllm.sample import sampler as sampler_module
+    from folovllm.sample.ops import triton_filtered_sample, triton_sample, triton_window_sample
+
+    kernels = []
+    for module, name in ((triton_sample, "inverse_cdf_sample"), (triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: kernels.append(name) or real(*a, **k))
+    vocab = 1500
+    logits = torch.randn(5, vocab, generator=torch.Generator().manual_seed(2)) * 2
+
+    def seeded(seed):
+        return SamplingParams(temperature=0.9, seed=seed, **filters)
+
+    def draws(params, logit_rows, picked, steps=4):  # rows `picked`'s ids over `steps` steps, each generator going on
+        md = metadata(params, vocab=vocab)
+        return [Sampler(seed=0)(logits[logit_rows].clone(), md).sampled_token_ids[picked].tolist() for _ in range(steps)]
+
+    alone = {row: [ids[0] for ids in draws([seeded(10 + row)], [row], [0])] for row in (1, 3)}
+    assert not kernels  # alone: torch's path
+    monkeypatch.setattr(sampler_module, "_fused_kernels_run_on", lambda logits: True)
+    unseeded = SamplingParams(temperature=0.9, **filters)
+    together = draws([unseeded, seeded(11), SamplingParams(temperature=0), seeded(13), unseeded], [0, 1, 2, 3, 4], [1, 3, 2])
+    assert [ids[0] for ids in together] == alone[1] and [ids[1] for ids in together] == alone[3]
+    assert all(ids[2] == logits[2].argmax().item() for ids in together)
+    assert len(kernels) == 4 and len(set(kernels)) == 1  # one fused launch a step for the batch
+    assert [ids[0] for ids in draws([seeded(13), unseeded, seeded(11)], [3, 0, 1], [2])] == alone[1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused path runs on a GPU only")
 def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k_on_gpu(monkeypatch):
-    """As above, on the GPU's own dispatch (nothing forced), at Qwen3's vocabulary in bf16."""
+    """As above, on the GPU's own dispatch (nothing forced), at Qwen3's vocabulary in bf16; a seeded row
+    beside an unseeded one leaves the kernel the batch."""
     calls = _spy_on_filtering_kernels(monkeypatch)
     vocab = 151936
     logits = torch.randn(2, vocab, device="cuda").to(torch.bfloat16)
@@ -539,4 +575,7 @@ def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k_on_gpu(monkeypatch
         assert all(out[i] == logits[i].float().argmax().cpu() for i, p in enumerate(params) if p.temperature == 0)
     calls.clear()
     Sampler()(logits, md([SamplingParams(temperature=0.6, top_k=20), SamplingParams(temperature=0.6, top_k=20, seed=4)]))
+    assert calls == ["window_sample"]  # the unseeded row; the seeded one on torch's path
+    calls.clear()
+    Sampler()(logits, md([SamplingParams(temperature=0.6, top_k=20, seed=4)] * 2))
     assert calls == []

@@ -70,3 +70,28 @@ def test_max_top_k_is_the_largest_top_k_of_the_rows_that_draw():
     assert max_top_k(SamplingParams(temperature=0.7, top_k=20), SamplingParams(temperature=0.7, top_p=0.9)) == 500
     assert max_top_k(greedy, SamplingParams(temperature=0.7, top_k=20)) == 20
     assert max_top_k(greedy, greedy) == 0
+
+
+def test_select_rows_keeps_what_a_draw_reads_of_those_rows_renumbered():
+    """The seeded rows' own settings, for drawing them apart from the fused kernels: their
+    temperature, filters and greedy mask, their generators under the new row numbers; nothing of
+    penalties, min_tokens or logprobs, which the sampler has applied or gathers for the whole batch."""
+    import torch
+
+    from folovllm.worker.input_batch import CachedRequestState
+    from folovllm.worker.sampling_metadata_builder import build_sampling_metadata
+
+    params = [SamplingParams(temperature=0.5, top_k=5, repetition_penalty=1.2, logprobs=2),
+              SamplingParams(temperature=0.8, top_p=0.9, seed=3, min_tokens=4, stop_token_ids=[1]),
+              SamplingParams(temperature=0), SamplingParams(temperature=1.1, min_p=0.1, seed=4)]  # fmt: skip
+    gens = [None, torch.Generator().manual_seed(3), None, torch.Generator().manual_seed(4)]
+    states = [CachedRequestState(i, i, [1, 2], [], p, g, 2) for i, (p, g) in enumerate(zip(params, gens))]
+    md = build_sampling_metadata(states, 50, torch.device("cpu"))
+    picked = md.select_rows([1, 2, 3])
+    assert picked.temperature.tolist() == pytest.approx([0.8, 1.0, 1.1])
+    assert picked.top_k.tolist() == [50, 50, 50] and picked.top_p.tolist() == pytest.approx([0.9, 1.0, 1.0])
+    assert picked.min_p.tolist() == pytest.approx([0.0, 0.0, 0.1]) and picked.greedy_mask.tolist() == [False, True, False]
+    assert picked.generators == {0: gens[1], 2: gens[3]} and not picked.all_greedy and not picked.all_random
+    assert picked.repetition_penalties is None and picked.prompt_token_ids is None
+    assert picked.min_tokens_stop_ids == {} and picked.max_num_logprobs is None
+    assert md.min_tokens_stop_ids and md.max_num_logprobs == 2  # the batch's own are left as they were
