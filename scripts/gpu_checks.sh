@@ -43,7 +43,9 @@
 #      that the targets (an H100's) can be read off directly.
 #   Later, as time allows: `startup`, `views` (the 256-sequence kernel view's idle gaps; the prompts
 #   view), `kernels` (its new-token rows now at every decode batch, 1 to 256: the batch size where the
-#   new token in the decode kernel stops paying, for turning it on below that size only).
+#   new token in the decode kernel stops paying, for turning it on below that size only; and the
+#   sampler's "one row seeded" rows, section 33: the fused kernels plus the seeded row on torch's
+#   path, against the whole batch on torch's path as before).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
