@@ -36,11 +36,11 @@ class SamplingMetadata:
     min_tokens_stop_ids: dict[int, list[int]]
     max_num_logprobs: Optional[int]  # None: no logprobs wanted by any row
 
-    def select_rows(self, rows: list[int]) -> SamplingMetadata:
-        """The settings of ``rows`` alone, renumbered from 0, for drawing them by themselves (the
-        sampler's seeded rows beside the fused kernels). Only what a draw reads: min_tokens and the
-        penalties have been applied to the logits by then, logprobs are gathered for the whole batch."""
-        index = torch.tensor(rows).to(self.temperature.device, non_blocking=True)
+    def select_rows(self, rows: list[int], index: torch.Tensor) -> SamplingMetadata:
+        """The settings of ``rows`` alone (``index``: the same rows on the settings' device), renumbered
+        from 0, for drawing them by themselves (the sampler's seeded rows beside the fused kernels).
+        Only what a draw reads: min_tokens and the penalties have been applied to the logits by then,
+        logprobs are gathered for the whole batch."""
 
         def pick(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             return None if t is None else t[index]

@@ -101,7 +101,7 @@ class Sampler(nn.Module):
             if md.generators:  # only torch's path draws from a row's own generator
                 rows = sorted(md.generators)
                 index = torch.tensor(rows).to(logits.device, non_blocking=True)
-                sampled[index] = self.sample(logits[index].float(), md.select_rows(rows))
+                sampled[index] = self.sample(logits[index].float(), md.select_rows(rows, index))
             return self._output(sampled, raw_logprobs, md)
         sampled = self.sample(logits.float(), md)
         return self._output(sampled, raw_logprobs, md)

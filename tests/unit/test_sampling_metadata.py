@@ -87,7 +87,7 @@ def test_select_rows_keeps_what_a_draw_reads_of_those_rows_renumbered():
     gens = [None, torch.Generator().manual_seed(3), None, torch.Generator().manual_seed(4)]
     states = [CachedRequestState(i, i, [1, 2], [], p, g, 2) for i, (p, g) in enumerate(zip(params, gens))]
     md = build_sampling_metadata(states, 50, torch.device("cpu"))
-    picked = md.select_rows([1, 2, 3])
+    picked = md.select_rows([1, 2, 3], torch.tensor([1, 2, 3]))
     assert picked.temperature.tolist() == pytest.approx([0.8, 1.0, 1.1])
     assert picked.top_k.tolist() == [50, 50, 50] and picked.top_p.tolist() == pytest.approx([0.9, 1.0, 1.0])
     assert picked.min_p.tolist() == pytest.approx([0.0, 0.0, 0.1]) and picked.greedy_mask.tolist() == [False, True, False]
