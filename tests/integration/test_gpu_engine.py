@@ -145,7 +145,7 @@ def test_gpu_skinny_gemm_serves_the_matmuls_of_decode_batches_and_short_prompts(
     import folovllm.model_executor.layers.triton_skinny_gemm as skinny
     from folovllm import LLM, SamplingParams
     from folovllm.utils.triton_variants import compiled_kernel_variants
-    from tests.fixtures.tiny_models import linear_weight_shapes, skinny_gemm_table, spy_on_weight_shapes
+    from tests.fixtures.tiny_models import SKINNY_GEMM_PROMPT_BATCHES, linear_weight_shapes, skinny_gemm_table, spy_on_weight_shapes
 
     shapes = set(linear_weight_shapes(tiny_model).values())
     monkeypatch.setattr(skinny, "SKINNY_GEMM_CONFIGS", skinny_gemm_table(tiny_model))
@@ -153,8 +153,7 @@ def test_gpu_skinny_gemm_serves_the_matmuls_of_decode_batches_and_short_prompts(
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=16, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
     before = compiled_kernel_variants()
     greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    batches = [[list(range(10 + i, 30 + 2 * i)) for i in range(12)], [list(range(40))], [list(range(3, 103))],
-               [list(range(5, 55)), list(range(7, 67)), list(range(9, 89))]]  # fmt: skip
+    batches = SKINNY_GEMM_PROMPT_BATCHES
     outs = [o for prompts in batches for o in llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)]
     assert compiled_kernel_variants() == before
     assert seen == shapes

@@ -91,6 +91,7 @@ def test_a_greedy_prefix_check_forgives_a_near_tie_and_names_the_prompt_and_gap_
     """The GPU tests' prefix check: silent when the first tokens agree, or where they part at an id
     that HF's float32 logprobs rate within NEAR_TIE of HF's (what follows is not compared); any
     other id fails, naming the prompt and HF's logprob gap."""
+    from tests.fixtures.tiny_models import SKINNY_GEMM_PROMPT_BATCHES
     from tests.integration.hf_reference import NEAR_TIE, assert_greedy_prefixes_agree
 
     prompts = [[5, 17, 99, 3], list(range(40, 60))]
@@ -105,7 +106,7 @@ def test_a_greedy_prefix_check_forgives_a_near_tie_and_names_the_prompt_and_gap_
         return hf_logprobs(tiny_model, prompt, [0])[-1].topk(2)
 
     # a prompt whose first token's runner-up is within half of NEAR_TIE (the tiny model has several here)
-    candidates = [list(range(10 + i, 30 + 2 * i)) for i in range(12)]
+    candidates = SKINNY_GEMM_PROMPT_BATCHES[0]
     tied = next(p for p in candidates if first_two(p).values.diff().abs().item() < NEAR_TIE / 2)
     first, runner_up = first_two(tied).indices.tolist()
     want = hf_greedy(tiny_model, [tied], 3)
@@ -118,10 +119,9 @@ def test_bf16_greedy_agrees_with_hf_in_bf16_up_to_near_ties(tiny_model):
     first three tokens agree but where HF's float32 logprobs hold a near-tie. (Here, with plain
     F.linear, two prompts part so: prompt 0 takes 6 where HF's bf16 run takes 556, the pair that test
     reported on a GPU, 0.047 apart in float32 (its top two tie); prompt 12's top two lie 0.03 apart.)"""
+    from tests.fixtures.tiny_models import SKINNY_GEMM_PROMPT_BATCHES as batches
     from tests.integration.hf_reference import assert_greedy_prefixes_agree
 
-    batches = [[list(range(10 + i, 30 + 2 * i)) for i in range(12)], [list(range(40))], [list(range(3, 103))],
-               [list(range(5, 55)), list(range(7, 67)), list(range(9, 89))]]  # fmt: skip
     llm = LLM(str(tiny_model), device="cpu", dtype="bfloat16", max_num_seqs=16)
     greedy = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     outs = [o.outputs[0].token_ids for prompts in batches for o in llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)]

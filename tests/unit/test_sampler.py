@@ -488,11 +488,12 @@ FILTER_DISPATCH = [
 ]
 
 
-def _spy_on_filtering_kernels(monkeypatch) -> list:
-    from folovllm.sample.ops import triton_filtered_sample, triton_window_sample
+def _spy_on_fused_kernels(monkeypatch) -> list:
+    """Record, by name, each call of the fused sampling kernels' entry points (they still compute)."""
+    from folovllm.sample.ops import triton_filtered_sample, triton_sample, triton_window_sample
 
     calls = []
-    for module, name in ((triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
+    for module, name in ((triton_sample, "inverse_cdf_sample"), (triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
     return calls
@@ -506,7 +507,7 @@ def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k(monkeypatch):
     pytest.importorskip("triton")
     from folovllm.sample import sampler as sampler_module
 
-    calls = _spy_on_filtering_kernels(monkeypatch)
+    calls = _spy_on_fused_kernels(monkeypatch)
     monkeypatch.setattr(sampler_module, "_fused_kernels_run_on", lambda logits: True)
     vocab = 1500
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(3))
@@ -528,12 +529,8 @@ def test_seeded_rows_beside_the_fused_kernels_draw_what_they_draw_alone(monkeypa
     other seeds), over several steps of its generator. A greedy row still gets the argmax."""
     pytest.importorskip("triton")
     from folovllm.sample import sampler as sampler_module
-    from folovllm.sample.ops import triton_filtered_sample, triton_sample, triton_window_sample
 
-    kernels = []
-    for module, name in ((triton_sample, "inverse_cdf_sample"), (triton_filtered_sample, "filtered_sample"), (triton_window_sample, "window_sample")):
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: kernels.append(name) or real(*a, **k))
+    kernels = _spy_on_fused_kernels(monkeypatch)
     vocab = 1500
     logits = torch.randn(5, vocab, generator=torch.Generator().manual_seed(2)) * 2
 
@@ -559,7 +556,7 @@ def test_seeded_rows_beside_the_fused_kernels_draw_what_they_draw_alone(monkeypa
 def test_sampler_picks_the_filtering_kernel_by_the_rows_top_k_on_gpu(monkeypatch):
     """As above, on the GPU's own dispatch (nothing forced), at Qwen3's vocabulary in bf16; a seeded row
     beside an unseeded one leaves the kernel the batch."""
-    calls = _spy_on_filtering_kernels(monkeypatch)
+    calls = _spy_on_fused_kernels(monkeypatch)
     vocab = 151936
     logits = torch.randn(2, vocab, device="cuda").to(torch.bfloat16)
 
