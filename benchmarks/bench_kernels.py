@@ -292,8 +292,7 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
     rule fixes it per graph batch size from max_model_len), and the model's dtype against an FP8
     cache at the largest batch (the FP8 cache
     also by keys per iteration and pipeline stages; with a baseline, today's kernel and the
-    baseline's in turn, twice); at the most splits of each row, the splits merged by a second
-    kernel against in the last split program."""
+    baseline's in turn, twice)."""
     dev, dtype, heads, kv_heads, head_dim = scale["dev"], scale["dtype"], scale["heads"], scale["kv_heads"], scale["head_dim"]
     sms = num_sms(torch.device(dev, 0))
     cases = [(b, ctx, dtype, splits) for b, ctx, splits in scale["decode_in_graphs"]]
@@ -331,13 +330,6 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
                 how = " query in FP8" if fp8_query else " V via registers" if via_registers else ""  # the first widens V in registers
                 row.append(f"{block_n} keys x {stages}{how}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
             print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
-        if cache_dtype == dtype and max(split_counts) > 1:  # at the most splits of the row
-            counters = torch.zeros(batch * kv_heads, dtype=torch.int32, device=dev)
-            attend = functools.partial(paged_decode_attention, q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
-                                       num_kv_splits=max(split_counts))  # fmt: skip
-            us = in_turn([attend, functools.partial(attend, split_counters=counters)])
-            print(f"    {max(split_counts)} splits, merged by a second kernel / in the last split program (MERGE_IN_LAST_SPLIT), "
-                  f"us in turn: {us[0]} / {us[1]}")  # fmt: skip
         if cache_dtype == dtype:  # at every batch: where fusing stops paying (it won at 1, lost at 256 on an H200)
             new_token_in_turn(q, k_cache, v_cache, block_table, seq_lens, rule[2048])
         if baseline is not None and batch in (1, b):  # at the engine's split count for max_model_len 2048

@@ -11,9 +11,6 @@ Switches a GPU run decides on:
   shape's plain GEMV configuration): seven kernels per layer instead of ten;
 * ``fuse_new_token``: decode steps norm, rotate and cache their new k and v inside the decode
   attention kernel (``triton_decode_attention.FUSE_NEW_TOKEN``): nine kernels per layer instead of ten;
-* ``merge_in_last_split``: split decode steps merge the splits in the last split program to finish
-  (``triton_decode_attention.MERGE_IN_LAST_SPLIT``) instead of a second kernel: one kernel less
-  per layer at 1-32 sequences;
 * ``batch_order``: decode steps start their sequences' attention programs in batch order, not
   longest first (``triton_decode_attention.LONGEST_FIRST`` off); longest first is the default since
   the H200 run of 2026-11-28 (throughput 1.066 against batch order, the same greedy tokens);
@@ -79,13 +76,11 @@ SCALES = {
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
 LONGEST_FIRST_DEFAULT = triton_decode_attention.LONGEST_FIRST
-SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "merge_in_last_split", "batch_order", "decodes_by_kv_head", "skinny_gemm",
-            "fp8_query")
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "batch_order", "decodes_by_kv_head", "skinny_gemm", "fp8_query")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
 # Those that change a batch-1 step (the skinny GEMM takes 5 rows and more; the order, several sequences).
-STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("merge_in_last_split",), ("fused_gemv", "fuse_new_token"),
-                 ("fused_gemv", "fuse_new_token", "merge_in_last_split"), ("fp8_query",)]
+STEP_SETTINGS = [(), ("no_pdl",), ("fused_gemv",), ("fuse_new_token",), ("fused_gemv", "fuse_new_token"), ("fp8_query",)]
 # The shapes whose one-row GEMV takes the op before it inside: q/k/v, gate/up (the norm), down (SiLU-and-mul).
 FUSABLE = [(4096, 1024), (6144, 1024), (1024, 3072)]
 # o and down (1,024 outputs each) at every row bucket, K split 4 ways: a guess until bench_kernels.py
@@ -103,7 +98,6 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
     triton_decode_attention.LONGEST_FIRST = LONGEST_FIRST_DEFAULT and "batch_order" not in setting  # read by the next engine's backend
     triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
-    triton_decode_attention.MERGE_IN_LAST_SPLIT = "merge_in_last_split" in setting  # likewise
     triton_prefill_attention.DECODES_BY_KV_HEAD = "decodes_by_kv_head" in setting  # likewise
     abstract.FP8_QUERY = "fp8_query" in setting  # likewise (over an FP8 cache only)
     skinny = "skinny_gemm" in setting
@@ -170,14 +164,11 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, settings: list, kv
             return runner.model.compute_logits(runner.model(inputs.input_ids, inputs.positions, meta))
 
         calls, pool = {}, None
-        counters = torch.zeros(runner.num_kv_heads, dtype=torch.int32, device=device)  # one sequence's split counts
         for setting in settings:
             took = apply(setting, device)
             # the backend read FUSE_NEW_TOKEN when this engine was made; the model asks it at each call
             runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
             runner.attn_backend.fp8_query = abstract.FP8_QUERY  # likewise FP8_QUERY (both backends)
-            # the engine's buffers have split counts only if the switch was on when it was made
-            meta.split_counters = counters if triton_decode_attention.MERGE_IN_LAST_SPLIT else None
             forward()  # compiles this setting's kernels outside the capture
             if device == "cuda":
                 graph, _, pool = CUDAGraphRunner._capture_graph(forward, pool)

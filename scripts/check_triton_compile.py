@@ -113,7 +113,7 @@ def _compile_only(run, show_resources: bool, show_loops: list[str] | None, arch:
         if "tf32" in kernel.asm.get("ptx", ""):  # Triton's default for a float32 tl.dot
             raise RuntimeError(f"{self.__name__} rounds float32 products to TF32: pass input_precision='ieee'")
         if self.__name__ in LOADS_BEFORE_STORES:
-            # Up to an acquiring atomic: what follows one (the decode kernel's last-split merge) reads
+            # Up to an acquiring atomic: what follows one (the skinny GEMM's split-K sum) reads
             # what other programs stored, and must skip L1, which other SMs' stores do not update.
             ptx = kernel.asm["ptx"]
             acquire = re.search(r"atom\.global\.gpu\.acq_rel", ptx)
@@ -226,27 +226,16 @@ def _attention_cases():
                 yield (f"decode attention, {splits} split(s), new token fused in ({name})",
                        lambda s=splits, new=new, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1, num_kv_splits=s,
                                                                                      new_token=new))  # fmt: skip
-                if splits > 1:  # MERGE_IN_LAST_SPLIT's variants, alone and with the new token fused in
-                    counts = torch.zeros(2 * kv_heads, dtype=torch.int32)
-                    yield (f"decode attention, {splits} splits merged in the last ({name})",
-                           lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s,
-                                                                   split_counters=counts))  # fmt: skip
-                    yield (f"decode attention, {splits} splits merged in the last, new token fused in ({name})",
-                           lambda s=splits, new=new, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
-                                                                                         num_kv_splits=s, new_token=new, split_counters=counts))  # fmt: skip
-                # the three decode switches at once (a GPU session turns its winners on together)
+                # the decode switches at once (a GPU session turns its winners on together)
                 every = dict(seq_order=torch.tensor([1, 0], dtype=torch.int32), new_token=new)
-                if splits > 1:
-                    every["split_counters"] = torch.zeros(2 * kv_heads, dtype=torch.int32)
-                merged = ", merged in the last" if splits > 1 else ""
-                yield (f"decode attention, {splits} split(s), longest first, new token fused in{merged} ({name})",
+                yield (f"decode attention, {splits} split(s), longest first, new token fused in ({name})",
                        lambda s=splits, every=every, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
                                                                                          num_kv_splits=s, **every))  # fmt: skip
                 if cache_dtype == FP8:  # FP8_QUERY's variants, alone and with the three
                     yield (f"decode attention, {splits} split(s), query in FP8 ({name})",
                            lambda s=splits: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, num_kv_splits=s,
                                                                    fp8_query=True))  # fmt: skip
-                    yield (f"decode attention, {splits} split(s), query in FP8, longest first, new token fused in{merged} ({name})",
+                    yield (f"decode attention, {splits} split(s), query in FP8, longest first, new token fused in ({name})",
                            lambda s=splits, every=every, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
                                                                                              num_kv_splits=s, fp8_query=True, **every))  # fmt: skip
         if cache_dtype == FP8:  # a variant bench_kernels.py times (the engine's widens V in registers)
@@ -458,11 +447,6 @@ def _per_step_value_cases():
     table = torch.zeros(2, 3, dtype=torch.int32)
     yield "decode attention, split counts 2..64", (decode._decode_stage1_kernel, decode._decode_stage2_kernel), [
         lambda s=s: decode.paged_decode_attention(q[:2], cache, cache, table, lens, 0.1, num_kv_splits=s) for s in (2, 3, 16, 33, 64)
-    ]
-    counts = torch.zeros(2 * cache.shape[2], dtype=torch.int32)
-    yield "decode attention merged in the last split, split counts 2..64", (decode._decode_stage1_kernel,), [
-        lambda s=s: decode.paged_decode_attention(q[:2], cache, cache, table, lens, 0.1, num_kv_splits=s, split_counters=counts)
-        for s in (2, 3, 16, 33, 64)
     ]
     from folovllm.model_executor.layers import triton_skinny_gemm as skinny
 

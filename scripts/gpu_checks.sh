@@ -11,7 +11,7 @@
 # stand-alone run). `kernels` is bench_kernels.py (the sweeps that pick tile shapes, split rules
 # and matmul libraries); `views` are profile_step.py's prefill, tail, prompts, kernel (256 and 1 sequences, idle gaps) and host views;
 # `switches` is bench_switches.py (the engine's speed switches, PDL off, the fused one-row GEMV,
-# the new token in the decode kernel, the last-split merge, decode programs in batch order (longest first is the default), decodes by kv head in the prefill kernel and the skinny GEMM,
+# the new token in the decode kernel, decode programs in batch order (longest first is the default), decodes by kv head in the prefill kernel and the skinny GEMM,
 # and with SWITCHES_KV=fp8 the query in FP8 (every engine then on an FP8 cache), each alone against the defaults: a batch-1
 # step's GPU time in one engine, then TPOT, TTFT, throughput, tokens per engine); `step` is its
 # first part alone; `startup` is bench_startup.py (LLM(...) in fresh processes: an empty Triton cache with
@@ -26,7 +26,7 @@
 # The plan for the next session (written in the twenty-fifth, after its H200 run, section 32 of
 # docs/dev/performance.md; item 1 amended in the twenty-sixth, section 33):
 #   1. `tests engine` (carry nothing; timeout ~330): the kernels' GPU tests have not run since the
-#      fourteenth session (the element-wise loads, the reads before the PDL wait, the last-split merge,
+#      fourteenth session (the element-wise loads, the reads before the PDL wait,
 #      the split-K skinny GEMM, the filtering samplers and the FP8-query kernels changed since). The
 #      engine tests' four skinny-GEMM failures of the twenty-fifth session were a near-tie of their
 #      prompt (section 33: bf16 with plain F.linear flips it on the CPU too); their bf16 prefix checks

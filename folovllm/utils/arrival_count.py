@@ -1,6 +1,6 @@
 """Which program of a kernel arrives last at a job several of them share, so that it can finish
-the job without a second kernel: the split decode attention merges its splits that way
-(``triton_decode_attention``), the split-K matmul sums its partial tiles (``triton_skinny_gemm``).
+the job without a second kernel: the split-K matmul sums its partial tiles that way
+(``triton_skinny_gemm``).
 
 Each program stores its part, counts itself in on an int32 in global memory, and the one whose
 count completes the set goes on to read every part. The order is CUTLASS's split-K semaphore's: a

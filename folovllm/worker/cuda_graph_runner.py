@@ -83,7 +83,6 @@ class CUDAGraphRunner:
             num_kv_splits=self.num_kv_splits_fn(size, self.max_model_len) if decode else 1,
             prefill_tiles=None if decode else buf.prefill_tiles.gpu[: self.tiles_for[size]],
             decode_order=buf.decode_order.gpu[:size] if decode and self.orders_decode_rows else None,
-            split_counters=buf.split_counters if decode else None,
         )
 
     @torch.inference_mode()

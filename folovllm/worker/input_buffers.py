@@ -48,7 +48,7 @@ class InputBuffers:
 
     def __init__(
         self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int, max_prefill_tiles: int,
-        device: torch.device, pin_memory: bool, num_split_counters: int = 0,
+        device: torch.device, pin_memory: bool,
     ) -> None:  # fmt: skip
         def buffer(*size: int, dtype: torch.dtype) -> CpuGpuBuffer:
             return CpuGpuBuffer(*size, dtype=dtype, device=device, pin_memory=pin_memory)
@@ -63,8 +63,6 @@ class InputBuffers:
         self.prefill_tiles = buffer(max(max_prefill_tiles, 1), 2, dtype=torch.int32)
         # The decode kernel's program order (a permutation of a decode step's rows, padding rows included).
         self.decode_order = buffer(max_num_seqs, dtype=torch.int32)
-        # The decode kernel's split counts (device only; zero between its calls), if the backend merges there.
-        self.split_counters = torch.zeros(num_split_counters, dtype=torch.int32, device=device) if num_split_counters else None
         self.logits_indices = buffer(max_num_seqs, dtype=torch.int64)
         # Decodes whose input token the device holds (async scheduling): their rows, and the rows
         # of the last step's sampled tokens that fill them.

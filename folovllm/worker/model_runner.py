@@ -90,7 +90,6 @@ class ModelRunner:
             max_num_tokens, self.max_num_seqs, self.max_blocks_per_seq,
             self.attn_backend.max_prefill_tiles(max_num_tokens, self.max_num_seqs, config.model_config.get_head_dim()),
             device, pin_memory=device.type == "cuda",
-            num_split_counters=self.max_num_seqs * self.num_kv_heads if self.attn_backend.merges_decode_splits else 0,
         )  # fmt: skip
         # Recorded after a step's copies to the device: the next step waits for it before it
         # writes the (pinned) host buffers those copies read.
@@ -316,7 +315,6 @@ class ModelRunner:
             num_kv_splits=self._num_kv_splits(num_seqs, max_seq_len),
             prefill_tiles=tiles,
             decode_order=order,
-            split_counters=buf.split_counters if decode else None,
         )
 
     def _update_states(self, so: SchedulerOutput) -> None:

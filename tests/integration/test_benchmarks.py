@@ -20,7 +20,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\n<!-- bench_all.py: begin -->\nold figures\n<!-- bench_all.py: end -->\n\n## History\n\nkept\n")
     run = subprocess.run(
-        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "batch_order,merge_in_last_split,fp8_query"],
+        [sys.executable, "benchmarks/bench_all.py", "--smoke", "--runs", "2", "--out", str(out), "--switches", "batch_order,fuse_new_token,fp8_query"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -28,7 +28,7 @@ def test_bench_all_smoke_writes_every_row_and_keeps_the_rest_of_the_file(tmp_pat
     assert text.startswith("# Benchmarks\n") and text.endswith("## History\n\nkept\n") and "old figures" not in text
     for row in ("(a) throughput", "(b) TTFT", "mixed-step graphs off", "(b) TPOT", "(b) start-up", "Start-up by phase: tokenizer ", "first request after start-up",
                 "kernel variants compiled after start-up", "| 4 |", "(g) KV cache dtype",
-                "speed switches beyond the defaults: batch_order + merge_in_last_split + fp8_query (fp8_query acts in the FP8 row only)."):  # fmt: skip
+                "speed switches beyond the defaults: batch_order + fuse_new_token + fp8_query (fp8_query acts in the FP8 row only)."):  # fmt: skip
         assert row in text, row
     assert (out.parent / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -82,7 +82,6 @@ GPU_STAGE_SCRIPTS = {
                        "    add + RMSNorm, today / baseline, us in turn: ", "    SiLU and mul, today / baseline, us in turn: ",
                        "list as in a graph, heaviest first (the engine's) / batch order, TFLOP/s in turn: ", " ctx=8..40 ",
                        "    batch order / longest first (LONGEST_FIRST), us in turn, by splits: 1: ",
-                       "    2 splits, merged by a second kernel / in the last split program (MERGE_IN_LAST_SPLIT), us in turn: ",
                        "    q/k norm + RoPE + cache write, then decode / all in the decode kernel (FUSE_NEW_TOKEN), us in turn: "]),
     "profile_copies": (["benchmarks/profile_step.py", "copies"],
                        ["from pageable memory behind"] if torch.cuda.is_available() else ["pageable copies: needs a GPU"]),
@@ -98,8 +97,8 @@ GPU_STAGE_SCRIPTS = {
     "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1", "--fp8-query"],
             ["fp8: ", "fp8, query too (FP8_QUERY): ", "identical tokens"]),
     "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
-                 ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "  fused_gemv + fuse_new_token: ", "  merge_in_last_split: ",
-                  "  fused_gemv + fuse_new_token + merge_in_last_split: ", "round 1, defaults: TPOT ", "round 1, merge_in_last_split: ",
+                 ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "  fused_gemv + fuse_new_token: ", "  fuse_new_token: ",
+                  "round 1, defaults: TPOT ", "round 1, fuse_new_token: ",
                   "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, batch_order: ", "round 1, decodes_by_kv_head: ", "round 1, skinny_gemm: ",
                   "greedy outputs equal to round 1 with the defaults: 8/8", "skinny_gemm / defaults (medians over all rounds): TPOT ",
                   "fp8_query left out: it acts over an FP8 KV cache only", "KV cache: auto"]),
@@ -152,7 +151,7 @@ def test_bench_switches_settings_start_from_the_engines_defaults(monkeypatch):
     from folovllm.model_executor.layers import triton_gemv, triton_skinny_gemm
     from folovllm.utils import pdl
 
-    for module, names in ((triton_decode_attention, ("LONGEST_FIRST", "FUSE_NEW_TOKEN", "MERGE_IN_LAST_SPLIT")), (pdl, ("ENABLED",)),
+    for module, names in ((triton_decode_attention, ("LONGEST_FIRST", "FUSE_NEW_TOKEN")), (pdl, ("ENABLED",)),
                           (triton_prefill_attention, ("DECODES_BY_KV_HEAD",)), (abstract, ("FP8_QUERY",)),
                           (triton_gemv, ("FUSED_GEMV_CONFIGS",)), (triton_skinny_gemm, ("SKINNY_GEMM_CONFIGS",))):  # fmt: skip
         for name in names:  # apply() sets them all: each goes back after the test

@@ -223,26 +223,6 @@ def test_decode_steps_with_the_new_token_fused_into_attention_match_hf(graphed_l
         assert calls and all(calls), calls
 
 
-def test_decode_splits_merged_in_the_last_split_program_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
-    """With ``MERGE_IN_LAST_SPLIT`` every decode step, replayed or eager, hands the decode kernel the
-    engine's one buffer of split counts (the one the graphs captured), zero before every call (the
-    kernel leaves them so), and the tokens stay HF's. The graphs split (they are sized for
-    max_model_len); the eager steps' contexts are too short to."""
-    from folovllm.attention.ops import triton_decode_attention
-
-    monkeypatch.setattr(triton_decode_attention, "MERGE_IN_LAST_SPLIT", True)
-
-    def record(args, kwargs):
-        counters = kwargs["split_counters"]
-        return kwargs["num_kv_splits"], counters.data_ptr(), int(counters.count_nonzero())
-
-    replayed, eager = _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record)
-    calls = replayed + eager
-    assert replayed and eager and len({ptr for _, ptr, _ in calls}) == 1, calls
-    assert all(nonzero == 0 for _, _, nonzero in calls), calls
-    assert any(splits > 1 for splits, _, _ in replayed), replayed
-
-
 def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed_llm, tiny_model_factory, monkeypatch):
     """With ``FP8_QUERY`` every step over an FP8 cache, replayed or eager, asks its attention kernel
     (decode, or prefill for steps with prompt tokens) to round the query (the kernels' rounding:
@@ -310,7 +290,7 @@ def test_mixed_steps_take_their_decodes_by_kv_head_in_replayed_and_eager_steps(g
 def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tiny_model, monkeypatch):
     """The switches that wait for an H100 to time them, all on in one engine (a GPU session turns
     the winners on together): decode programs longest first, the new token in the decode kernel,
-    the splits merged in their last program, mixed steps' decodes by kv head, and the split-K
+    mixed steps' decodes by kv head, and the split-K
     skinny GEMM for every matmul of 5 to 256 rows. Replayed and eager steps each do what each
     switch says, and the tokens stay HF's. (The fused one-row GEMV takes 16-bit weights only: its
     own test above compares float16 engines.)"""
@@ -320,7 +300,7 @@ def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tin
     from folovllm.attention.ops import triton_decode_attention, triton_prefill_attention
     from tests.fixtures.tiny_models import skinny_gemm_table, spy_on_weight_shapes
 
-    for switch in ("LONGEST_FIRST", "FUSE_NEW_TOKEN", "MERGE_IN_LAST_SPLIT"):
+    for switch in ("LONGEST_FIRST", "FUSE_NEW_TOKEN"):
         monkeypatch.setattr(triton_decode_attention, switch, True)
     monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
     monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path
@@ -330,8 +310,7 @@ def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tin
     decode_attend, prefill_attend, calls = triton_backend.paged_decode_attention, triton_backend.paged_prefill_attention, []
 
     def decode_spy(*args, **kwargs):
-        order, counters = kwargs.get("seq_order"), kwargs.get("split_counters")
-        calls.append(("decode", order is not None and counters is not None and kwargs.get("new_token") is not None, kwargs["num_kv_splits"]))
+        calls.append(("decode", kwargs.get("seq_order") is not None and kwargs.get("new_token") is not None, kwargs["num_kv_splits"]))
         return decode_attend(*args, **kwargs)
 
     def prefill_spy(*args, **kwargs):
@@ -350,7 +329,7 @@ def test_every_speed_switch_at_once_in_replayed_and_eager_steps(graphed_llm, tin
         assert decodes and all(every_switch for every_switch, _ in decodes), decodes
         assert prefills and all(by_kv_head for by_kv_head, _ in prefills) and sum(marked for _, marked in prefills) >= 2, prefills
         assert shapes_in_pass, "no matmul of 5 to 256 rows took the skinny GEMM"
-    # the graphs split (sized for max_model_len), so the last-split merge acted in them
+    # the graphs split (sized for max_model_len), so the new token was fused into split programs too
     assert any(c[0] == "decode" and c[2] > 1 for c in passes[0][0]), passes[0][0]
     replays = {kind for (kind, _), g in graphs.graphs.items() if g.replays}
     assert replays == {"decode", "mixed"}, replays

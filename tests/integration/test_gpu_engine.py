@@ -166,8 +166,8 @@ def test_gpu_skinny_gemm_serves_the_matmuls_of_decode_batches_and_short_prompts(
 def test_gpu_every_speed_switch_at_once(tiny_model, monkeypatch, enforce_eager):
     """Every switch that waits for an H100's timing, on together (a GPU session turns the winners on
     at once): the fused one-row GEMV and the 2-4-row GEMV for every shape, the skinny GEMM at every
-    row bucket, decode programs longest first, the new token in the decode kernel, the splits merged
-    in their last program, mixed steps' decodes by kv head; PDL as by default. Prompts beside
+    row bucket, decode programs longest first, the new token in the decode kernel, mixed steps'
+    decodes by kv head; PDL as by default. Prompts beside
     decodes, batch-1 and padded decode steps: nothing compiles after start-up, and greedy output
     agrees with HF in bf16 (the first tokens, up to near-ties: the kernels sum in another order than
     cuBLAS; the 60-token prompt's first two ids lie 0.005 apart in float32)."""
@@ -178,7 +178,7 @@ def test_gpu_every_speed_switch_at_once(tiny_model, monkeypatch, enforce_eager):
     from folovllm.utils.triton_variants import compiled_kernel_variants
     from tests.fixtures.tiny_models import linear_weight_shapes, skinny_gemm_table, spy_on_gemv, spy_on_weight_shapes
 
-    for switch in ("LONGEST_FIRST", "FUSE_NEW_TOKEN", "MERGE_IN_LAST_SPLIT"):
+    for switch in ("LONGEST_FIRST", "FUSE_NEW_TOKEN"):
         monkeypatch.setattr(triton_decode_attention, switch, True)
     monkeypatch.setattr(triton_prefill_attention, "DECODES_BY_KV_HEAD", True)
     shapes = linear_weight_shapes(tiny_model).values()
@@ -191,7 +191,7 @@ def test_gpu_every_speed_switch_at_once(tiny_model, monkeypatch, enforce_eager):
     llm = LLM(str(tiny_model), device="cuda", dtype="bfloat16", max_num_seqs=8, max_num_batched_tokens=64,
               enforce_eager=enforce_eager, **SMALL_KV_CACHE)  # fmt: skip
     backend = llm.llm_engine.executor.worker.model_runner.attn_backend
-    assert backend.orders_decode_rows and backend.fuses_new_token and backend.merges_decode_splits and backend.decodes_by_kv_head
+    assert backend.orders_decode_rows and backend.fuses_new_token and backend.decodes_by_kv_head
     before = compiled_kernel_variants()
     greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     batches = [[list(range(40, 90))], [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33, 3, 41, 12, 25, 8])]]
@@ -272,14 +272,12 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-@pytest.mark.parametrize("switch,value,backend_flag", [("LONGEST_FIRST", False, "orders_decode_rows"), ("FUSE_NEW_TOKEN", True, "fuses_new_token"),
-                                                       ("MERGE_IN_LAST_SPLIT", True, "merges_decode_splits")])  # fmt: skip
+@pytest.mark.parametrize("switch,value,backend_flag", [("LONGEST_FIRST", False, "orders_decode_rows"), ("FUSE_NEW_TOKEN", True, "fuses_new_token")])
 def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_eager, switch, value, backend_flag):
     """The decode kernel's switches, each away from its default: LONGEST_FIRST off (batch order: the
-    grid with the sequence fastest, no order), FUSE_NEW_TOKEN on (this step's k and v normed, rotated
-    and cached inside the kernel) and MERGE_IN_LAST_SPLIT on (no second kernel: programs on other SMs
-    hand over their partial results through memory); 5 uneven sequences: the 8-graph with 3 padding
-    rows, or eagerly; split and unsplit."""
+    grid with the sequence fastest, no order) and FUSE_NEW_TOKEN on (this step's k and v normed,
+    rotated and cached inside the kernel); 5 uneven sequences: the 8-graph with 3 padding rows, or
+    eagerly; split and unsplit."""
     from folovllm import LLM, SamplingParams
     from folovllm.attention.ops import triton_decode_attention
 

@@ -126,30 +126,6 @@ def test_decode_attention_in_a_given_program_order_gives_each_sequence_its_own_o
         assert out[[0, 2, 3, 4]].isnan().all()
 
 
-@pytest.mark.parametrize("num_kv_splits", [1, 2, 3, 64])
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float8_e4m3fn])
-def test_decode_splits_merged_in_the_last_split_program_equal_the_second_kernels_merge(num_kv_splits, cache_dtype):
-    """``split_counters``: the split program that counts in last merges the splits itself, with
-    stage 2's arithmetic (bit for bit the same output), and leaves every count at zero, so the
-    next call (the next layer) starts afresh; in a given program order too. A padding row (no
-    context: every split empty) and splits past a short sequence's end arrive all the same."""
-    seq_lens = [37, 130, 0, 5, 70]
-    q, k_cache, v_cache, block_table, _ = _random_paged_batch(seq_lens, [1] * 5, 4, 2, 32, 16, seed=6)
-    k_cache, v_cache = k_cache.to(cache_dtype), v_cache.to(cache_dtype)
-    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    two_kernels = paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits)
-    counters = torch.zeros(5 * 2 + 3, dtype=torch.int32, device=DEVICE)  # a count per (sequence, kv head), and more
-    order = torch.tensor([1, 4, 0, 3, 2], dtype=torch.int32, device=DEVICE)
-    for seq_order in (None, order, None):
-        out = torch.full_like(two_kernels, float("nan"))
-        paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=num_kv_splits, out=out,
-                               seq_order=seq_order, split_counters=counters)  # fmt: skip
-        assert torch.equal(out, two_kernels)
-        assert not counters.any()
-    with pytest.raises(AssertionError, match="a count per"):
-        paged_decode_attention(q, k_cache, v_cache, block_table, lens, 0.2, num_kv_splits=2, split_counters=counters[:9])
-
-
 @pytest.mark.parametrize("dtype,cache_dtype,fp8_query", [(torch.float32, torch.float32, False), (torch.float16, torch.float16, False),
                                                          (torch.float16, FP8, False), (torch.float16, FP8, True)])  # fmt: skip
 @pytest.mark.parametrize("norm", [True, False])

@@ -63,9 +63,6 @@ class AttentionMetadata:
     # A decode step's sequences in the order their programs start (AttentionBackend.make_decode_order),
     # int32 [B] on the device; None: batch order.
     decode_order: torch.Tensor | None = None
-    # A decode step's split counts, int32 zeros [max_num_seqs * num_kv_heads] that the decode kernel
-    # keeps zero (``merges_decode_splits``); None: the splits merge in a second kernel.
-    split_counters: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -79,9 +76,6 @@ class AttentionBackend(ABC):
     # Whether decode steps hand the raw q, k, v to ``decode_with_new_token`` (which norms, rotates and
     # caches them itself) instead of running the q/k norm + RoPE + cache-write kernel first.
     fuses_new_token: bool = False
-    # Whether split decode steps merge their splits in the kernel's last split program to finish,
-    # counting in ``AttentionMetadata.split_counters``.
-    merges_decode_splits: bool = False
     # Whether attention over an FP8 cache rounds the query to FP8 (``FP8_QUERY``).
     fp8_query: bool = False
 

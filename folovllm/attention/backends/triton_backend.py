@@ -19,7 +19,6 @@ class TritonAttentionBackend(AttentionBackend):
     def __init__(self) -> None:
         self.orders_decode_rows = triton_decode_attention.LONGEST_FIRST
         self.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN
-        self.merges_decode_splits = triton_decode_attention.MERGE_IN_LAST_SPLIT
         self.decodes_by_kv_head = triton_prefill_attention.DECODES_BY_KV_HEAD  # the work list and the kernel agree
         self.fp8_query = abstract.FP8_QUERY
 
@@ -55,5 +54,5 @@ class TritonAttentionBackend(AttentionBackend):
         return paged_decode_attention(
             q, k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens, scale,
             num_kv_splits=attn_metadata.num_kv_splits, seq_order=attn_metadata.decode_order, new_token=new_token,
-            split_counters=attn_metadata.split_counters, fp8_query=rounds_query_to_fp8(self.fp8_query, k_cache, q.shape[-1]),
+            fp8_query=rounds_query_to_fp8(self.fp8_query, k_cache, q.shape[-1]),
         )  # fmt: skip

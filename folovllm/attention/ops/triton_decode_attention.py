@@ -9,11 +9,6 @@ of a model with 8 kv heads would otherwise keep only 8 SMs busy. The split
 count is a plain argument, so two compiled variants (split or not) serve
 every batch size; stage 2 merges up to MAX_KV_SPLITS in one fixed block.
 
-With ``split_counters`` (``MERGE_IN_LAST_SPLIT``), there is no stage 2: each split program,
-its partial stored, counts itself in on an int32 per (sequence, kv head), and the one that
-arrives last merges all of them (the same merge, so the same output) and sets the count back to
-zero for the next call (``arrival_count.arrived_last``: how the programs order their memory).
-
 With a ``seq_order`` (longest first, ``LONGEST_FIRST``), the grid is (kv head, row, split) and
 row i works on sequence ``seq_order[i]``: the GPU starts programs in grid order, so a batch of
 uneven contexts starts its longest sequences' programs first and its shortest last, where batch
@@ -42,7 +37,6 @@ import triton.language as tl
 from folovllm.attention.backends.abstract import MAX_KV_SPLITS
 from folovllm.attention.ops.triton_kv_store import to_cache_dtype
 from folovllm.attention.ops.triton_paged_kv import kv_compute_dtype, kv_row_offsets, load_kv_tile, online_softmax_step, query_for_products
-from folovllm.utils.arrival_count import arrived_last
 from folovllm.utils.device import dot_precision
 from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_rows, wait_for_previous_kernel
 
@@ -58,11 +52,6 @@ LONGEST_FIRST = True
 # the q/k norm + RoPE + cache-write kernel before it: one kernel less per layer. Off until an H100
 # has timed it (section 22 of the dev log).
 FUSE_NEW_TOKEN = False
-
-# Whether the engine's split decode steps merge the splits in the last split program to finish
-# (``split_counters``) instead of a second kernel: one launch less per layer at the batch sizes
-# that split (1-32 sequences on an H100). Off until an H100 has timed it.
-MERGE_IN_LAST_SPLIT = False
 
 
 class NewTokenKV(NamedTuple):
@@ -93,29 +82,6 @@ def _norm_rope(x, x_rot, w, w_rot, cos, sin, sign, eps, HEAD_DIM: tl.constexpr, 
         x_rot = w_rot * (x_rot.to(tl.float32) * inv).to(x_rot.dtype)
         x = w * (x.to(tl.float32) * inv).to(x.dtype)
     return (x.to(tl.float32) * cos + sign * x_rot.to(tl.float32) * sin).to(x.dtype)
-
-
-@triton.jit
-def _merge_splits(partial_ptr, lse_ptr, out_ptr, bh, num_splits, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """One (sequence, head) row of the output: its splits' partial outputs weighted by their
-    log-sum-exps. The loads skip L1 (``.cg``): in the last-split merge, other SMs wrote them."""
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < num_splits
-    lse = tl.load(lse_ptr + bh * num_splits + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
-    lse_max = tl.max(lse, 0)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # all splits empty (padding row)
-    w = tl.exp(lse - lse_max)
-    parts = tl.load(
-        partial_ptr + (bh * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
-        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
-        other=0.0,
-        cache_modifier=".cg",
-    )
-    w_sum = tl.sum(w, 0)
-    w_sum = tl.where(w_sum == 0.0, 1.0, w_sum)
-    out = tl.sum(parts * w[:, None], 0) / w_sum
-    tl.store(out_ptr + bh * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 @triton.jit
@@ -200,8 +166,6 @@ def _decode_stage1_kernel(
     seq_order_ptr,  # [B] int32, the sequence of each grid row (ORDERED only)
     out_ptr,  # [B, H, D] when not SPLIT, else partial out [B, H, num_splits, D]
     lse_ptr,  # [B, H, num_splits] (unused when not SPLIT)
-    merged_ptr,  # MERGE_IN_LAST: [B, H, D], the output
-    counter_ptr,  # MERGE_IN_LAST: int32 [B * KVH], zero between calls
     scale,
     num_splits,
     stride_qt,
@@ -238,8 +202,6 @@ def _decode_stage1_kernel(
     LINES_PER_ROW: tl.constexpr,  # lines per key row of one kv head
     FUSED: tl.constexpr,  # q, k_new, v_new raw: norm, rotate and cache this step's token here (NewTokenKV)
     HAS_NORM: tl.constexpr,
-    MERGE_IN_LAST: tl.constexpr,  # SPLIT: the last split program to finish merges (no stage 2)
-    BLOCK_S: tl.constexpr,  # MERGE_IN_LAST: MAX_KV_SPLITS
     FP8_QUERY: tl.constexpr,  # an FP8 cache: q rounded to FP8, the loop as _attend_keys_by_heads
 ):
     launch_next_kernel(USE_PDL)
@@ -347,10 +309,6 @@ def _decode_stage1_kernel(
         tl.store(out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=store_mask)
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
         tl.store(lse_ptr + row, lse, mask=g_mask)
-        if MERGE_IN_LAST:
-            if arrived_last(counter_ptr + b * (NUM_HEADS // GROUP) + kvh, num_splits):
-                for g in tl.static_range(GROUP):
-                    _merge_splits(out_ptr, lse_ptr, merged_ptr, b * NUM_HEADS + kvh * GROUP + g, num_splits, HEAD_DIM, BLOCK_D, BLOCK_S)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -365,7 +323,23 @@ def _decode_stage2_kernel(
     USE_PDL: tl.constexpr,
 ):
     wait_for_previous_kernel(USE_PDL)
-    _merge_splits(partial_ptr, lse_ptr, out_ptr, tl.program_id(0), num_splits, HEAD_DIM, BLOCK_D, BLOCK_S)
+    bh = tl.program_id(0)  # one (sequence, head) row of the output
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < num_splits
+    lse = tl.load(lse_ptr + bh * num_splits + offs_s, mask=s_mask, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # all splits empty (padding row)
+    w = tl.exp(lse - lse_max)
+    parts = tl.load(
+        partial_ptr + (bh * num_splits + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_DIM),
+        other=0.0,
+    )
+    w_sum = tl.sum(w, 0)
+    w_sum = tl.where(w_sum == 0.0, 1.0, w_sum)
+    out = tl.sum(parts * w[:, None], 0) / w_sum
+    tl.store(out_ptr + bh * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 def paged_decode_attention(
@@ -383,13 +357,11 @@ def paged_decode_attention(
     fp8_query: bool = False,
     seq_order: torch.Tensor | None = None,
     new_token: NewTokenKV | None = None,
-    split_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``seq_order``: int32 [B], a permutation of
     the sequences, the order in which their programs start (see the module). ``new_token``: q is raw
     (before its norm and RoPE) and this step's K/V are not in the cache yet (``NewTokenKV``).
-    ``split_counters``: int32, zeros, at least B * KVH: split runs merge in their last split program
-    (see the module), and leave them zero. ``fp8_query`` (an FP8 cache only): q.K in FP8, the query
+    ``fp8_query`` (an FP8 cache only): q.K in FP8, the query
     rounded to e4m3 as the cache's values are (see the module). ``num_stages``,
     ``block_n`` (keys per iteration, a multiple of the page size) and ``v_via_registers`` (see the
     kernel) other than the defaults are for ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
@@ -420,9 +392,6 @@ def paged_decode_attention(
     else:
         target, lse = out, out  # lse unused
     pdl = pdl_launch_args(q)
-    merge_in_last = num_kv_splits > 1 and split_counters is not None
-    if merge_in_last:
-        assert split_counters.dtype == torch.int32 and split_counters.numel() >= num_seqs * num_kv_heads, "a count per (sequence, kv head)"
     ordered = seq_order is not None
     grid = (num_kv_heads, num_seqs, num_kv_splits) if ordered else (num_seqs, num_kv_heads, num_kv_splits)
     nt = new_token
@@ -432,7 +401,7 @@ def paged_decode_attention(
         assert nt.k.stride(1) == nt.v.stride(1) == head_dim and q.stride(2) == 1 and k_cache.is_contiguous(), "heads contiguous"
     _decode_stage1_kernel[grid](
         q, k_cache, v_cache, block_table, seq_lens, seq_order if ordered else seq_lens, target, lse,
-        out, split_counters if merge_in_last else seq_lens, scale, num_kv_splits,
+        scale, num_kv_splits,
         q.stride(0), q.stride(1), block_table.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         *((nt.k, nt.v, nt.k.stride(0), nt.v.stride(0), nt.q_weight if has_norm else q, nt.k_weight if has_norm else q,
@@ -442,10 +411,10 @@ def paged_decode_attention(
         SPLIT=num_kv_splits > 1, NUM_HEADS=num_heads, DOT_PRECISION=dot_precision(q.dtype),
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, ORDERED=ordered, **pdl,
         LINE=128 // k_cache.element_size(), LINES_PER_ROW=triton.cdiv(head_dim * k_cache.element_size(), 128),
-        FUSED=fused, HAS_NORM=has_norm, MERGE_IN_LAST=merge_in_last, BLOCK_S=MAX_KV_SPLITS, FP8_QUERY=fp8_query,
+        FUSED=fused, HAS_NORM=has_norm, FP8_QUERY=fp8_query,
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
-    if num_kv_splits > 1 and not merge_in_last:
+    if num_kv_splits > 1:
         _decode_stage2_kernel[(num_seqs * num_heads,)](
             target, lse, out, num_kv_splits, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=MAX_KV_SPLITS, **pdl,
         )  # fmt: skip
