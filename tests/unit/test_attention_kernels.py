@@ -416,7 +416,6 @@ def test_kernels_half_precision_on_gpu(dtype):
     torch.testing.assert_close(dec.float().cpu(), ref[last], atol=2e-2, rtol=2e-2)
 
 
-
 def test_store_kv_cache_to_fp8_rounds_and_saturates_like_torch():
     g = torch.Generator().manual_seed(5)
     num_blocks, block_size, kvh, d, t = 6, 8, 2, 16, 13
