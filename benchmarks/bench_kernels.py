@@ -70,11 +70,12 @@ SCALES = {
         matmuls={"q/k/v": (4096, 1024), "o": (1024, 2048), "gate/up": (6144, 1024), "down": (1024, 3072), "lm_head": (151_936, 1024)},
         matmul_rows=(1, 2, 4, 8, 16, 32, 64, 128, 256),  # from 8 up, the skinny GEMM's row buckets
         prefill_matmul_rows=(1024, 4096),  # a TTFT prompt's tokens: compute-bound, in TFLOP/s
-        # (BLOCK_N, num_stages, V widened in registers, query in FP8); the engine's: 128, 3, yes, no
-        # (FP8_QUERY: 128, 3, yes, yes)
-        fp8_decode_variants=[(64, 2, False, False), (128, 2, False, False), (64, 2, True, False), (128, 2, True, False),
-                             (64, 3, True, False), (128, 3, True, False), (64, 2, True, True), (64, 3, True, True),
-                             (128, 2, True, True), (128, 3, True, True)],
+        # (BLOCK_N, num_stages, V widened in registers, query in FP8, warps); the engine's: 128, 3, yes,
+        # no, 4 (FP8_QUERY: 128, 3, yes, yes, 4)
+        fp8_decode_variants=[(64, 2, False, False, 4), (128, 2, False, False, 4), (64, 2, True, False, 4), (128, 2, True, False, 4),
+                             (64, 3, True, False, 4), (128, 3, True, False, 4), (64, 2, True, True, 4), (64, 3, True, True, 4),
+                             (128, 2, True, True, 4), (128, 3, True, True, 4), (64, 2, True, False, 8), (128, 2, True, False, 8),
+                             (128, 3, True, False, 8), (64, 2, True, True, 8), (128, 3, True, True, 8)],
         # (prompt, decodes, their context): one prompt beside this many decodes; the second is a typical
         # step with a prompt in a run of 1,000 prompts, 256 at a time (profile_step.py schedule 1000 256)
         mixed=[(1024, 255, 600), (560, 255, 900)],
@@ -83,7 +84,7 @@ SCALES = {
     "smoke": dict(
         dev="cpu", dtype=torch.float32, heads=4, kv_heads=2, head_dim=32,
         decode=[(1, 40), (3, 70)], prefill=[(1, 80), (2, 64)], prefill_sweep=([(32, 64), (64, 64)], (4,), (2,)),
-        decode_in_graphs=[(1, 40, (1, 2)), (3, (8, 40), (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False, False), (32, 2, True, False), (32, 2, True, True)],
+        decode_in_graphs=[(1, 40, (1, 2)), (3, (8, 40), (1, 2)), (2, 64, (1,))], fp8_decode_variants=[(16, 1, False, False, 4), (32, 2, True, False, 4), (32, 2, True, True, 4), (32, 2, True, False, 8)],
         matmuls={"q/k/v": (64, 32), "down": (32, 96)}, matmul_rows=(1, 4, 8), prefill_matmul_rows=(16,),
         mixed=[(40, 3, 24)], vocab=1000, sampler_batches=(1, 3), element_wise_tokens=(1, 5),
     ),
@@ -321,14 +322,18 @@ def decode_in_graphs(scale: dict, bw: float, baseline=None) -> None:
             # widened in registers (no byte-wise gather of V from shared memory); with it and 3 stages,
             # 1,122 (128 keys: the engine's) or 2 x 656 (64 keys), 161 / 142 registers: 3 programs per SM;
             # 1,027 at 128 keys since the softmax went to base 2 (twenty-second session). With the query
-            # in FP8 (FP8_QUERY): 701 at 128 keys in 3 stages, 681 in 2, 2 programs per SM.
+            # in FP8 (FP8_QUERY): 701 at 128 keys in 3 stages, 681 in 2, 2 programs per SM. With 8 warps
+            # (twenty-seventh session), per warp: 643 at 128 keys x 3 (116 registers, 2 programs: 16 warps
+            # an SM against 12), 341 per 64 keys x 2 (76 registers, 3 programs: 24 warps); the query in
+            # FP8, 482 at 128 x 3 (2 programs: 16 warps against 8). More instructions in all, more warps
+            # to hide each one's waits: which wins is this row's question.
             row = []
-            for block_n, stages, via_registers, fp8_query in scale["fp8_decode_variants"]:
+            for block_n, stages, via_registers, fp8_query, warps in scale["fp8_decode_variants"]:
                 t = graph_time(lambda: paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, head_dim**-0.5,
                                                               num_kv_splits=split_counts[0], num_stages=stages, block_n=block_n,
-                                                              v_via_registers=via_registers, fp8_query=fp8_query))  # fmt: skip
+                                                              v_via_registers=via_registers, fp8_query=fp8_query, num_warps=warps))  # fmt: skip
                 how = " query in FP8" if fp8_query else " V via registers" if via_registers else ""  # the first widens V in registers
-                row.append(f"{block_n} keys x {stages}{how}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
+                row.append(f"{block_n} keys x {stages}{how}{', 8 warps' if warps == 8 else ''}: {t * 1e6:.1f} us ({nbytes / t / bw:.0%})")
             print(f"    by keys per iteration x pipeline stages: {', '.join(row)}")
         if cache_dtype == dtype:  # at every batch: where fusing stops paying (it won at 1, lost at 256 on an H200)
             new_token_in_turn(q, k_cache, v_cache, block_table, seq_lens, rule[2048])

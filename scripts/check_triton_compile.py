@@ -238,9 +238,13 @@ def _attention_cases():
                     yield (f"decode attention, {splits} split(s), query in FP8, longest first, new token fused in ({name})",
                            lambda s=splits, every=every, raw_q=raw_q: paged_decode_attention(raw_q, cache, cache, table, lens, 0.1,
                                                                                              num_kv_splits=s, fp8_query=True, **every))  # fmt: skip
-        if cache_dtype == FP8:  # a variant bench_kernels.py times (the engine's widens V in registers)
+        if cache_dtype == FP8:  # variants bench_kernels.py times (the engine's widens V in registers, with 4 warps)
             yield (f"decode attention, 1 split, V through shared memory ({name})",
                    lambda: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1, v_via_registers=False))  # fmt: skip
+            for block_n, stages, fp8_query in ((64, 2, False), (128, 3, False), (128, 3, True)):
+                yield (f"decode attention, 1 split, {block_n} keys x {stages}, 8 warps{', query in FP8' if fp8_query else ''} ({name})",
+                       lambda n=block_n, s=stages, f=fp8_query: paged_decode_attention(q[:2].contiguous(), cache, cache, table, lens, 0.1,
+                                                                                       block_n=n, num_stages=s, num_warps=8, fp8_query=f))  # fmt: skip
         kv = torch.zeros(3, kv_heads, head_dim, dtype=dtype)
         yield f"KV store ({name})", lambda: store_kv_cache(kv, kv, cache, cache, torch.tensor([0, -1, 5]))
 

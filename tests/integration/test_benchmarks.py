@@ -70,7 +70,7 @@ GPU_STAGE_SCRIPTS = {
     # (today's kernels as their own baseline: the A/B's plumbing, not a comparison)
     "bench_kernels": (["benchmarks/bench_kernels.py", "--smoke", "--baseline", "folovllm", "--skinny-table", str(SKINNY_TABLE)],
                       ["baseline kernels from folovllm: prefill, decode, fused", "decode  B=", "prefill B=",
-                       "today / baseline, TFLOP/s in turn: ", "today / baseline, list as in a graph, TFLOP/s in turn: ", ", list as in a graph: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ", "32 keys x 2 query in FP8: ",
+                       "today / baseline, TFLOP/s in turn: ", "today / baseline, list as in a graph, TFLOP/s in turn: ", ", list as in a graph: ", "in a graph, TFLOP/s, batch order / heaviest first", "today / baseline, us in turn: ", "by keys per iteration x pipeline stages: 16 keys x 1: ", "32 keys x 2 V via registers, 8 warps: ", "32 keys x 2 query in FP8: ",
                        " 64x64  4w 2s: ", "float8_e4m3fn by splits",
                        "matmul down", "prompt-sized, torch's default library: M=16: ", "Triton GEMV (triton_gemv.py), best of its configurations (BLOCK_N, BLOCK_K, warps): M=1: ", "the engine's at M=1: ", "matmul shapes where the GEMV beats every library at one row, with its best configuration: ", "... and at 2-4 rows, (N, K, rows): ", "skinny GEMM (triton_skinny_gemm.py), best of its configurations (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): M=8: ",
                        ", unsplit ", "; the engine's: {8: 'cuBLAS'}", "... where the skinny GEMM beats every library, (N, K, rows): configuration: ",

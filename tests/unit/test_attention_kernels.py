@@ -458,11 +458,12 @@ def test_attention_kernels_read_an_fp8_cache_like_the_reference(num_kv_splits):
     torch.testing.assert_close(out.cpu(), ref, atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
     last = [qsl[i + 1] - 1 for i in range(len(seq_lens))]
     outs = []
-    # the engine's tile, and variants bench_kernels.py times
-    for block_n, stages, via_registers in ((None, 2, False), (32, 1, False), (None, 2, True)):
+    # the engine's tile, and variants bench_kernels.py times (on a GPU, 8 warps split the tile's work
+    # otherwise; the interpreter runs every program as one)
+    for block_n, stages, via_registers, warps in ((None, 2, False, 4), (32, 1, False, 4), (None, 2, True, 4), (None, 2, True, 8)):
         dec = paged_decode_attention(
             q[last].contiguous(), k_cache, v_cache, block_table, torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
-            scale, num_kv_splits=num_kv_splits, num_stages=stages, block_n=block_n, v_via_registers=via_registers,
+            scale, num_kv_splits=num_kv_splits, num_stages=stages, block_n=block_n, v_via_registers=via_registers, num_warps=warps,
         )  # fmt: skip
         torch.testing.assert_close(dec.cpu(), ref[last], atol=2e-3 if DEVICE == "cuda" else 1e-5, rtol=1e-3)
         outs.append(dec)

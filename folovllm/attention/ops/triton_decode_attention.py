@@ -354,6 +354,7 @@ def paged_decode_attention(
     num_stages: int | None = None,
     block_n: int | None = None,
     v_via_registers: bool | None = None,
+    num_warps: int = 4,
     fp8_query: bool = False,
     seq_order: torch.Tensor | None = None,
     new_token: NewTokenKV | None = None,
@@ -363,8 +364,9 @@ def paged_decode_attention(
     (before its norm and RoPE) and this step's K/V are not in the cache yet (``NewTokenKV``).
     ``fp8_query`` (an FP8 cache only): q.K in FP8, the query
     rounded to e4m3 as the cache's values are (see the module). ``num_stages``,
-    ``block_n`` (keys per iteration, a multiple of the page size) and ``v_via_registers`` (see the
-    kernel) other than the defaults are for ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
+    ``block_n`` (keys per iteration, a multiple of the page size), ``v_via_registers`` (see the
+    kernel) and ``num_warps`` other than the defaults are for ``bench_kernels.py``'s sweep of the
+    FP8 cache's loop."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
@@ -412,7 +414,7 @@ def paged_decode_attention(
         COMPUTE_DTYPE=kv_compute_dtype(q.dtype, k_cache.dtype), V_VIA_REGISTERS=v_via_registers, ORDERED=ordered, **pdl,
         LINE=128 // k_cache.element_size(), LINES_PER_ROW=triton.cdiv(head_dim * k_cache.element_size(), 128),
         FUSED=fused, HAS_NORM=has_norm, FP8_QUERY=fp8_query,
-        num_warps=4, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     if num_kv_splits > 1:
         _decode_stage2_kernel[(num_seqs * num_heads,)](
