@@ -24,7 +24,7 @@
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up; the
 # plan below reads each call before the next and gives the machine back in between.
 # The plan for the next session (written in the twenty-fifth, after its H200 run, section 32 of
-# docs/dev/performance.md; item 1 amended in the twenty-sixth, section 33):
+# docs/dev/performance.md; item 1 amended in the twenty-sixth, section 33; "Later" in the twenty-seventh):
 #   1. `tests engine` (carry nothing; timeout ~330): the kernels' GPU tests have not run since the
 #      fourteenth session (the element-wise loads, the reads before the PDL wait,
 #      the split-K skinny GEMM, the filtering samplers and the FP8-query kernels changed since). The
@@ -45,7 +45,8 @@
 #   view), `kernels` (its new-token rows now at every decode batch, 1 to 256: the batch size where the
 #   new token in the decode kernel stops paying, for turning it on below that size only; and the
 #   sampler's "one row seeded" rows, section 33: the fused kernels plus the seeded row on torch's
-#   path, against the whole batch on torch's path as before).
+#   path, against the whole batch on torch's path as before; the FP8 decode rows' 8-warp variants,
+#   section 34: if one beats the engine's 128 keys x 3 at 256 sequences, it is the next FP8 default).
 # To time kernel changes against the versions before them in the same run, save the old files where
 # git ignores them and carry them to the device: `git show REV:PATH > .ab/NAME` for
 # folovllm/attention/ops/triton_prefill_attention.py, .../triton_decode_attention.py,
