@@ -11,6 +11,9 @@ Switches a GPU run decides on:
   shape's plain GEMV configuration): seven kernels per layer instead of ten;
 * ``fuse_new_token``: decode steps norm, rotate and cache their new k and v inside the decode
   attention kernel (``triton_decode_attention.FUSE_NEW_TOKEN``): nine kernels per layer instead of ten;
+* ``fuse_new_token_split``: the same in the decode steps whose kernel splits the keys only (few
+  sequences: 1-32 on an H100), where the fused kernel won on an H200 (it lost 3% at 256 sequences);
+  at batch 1 it is ``fuse_new_token``, so the batch-1 step part leaves it out;
 * ``batch_order``: decode steps start their sequences' attention programs in batch order, not
   longest first (``triton_decode_attention.LONGEST_FIRST`` off); longest first is the default since
   the H200 run of 2026-11-28 (throughput 1.066 against batch order, the same greedy tokens);
@@ -76,7 +79,8 @@ SCALES = {
 }
 PDL_DEFAULT = pdl.ENABLED  # FOLOVLLM_PDL=0 turns it off for the defaults too
 LONGEST_FIRST_DEFAULT = triton_decode_attention.LONGEST_FIRST
-SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "batch_order", "decodes_by_kv_head", "skinny_gemm", "fp8_query")
+SWITCHES = ("no_pdl", "fused_gemv", "fuse_new_token", "fuse_new_token_split", "batch_order", "decodes_by_kv_head", "skinny_gemm",
+            "fp8_query")
 # The defaults, then each switch alone.
 SETTINGS = [(), *((name,) for name in SWITCHES)]
 # Those that change a batch-1 step (the skinny GEMM takes 5 rows and more; the order, several sequences).
@@ -97,7 +101,8 @@ def apply(setting: tuple[str, ...], device: str) -> tuple[str, ...]:
     fused = "fused_gemv" in setting
     triton_gemv.FUSED_GEMV_CONFIGS = {s: triton_gemv.GEMV_CONFIGS[s] for s in FUSABLE} if fused else {}
     triton_decode_attention.LONGEST_FIRST = LONGEST_FIRST_DEFAULT and "batch_order" not in setting  # read by the next engine's backend
-    triton_decode_attention.FUSE_NEW_TOKEN = "fuse_new_token" in setting  # likewise
+    # likewise; both named: every step (the wider)
+    triton_decode_attention.FUSE_NEW_TOKEN = True if "fuse_new_token" in setting else "split" if "fuse_new_token_split" in setting else False
     triton_prefill_attention.DECODES_BY_KV_HEAD = "decodes_by_kv_head" in setting  # likewise
     abstract.FP8_QUERY = "fp8_query" in setting  # likewise (over an FP8 cache only)
     skinny = "skinny_gemm" in setting
@@ -167,7 +172,7 @@ def step_graphs_in_turn(model: str, device: str, scale: dict, settings: list, kv
         for setting in settings:
             took = apply(setting, device)
             # the backend read FUSE_NEW_TOKEN when this engine was made; the model asks it at each call
-            runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN and runner.attn_backend.name == "triton"
+            runner.attn_backend.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN if runner.attn_backend.name == "triton" else False
             runner.attn_backend.fp8_query = abstract.FP8_QUERY  # likewise FP8_QUERY (both backends)
             forward()  # compiles this setting's kernels outside the capture
             if device == "cuda":

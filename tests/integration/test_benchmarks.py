@@ -98,7 +98,7 @@ GPU_STAGE_SCRIPTS = {
             ["fp8: ", "fp8, query too (FP8_QUERY): ", "identical tokens"]),
     "switches": (["benchmarks/bench_switches.py", "--scale", "cpu", "--runs", "1"],
                  ["batch-1 step (forward + logits) as one graph per setting", "  fused_gemv: ", "  fused_gemv + fuse_new_token: ", "  fuse_new_token: ",
-                  "round 1, defaults: TPOT ", "round 1, fuse_new_token: ",
+                  "round 1, defaults: TPOT ", "round 1, fuse_new_token: ", "round 1, fuse_new_token_split: ",
                   "round 1, no_pdl (no_pdl: not available here): ", "round 1, fused_gemv: ", "round 1, batch_order: ", "round 1, decodes_by_kv_head: ", "round 1, skinny_gemm: ",
                   "greedy outputs equal to round 1 with the defaults: 8/8", "skinny_gemm / defaults (medians over all rounds): TPOT ",
                   "fp8_query left out: it acts over an FP8 KV cache only", "KV cache: auto"]),
@@ -159,8 +159,11 @@ def test_bench_switches_settings_start_from_the_engines_defaults(monkeypatch):
     assert bench_switches.LONGEST_FIRST_DEFAULT is True
     assert bench_switches.apply((), "cpu") == () and triton_decode_attention.LONGEST_FIRST is True
     assert bench_switches.apply(("batch_order",), "cpu") == ("batch_order",) and triton_decode_attention.LONGEST_FIRST is False
+    assert bench_switches.apply(("fuse_new_token_split",), "cpu") and triton_decode_attention.FUSE_NEW_TOKEN == "split"
+    bench_switches.apply(("fuse_new_token", "fuse_new_token_split"), "cpu")
+    assert triton_decode_attention.FUSE_NEW_TOKEN is True  # both named: every step
     bench_switches.apply((), "cpu")
-    assert triton_decode_attention.LONGEST_FIRST is True
+    assert triton_decode_attention.LONGEST_FIRST is True and triton_decode_attention.FUSE_NEW_TOKEN is False
 
 
 def test_the_prefill_views_kernel_breakdown_sums_each_kernels_calls():

@@ -223,6 +223,21 @@ def test_decode_steps_with_the_new_token_fused_into_attention_match_hf(graphed_l
         assert calls and all(calls), calls
 
 
+def test_the_new_token_fused_into_split_decode_steps_only(graphed_llm, tiny_model, monkeypatch):
+    """``FUSE_NEW_TOKEN = "split"``: a decode step hands attention the raw q/k/v exactly when its
+    kernel splits the keys; the others run the norm + RoPE + cache-write kernel first. The graphs
+    split (their split count follows max_model_len), the eager steps' short contexts do not; the
+    tokens stay HF's either way."""
+    from folovllm.attention.ops import triton_decode_attention
+
+    monkeypatch.setattr(triton_decode_attention, "FUSE_NEW_TOKEN", "split")
+    monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path, in the interpreter
+    record = lambda args, kwargs: (kwargs["num_kv_splits"], kwargs.get("new_token") is not None)  # noqa: E731
+    replayed, eager = _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record)
+    assert replayed and all(splits > 1 and fused for splits, fused in replayed), replayed
+    assert eager and all(splits == 1 and not fused for splits, fused in eager), eager
+
+
 def test_fp8_query_reaches_both_attention_kernels_over_an_fp8_cache_only(graphed_llm, tiny_model_factory, monkeypatch):
     """With ``FP8_QUERY`` every step over an FP8 cache, replayed or eager, asks its attention kernel
     (decode, or prefill for steps with prompt tokens) to round the query (the kernels' rounding:

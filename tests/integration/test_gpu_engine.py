@@ -272,20 +272,25 @@ def test_gpu_padded_graph_replay_matches_hf(tiny_model, num_prompts, caplog):
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-@pytest.mark.parametrize("switch,value,backend_flag", [("LONGEST_FIRST", False, "orders_decode_rows"), ("FUSE_NEW_TOKEN", True, "fuses_new_token")])
+@pytest.mark.parametrize("switch,value,backend_flag", [("LONGEST_FIRST", False, "orders_decode_rows"), ("FUSE_NEW_TOKEN", True, "fuses_new_token"),
+                                                       ("FUSE_NEW_TOKEN", "split", "fuses_new_token")])  # fmt: skip
 def test_gpu_decode_kernel_switches_match_hf(tiny_model, monkeypatch, enforce_eager, switch, value, backend_flag):
     """The decode kernel's switches, each away from its default: LONGEST_FIRST off (batch order: the
     grid with the sequence fastest, no order) and FUSE_NEW_TOKEN on (this step's k and v normed,
-    rotated and cached inside the kernel); 5 uneven sequences: the 8-graph with 3 padding rows, or
-    eagerly; split and unsplit."""
+    rotated and cached inside the kernel), in every decode step or in split ones only; 5 uneven
+    sequences: the 8-graph with 3 padding rows, or eagerly; split and unsplit. Start-up compiled
+    every kernel variant the steps take (split steps fused, unsplit ones not, for "split")."""
     from folovllm import LLM, SamplingParams
     from folovllm.attention.ops import triton_decode_attention
+    from folovllm.utils.triton_variants import compiled_kernel_variants
 
     monkeypatch.setattr(triton_decode_attention, switch, value)
     llm = LLM(str(tiny_model), device="cuda", dtype="float32", max_num_seqs=8, enforce_eager=enforce_eager, **SMALL_KV_CACHE)
-    assert getattr(llm.llm_engine.executor.worker.model_runner.attn_backend, backend_flag) is value
+    assert getattr(llm.llm_engine.executor.worker.model_runner.attn_backend, backend_flag) == value
+    before = compiled_kernel_variants()
     prompts = [list(range(10 + 7 * i, 10 + 7 * i + n)) for i, n in enumerate([5, 90, 17, 60, 33])]
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    assert compiled_kernel_variants() == before
     assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_model, prompts, 20, device="cuda")
 
 

@@ -73,11 +73,19 @@ class AttentionBackend(ABC):
     name: str
     # Whether decode steps pass ``make_decode_order``'s order in ``AttentionMetadata.decode_order``.
     orders_decode_rows: bool = False
-    # Whether decode steps hand the raw q, k, v to ``decode_with_new_token`` (which norms, rotates and
-    # caches them itself) instead of running the q/k norm + RoPE + cache-write kernel first.
-    fuses_new_token: bool = False
+    # Which decode steps hand the raw q, k, v to ``decode_with_new_token`` (which norms, rotates and
+    # caches them itself) instead of running the q/k norm + RoPE + cache-write kernel first: False,
+    # True (all) or "split" (those whose decode kernel splits the keys). See ``fuses_new_token_in``.
+    fuses_new_token: bool | str = False
     # Whether attention over an FP8 cache rounds the query to FP8 (``FP8_QUERY``).
     fp8_query: bool = False
+
+    def fuses_new_token_in(self, attn_metadata: AttentionMetadata) -> bool:
+        """Whether this step's attention takes the raw q, k and v (``fuses_new_token``): a decode step,
+        split where the setting asks for it."""
+        if attn_metadata.max_query_len != 1 or not self.fuses_new_token:
+            return False
+        return self.fuses_new_token is True or attn_metadata.num_kv_splits > 1
 
     def make_prefill_tiles(self, query_lens: np.ndarray, seq_lens: np.ndarray, head_dim: int) -> np.ndarray | None:
         """The host-built work list a prefill step passes in ``prefill_tiles``, or None (the default) if unused."""

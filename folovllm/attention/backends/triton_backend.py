@@ -19,6 +19,7 @@ class TritonAttentionBackend(AttentionBackend):
     def __init__(self) -> None:
         self.orders_decode_rows = triton_decode_attention.LONGEST_FIRST
         self.fuses_new_token = triton_decode_attention.FUSE_NEW_TOKEN
+        assert self.fuses_new_token in (False, True, "split"), self.fuses_new_token
         self.decodes_by_kv_head = triton_prefill_attention.DECODES_BY_KV_HEAD  # the work list and the kernel agree
         self.fp8_query = abstract.FP8_QUERY
 

@@ -48,10 +48,13 @@ from folovllm.utils.pdl import launch_next_kernel, pdl_launch_args, prefetch_row
 # from 24.2k to 25.8k output tok/s, with the same greedy tokens.
 LONGEST_FIRST = True
 
-# Whether decode steps hand this kernel the step's raw q, k and v (``NewTokenKV``) instead of running
-# the q/k norm + RoPE + cache-write kernel before it: one kernel less per layer. Off until an H100
-# has timed it (section 22 of the dev log).
-FUSE_NEW_TOKEN = False
+# Which decode steps hand this kernel the step's raw q, k and v (``NewTokenKV``) instead of running
+# the q/k norm + RoPE + cache-write kernel before it, one kernel less per layer: False, none; True,
+# every one; "split", those whose kernel splits each sequence's keys (few sequences: the steps
+# where a kernel's latency, not its work, sets the time). On an H200 (section 32 of the dev log)
+# fusing took 2.2% off a batch-1 step but made the kernel 3% slower at 256 sequences; off until a
+# second round decides between True and "split".
+FUSE_NEW_TOKEN: bool | str = False
 
 
 class NewTokenKV(NamedTuple):

@@ -28,6 +28,6 @@ class Attention(nn.Module):
         return self.backend.forward(q, k, v, self.kv_cache[0], self.kv_cache[1], attn_metadata, self.scale)
 
     def decode_with_new_token(self, q: torch.Tensor, new_token, attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """A decode step from the raw q, k and v (``AttentionBackend.fuses_new_token``): the backend norms,
+        """A decode step from the raw q, k and v (``AttentionBackend.fuses_new_token_in``): the backend norms,
         rotates and caches this step's k and v itself (``new_token``: a ``NewTokenKV``)."""
         return self.backend.decode_with_new_token(q, new_token, self.kv_cache[0], self.kv_cache[1], attn_metadata, self.scale)

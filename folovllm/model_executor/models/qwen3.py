@@ -57,7 +57,7 @@ class Qwen3Attention(nn.Module):
 
             rope, cache = self.rotary_emb, self.attn.kv_cache
             weights = (self.q_norm.weight, self.k_norm.weight) if self.q_norm else (None, None)
-            if attn_metadata.max_query_len == 1 and self.attn.backend.fuses_new_token:  # one kernel does it all
+            if self.attn.backend.fuses_new_token_in(attn_metadata):  # one kernel does it all
                 from folovllm.attention.ops.triton_decode_attention import NewTokenKV
 
                 new_token = NewTokenKV(k, v, *weights, rope.cos_cache, rope.sin_cache, positions, attn_metadata.slot_mapping, self.eps)
