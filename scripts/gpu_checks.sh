@@ -32,18 +32,22 @@
 #      prompt (section 33: bf16 with plain F.linear flips it on the CPU too); their bf16 prefix checks
 #      now forgive a divergence within 0.1 of HF's float32 logprob, so they should pass; a failure
 #      prints the prompt and the gap.
-#   2. `SWITCHES_ONLY=fuse_new_token,decodes_by_kv_head SWITCHES_RUNS=2 SWITCHES_LIMIT=250 bash
-#      scripts/gpu_checks.sh switches` (~160 s): the two candidates the H200's single round could not
-#      decide (the new token in the decode kernel: TPOT 0.970, throughput 1.013, kernel 3% slower at 256
-#      sequences; decodes by kv head: kernel 40% faster on a mixed step, its engine's TPOT 1.354 where it
-#      does nothing); then, if time is left, `SWITCHES_ONLY=fp8_query SWITCHES_KV=fp8 switches` (~90 s).
+#   2. `SWITCHES_ONLY=fuse_new_token,fuse_new_token_split,decodes_by_kv_head SWITCHES_RUNS=2
+#      SWITCHES_LIMIT=280 bash scripts/gpu_checks.sh switches` (~220 s): the two candidates the H200's
+#      single round could not decide (the new token in the decode kernel: TPOT 0.970, throughput 1.013,
+#      kernel 3% slower at 256 sequences; since section 34 also in split steps only, which keeps the
+#      batch-1 gain and leaves steps of many sequences as they are; decodes by kv head: kernel 40%
+#      faster on a mixed step, its engine's TPOT 1.354 where it does nothing); then, if time is left,
+#      `SWITCHES_ONLY=fp8_query SWITCHES_KV=fp8 switches` (~90 s). Items 1-3 take ~800 s of the 900
+#      with start-up: on an H100, where the targets can be read, run item 3 before item 2.
 #   3. `BENCH_LIMIT=140 bash scripts/gpu_checks.sh bench bench` (~200 s): the figures with longest first
 #      on (the default since 32f8154, not in the published H200 figures), two runs, and with whatever
 #      step 2 turned on (BENCH_SWITCHES=...; the report names them). On an H100 where one is lent, so
 #      that the targets (an H100's) can be read off directly.
 #   Later, as time allows: `startup`, `views` (the 256-sequence kernel view's idle gaps; the prompts
 #   view), `kernels` (its new-token rows now at every decode batch, 1 to 256: the batch size where the
-#   new token in the decode kernel stops paying, for turning it on below that size only; and the
+#   new token in the decode kernel stops paying, against the split steps that fuse_new_token_split
+#   fuses (1-32 sequences on an H100 or H200); and the
 #   sampler's "one row seeded" rows, section 33: the fused kernels plus the seeded row on torch's
 #   path, against the whole batch on torch's path as before; the FP8 decode rows' 8-warp variants,
 #   section 34: if one beats the engine's 128 keys x 3 at 256 sequences, it is the next FP8 default).
