@@ -365,11 +365,10 @@ def paged_decode_attention(
     """q: [B, H, D] (one token per sequence) -> [B, H, D]. ``seq_order``: int32 [B], a permutation of
     the sequences, the order in which their programs start (see the module). ``new_token``: q is raw
     (before its norm and RoPE) and this step's K/V are not in the cache yet (``NewTokenKV``).
-    ``fp8_query`` (an FP8 cache only): q.K in FP8, the query
-    rounded to e4m3 as the cache's values are (see the module). ``num_stages``,
-    ``block_n`` (keys per iteration, a multiple of the page size), ``v_via_registers`` (see the
-    kernel) and ``num_warps`` other than the defaults are for ``bench_kernels.py``'s sweep of the
-    FP8 cache's loop."""
+    ``fp8_query`` (an FP8 cache only): q.K in FP8, the query rounded to e4m3 as the cache's values
+    are (see the module). ``num_stages``, ``block_n`` (keys per iteration, a multiple of the page
+    size), ``v_via_registers`` (see the kernel) and ``num_warps`` other than the defaults are for
+    ``bench_kernels.py``'s sweep of the FP8 cache's loop."""
     assert 1 <= num_kv_splits <= MAX_KV_SPLITS, num_kv_splits
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, page_size = k_cache.shape[2], k_cache.shape[1]
