@@ -211,28 +211,20 @@ def test_decode_programs_longest_first_in_replayed_and_eager_steps(graphed_llm, 
     assert any(len(lens) == 4 and lens[3] == 0 and order[3] == 3 for lens, order in replayed), replayed  # padding row last
 
 
-def test_decode_steps_with_the_new_token_fused_into_attention_match_hf(graphed_llm, tiny_model, monkeypatch):
-    """With ``FUSE_NEW_TOKEN`` every decode step, replayed or eager, hands attention the raw q/k/v
-    (the decode kernel norms, rotates and caches this step's k and v) and the tokens stay HF's;
-    steps with prompt tokens keep the separate norm + RoPE + cache-write kernel."""
-    from folovllm.attention.ops import triton_decode_attention
-
-    monkeypatch.setattr(triton_decode_attention, "FUSE_NEW_TOKEN", True)
-    monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path, in the interpreter
-    for calls in _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, lambda args, kwargs: kwargs.get("new_token") is not None):
-        assert calls and all(calls), calls
-
-
 def test_the_new_token_fused_into_split_decode_steps_only(graphed_llm, tiny_model, monkeypatch):
     """``FUSE_NEW_TOKEN = "split"``: a decode step hands attention the raw q/k/v exactly when its
     kernel splits the keys; the others run the norm + RoPE + cache-write kernel first. The graphs
     split (their split count follows max_model_len), the eager steps' short contexts do not; the
-    tokens stay HF's either way."""
+    tokens stay HF's either way. (``FUSE_NEW_TOKEN = True``, every decode step fused, replayed and
+    eager: the every-switch test below.)"""
     from folovllm.attention.ops import triton_decode_attention
 
     monkeypatch.setattr(triton_decode_attention, "FUSE_NEW_TOKEN", "split")
     monkeypatch.setattr("folovllm.model_executor.models.qwen3.use_fused_kernels", lambda x: True)  # the GPU's path, in the interpreter
-    record = lambda args, kwargs: (kwargs["num_kv_splits"], kwargs.get("new_token") is not None)  # noqa: E731
+
+    def record(args, kwargs):
+        return kwargs["num_kv_splits"], kwargs.get("new_token") is not None
+
     replayed, eager = _decode_attention_calls(monkeypatch, graphed_llm, tiny_model, record)
     assert replayed and all(splits > 1 and fused for splits, fused in replayed), replayed
     assert eager and all(splits == 1 and not fused for splits, fused in eager), eager
