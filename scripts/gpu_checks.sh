@@ -23,6 +23,9 @@
 # ~150-200 s in one process, views: copies 6 s, prefill 18 s, tail 24 s, batch-1 kernels 24 s.
 # A machine stays warm for ~30 s after a call: a second call sent at once skips the start-up; the
 # plan below reads each call before the next and gives the machine back in between.
+# Keep what the stages printed: commit the kernels, switches and views logs ($OUT/*.log) under
+# docs/gpu_runs/DATE-GPU/ beside the dev log's summary of them. (Section 32 kept one number per
+# uneven-context decode row, and the rows by split count were lost with the session.)
 # The plan for the next session (written in the twenty-fifth, after its H200 run, section 32 of
 # docs/dev/performance.md; item 1 amended in the twenty-sixth, section 33; "Later" in the twenty-seventh):
 #   1. `tests engine` (carry nothing; timeout ~330): the kernels' GPU tests have not run since the
