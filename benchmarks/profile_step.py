@@ -134,6 +134,7 @@ def host(num_seqs: int = 256, prompt_len: int = 64, steps: int = 40, runs: int =
 
     kinds = {
         "generate() (final output only)": dict(output_kind=RequestOutputKind.FINAL_ONLY),
+        "generate() + logprobs=5": dict(output_kind=RequestOutputKind.FINAL_ONLY, logprobs=5),
         "streaming (cumulative text)": dict(output_kind=RequestOutputKind.CUMULATIVE),
         "streaming + logprobs=5": dict(output_kind=RequestOutputKind.CUMULATIVE, logprobs=5),
         "streaming deltas + logprobs=5": dict(output_kind=RequestOutputKind.DELTA, logprobs=5),

@@ -91,7 +91,7 @@ GPU_STAGE_SCRIPTS = {
     "profile_prompts": (["benchmarks/profile_step.py", "prompts"], ["the first step of the throughput workload: "]),
     "profile_breakdown": (["benchmarks/profile_step.py", "breakdown"], ["update+outputs"]),
     "profile_host": (["benchmarks/profile_step.py", "host", "4"],
-                     ["generate()", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5",
+                     ["generate()", "generate() + logprobs=5", "streaming (cumulative text)", "streaming + logprobs=5", "streaming deltas + logprobs=5",
                       "streaming deltas + logprobs=5, flat_logprobs"]),
     "profile_logprobs": (["benchmarks/profile_step.py", "logprobs", "8"], ["FINAL_ONLY list of dicts", "DELTA      list of dicts"]),
     "fp8": (["benchmarks/bench_fp8_kv.py", "--scale", "cpu", "--runs", "1", "--fp8-query"],
