@@ -599,8 +599,8 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
     from folovllm.sample.ops.topk_topp import apply_top_k_top_p
     from folovllm.sample.ops.triton_filtered_sample import filtered_sample
     from folovllm.sample.ops.triton_sample import inverse_cdf_sample
-    from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
-    from folovllm.sample.sampler import Sampler, random_sample
+    from folovllm.sample.ops.triton_window_sample import window_sample
+    from folovllm.sample.sampler import Sampler, filtering_kernel, random_sample
 
     dev, vocab = scale["dev"], scale["vocab"]
     for batch in scale["sampler_batches"]:
@@ -626,7 +626,7 @@ def sampler(scale: dict, bw: float, baseline=None) -> None:
             us = [[microseconds(device_time(call)) for call in calls + [torch_filters]] for _ in range(2)]
             print(f"    {what}, eagerly: window kernel / whole-row kernel / torch's sort, us in turn: "
                   f"{us[0][0]}, {us[1][0]} / {us[0][1]}, {us[1][1]} / {us[0][2]}, {us[1][2]} "
-                  f"[the engine's: {'window' if (20 if k is not None else vocab) < WINDOW else 'whole-row'}]")  # fmt: skip
+                  f"[the engine's: {filtering_kernel(20 if k is not None else vocab).__name__}]")  # fmt: skip
         one_seeded = _one_seeded_row(batch, vocab, dev)
         engine = Sampler()
         calls = [lambda: engine(logits, one_seeded), lambda: engine.sample(logits.float(), one_seeded)]

@@ -86,16 +86,7 @@ class Sampler(nn.Module):
 
                 sampled = inverse_cdf_sample(logits, md.temperature, self.host_generator, greedy=md.greedy_mask)
             else:
-                from folovllm.sample.ops.triton_filtered_sample import filtered_sample
-                from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
-
-                # By the filters, not the batch size (H200, Qwen3's vocabulary, 1-256 rows): with top_k=20
-                # + top_p=0.95 the window won everywhere (170-424 us against 380-800); with top-p alone the
-                # whole row did (120-260 against 160-480), as a row without top-k settles in the window
-                # only by its mass, a pass over its whole row anyway. A top_k of WINDOW itself never settles
-                # (the window's last value is the k-th one), hence `<`.
-                sample = window_sample if md.max_top_k < WINDOW else filtered_sample
-                sampled = sample(
+                sampled = filtering_kernel(md.max_top_k)(
                     logits, md.temperature, md.top_k, md.top_p, md.min_p, self.host_generator, greedy=md.greedy_mask
                 )  # fmt: skip
             if md.generators:  # only torch's path draws from a row's own generator
@@ -148,6 +139,20 @@ def _fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
     the penalties left them. (Every row greedy: one argmax is less work. Every row seeded: torch's
     path, the only one that draws from a row's own generator, takes them all anyway.)"""
     return _fused_kernels_run_on(logits) and not md.all_greedy and len(md.generators) < logits.shape[0]
+
+
+def filtering_kernel(max_top_k: int):
+    """The fused kernel that filters and draws a batch whose drawing rows keep at most ``max_top_k``
+    ids by their top-k (``SamplingMetadata.max_top_k``): ``window_sample`` or ``filtered_sample``."""
+    from folovllm.sample.ops.triton_filtered_sample import filtered_sample
+    from folovllm.sample.ops.triton_window_sample import WINDOW, window_sample
+
+    # By the filters, not the batch size (H200, Qwen3's vocabulary, 1-256 rows): with top_k=20
+    # + top_p=0.95 the window won everywhere (170-424 us against 380-800); with top-p alone the
+    # whole row did (120-260 against 160-480), as a row without top-k settles in the window
+    # only by its mass, a pass over its whole row anyway. A top_k of WINDOW itself never settles
+    # (the window's last value is the k-th one), hence `<`.
+    return window_sample if max_top_k < WINDOW else filtered_sample
 
 
 def _fused_kernels_run_on(logits: torch.Tensor) -> bool:
