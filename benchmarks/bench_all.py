@@ -6,8 +6,8 @@
 (a) throughput on nano-vllm's workload (256 seqs, Qwen3-0.6B shapes, bf16), ``--runs`` times;
 (b) latency: TTFT of one 1024-token prompt (with the mixed-step CUDA graphs and
     without), TPOT at batch 1 over 256 tokens, start-up time (``LLM(...)`` to
-    ready, transformers already imported; the import, timed in a fresh process,
-    beside it; below the table, the engine's start-up phases), the first request after start-up against a warm one, and how many
+    ready, transformers already imported; the import, timed in a fresh process
+    after ``import folovllm``, beside it; below the table, the engine's start-up phases), the first request after start-up against a warm one, and how many
     Triton kernel variants compiled after start-up (should be 0);
 (c) HF ``generate`` on the same workload in the same process;
 (d) the hardware floor of (a) and (b): bytes that must move (weights once
@@ -109,20 +109,28 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new)
 
 
-def import_transformers() -> float:
+def import_transformers() -> tuple[float, float]:
     """Import here what ``LLM(...)`` uses of transformers (its config and tokenizer classes), and
-    return the seconds a fresh Python process takes for that import.
+    return the seconds a fresh Python process takes for ``import folovllm`` (torch included), then
+    for that transformers import after it: what ``LLM(...)`` adds to a script that has only done
+    ``from folovllm import LLM``.
 
     ``LLM(...)`` imports them unless the script has already, and building a random checkpoint
     imports them too: imported beforehand, and timed apart, the start-up row times the engine alone
-    whether or not this run built the checkpoint.
+    whether or not this run built the checkpoint. (Timed without folovllm first, the import would
+    also count torch's, which every script pays before it can call ``LLM``.)
     """
-    code = "import time; t = time.perf_counter(); from transformers import AutoConfig, AutoTokenizer; print(time.perf_counter() - t)"
-    secs = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    code = (
+        "import time; t0 = time.perf_counter(); import folovllm; t1 = time.perf_counter(); "
+        "from transformers import AutoConfig, AutoTokenizer; print(t1 - t0, time.perf_counter() - t1)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    folovllm_secs, transformers_secs = (float(x) for x in out.split()[-2:])
     from transformers import AutoConfig, AutoTokenizer
 
     del AutoConfig, AutoTokenizer
-    return secs
+    return folovllm_secs, transformers_secs
 
 
 def main() -> None:
@@ -155,7 +163,7 @@ def main() -> None:
     max_len = scale["max_len"]
     engine_kwargs = dict(device=device, dtype=scale["dtype"], max_model_len=2 * max_len + 64, enforce_eager=args.enforce_eager,
                          async_scheduling=not args.sync)  # fmt: skip
-    import_secs = import_transformers()
+    folovllm_import_secs, import_secs = import_transformers()
     t0 = time.perf_counter()
     llm = LLM(model, **engine_kwargs)
     sync(device)
@@ -275,7 +283,7 @@ def main() -> None:
          f"{ttft_floor * 1e3:.2f} ms", f"{ttft_floor / statistics.median(ttfts_eager):.0%}" if ttfts_eager else "-", "-"),
         ("(b) TPOT, batch 1", f"{tpot * 1e3:.2f} ms ({len(tpots)} runs, {min(tpots) * 1e3:.2f}-{max(tpots) * 1e3:.2f})",
          f"{tpot_floor * 1e3:.2f} ms", f"{tpot_floor / tpot:.0%}", "-"),
-        ("(b) start-up, `LLM(...)` to ready", f"{startup:.1f} s (+ {import_secs:.1f} s to import transformers)", "-", "-", "-"),
+        ("(b) start-up, `LLM(...)` to ready", f"{startup:.1f} s (+ {import_secs:.1f} s to import transformers after `import folovllm`, itself {folovllm_import_secs:.1f} s)", "-", "-", "-"),
         ("(b) first request after start-up, 128-token prompt", f"{first_request * 1e3:.1f} ms",
          f"{warm_short_med * 1e3:.2f} ms (warm, median of {len(warm_short)})", f"{first_request / warm_short_med:.1f}x warm", "-"),
     ]  # fmt: skip
