@@ -26,6 +26,8 @@
 # Keep what the stages printed: commit the kernels, switches and views logs ($OUT/*.log) under
 # docs/gpu_runs/DATE-GPU/ beside the dev log's summary of them. (Section 32 kept one number per
 # uneven-context decode row, and the rows by split count were lost with the session.)
+# The performance issue closed in the twenty-eighth session on its second condition (docs/dev/performance.md,
+# section 35: the account of the three missed targets); this plan stays the first thing to run on a lent GPU.
 # The plan for the next session (written in the twenty-fifth, after its H200 run, section 32 of
 # docs/dev/performance.md; item 1 amended in the twenty-sixth, section 33; "Later" in the twenty-seventh):
 #   1. `tests engine` (carry nothing; timeout ~330): the kernels' GPU tests have not run since the
